@@ -1,0 +1,176 @@
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using NativeLora.Native;
+using NativeLora.Tensors;
+
+namespace NativeLora.Devices;
+
+public enum DeviceKind
+{
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// <summary>
+/// The one place that picks the compute backend pair and the one allocator.
+/// GPU: ILGPU's CUDA accelerator + the CUDA native core, sharing ILGPU's context and stream.
+/// CPU: ILGPU's CPU accelerator + the OpenBLAS native core, sharing host memory.
+/// Nothing else in the engine asks "am I on a GPU?": it asks this object's <see cref="Kind"/>.
+/// The native core is process-global, so at most one device is open at a time.
+/// </summary>
+public sealed class ComputeDevice : IDisposable
+{
+    private static ComputeDevice? s_open;
+    private static readonly object s_lock = new();
+
+    public Context Context { get; }
+    public Accelerator Accelerator { get; }
+    public DeviceKind Kind { get; }
+    public string NativeBackend { get; }
+    public string Description { get; }
+    public bool IsCuda => Kind == DeviceKind.Cuda;
+
+    private ComputeDevice(Context context, Accelerator accelerator, DeviceKind kind)
+    {
+        Context = context;
+        Accelerator = accelerator;
+        Kind = kind;
+        NativeBackend = NativeCore.BackendName;
+        Description = kind == DeviceKind.Cuda
+            ? $"cuda: {accelerator.Name} ({accelerator.MemorySize / (1 << 20)} MiB), native core {NativeBackend}"
+            : $"cpu: ILGPU CPU accelerator ({Environment.ProcessorCount} threads), native core {NativeBackend}";
+    }
+
+    /// <summary>Parses a --device value: auto, cpu or cuda.</summary>
+    public static DeviceKind ParseKind(string s) => s.ToLowerInvariant() switch
+    {
+        "auto" => DeviceKind.Auto,
+        "cpu" => DeviceKind.Cpu,
+        "cuda" or "gpu" => DeviceKind.Cuda,
+        _ => throw new ArgumentException($"unknown device '{s}' (expected auto, cpu or cuda)"),
+    };
+
+    /// <summary>Opens the device. Auto picks CUDA when the native core was built with CUDA and ILGPU sees a GPU.</summary>
+    public static ComputeDevice Open(DeviceKind requested = DeviceKind.Auto)
+    {
+        lock (s_lock)
+        {
+            if (s_open != null)
+                throw new InvalidOperationException("a ComputeDevice is already open; dispose it first (the native core is process-global)");
+            var nativeIsCuda = NativeCore.IsCuda;
+            var kind = requested;
+            if (kind == DeviceKind.Auto)
+                kind = nativeIsCuda && CudaDeviceCount() > 0 ? DeviceKind.Cuda : DeviceKind.Cpu;
+
+            if (kind == DeviceKind.Cuda && !nativeIsCuda)
+                throw new InvalidOperationException(
+                    $"--device cuda needs the CUDA native core, but this build's core is '{NativeCore.BackendName}' " +
+                    "(CMake did not find the CUDA toolkit). Install it and rebuild with ./build.sh.");
+            if (kind == DeviceKind.Cpu && nativeIsCuda)
+                throw new InvalidOperationException(
+                    "--device cpu needs the CPU native core, but this build's core is 'cuda'. " +
+                    "Rebuild with NL_BACKEND=cpu ./build.sh to run on the CPU.");
+
+            ComputeDevice device = kind == DeviceKind.Cuda ? OpenCuda() : OpenCpu();
+            s_open = device;
+            return device;
+        }
+    }
+
+    private static int CudaDeviceCount()
+    {
+        try
+        {
+            using var probe = Context.Create(b => b.Cuda());
+            return probe.GetCudaDevices().Count;
+        }
+        catch (Exception)
+        {
+            return 0; // no driver: not a GPU machine
+        }
+    }
+
+    private static ComputeDevice OpenCpu()
+    {
+        var context = Context.Create(b => b.CPU().EnableAlgorithms());
+        // Parallel mode: one ILGPU thread per core runs the barrier-free CPU kernel variants.
+        var accelerator = context.CreateCPUAccelerator(0, CPUAcceleratorMode.Parallel);
+        NativeCore.Init(0, 0, 0);
+        return new ComputeDevice(context, accelerator, DeviceKind.Cpu);
+    }
+
+    private static ComputeDevice OpenCuda()
+    {
+        var context = Context.Create(b => b.Cuda().EnableAlgorithms());
+        var accelerator = context.CreateCudaAccelerator(0);
+        // Share one context and one stream: the core adopts ILGPU's CUcontext and puts cuBLAS on ILGPU's stream.
+        var stream = ((CudaStream)accelerator.DefaultStream).StreamPtr;
+        NativeCore.Init(0, accelerator.NativePtr, stream);
+        return new ComputeDevice(context, accelerator, DeviceKind.Cuda);
+    }
+
+    /// <summary>Allocates an uninitialised tensor in device memory (the one allocator for device tensors).</summary>
+    public Tensor Allocate(DType dtype, params int[] shape)
+    {
+        var elements = Tensor.CountElements(shape);
+        var bytes = Math.Max(1, elements * dtype.SizeOf());
+        MemoryBuffer buffer;
+        try
+        {
+            buffer = Accelerator.Allocate1D<byte>(bytes);
+        }
+        catch (Exception e) when (e is OutOfMemoryException or AcceleratorException)
+        {
+            throw new OutOfMemoryException(
+                $"cannot allocate a {dtype.Name()} tensor of shape [{string.Join(", ", shape)}] ({bytes:N0} bytes) on {Description}: {e.Message}", e);
+        }
+        return new Tensor(this, buffer, 0, dtype, shape, ownsBuffer: true);
+    }
+
+    /// <summary>
+    /// Allocates a zeroed tensor in the native core's paged memory (CUDA unified memory that
+    /// can be evicted to the host; plain host memory on CPU). Used for optimizer states.
+    /// </summary>
+    public Tensor AllocatePaged(DType dtype, params int[] shape)
+    {
+        var bytes = Math.Max(1, Tensor.CountElements(shape) * dtype.SizeOf());
+        var ptr = NativeCore.ManagedAlloc((ulong)bytes);
+        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes);
+        return new Tensor(this, buffer, 0, dtype, shape, ownsBuffer: true);
+    }
+
+    /// <summary>Waits for all queued kernels and native calls.</summary>
+    public void Synchronize()
+    {
+        Accelerator.Synchronize();
+        if (IsCuda) NativeCore.Synchronize();
+    }
+
+    /// <summary>
+    /// Orders ILGPU work before a native-core call. On CUDA both share one stream, so nothing
+    /// is needed; on CPU the accelerator's queued kernels must finish before BLAS reads memory.
+    /// </summary>
+    internal void BeforeNativeCall()
+    {
+        if (!IsCuda) Accelerator.Synchronize();
+    }
+
+    public (ulong Free, ulong Total) MemoryInfo() => NativeCore.MemoryInfo();
+
+    public void Dispose()
+    {
+        lock (s_lock)
+        {
+            if (s_open != this) return;
+            Accelerator.Synchronize();
+            NativeCore.Shutdown();
+            Accelerator.Dispose();
+            Context.Dispose();
+            s_open = null;
+        }
+    }
+}

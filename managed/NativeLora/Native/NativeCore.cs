@@ -1,0 +1,108 @@
+using System.Runtime.InteropServices;
+
+namespace NativeLora.Native;
+
+/// <summary>An error reported by the native core, naming the call that failed.</summary>
+public sealed class NativeCoreException : Exception
+{
+    public NlStatus Status { get; }
+    public string Function { get; }
+
+    public NativeCoreException(string function, NlStatus status, string detail)
+        : base($"{function} failed ({status}): {detail}")
+    {
+        Function = function;
+        Status = status;
+    }
+}
+
+/// <summary>
+/// Thin checked wrappers over the C ABI: every call's status becomes an exception whose
+/// message names the call and carries nl_last_error_message(). Everything managed goes
+/// through here, never through NativeMethods directly.
+/// </summary>
+public static class NativeCore
+{
+    public const int ExpectedAbiVersion = 1;
+
+    /// <summary>"cuda" or "cpu-openblas": which backend CMake built.</summary>
+    public static string BackendName => Marshal.PtrToStringUTF8(NativeMethods.nl_backend_name()) ?? "";
+
+    public static bool IsCuda => BackendName == "cuda";
+
+    public static int AbiVersion => NativeMethods.nl_abi_version();
+
+    internal static void Check(NlStatus status, string function)
+    {
+        if (status == NlStatus.Ok) return;
+        var detail = Marshal.PtrToStringUTF8(NativeMethods.nl_last_error_message()) ?? "";
+        throw new NativeCoreException(function, status, detail);
+    }
+
+    public static void Init(int deviceOrdinal, nint context, nint stream)
+    {
+        if (AbiVersion != ExpectedAbiVersion)
+            throw new InvalidOperationException(
+                $"native core ABI version {AbiVersion} does not match the managed bindings ({ExpectedAbiVersion}); rebuild with ./build.sh");
+        Check(NativeMethods.nl_init(deviceOrdinal, context, stream), "nl_init");
+    }
+
+    public static void Shutdown() => Check(NativeMethods.nl_shutdown(), "nl_shutdown");
+    public static void SetStream(nint stream) => Check(NativeMethods.nl_set_stream(stream), "nl_set_stream");
+    public static void Synchronize() => Check(NativeMethods.nl_synchronize(), "nl_synchronize");
+
+    public static (ulong Free, ulong Total) MemoryInfo()
+    {
+        Check(NativeMethods.nl_device_memory_info(out var free, out var total), "nl_device_memory_info");
+        return (free, total);
+    }
+
+    public static void Gemm(NlDType dtype, bool transA, bool transB, int m, int n, int k, float alpha,
+        nint a, int lda, nint b, int ldb, float beta, nint c, int ldc) =>
+        Check(NativeMethods.nl_gemm(dtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
+            "nl_gemm");
+
+    public static void GemmStridedBatched(NlDType dtype, bool transA, bool transB, int m, int n, int k, float alpha,
+        nint a, int lda, long strideA, nint b, int ldb, long strideB, float beta, nint c, int ldc, long strideC, int batch) =>
+        Check(NativeMethods.nl_gemm_strided_batched(dtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha,
+            a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch), "nl_gemm_strided_batched");
+
+    public static nint ManagedAlloc(ulong bytes)
+    {
+        Check(NativeMethods.nl_managed_alloc((nuint)bytes, out var ptr), "nl_managed_alloc");
+        return ptr;
+    }
+
+    public static void ManagedFree(nint ptr) => Check(NativeMethods.nl_managed_free(ptr), "nl_managed_free");
+
+    public static void ManagedAdvise(nint ptr, ulong bytes, NlMemAdvice advice) =>
+        Check(NativeMethods.nl_managed_advise(ptr, (nuint)bytes, advice), "nl_managed_advise");
+
+    public static void ManagedPrefetch(nint ptr, ulong bytes, bool toDevice) =>
+        Check(NativeMethods.nl_managed_prefetch(ptr, (nuint)bytes, toDevice ? 1 : 0), "nl_managed_prefetch");
+
+    public static nint StreamCreate()
+    {
+        Check(NativeMethods.nl_stream_create(out var s), "nl_stream_create");
+        return s;
+    }
+
+    public static void StreamDestroy(nint stream) => Check(NativeMethods.nl_stream_destroy(stream), "nl_stream_destroy");
+    public static void StreamSynchronize(nint stream) => Check(NativeMethods.nl_stream_synchronize(stream), "nl_stream_synchronize");
+
+    public static nint EventCreate()
+    {
+        Check(NativeMethods.nl_event_create(out var e), "nl_event_create");
+        return e;
+    }
+
+    public static void EventDestroy(nint evt) => Check(NativeMethods.nl_event_destroy(evt), "nl_event_destroy");
+    public static void EventRecord(nint evt, nint stream) => Check(NativeMethods.nl_event_record(evt, stream), "nl_event_record");
+    public static void EventSynchronize(nint evt) => Check(NativeMethods.nl_event_synchronize(evt), "nl_event_synchronize");
+
+    public static float EventElapsedMs(nint start, nint end)
+    {
+        Check(NativeMethods.nl_event_elapsed_ms(start, end, out var ms), "nl_event_elapsed_ms");
+        return ms;
+    }
+}

@@ -1,0 +1,64 @@
+using NativeLora.Native;
+
+namespace NativeLora.Tensors;
+
+/// <summary>
+/// The GEMM entry point used by everything: C = alpha·op(A)·op(B) + beta·C on row-major
+/// tensors, dispatched to the native core (cuBLAS on CUDA, OpenBLAS on CPU), fp32 accumulation.
+/// </summary>
+public static class Gemm
+{
+    /// <summary>2-D: A [m,k] (or [k,m] with transA), B [k,n] (or [n,k] with transB), C [m,n].</summary>
+    public static void Run(Tensor a, Tensor b, Tensor c, bool transA = false, bool transB = false, float alpha = 1f, float beta = 0f)
+    {
+        RequireRank(a, 2, "A"); RequireRank(b, 2, "B"); RequireRank(c, 2, "C");
+        var (m, k, n) = Dims(a.Shape[0], a.Shape[1], b.Shape[0], b.Shape[1], transA, transB);
+        CheckOutput(a, b, c, c.Shape[0], c.Shape[1], m, n);
+        c.Device.BeforeNativeCall();
+        NativeCore.Gemm(c.DType.ToNative(), transA, transB, m, n, k, alpha,
+            a.DataPointer, a.Shape[1], b.DataPointer, b.Shape[1], beta, c.DataPointer, c.Shape[1]);
+    }
+
+    /// <summary>Batched: A [batch,·,·], B [batch,·,·] or a 2-D B shared by every batch, C [batch,m,n].</summary>
+    public static void RunBatched(Tensor a, Tensor b, Tensor c, bool transA = false, bool transB = false, float alpha = 1f, float beta = 0f)
+    {
+        RequireRank(a, 3, "A"); RequireRank(c, 3, "C");
+        if (b.Rank != 2 && b.Rank != 3) throw new ArgumentException($"GEMM operand B must be 2-D or 3-D, got {b}");
+        int batch = a.Shape[0];
+        bool sharedB = b.Rank == 2;
+        int bRows = sharedB ? b.Shape[0] : b.Shape[1], bCols = sharedB ? b.Shape[1] : b.Shape[2];
+        if (!sharedB && b.Shape[0] != batch) throw new ArgumentException($"batch sizes differ: A {a}, B {b}");
+        if (c.Shape[0] != batch) throw new ArgumentException($"batch sizes differ: A {a}, C {c}");
+        var (m, k, n) = Dims(a.Shape[1], a.Shape[2], bRows, bCols, transA, transB);
+        CheckOutput(a, b, c, c.Shape[1], c.Shape[2], m, n);
+        c.Device.BeforeNativeCall();
+        NativeCore.GemmStridedBatched(c.DType.ToNative(), transA, transB, m, n, k, alpha,
+            a.DataPointer, a.Shape[2], (long)a.Shape[1] * a.Shape[2],
+            b.DataPointer, bCols, sharedB ? 0 : (long)bRows * bCols,
+            beta, c.DataPointer, c.Shape[2], (long)c.Shape[1] * c.Shape[2], batch);
+    }
+
+    private static (int m, int k, int n) Dims(int aRows, int aCols, int bRows, int bCols, bool transA, bool transB)
+    {
+        int m = transA ? aCols : aRows, k = transA ? aRows : aCols;
+        int kb = transB ? bCols : bRows, n = transB ? bRows : bCols;
+        if (k != kb)
+            throw new ArgumentException($"GEMM inner dimensions differ: op(A) is [{m}, {k}], op(B) is [{kb}, {n}]");
+        return (m, k, n);
+    }
+
+    private static void CheckOutput(Tensor a, Tensor b, Tensor c, int cRows, int cCols, int m, int n)
+    {
+        if (cRows != m || cCols != n)
+            throw new ArgumentException($"GEMM output {c} should be [{m}, {n}]");
+        if (a.DType != c.DType || b.DType != c.DType)
+            throw new ArgumentException($"GEMM operands must share one dtype: A {a}, B {b}, C {c}");
+        if (a.Device != c.Device || b.Device != c.Device)
+            throw new ArgumentException("GEMM operands live on different devices");
+    }
+
+    private static void RequireRank(Tensor t, int rank, string name)
+    {
+        if (t.Rank != rank) throw new ArgumentException($"GEMM operand {name} must be {rank}-D, got {t}");
+    }
+}

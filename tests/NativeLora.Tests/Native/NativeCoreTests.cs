@@ -1,0 +1,69 @@
+using NativeLora.Native;
+
+namespace NativeLora.Tests.Native;
+
+public class NativeCoreTests
+{
+    [Test]
+    public void BackendNameIsOneOfTheTwoBackends()
+    {
+        _ = Support.TestDevice.Shared;
+        Assert.That(NativeCore.BackendName, Is.AnyOf("cuda", "cpu-openblas"));
+        Assert.That(NativeCore.AbiVersion, Is.EqualTo(NativeCore.ExpectedAbiVersion));
+    }
+
+    [Test]
+    public void ErrorsBecomeExceptionsThatNameTheCallAndTheReason()
+    {
+        _ = Support.TestDevice.Shared;
+        var e = Assert.Throws<NativeCoreException>(() =>
+            NativeCore.Gemm(NlDType.F32, false, false, 4, 4, 4, 1f, 0, 4, 0, 4, 0f, 0, 4));
+        Assert.That(e!.Function, Is.EqualTo("nl_gemm"));
+        Assert.That(e.Status, Is.EqualTo(NlStatus.InvalidArgument));
+        Assert.That(e.Message, Does.Contain("nl_gemm").And.Contain("NULL"));
+
+        e = Assert.Throws<NativeCoreException>(() => NativeCore.ManagedAlloc(0));
+        Assert.That(e!.Message, Does.Contain("nl_managed_alloc").And.Contain("bytes must be > 0"));
+    }
+
+    [Test]
+    public void BadLeadingDimensionIsRejected()
+    {
+        _ = Support.TestDevice.Shared;
+        var e = Assert.Throws<NativeCoreException>(() =>
+            NativeCore.Gemm(NlDType.F32, false, false, 4, 4, 8, 1f, 16, 4, 16, 4, 0f, 16, 4));
+        Assert.That(e!.Message, Does.Contain("lda=4 < 8"));
+    }
+
+    [Test]
+    public void MemoryInfoIsPlausible()
+    {
+        var (free, total) = Support.TestDevice.Shared.MemoryInfo();
+        Assert.That(total, Is.GreaterThan(0UL));
+        Assert.That(free, Is.LessThanOrEqualTo(total));
+    }
+
+    [Test]
+    public void EventsMeasureElapsedTime()
+    {
+        _ = Support.TestDevice.Shared;
+        var stream = NativeCore.StreamCreate();
+        var start = NativeCore.EventCreate();
+        var end = NativeCore.EventCreate();
+        try
+        {
+            NativeCore.EventRecord(start, stream);
+            Thread.Sleep(20);
+            NativeCore.EventRecord(end, stream);
+            NativeCore.EventSynchronize(end);
+            NativeCore.StreamSynchronize(stream);
+            Assert.That(NativeCore.EventElapsedMs(start, end), Is.GreaterThanOrEqualTo(0f));
+        }
+        finally
+        {
+            NativeCore.EventDestroy(start);
+            NativeCore.EventDestroy(end);
+            NativeCore.StreamDestroy(stream);
+        }
+    }
+}

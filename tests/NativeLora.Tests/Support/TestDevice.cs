@@ -1,0 +1,36 @@
+using NativeLora.Devices;
+
+namespace NativeLora.Tests.Support;
+
+/// <summary>One ComputeDevice for the whole test run (the native core is process-global).</summary>
+public static class TestDevice
+{
+    private static ComputeDevice? s_device;
+
+    public static ComputeDevice Shared
+    {
+        get
+        {
+            if (s_device == null)
+            {
+                var kind = ComputeDevice.ParseKind(Environment.GetEnvironmentVariable("NATIVELORA_TEST_DEVICE") ?? "auto");
+                s_device = ComputeDevice.Open(kind);
+                TestContext.Progress.WriteLine($"test device: {s_device.Description}");
+            }
+            return s_device;
+        }
+    }
+
+    internal static void Close()
+    {
+        s_device?.Dispose();
+        s_device = null;
+    }
+}
+
+[SetUpFixture]
+public sealed class TestRunLifetime
+{
+    [OneTimeTearDown]
+    public void CloseDevice() => TestDevice.Close();
+}

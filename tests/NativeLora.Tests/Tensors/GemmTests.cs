@@ -1,0 +1,130 @@
+using NativeLora.Kernels;
+using NativeLora.Tensors;
+using NativeLora.Tests.Support;
+
+namespace NativeLora.Tests.Tensors;
+
+/// <summary>The GEMM entry point against a plain float64 reference, every transpose and dtype, odd sizes included.</summary>
+public class GemmTests
+{
+    private static readonly int[][] Sizes =
+    {
+        new[] { 1, 1, 1 }, new[] { 7, 33, 1 }, new[] { 33, 7, 257 }, new[] { 257, 33, 7 },
+        new[] { 1, 257, 33 }, new[] { 33, 1, 7 }, new[] { 257, 257, 257 },
+    };
+
+    private static double Tolerance(DType t) => t switch { DType.F32 => 1e-5, _ => 1e-2 };
+
+    // What the device actually multiplies: the inputs rounded to the dtype.
+    private static float RoundTo(DType t, float v) => t switch
+    {
+        DType.BF16 => FloatBits.Bf16ToFloat(FloatBits.FloatToBf16(v)),
+        DType.F16 => FloatBits.HalfToFloat(FloatBits.FloatToHalf(v)),
+        _ => v,
+    };
+
+    private static double[] Reference(float[] a, float[] b, float[] c0, int m, int n, int k, bool ta, bool tb, double alpha, double beta, DType t)
+    {
+        var r = new double[m * n];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double s = 0;
+                for (int p = 0; p < k; p++)
+                {
+                    double av = RoundTo(t, ta ? a[p * m + i] : a[i * k + p]);
+                    double bv = RoundTo(t, tb ? b[j * k + p] : b[p * n + j]);
+                    s += av * bv;
+                }
+                r[i * n + j] = alpha * s + beta * RoundTo(t, c0[i * n + j]);
+            }
+        return r;
+    }
+
+    [Test]
+    public void MatchesFloat64Reference([Values(DType.F32, DType.BF16, DType.F16)] DType dtype,
+        [Values(false, true)] bool transA, [Values(false, true)] bool transB)
+    {
+        var device = TestDevice.Shared;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        foreach (var s in Sizes)
+        {
+            int m = s[0], n = s[1], k = s[2];
+            foreach (var (alpha, beta) in new[] { (1f, 0f), (0.5f, -1.25f) })
+            {
+                var a = Check.RandomFloats(rng, m * k);
+                var b = Check.RandomFloats(rng, k * n);
+                var c0 = Check.RandomFloats(rng, m * n);
+                using var ta = device.Allocate(dtype, transA ? new[] { k, m } : new[] { m, k });
+                using var tb = device.Allocate(dtype, transB ? new[] { n, k } : new[] { k, n });
+                using var tc = device.Allocate(dtype, m, n);
+                ta.CopyFromFloats(a);
+                tb.CopyFromFloats(b);
+                if (beta == 0) tc.Poison(); // beta = 0 must overwrite, NaN included
+                else tc.CopyFromFloats(c0);
+                Gemm.Run(ta, tb, tc, transA, transB, alpha, beta);
+                var expected = Reference(a, b, c0, m, n, k, transA, transB, alpha, beta, dtype);
+                Check.Close(tc.ToFloatArray(), expected, Tolerance(dtype),
+                    $"{dtype} m={m} n={n} k={k} transA={transA} transB={transB} alpha={alpha} beta={beta}", seed);
+            }
+        }
+    }
+
+    [Test]
+    public void BatchedMatchesPerMatrixReference([Values(DType.F32, DType.BF16)] DType dtype, [Values(false, true)] bool sharedB,
+        [Values(false, true)] bool transB)
+    {
+        var device = TestDevice.Shared;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        const int batch = 5, m = 7, n = 33, k = 17;
+        var a = Check.RandomFloats(rng, batch * m * k);
+        var b = Check.RandomFloats(rng, (sharedB ? 1 : batch) * k * n);
+        using var ta = device.Allocate(dtype, batch, m, k);
+        int[] bShape = transB ? new[] { n, k } : new[] { k, n };
+        using var tb = device.Allocate(dtype, sharedB ? bShape : new[] { batch, bShape[0], bShape[1] });
+        using var tc = device.Allocate(dtype, batch, m, n);
+        ta.CopyFromFloats(a);
+        tb.CopyFromFloats(b);
+        tc.Poison();
+        Gemm.RunBatched(ta, tb, tc, transA: false, transB: transB);
+        var expected = new double[batch * m * n];
+        for (int i = 0; i < batch; i++)
+        {
+            var ai = a.AsSpan(i * m * k, m * k).ToArray();
+            var bi = sharedB ? b : b.AsSpan(i * k * n, k * n).ToArray();
+            Reference(ai, bi, new float[m * n], m, n, k, false, transB, 1, 0, dtype).CopyTo(expected, i * m * n);
+        }
+        Check.Close(tc.ToFloatArray(), expected, Tolerance(dtype), $"batched {dtype} sharedB={sharedB} transB={transB}", seed);
+    }
+
+    [Test]
+    public void ZeroInnerDimensionScalesC()
+    {
+        var device = TestDevice.Shared;
+        using var a = device.Allocate(DType.F32, 3, 0);
+        using var b = device.Allocate(DType.F32, 0, 4);
+        using var c = device.Allocate(DType.F32, 3, 4);
+        c.CopyFrom<float>(Enumerable.Repeat(2f, 12).ToArray());
+        Gemm.Run(a, b, c, alpha: 1, beta: 0.5f);
+        Assert.That(c.ToArray<float>(), Is.All.EqualTo(1f));
+        c.Poison();
+        Gemm.Run(a, b, c, alpha: 1, beta: 0f);
+        Assert.That(c.ToArray<float>(), Is.All.EqualTo(0f));
+    }
+
+    [Test]
+    public void ShapeMismatchesAreRejectedWithTheShapes()
+    {
+        var device = TestDevice.Shared;
+        using var a = device.Allocate(DType.F32, 3, 5);
+        using var b = device.Allocate(DType.F32, 4, 2);
+        using var c = device.Allocate(DType.F32, 3, 2);
+        var e = Assert.Throws<ArgumentException>(() => Gemm.Run(a, b, c));
+        Assert.That(e!.Message, Does.Contain("inner dimensions"));
+        using var h = device.Allocate(DType.BF16, 5, 2);
+        e = Assert.Throws<ArgumentException>(() => Gemm.Run(a, h, c));
+        Assert.That(e!.Message, Does.Contain("one dtype"));
+    }
+}
