@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# NativeLora build script: all set-up on a fresh Debian machine (as root), then build/test/demo.
+#   ./build.sh          install what is missing, build native core + .NET projects
+#   ./build.sh test     ... then run the whole NUnit suite; last line: "N passed, M failed, K skipped"
+#   ./build.sh demo     ... then run the quickstart
+#   ./build.sh bench    ... then run the BenchmarkDotNet benchmarks (bench/RESULTS.md records them)
+# Environment: NL_BACKEND=auto|cuda|cpu picks the native backend (CMake's choice by default).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+ART="$ROOT/artifacts"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+CONFIG=Release
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+install_deps() {
+  local need=()
+  command -v cmake >/dev/null || need+=(cmake)
+  command -v g++ >/dev/null || need+=(g++)
+  command -v make >/dev/null || need+=(make)
+  [ -f /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -f /usr/include/openblas/cblas.h ] \
+    || dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+      echo "error: missing ${need[*]}; install them (Debian: apt-get install ${need[*]}) or run as root" >&2
+      exit 1
+    fi
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  if ! command -v dotnet >/dev/null; then
+    echo "error: the .NET 10 SDK (dotnet) is not on PATH; install it from your distribution or Microsoft's packages" >&2
+    exit 1
+  fi
+}
+
+build_native() {
+  log "native core (CMake, backend ${NL_BACKEND:-auto})"
+  cmake -S "$ROOT" -B "$ART/native-build" -DCMAKE_BUILD_TYPE=Release -DNL_BACKEND="${NL_BACKEND:-auto}" >"$ART/cmake.log" 2>&1 \
+    || { cat "$ART/cmake.log" >&2; exit 1; }
+  grep -m1 "nativelora:" "$ART/cmake.log" >&2 || true
+  cmake --build "$ART/native-build" -j "$(nproc)" >/dev/null
+  mkdir -p "$ART/native"
+  cp "$ART/native-build/libnativelora.so" "$ART/native/"
+}
+
+build_managed() {
+  log "managed projects (dotnet build -c $CONFIG)"
+  dotnet build "$ROOT/NativeLora.sln" -c $CONFIG -nologo -clp:ErrorsOnly -v:q
+  log "CLI launcher -> artifacts/bin/nativelora"
+  dotnet publish "$ROOT/managed/NativeLora.Cli" -c $CONFIG -o "$ART/bin" --no-build -nologo -v:q >/dev/null
+  # The apphost finds its assembly by the name embedded in it, so it can be renamed.
+  mv -f "$ART/bin/NativeLora.Cli" "$ART/bin/nativelora"
+}
+
+run_tests() {
+  log "tests (NUnit)"
+  local results="$ART/test-results"
+  rm -rf "$results"
+  local rc=0
+  dotnet test "$ROOT/tests/NativeLora.Tests" -c $CONFIG --no-build -nologo \
+    --logger "trx;LogFileName=tests.trx" --logger "console;verbosity=minimal" --results-directory "$results" || rc=$?
+  local trx="$results/tests.trx"
+  if [ ! -f "$trx" ]; then
+    echo "0 passed, 1 failed"
+    echo "error: no test results were written" >&2
+    return 1
+  fi
+  local counters passed failed total executed skipped
+  counters=$(grep -o '<Counters [^>]*>' "$trx" | head -1)
+  attr() { echo "$counters" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
+  total=$(attr total); executed=$(attr executed); passed=$(attr passed)
+  failed=$(( $(attr failed) + $(attr error) + $(attr timeout) + $(attr aborted) ))
+  skipped=$(( total - executed ))
+  echo "$passed passed, $failed failed, $skipped skipped"
+  [ "$rc" = 0 ] && [ "$failed" = 0 ] && [ "$passed" -gt 0 ]
+}
+
+run_demo() {
+  log "demo: backend and GEMM self-check"
+  "$ART/bin/nativelora" info
+  "$ART/bin/nativelora" selfcheck
+}
+
+cmd=${1:-build}
+case "$cmd" in
+  build|test|demo|bench) ;;
+  *) echo "usage: ./build.sh [build|test|demo|bench]" >&2; exit 2 ;;
+esac
+install_deps
+mkdir -p "$ART"
+build_native
+build_managed
+case "$cmd" in
+  test) run_tests ;;
+  demo) run_demo ;;
+  bench) dotnet run --project "$ROOT/bench/NativeLora.Bench" -c $CONFIG --no-build -- "${@:2}" ;;
+esac

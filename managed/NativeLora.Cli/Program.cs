@@ -1,0 +1,24 @@
+using CommandLine;
+using NativeLora.Cli;
+
+// The `nativelora` command: one verb per operation. Errors are printed without a stack trace
+// (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
+return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions>(args)
+    .MapResult(
+        (InfoOptions o) => Run(() => Commands.Info(o)),
+        (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
+        _ => 2);
+
+static int Run(Func<int> command)
+{
+    try
+    {
+        return command();
+    }
+    catch (Exception e)
+    {
+        Console.Error.WriteLine($"error: {e.Message}");
+        if (Environment.GetEnvironmentVariable("NATIVELORA_DEBUG") == "1") Console.Error.WriteLine(e);
+        return 1;
+    }
+}
