@@ -13,6 +13,12 @@
 #include "errors.h"
 #include "half.h"
 
+#if defined(_WIN32)
+#define NOMINMAX
+#include <windows.h>
+#include <malloc.h>
+#endif
+
 using nl::fail;
 using nl::guarded;
 using nl::require;
@@ -112,7 +118,14 @@ NL_API nl_status nl_synchronize(void) {
 NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes) {
     return guarded("nl_device_memory_info", [&] {
         require(free_bytes != nullptr && total_bytes != nullptr, "output pointers must not be NULL");
-        // Host memory is the device memory here: read MemAvailable/MemTotal.
+        // Host memory is the device memory here.
+#if defined(_WIN32)
+        MEMORYSTATUSEX status{};
+        status.dwLength = sizeof(status);
+        if (!GlobalMemoryStatusEx(&status)) fail(NL_ERR_BACKEND, "GlobalMemoryStatusEx failed");
+        *total_bytes = static_cast<size_t>(status.ullTotalPhys);
+        *free_bytes = static_cast<size_t>(status.ullAvailPhys);
+#else
         std::ifstream meminfo("/proc/meminfo");
         if (!meminfo) fail(NL_ERR_BACKEND, "cannot read /proc/meminfo");
         size_t total_kb = 0, avail_kb = 0;
@@ -126,6 +139,7 @@ NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes) 
         if (total_kb == 0) fail(NL_ERR_BACKEND, "MemTotal not found in /proc/meminfo");
         *total_bytes = total_kb * 1024;
         *free_bytes = avail_kb * 1024;
+#endif
     });
 }
 
@@ -162,7 +176,11 @@ NL_API nl_status nl_managed_alloc(size_t bytes, void** out_ptr) {
         *out_ptr = nullptr;
         require(bytes > 0, "bytes must be > 0");
         const size_t rounded = (bytes + 63) / 64 * 64;
+#if defined(_WIN32)
+        void* p = _aligned_malloc(rounded, 64);
+#else
         void* p = std::aligned_alloc(64, rounded);
+#endif
         if (p == nullptr)
             fail(NL_ERR_OUT_OF_MEMORY, "cannot allocate " + std::to_string(bytes) + " bytes of host memory");
         std::memset(p, 0, rounded);
@@ -171,7 +189,11 @@ NL_API nl_status nl_managed_alloc(size_t bytes, void** out_ptr) {
 }
 
 NL_API nl_status nl_managed_free(void* ptr) {
+#if defined(_WIN32)
+    return guarded("nl_managed_free", [&] { _aligned_free(ptr); });
+#else
     return guarded("nl_managed_free", [&] { std::free(ptr); });
+#endif
 }
 
 NL_API nl_status nl_managed_advise(void* ptr, size_t /*bytes*/, nl_mem_advice advice) {
