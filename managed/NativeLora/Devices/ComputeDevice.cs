@@ -3,6 +3,7 @@ using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
+using NativeLora.Kernels;
 using NativeLora.Native;
 using NativeLora.Tensors;
 
@@ -34,12 +35,16 @@ public sealed class ComputeDevice : IDisposable
     public string Description { get; }
     public bool IsCuda => Kind == DeviceKind.Cuda;
 
+    /// <summary>The compiled kernels of this device, with the variant picked here: GPU variants on CUDA, barrier-free CPU variants otherwise.</summary>
+    public KernelSet Kernels { get; }
+
     private ComputeDevice(Context context, Accelerator accelerator, DeviceKind kind)
     {
         Context = context;
         Accelerator = accelerator;
         Kind = kind;
         NativeBackend = NativeCore.BackendName;
+        Kernels = new KernelSet(accelerator, gpuVariants: kind == DeviceKind.Cuda);
         Description = kind == DeviceKind.Cuda
             ? $"cuda: {accelerator.Name} ({accelerator.MemorySize / (1 << 20)} MiB), native core {NativeBackend}"
             : $"cpu: ILGPU CPU accelerator ({Environment.ProcessorCount} threads), native core {NativeBackend}";

@@ -62,3 +62,42 @@ public static class Gemm
         if (t.Rank != rank) throw new ArgumentException($"GEMM operand {name} must be {rank}-D, got {t}");
     }
 }
+
+/// <summary>
+/// A batch of row-major matrices inside one tensor: matrix i starts at Offset + i·BatchStride
+/// elements, has Rows×Cols elements with row stride Ld. Lets attention GEMM one head of
+/// [tokens, heads·headDim] activations without copying it out.
+/// </summary>
+public readonly record struct StridedMatrices(Tensor Tensor, long Offset, int Rows, int Cols, int Ld, long BatchStride)
+{
+    internal void CheckBounds(int batch, string name)
+    {
+        if (Rows == 0 || Cols == 0 || batch == 0) return;
+        if (Offset < 0 || Ld < Cols || BatchStride < 0)
+            throw new ArgumentException($"GEMM operand {name}: invalid layout (offset {Offset}, ld {Ld} < cols {Cols}?, stride {BatchStride})");
+        long last = Offset + (batch - 1) * BatchStride + (long)(Rows - 1) * Ld + Cols;
+        if (last > Tensor.ElementCount)
+            throw new ArgumentException($"GEMM operand {name}: batch of {batch} [{Rows}×{Cols}] matrices (ld {Ld}, stride {BatchStride}, offset {Offset}) overruns {Tensor}");
+    }
+
+    internal nint Pointer => Tensor.DataPointer + (nint)(Offset * Tensor.DType.SizeOf());
+}
+
+public static class GemmStrided
+{
+    /// <summary>C_i = alpha·op(A_i)·op(B_i) + beta·C_i for i in [0, batch). Rows/Cols are of the stored matrices.</summary>
+    public static void Run(StridedMatrices a, StridedMatrices b, StridedMatrices c, int batch, bool transA = false, bool transB = false, float alpha = 1f, float beta = 0f)
+    {
+        a.CheckBounds(batch, "A"); b.CheckBounds(batch, "B"); c.CheckBounds(batch, "C");
+        int m = transA ? a.Cols : a.Rows, k = transA ? a.Rows : a.Cols;
+        int kb = transB ? b.Cols : b.Rows, n = transB ? b.Rows : b.Cols;
+        if (k != kb) throw new ArgumentException($"GEMM inner dimensions differ: op(A) is [{m}, {k}], op(B) is [{kb}, {n}]");
+        if (c.Rows != m || c.Cols != n) throw new ArgumentException($"GEMM output is [{c.Rows}, {c.Cols}], should be [{m}, {n}]");
+        var t = c.Tensor.DType;
+        if (a.Tensor.DType != t || b.Tensor.DType != t)
+            throw new ArgumentException($"GEMM operands must share one dtype: A {a.Tensor}, B {b.Tensor}, C {c.Tensor}");
+        c.Tensor.Device.BeforeNativeCall();
+        NativeCore.GemmStridedBatched(t.ToNative(), transA, transB, m, n, k, alpha,
+            a.Pointer, a.Ld, a.BatchStride, b.Pointer, b.Ld, b.BatchStride, beta, c.Pointer, c.Ld, c.BatchStride, batch);
+    }
+}

@@ -1,4 +1,5 @@
 using NativeLora.Devices;
+using NativeLora.Kernels;
 
 namespace NativeLora.Tests.Support;
 
@@ -21,10 +22,18 @@ public static class TestDevice
         }
     }
 
+    private static KernelSet? s_cpuVariants, s_gpuVariants;
+
+    /// <summary>The barrier-free CPU variants or the GPU variants (shared memory, shuffles, flash attention) on the test device.</summary>
+    public static KernelSet Variant(bool gpu) => gpu
+        ? s_gpuVariants ??= new KernelSet(Shared.Accelerator, gpuVariants: true)
+        : s_cpuVariants ??= new KernelSet(Shared.Accelerator, gpuVariants: false);
+
     internal static void Close()
     {
         s_device?.Dispose();
         s_device = null;
+        s_cpuVariants = s_gpuVariants = null;
     }
 }
 

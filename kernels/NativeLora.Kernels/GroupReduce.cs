@@ -1,0 +1,42 @@
+using ILGPU;
+using ILGPU.Algorithms;
+
+namespace NativeLora.Kernels;
+
+/// <summary>
+/// Group-wide reductions for the GPU kernel variants: warp shuffles first, then one value per warp
+/// through shared memory, reduced again by shuffles in every warp so all threads get the result.
+/// Needs a group size that is a multiple of the warp size with at most warpSize warps.
+/// </summary>
+public static class GroupReduce
+{
+    public static int ScratchLength(int groupSize, int warpSize) => Math.Max(1, groupSize / warpSize);
+
+    public static float Sum(float value, ArrayView<float> scratch)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+            value += Warp.ShuffleDown(value, offset);
+        int warps = Group.DimX / Warp.WarpSize;
+        Group.Barrier(); // the scratch may still be read by a previous reduction
+        if (Warp.LaneIdx == 0) scratch[Warp.WarpIdx] = value;
+        Group.Barrier();
+        float total = Warp.LaneIdx < warps ? scratch[Warp.LaneIdx] : 0f;
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+            total += Warp.ShuffleDown(total, offset);
+        return Warp.Shuffle(total, 0);
+    }
+
+    public static float Max(float value, ArrayView<float> scratch)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+            value = XMath.Max(value, Warp.ShuffleDown(value, offset));
+        int warps = Group.DimX / Warp.WarpSize;
+        Group.Barrier();
+        if (Warp.LaneIdx == 0) scratch[Warp.WarpIdx] = value;
+        Group.Barrier();
+        float total = Warp.LaneIdx < warps ? scratch[Warp.LaneIdx] : float.NegativeInfinity;
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+            total = XMath.Max(total, Warp.ShuffleDown(total, offset));
+        return Warp.Shuffle(total, 0);
+    }
+}

@@ -1,0 +1,120 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace NativeLora.Kernels;
+
+public enum RopeScalingType
+{
+    None,
+    Linear,
+    Llama3,
+}
+
+/// <summary>rope_scaling from a HF config.json.</summary>
+public readonly record struct RopeScaling(
+    RopeScalingType Type,
+    double Factor = 1,
+    double LowFreqFactor = 1,
+    double HighFreqFactor = 4,
+    int OriginalMaxPositions = 8192)
+{
+    public static readonly RopeScaling None = new(RopeScalingType.None);
+}
+
+/// <summary>
+/// Rotary position embedding in HF's "rotate half" convention: for pair p of a head,
+/// (x[p], x[p+d/2]) is rotated by angle pos·invFreq[p]:
+///   y1 = x1·cos − x2·sin,   y2 = x2·cos + x1·sin.
+/// The backward is the rotation by −angle, so both run the same kernel with sign ±1.
+/// cos/sin come from <see cref="BuildTable"/> ([maxPositions, headDim/2], computed in float64).
+/// </summary>
+public static class Rope
+{
+    /// <summary>Inverse frequencies with the config's scaling (HF modeling_rope_utils semantics).</summary>
+    public static double[] InverseFrequencies(int headDim, double theta, RopeScaling scaling)
+    {
+        int half = headDim / 2;
+        var inv = new double[half];
+        for (int p = 0; p < half; p++) inv[p] = 1.0 / Math.Pow(theta, 2.0 * p / headDim);
+        switch (scaling.Type)
+        {
+            case RopeScalingType.Linear:
+                // linear: positions / factor, i.e. every frequency / factor
+                for (int p = 0; p < half; p++) inv[p] /= scaling.Factor;
+                break;
+            case RopeScalingType.Llama3:
+                double lowWavelen = scaling.OriginalMaxPositions / scaling.LowFreqFactor;
+                double highWavelen = scaling.OriginalMaxPositions / scaling.HighFreqFactor;
+                for (int p = 0; p < half; p++)
+                {
+                    double wavelen = 2 * Math.PI / inv[p];
+                    if (wavelen < highWavelen) continue; // high frequencies unchanged
+                    if (wavelen > lowWavelen) { inv[p] /= scaling.Factor; continue; }
+                    double smooth = (scaling.OriginalMaxPositions / wavelen - scaling.LowFreqFactor) /
+                                    (scaling.HighFreqFactor - scaling.LowFreqFactor);
+                    inv[p] = (1 - smooth) * inv[p] / scaling.Factor + smooth * inv[p];
+                }
+                break;
+        }
+        return inv;
+    }
+
+    /// <summary>cos and sin tables, [maxPositions, headDim/2] each, row = position.</summary>
+    public static (float[] Cos, float[] Sin) BuildTable(int headDim, int maxPositions, double theta, RopeScaling scaling)
+    {
+        if (headDim % 2 != 0) throw new ArgumentException($"RoPE needs an even head dimension, got {headDim}");
+        var inv = InverseFrequencies(headDim, theta, scaling);
+        int half = headDim / 2;
+        var cos = new float[(long)maxPositions * half];
+        var sin = new float[(long)maxPositions * half];
+        for (int pos = 0; pos < maxPositions; pos++)
+            for (int p = 0; p < half; p++)
+            {
+                double a = pos * inv[p];
+                cos[(long)pos * half + p] = (float)Math.Cos(a);
+                sin[(long)pos * half + p] = (float)Math.Sin(a);
+            }
+        return (cos, sin);
+    }
+
+    // x, y: [tokens, heads·headDim]; one thread per (token, head, pair). y may alias x.
+    public static void RotateKernel<T, S>(Index1D i, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
+        ArrayView<float> cos, ArrayView<float> sin, int heads, int headDim, float sign)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        int half = headDim / 2;
+        int perToken = heads * half;
+        int t = i / perToken;
+        int rem = i - t * perToken;
+        int h = rem / half;
+        int p = rem - h * half;
+        long b = (long)t * heads * headDim + (long)h * headDim + p;
+        long tab = (long)positions[t] * half + p;
+        float c = cos[tab];
+        float sn = sin[tab] * sign;
+        float x1 = s.Load(x[b]);
+        float x2 = s.Load(x[b + half]);
+        y[b] = s.Store(x1 * c - x2 * sn);
+        y[b + half] = s.Store(x2 * c + x1 * sn);
+    }
+
+    private static void Rotate<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
+        ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim, float sign)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float> kernel = RotateKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(tokens * heads * (headDim / 2), x, y, positions, cos, sin, heads, headDim, sign);
+    }
+
+    /// <summary>Positions must lie in [0, maxPositions) of the table (checked by the caller).</summary>
+    public static void Forward<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
+        ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        Rotate<T, S>(k, x, y, positions, cos, sin, tokens, heads, headDim, 1f);
+
+    public static void Backward<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<T> dx, ArrayView<int> positions,
+        ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        Rotate<T, S>(k, dy, dx, positions, cos, sin, tokens, heads, headDim, -1f);
+}

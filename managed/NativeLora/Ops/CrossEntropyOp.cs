@@ -1,0 +1,65 @@
+using NativeLora.Kernels;
+using NativeLora.Tensors;
+using static NativeLora.Ops.FloatDispatch;
+
+namespace NativeLora.Ops;
+
+/// <summary>
+/// Cross-entropy over the vocabulary fused with the final projection, in chunks of rows
+/// (kernel: Kernels/CrossEntropy.cs). For each chunk: logits = h·Wᵀ (GEMM), the kernel turns them
+/// into losses and dlogits in place, then dh = dlogits·W and dW += dlogitsᵀ·h (GEMMs). Only one
+/// [chunkRows, vocab] buffer is ever alive. Loss = mean over tokens whose label is not −100.
+/// </summary>
+public static class CrossEntropyOp
+{
+    /// <summary>
+    /// hidden: [N, D]; weight: [V, D]; labels: N host ints (−100 = ignore); dHidden: [N, D] (written)
+    /// or null; dWeight: [V, D] (accumulated, same dtype as hidden) or null. Returns the mean loss and
+    /// the number of counted tokens. Every gradient is of the mean loss.
+    /// </summary>
+    public static (double Loss, int Count) ForwardBackward(KernelSet k, Tensor hidden, Tensor weight, ReadOnlySpan<int> labels,
+        Tensor? dHidden, Tensor? dWeight, int chunkRows = 1024)
+    {
+        int n = hidden.Dim(0), dim = hidden.Dim(1), vocab = weight.Dim(0);
+        if (weight.Dim(1) != dim) throw new ArgumentException($"output projection {weight} does not match hidden size {dim}");
+        if (labels.Length != n) throw new ArgumentException($"{labels.Length} labels for {n} rows of hidden states");
+        SameDType(hidden.DType, (weight, "weight"));
+        if (dHidden != null) { SameDType(hidden.DType, (dHidden, "dHidden")); RequireElements(dHidden, hidden.ElementCount, "dHidden"); }
+        if (dWeight != null) { SameDType(hidden.DType, (dWeight, "dWeight")); RequireElements(dWeight, weight.ElementCount, "dWeight"); }
+        int count = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int y = labels[i];
+            if (y == CrossEntropy.IgnoreIndex) continue;
+            if ((uint)y >= (uint)vocab) throw new ArgumentOutOfRangeException(nameof(labels), $"label {y} at row {i} is outside the vocabulary [0, {vocab}) and is not -100");
+            count++;
+        }
+        if (count == 0) throw new ArgumentException("every label is -100: there is no token to compute a loss on");
+        float scale = 1f / count;
+        chunkRows = Math.Max(1, Math.Min(chunkRows, n));
+
+        var device = hidden.Device;
+        using var labelsDev = device.Allocate(DType.I32, n);
+        labelsDev.CopyFrom(labels);
+        using var logits = device.Allocate(hidden.DType, chunkRows, vocab);
+        using var losses = device.Allocate(DType.F32, chunkRows);
+        double total = 0;
+        for (int r0 = 0; r0 < n; r0 += chunkRows)
+        {
+            int rows = Math.Min(chunkRows, n - r0);
+            var h = hidden.Slice(r0, rows);
+            var lg = logits.Slice(0, rows);
+            Gemm.Run(h, weight, lg, transB: true);
+            var lbl = labelsDev.Slice(r0, rows);
+            var ls = losses.Slice(0, rows);
+            Run(hidden.DType,
+                () => CrossEntropy.ForwardBackward<float, F32>(k, lg.View<float>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
+                () => CrossEntropy.ForwardBackward<ushort, Bf16>(k, lg.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
+                () => CrossEntropy.ForwardBackward<ushort, F16>(k, lg.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale));
+            if (dHidden != null) Gemm.Run(lg, weight, dHidden.Slice(r0, rows));
+            if (dWeight != null) Gemm.Run(lg, h, dWeight, transA: true, beta: 1f);
+            foreach (var l in ls.ToArray<float>()) total += l; // summed in double on the host: deterministic
+        }
+        return (total / count, count);
+    }
+}

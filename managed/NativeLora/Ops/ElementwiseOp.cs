@@ -1,0 +1,67 @@
+using ILGPU;
+using ILGPU.Runtime;
+using NativeLora.Kernels;
+using NativeLora.Tensors;
+using static NativeLora.Ops.FloatDispatch;
+
+namespace NativeLora.Ops;
+
+/// <summary>Residual adds, fills and dtype casts on tensors (kernels: Kernels/Elementwise.cs, Kernels/Cast.cs).</summary>
+public static class ElementwiseOp
+{
+    public static void Add(KernelSet k, Tensor a, Tensor b, Tensor output)
+    {
+        SameDType(output.DType, (a, "a"), (b, "b"));
+        RequireElements(a, output.ElementCount, "a");
+        RequireElements(b, output.ElementCount, "b");
+        Run(output.DType,
+            () => Elementwise.Add<float, F32>(k, a.View<float>(), b.View<float>(), output.View<float>()),
+            () => Elementwise.Add<ushort, Bf16>(k, a.View<ushort>(), b.View<ushort>(), output.View<ushort>()),
+            () => Elementwise.Add<ushort, F16>(k, a.View<ushort>(), b.View<ushort>(), output.View<ushort>()));
+    }
+
+    /// <summary>acc += x (the residual add's backward: gradients of both inputs are the output's).</summary>
+    public static void AddInto(KernelSet k, Tensor acc, Tensor x)
+    {
+        SameDType(acc.DType, (x, "x"));
+        RequireElements(x, acc.ElementCount, "x");
+        Run(acc.DType,
+            () => Elementwise.AddInto<float, F32>(k, acc.View<float>(), x.View<float>()),
+            () => Elementwise.AddInto<ushort, Bf16>(k, acc.View<ushort>(), x.View<ushort>()),
+            () => Elementwise.AddInto<ushort, F16>(k, acc.View<ushort>(), x.View<ushort>()));
+    }
+
+    public static void Fill(KernelSet k, Tensor x, float value) =>
+        Run(x.DType,
+            () => Elementwise.Fill<float, F32>(k, x.View<float>(), value),
+            () => Elementwise.Fill<ushort, Bf16>(k, x.View<ushort>(), value),
+            () => Elementwise.Fill<ushort, F16>(k, x.View<ushort>(), value));
+
+    public static void Zero(KernelSet k, Tensor x) => Fill(k, x, 0f);
+
+    /// <summary>Copies src into dst converting between f32, bf16 and f16 (same dtype: a plain copy).</summary>
+    public static void Cast(KernelSet k, Tensor src, Tensor dst)
+    {
+        RequireElements(dst, src.ElementCount, "dst");
+        if (src.ElementCount == 0) return;
+        int n = (int)src.ElementCount;
+        var acc = k.Accelerator;
+        switch (src.DType, dst.DType)
+        {
+            case var (a, b) when a == b:
+                src.View<byte>().CopyTo(dst.View<byte>());
+                break;
+            case (DType.F32, DType.BF16): Launch<float, ushort>(k, CastKernels.F32ToBf16, n, src, dst); break;
+            case (DType.BF16, DType.F32): Launch<ushort, float>(k, CastKernels.Bf16ToF32, n, src, dst); break;
+            case (DType.F32, DType.F16): Launch<float, ushort>(k, CastKernels.F32ToF16, n, src, dst); break;
+            case (DType.F16, DType.F32): Launch<ushort, float>(k, CastKernels.F16ToF32, n, src, dst); break;
+            case (DType.BF16, DType.F16): Launch<ushort, ushort>(k, CastKernels.Bf16ToF16, n, src, dst); break;
+            case (DType.F16, DType.BF16): Launch<ushort, ushort>(k, CastKernels.F16ToBf16, n, src, dst); break;
+            default: throw new ArgumentException($"no cast from {src} to {dst}");
+        }
+    }
+
+    private static void Launch<TS, TD>(KernelSet k, Action<Index1D, ArrayView<TS>, ArrayView<TD>> kernel, int n, Tensor src, Tensor dst)
+        where TS : unmanaged where TD : unmanaged =>
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(n, src.View<TS>(), dst.View<TD>());
+}
