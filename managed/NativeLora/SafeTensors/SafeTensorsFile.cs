@@ -10,7 +10,8 @@ namespace NativeLora.SafeTensors;
 /// A read-only, memory-mapped safetensors file. The header is validated completely on Open
 /// (huggingface/safetensors README "Format" and the Rust crate's <c>read_metadata</c>/<c>validate</c>),
 /// so every later lookup is in bounds. Tensor bytes are never copied except by ReadAsFloat32.
-/// Spans and pointers handed out are valid only until Dispose.
+/// Spans and pointers handed out are valid only until Dispose. As with any mapping, another
+/// process truncating the file while it is open makes later reads fault (SIGBUS).
 /// </summary>
 public sealed unsafe class SafeTensorsFile : IDisposable
 {

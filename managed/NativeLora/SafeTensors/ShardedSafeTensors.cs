@@ -228,6 +228,8 @@ public sealed class ShardedSafeTensorsWriter
 
     public ShardedSafeTensorsWriter SetMetadata(string key, string value)
     {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(value);
         int i = _metadata.FindIndex(kv => kv.Key == key);
         if (i >= 0) _metadata[i] = new(key, value);
         else _metadata.Add(new(key, value));
