@@ -45,11 +45,10 @@ public static class ElementwiseOp
         RequireElements(dst, src.ElementCount, "dst");
         if (src.ElementCount == 0) return;
         int n = (int)src.ElementCount;
-        var acc = k.Accelerator;
         switch (src.DType, dst.DType)
         {
             case var (a, b) when a == b:
-                src.View<byte>().CopyTo(dst.View<byte>());
+                src.CopyTo(dst);
                 break;
             case (DType.F32, DType.BF16): Launch<float, ushort>(k, CastKernels.F32ToBf16, n, src, dst); break;
             case (DType.BF16, DType.F32): Launch<ushort, float>(k, CastKernels.Bf16ToF32, n, src, dst); break;

@@ -88,6 +88,21 @@ public sealed class Tensor : IDisposable
         return Buffer.AsRawArrayView(ByteOffset, ByteLength).Cast<T>();
     }
 
+    /// <summary>The tensor's bytes as an ILGPU view (for copies that ignore the dtype).</summary>
+    public ArrayView<byte> RawBytes()
+    {
+        ThrowIfDisposed();
+        return Buffer.AsRawArrayView(ByteOffset, ByteLength);
+    }
+
+    /// <summary>Device-side copy into a tensor of the same dtype and element count.</summary>
+    public void CopyTo(Tensor destination)
+    {
+        if (destination.DType != DType || destination.ElementCount != ElementCount)
+            throw new ArgumentException($"cannot copy {this} into {destination}");
+        if (ElementCount > 0) RawBytes().CopyTo(destination.RawBytes());
+    }
+
     /// <summary>A view with another shape over the same elements.</summary>
     public Tensor Reshape(params int[] shape)
     {

@@ -1,0 +1,40 @@
+using NativeLora.Ops;
+using NativeLora.Tensors;
+using NativeLora.Tests.Support;
+
+namespace NativeLora.Tests.Kernels;
+
+public class ElementwiseTests
+{
+    [Test]
+    public void ResidualAddAndAccumulate([Values(DType.F32, DType.BF16, DType.F16)] DType dtype)
+    {
+        var k = TestDevice.Shared.Kernels;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        int n = 1029;
+        var a = Ref.Random(rng, dtype, n);
+        var b = Ref.Random(rng, dtype, n);
+        using var ta = Ref.Upload(dtype, a, n);
+        using var tb = Ref.Upload(dtype, b, n);
+        using var tc = Ref.Poisoned(dtype, n);
+        ElementwiseOp.Add(k, ta, tb, tc);
+        var sum = a.Zip(b, (x, y) => (double)x + y).ToArray();
+        Check.Close(tc.ToFloatArray(), sum, Ref.Tolerance(dtype, 1e-7), $"add {dtype}", seed);
+        ElementwiseOp.AddInto(k, ta, tb);
+        Check.Close(ta.ToFloatArray(), sum, Ref.Tolerance(dtype, 1e-7), $"add-into {dtype}", seed);
+    }
+
+    [Test]
+    public void CastsRoundTripThroughEveryPair([Values(DType.F32, DType.BF16, DType.F16)] DType from, [Values(DType.F32, DType.BF16, DType.F16)] DType to)
+    {
+        var k = TestDevice.Shared.Kernels;
+        int seed = Check.FreshSeed();
+        var x = Ref.Random(new Random(seed), from, 517, 100);
+        using var src = Ref.Upload(from, x, x.Length);
+        using var dst = Ref.Poisoned(to, x.Length);
+        ElementwiseOp.Cast(k, src, dst);
+        var expected = x.Select(v => Ref.Round(to, v)).ToArray();
+        Assert.That(dst.ToFloatArray(), Is.EqualTo(expected), $"{from}->{to} seed {seed}");
+    }
+}

@@ -1,0 +1,88 @@
+using NativeLora.Kernels;
+using NativeLora.Ops;
+using NativeLora.Tensors;
+using NativeLora.Tests.Support;
+
+namespace NativeLora.Tests.Kernels;
+
+public class RopeTests
+{
+    // float64 reference written from HF's definition: emb = cat(freqs, freqs); x·cos + rotate_half(x)·sin
+    private static double[] Reference(double[] x, int[] pos, int tokens, int heads, int hd, double[] invFreq, bool inverse)
+    {
+        var y = new double[x.Length];
+        var rotated = new double[hd];
+        for (int t = 0; t < tokens; t++)
+            for (int h = 0; h < heads; h++)
+            {
+                int b = (t * heads + h) * hd;
+                for (int d = 0; d < hd; d++) rotated[d] = d < hd / 2 ? -x[b + d + hd / 2] : x[b + d - hd / 2];
+                for (int d = 0; d < hd; d++)
+                {
+                    double a = pos[t] * invFreq[d % (hd / 2)] * (inverse ? -1 : 1);
+                    y[b + d] = x[b + d] * Math.Cos(a) + rotated[d] * Math.Sin(a);
+                }
+            }
+        return y;
+    }
+
+    [Test]
+    public void ForwardAndBackwardMatchFloat64([Values(DType.F32, DType.BF16)] DType dtype, [Values(64, 128)] int hd,
+        [Values("none", "linear", "llama3")] string scaling)
+    {
+        var k = TestDevice.Shared.Kernels;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        int tokens = 13, heads = 3, maxPos = 40;
+        var sc = scaling switch
+        {
+            "linear" => new RopeScaling(RopeScalingType.Linear, Factor: 4),
+            "llama3" => new RopeScaling(RopeScalingType.Llama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositions: 16),
+            _ => RopeScaling.None,
+        };
+        // packed positions: two sequences restart at 0, plus large positions
+        var pos = new[] { 0, 1, 2, 3, 4, 0, 1, 2, 37, 38, 39, 5, 6 };
+        var x = Ref.Random(rng, dtype, tokens * heads * hd);
+        var (cos, sin) = Rope.BuildTable(hd, maxPos, 500000, sc);
+        using var tcos = Ref.Upload(DType.F32, cos, maxPos, hd / 2);
+        using var tsin = Ref.Upload(DType.F32, sin, maxPos, hd / 2);
+        using var tpos = Ref.UploadInts(pos);
+        using var tx = Ref.Upload(dtype, x, tokens, heads * hd);
+        using var ty = Ref.Poisoned(dtype, tokens, heads * hd);
+        using var tdx = Ref.Poisoned(dtype, tokens, heads * hd);
+        RopeOp.Forward(k, tx, ty, tpos, tcos, tsin, heads, hd);
+        RopeOp.Backward(k, tx, tdx, tpos, tcos, tsin, heads, hd); // dy = x
+
+        var inv = ReferenceInverseFrequencies(hd, 500000, sc);
+        double tol = Ref.Tolerance(dtype, 1e-5);
+        Check.Close(ty.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, false), tol, $"rope {dtype} hd={hd} {scaling}", seed);
+        // the transpose of a rotation is the rotation by −angle
+        Check.Close(tdx.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, true), tol, $"rope backward {dtype} hd={hd} {scaling}", seed);
+    }
+
+    // Independent transcription of transformers' _compute_llama3_parameters / linear scaling.
+    private static double[] ReferenceInverseFrequencies(int hd, double theta, RopeScaling s)
+    {
+        var inv = Enumerable.Range(0, hd / 2).Select(p => 1.0 / Math.Pow(theta, (2.0 * p) / hd)).ToArray();
+        if (s.Type == RopeScalingType.Linear) return inv.Select(f => f / s.Factor).ToArray();
+        if (s.Type != RopeScalingType.Llama3) return inv;
+        double lowWl = s.OriginalMaxPositions / s.LowFreqFactor, highWl = s.OriginalMaxPositions / s.HighFreqFactor;
+        return inv.Select(f =>
+        {
+            double wl = 2 * Math.PI / f;
+            double scaled = wl > lowWl ? f / s.Factor : f;
+            double smooth = (s.OriginalMaxPositions / wl - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+            bool medium = !(wl < highWl) && !(wl > lowWl);
+            return medium ? (1 - smooth) * scaled / s.Factor + smooth * scaled : scaled;
+        }).ToArray();
+    }
+
+    [Test]
+    public void Llama3ScalingLeavesHighFrequenciesAndDividesLowOnes()
+    {
+        var inv = Rope.InverseFrequencies(128, 500000, new RopeScaling(RopeScalingType.Llama3, 8, 1, 4, 8192));
+        var plain = Rope.InverseFrequencies(128, 500000, RopeScaling.None);
+        Assert.That(inv[0], Is.EqualTo(plain[0]));                       // wavelength 2π < 2048
+        Assert.That(inv[63], Is.EqualTo(plain[63] / 8).Within(1e-18));   // wavelength far above 8192
+    }
+}
