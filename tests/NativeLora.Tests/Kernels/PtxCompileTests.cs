@@ -1,0 +1,108 @@
+using System.Reflection;
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using NativeLora.Kernels;
+
+namespace NativeLora.Tests.Kernels;
+
+/// <summary>
+/// Every kernel compiles to PTX offline (no GPU or driver needed), so a CUDA-only variant cannot
+/// rot unseen on machines without a GPU. The PTX is also checked for local-memory spills in the
+/// kernels that must not have any.
+/// </summary>
+public class PtxCompileTests
+{
+    private static Context? s_context;
+    private static PTXBackend? s_backend;
+
+    [OneTimeSetUp]
+    public void CreateBackend()
+    {
+        s_context = Context.Create(b => b.Default().EnableAlgorithms());
+        s_backend = new PTXBackend(s_context, CudaArchitecture.SM_80, CudaInstructionSet.ISA_80, null);
+    }
+
+    [OneTimeTearDown]
+    public void Dispose()
+    {
+        s_backend?.Dispose();
+        s_context?.Dispose();
+    }
+
+    // (kernel, explicitly grouped?) — the grouped ones are the GPU variants.
+    private static IEnumerable<(Delegate Kernel, bool Explicit)> Kernels()
+    {
+        foreach (var k in Instances<float, F32>()) yield return k;
+        foreach (var k in Instances<ushort, Bf16>()) yield return k;
+        foreach (var k in Instances<ushort, F16>()) yield return k;
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<ushort>>)CastKernels.F32ToBf16, false);
+        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<float>>)CastKernels.Bf16ToF32, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<ushort>>)CastKernels.F32ToF16, false);
+        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<float>>)CastKernels.F16ToF32, false);
+        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>>)CastKernels.Bf16ToF16, false);
+        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>>)CastKernels.F16ToBf16, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>)Attention.SoftmaxRowKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>)Attention.RecomputeProbsRowKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>)Attention.GradScoresRowKernel, false);
+    }
+
+    private static IEnumerable<(Delegate, bool)> Instances<T, S>() where T : unmanaged where S : struct, IStorage<T>
+    {
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>>)Elementwise.AddKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>>)Elementwise.AddIntoKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, float>)Elementwise.FillKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int>)Embedding.ForwardKernel<T>, false);
+        yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int>)Embedding.BackwardKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float>)RmsNorm.ForwardRowKernel<T, S>, false);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float>)RmsNorm.ForwardGroupKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int>)RmsNorm.BackwardRowKernel<T, S>, false);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int>)RmsNorm.BackwardGroupKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>)RmsNorm.WeightGradKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float>)Rope.RotateKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>>)SwiGlu.ForwardKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>>)SwiGlu.BackwardKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.RowKernel<T, S>, false);
+        yield return ((Action<ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.GroupKernel<T, S>, true);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int, int, int, float>)Attention.FlashForwardKernel<T, S>, true);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, int, int, int, int, float>)Attention.FlashBackwardDqKernel<T, S>, true);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, ArrayView<T>, int, int, int, int, float>)Attention.FlashBackwardDkDvKernel<T, S>, true);
+    }
+
+    private static IEnumerable<TestCaseData> Cases() =>
+        Kernels().Select(k => new TestCaseData(k.Kernel, k.Explicit).SetArgDisplayNames(Name(k.Kernel.Method)));
+
+    private static string Name(MethodInfo m) =>
+        $"{m.DeclaringType!.Name}.{m.Name}" + (m.IsGenericMethod ? $"<{string.Join(",", m.GetGenericArguments().Select(t => t.Name))}>" : "");
+
+    [TestCaseSource(nameof(Cases))]
+    public void CompilesToPtx(Delegate kernel, bool explicitlyGrouped)
+    {
+        var entry = explicitlyGrouped
+            ? EntryPointDescription.FromExplicitlyGroupedKernel(kernel.Method)
+            : EntryPointDescription.FromImplicitlyGroupedKernel(kernel.Method);
+        var compiled = (PTXCompiledKernel)s_backend!.Compile(entry, KernelSpecialization.Empty);
+        Assert.That(compiled.PTXAssembly, Does.Contain(".target sm_80"));
+        Assert.That(compiled.PTXAssembly, Does.Contain(".entry"));
+        // Only the flash attention kernels keep per-thread rows (q, accumulators) in local memory by
+        // design; anything else using .local has spilled.
+        if (kernel.Method.DeclaringType != typeof(Attention) || !kernel.Method.Name.StartsWith("Flash"))
+            Assert.That(compiled.PTXAssembly, Does.Not.Contain(".local"), "local memory in a kernel that should keep everything in registers");
+    }
+
+    [Test]
+    public void EveryKernelMethodIsInTheList()
+    {
+        var listed = Kernels().Select(k => k.Kernel.Method).Select(m => m.IsGenericMethod ? m.GetGenericMethodDefinition() : m).ToHashSet();
+        var all = typeof(KernelSet).Assembly.GetTypes()
+            .SelectMany(t => t.GetMethods(BindingFlags.Public | BindingFlags.Static | BindingFlags.DeclaredOnly))
+            .Where(m => m.Name.EndsWith("Kernel") || m.DeclaringType == typeof(CastKernels))
+            .ToList();
+        Assert.That(all, Has.Count.GreaterThan(20));
+        var missing = all.Where(m => !listed.Contains(m)).Select(Name).ToList();
+        Assert.That(missing, Is.Empty, "kernels not compiled to PTX by this test");
+    }
+}
