@@ -31,6 +31,31 @@ public static class ElementwiseOp
             () => Elementwise.AddInto<ushort, F16>(k, acc.View<ushort>(), x.View<ushort>()));
     }
 
+    /// <summary>y [rows, cols] += bias [cols] broadcast over rows.</summary>
+    public static void AddBias(KernelSet k, Tensor y, Tensor bias)
+    {
+        SameDType(y.DType, (bias, "bias"));
+        int cols = (int)bias.ElementCount;
+        if (y.ElementCount % cols != 0) throw new ArgumentException($"bias {bias} does not match the rows of {y}");
+        Run(y.DType,
+            () => Bias.Forward<float, F32>(k, y.View<float>(), bias.View<float>(), cols),
+            () => Bias.Forward<ushort, Bf16>(k, y.View<ushort>(), bias.View<ushort>(), cols),
+            () => Bias.Forward<ushort, F16>(k, y.View<ushort>(), bias.View<ushort>(), cols));
+    }
+
+    /// <summary>dBias (f32 [cols]) += column sums of dy [rows, cols].</summary>
+    public static void BiasGrad(KernelSet k, Tensor dy, Tensor dBias)
+    {
+        Require(dBias, DType.F32, "dBias");
+        int cols = (int)dBias.ElementCount;
+        int rows = (int)(dy.ElementCount / cols);
+        RequireElements(dy, (long)rows * cols, "dy");
+        Run(dy.DType,
+            () => Bias.Backward<float, F32>(k, dy.View<float>(), dBias.View<float>(), rows, cols),
+            () => Bias.Backward<ushort, Bf16>(k, dy.View<ushort>(), dBias.View<float>(), rows, cols),
+            () => Bias.Backward<ushort, F16>(k, dy.View<ushort>(), dBias.View<float>(), rows, cols));
+    }
+
     public static void Fill(KernelSet k, Tensor x, float value) =>
         Run(x.DType,
             () => Elementwise.Fill<float, F32>(k, x.View<float>(), value),

@@ -38,3 +38,31 @@ public class ElementwiseTests
         Assert.That(dst.ToFloatArray(), Is.EqualTo(expected), $"{from}->{to} seed {seed}");
     }
 }
+
+public class BiasTests
+{
+    [Test]
+    public void AddBiasAndColumnSumGradient([Values(DType.F32, DType.BF16)] DType dtype, [Values(1, 13)] int rows, [Values(1, 96)] int cols)
+    {
+        var k = TestDevice.Shared.Kernels;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        var y = Ref.Random(rng, dtype, rows * cols);
+        var b = Ref.Random(rng, dtype, cols);
+        using var ty = Ref.Upload(dtype, y, rows, cols);
+        using var tb = Ref.Upload(dtype, b, cols);
+        using var tdb = TestDevice.Shared.Allocate(DType.F32, cols);
+        ElementwiseOp.Zero(k, tdb);
+        ElementwiseOp.AddBias(k, ty, tb);
+        ElementwiseOp.BiasGrad(k, ty, tdb);
+        var yRef = new double[rows * cols];
+        var dbRef = new double[cols];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) { yRef[r * cols + c] = (double)y[r * cols + c] + b[c]; }
+        var yOut = ty.ToFloatArray();
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) dbRef[c] += yOut[r * cols + c];
+        Check.Close(yOut, yRef, Ref.Tolerance(dtype, 1e-7), $"bias add {dtype}", seed);
+        Check.Close(tdb.ToFloatArray(), dbRef, 1e-6, $"bias grad {dtype}", seed);
+    }
+}

@@ -55,6 +55,8 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>>)Elementwise.AddKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>>)Elementwise.AddIntoKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, float>)Elementwise.FillKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, int>)Bias.AddKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, int, int>)Bias.GradKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int>)Embedding.ForwardKernel<T>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int>)Embedding.BackwardKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float>)RmsNorm.ForwardRowKernel<T, S>, false);

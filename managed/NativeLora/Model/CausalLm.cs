@@ -1,0 +1,243 @@
+using NativeLora.Devices;
+using NativeLora.Kernels;
+using NativeLora.Ops;
+using NativeLora.Tensors;
+
+namespace NativeLora.Model;
+
+/// <summary>
+/// A Llama-family causal LM on one device: embedding → decoder layers → RMSNorm → output projection,
+/// with the loss computed by the chunked fused cross-entropy. Parameters are held under their HF
+/// names; full-parameter f32 gradients can be switched on (used by the gradient checks; LoRA training
+/// keeps the base frozen and never allocates them).
+/// </summary>
+public sealed class CausalLm : IDisposable
+{
+    public ModelConfig Config { get; }
+    public ComputeDevice Device { get; }
+    public KernelSet Kernels { get; set; }
+    public DType DType { get; }
+    public IReadOnlyDictionary<string, Tensor> Parameters => _parameters;
+    public IReadOnlyDictionary<string, Tensor> Gradients => _gradients;
+    public Tensor Embedding { get; }
+    public Tensor FinalNorm { get; }
+    public Tensor OutputWeight { get; } // lm_head.weight, or the embedding when tied
+    public IReadOnlyList<DecoderLayer> Layers { get; }
+    public int CrossEntropyChunkRows { get; set; } = 1024;
+
+    private readonly Dictionary<string, Tensor> _parameters;
+    private readonly Dictionary<string, Tensor> _gradients = new();
+    private readonly Tensor _cos, _sin;
+
+    /// <summary>Every tensor a checkpoint of this config must hold, with its PyTorch shape.</summary>
+    public static List<(string Name, int[] Shape)> ExpectedParameters(ModelConfig c)
+    {
+        var list = new List<(string, int[])> { ("model.embed_tokens.weight", new[] { c.VocabSize, c.HiddenSize }) };
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            list.Add((p + "input_layernorm.weight", new[] { c.HiddenSize }));
+            list.Add((p + "self_attn.q_proj.weight", new[] { c.QDim, c.HiddenSize }));
+            list.Add((p + "self_attn.k_proj.weight", new[] { c.KvDim, c.HiddenSize }));
+            list.Add((p + "self_attn.v_proj.weight", new[] { c.KvDim, c.HiddenSize }));
+            if (c.AttentionBias)
+            {
+                list.Add((p + "self_attn.q_proj.bias", new[] { c.QDim }));
+                list.Add((p + "self_attn.k_proj.bias", new[] { c.KvDim }));
+                list.Add((p + "self_attn.v_proj.bias", new[] { c.KvDim }));
+            }
+            list.Add((p + "self_attn.o_proj.weight", new[] { c.HiddenSize, c.QDim }));
+            list.Add((p + "post_attention_layernorm.weight", new[] { c.HiddenSize }));
+            list.Add((p + "mlp.gate_proj.weight", new[] { c.IntermediateSize, c.HiddenSize }));
+            list.Add((p + "mlp.up_proj.weight", new[] { c.IntermediateSize, c.HiddenSize }));
+            list.Add((p + "mlp.down_proj.weight", new[] { c.HiddenSize, c.IntermediateSize }));
+        }
+        list.Add(("model.norm.weight", new[] { c.HiddenSize }));
+        if (!c.TieWordEmbeddings) list.Add(("lm_head.weight", new[] { c.VocabSize, c.HiddenSize }));
+        return list;
+    }
+
+    /// <summary>
+    /// Takes ownership of the tensors. Every missing, extra or wrongly shaped tensor is reported at
+    /// once, by name, before anything runs.
+    /// </summary>
+    public CausalLm(ComputeDevice device, ModelConfig config, Dictionary<string, Tensor> parameters)
+    {
+        Device = device;
+        Kernels = device.Kernels;
+        Config = config;
+        var problems = new List<string>();
+        var expected = ExpectedParameters(config);
+        foreach (var (name, shape) in expected)
+        {
+            if (!parameters.TryGetValue(name, out var t)) problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
+            else if (!t.Shape.SequenceEqual(shape)) problems.Add($"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", shape)}]");
+        }
+        var names = expected.Select(e => e.Name).ToHashSet();
+        foreach (var name in parameters.Keys.Where(n => !names.Contains(n)).OrderBy(n => n))
+            problems.Add($"unexpected tensor '{name}'");
+        if (problems.Count > 0)
+            throw new InvalidDataException($"the weights do not match the {config.ModelType} config ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
+        DType = parameters["model.embed_tokens.weight"].DType;
+        var wrongType = parameters.Where(p => p.Value.DType != DType).Select(p => $"{p.Key} is {p.Value.DType.Name()}").ToList();
+        if (wrongType.Count > 0) throw new InvalidDataException($"all weights must share one dtype ({DType.Name()}): {string.Join(", ", wrongType)}");
+
+        _parameters = parameters;
+        Embedding = parameters["model.embed_tokens.weight"];
+        FinalNorm = parameters["model.norm.weight"];
+        OutputWeight = config.TieWordEmbeddings ? Embedding : parameters["lm_head.weight"];
+        var layers = new List<DecoderLayer>();
+        for (int i = 0; i < config.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            Linear L(string n, bool bias) => new(p + n, parameters[p + n + ".weight"], bias ? parameters[p + n + ".bias"] : null);
+            layers.Add(new DecoderLayer(i, parameters[p + "input_layernorm.weight"], parameters[p + "post_attention_layernorm.weight"],
+                L("self_attn.q_proj", config.AttentionBias), L("self_attn.k_proj", config.AttentionBias), L("self_attn.v_proj", config.AttentionBias),
+                L("self_attn.o_proj", false), L("mlp.gate_proj", false), L("mlp.up_proj", false), L("mlp.down_proj", false)));
+        }
+        Layers = layers;
+        var (cos, sin) = Rope.BuildTable(config.HeadDim, config.MaxPositionEmbeddings, config.RopeTheta, config.RopeScaling);
+        _cos = device.Allocate(DType.F32, config.MaxPositionEmbeddings, config.HeadDim / 2);
+        _sin = device.Allocate(DType.F32, config.MaxPositionEmbeddings, config.HeadDim / 2);
+        _cos.CopyFrom<float>(cos);
+        _sin.CopyFrom<float>(sin);
+    }
+
+    /// <summary>Allocates zeroed f32 gradients for every parameter (full fine-tuning and gradient checks; f32 models only).</summary>
+    public void EnableFullGradients()
+    {
+        if (DType != DType.F32) throw new InvalidOperationException($"full-parameter gradients need an f32 model, this one is {DType.Name()}");
+        foreach (var (name, p) in _parameters)
+            if (!_gradients.ContainsKey(name)) _gradients[name] = Device.Allocate(DType.F32, p.Shape);
+        foreach (var layer in Layers)
+        {
+            layer.InputNormGrad = _gradients[$"model.layers.{layer.Index}.input_layernorm.weight"];
+            layer.PostNormGrad = _gradients[$"model.layers.{layer.Index}.post_attention_layernorm.weight"];
+            foreach (var lin in layer.Linears)
+            {
+                lin.WeightGrad = _gradients[lin.Name + ".weight"];
+                if (lin.Bias != null) lin.BiasGrad = _gradients[lin.Name + ".bias"];
+            }
+        }
+        ZeroGradients();
+    }
+
+    public void ZeroGradients()
+    {
+        foreach (var g in _gradients.Values) ElementwiseOp.Zero(Kernels, g);
+    }
+
+    private sealed class BatchTensors : IDisposable
+    {
+        public Tensor Ids = null!, Positions = null!, Segments = null!;
+        public void Dispose() { Ids.Dispose(); Positions.Dispose(); Segments.Dispose(); }
+    }
+
+    private BatchTensors Upload(TokenBatch batch)
+    {
+        batch.Validate();
+        EmbeddingOp.CheckIds(batch.Ids, Config.VocabSize);
+        RopeOp.CheckPositions(batch.Positions, Config.MaxPositionEmbeddings);
+        var t = new BatchTensors
+        {
+            Ids = Device.Allocate(DType.I32, batch.Tokens),
+            Positions = Device.Allocate(DType.I32, batch.Tokens),
+            Segments = Device.Allocate(DType.I32, batch.Tokens),
+        };
+        t.Ids.CopyFrom<int>(batch.Ids);
+        t.Positions.CopyFrom<int>(batch.Positions);
+        t.Segments.CopyFrom<int>(batch.Segments);
+        return t;
+    }
+
+    private AttentionShape Shape(TokenBatch b) => new(b.Batch, b.SeqLen, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
+
+    /// <summary>
+    /// Forward and backward of the mean next-token loss. Gradients accumulate into <see cref="Gradients"/>
+    /// (when enabled); returns the mean loss over counted tokens and their number.
+    /// </summary>
+    public (double Loss, int Count) ForwardBackward(TokenBatch batch)
+    {
+        var k = Kernels;
+        int n = batch.Tokens, d = Config.HiddenSize;
+        var shape = Shape(batch);
+        using var bt = Upload(batch);
+        var hidden = new List<Tensor>(); // layer inputs: hidden[0] = embeddings, hidden[l+1] = layer l output
+        var acts = new List<LayerActivations>();
+        try
+        {
+            hidden.Add(Device.Allocate(DType, n, d));
+            EmbeddingOp.Forward(k, bt.Ids, batch.Ids, Embedding, hidden[0]);
+            foreach (var layer in Layers)
+            {
+                var output = Device.Allocate(DType, n, d);
+                acts.Add(layer.Forward(Device, k, Config, hidden[^1], output, bt.Positions, bt.Segments, _cos, _sin, shape));
+                hidden.Add(output);
+            }
+            using var normed = Device.Allocate(DType, n, d);
+            using var rstd = Device.Allocate(DType.F32, n);
+            RmsNormOp.Forward(k, hidden[^1], FinalNorm, normed, rstd, (float)Config.RmsNormEps);
+
+            using var dNormed = Device.Allocate(DType, n, d);
+            _gradients.TryGetValue(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", out var dOutW);
+            var (loss, count) = CrossEntropyOp.ForwardBackward(k, normed, OutputWeight, batch.Labels, dNormed, dOutW, CrossEntropyChunkRows);
+
+            using var dH = Device.Allocate(DType, n, d);
+            _gradients.TryGetValue("model.norm.weight", out var dFinalNorm);
+            RmsNormOp.Backward(k, hidden[^1], FinalNorm, dNormed, rstd, dH, dFinalNorm);
+            using var dPrev = Device.Allocate(DType, n, d);
+            var (cur, next) = (dH, dPrev);
+            for (int l = Layers.Count - 1; l >= 0; l--)
+            {
+                Layers[l].Backward(Device, k, Config, acts[l], cur, next, bt.Positions, bt.Segments, _cos, _sin, shape);
+                (cur, next) = (next, cur);
+            }
+            if (_gradients.TryGetValue("model.embed_tokens.weight", out var dEmb))
+                EmbeddingOp.Backward(k, bt.Ids, cur, dEmb);
+            return (loss, count);
+        }
+        finally
+        {
+            foreach (var a in acts) a.Dispose();
+            foreach (var h in hidden) h.Dispose();
+        }
+    }
+
+    /// <summary>Logits [tokens, vocab] of a forward pass (no loss, nothing kept).</summary>
+    public float[] Logits(TokenBatch batch)
+    {
+        var k = Kernels;
+        int n = batch.Tokens, d = Config.HiddenSize;
+        var shape = Shape(batch);
+        using var bt = Upload(batch);
+        var x = Device.Allocate(DType, n, d);
+        var y = Device.Allocate(DType, n, d);
+        try
+        {
+            EmbeddingOp.Forward(k, bt.Ids, batch.Ids, Embedding, x);
+            foreach (var layer in Layers)
+            {
+                using (layer.Forward(Device, k, Config, x, y, bt.Positions, bt.Segments, _cos, _sin, shape)) { }
+                (x, y) = (y, x);
+            }
+            using var rstd = Device.Allocate(DType.F32, n);
+            RmsNormOp.Forward(k, x, FinalNorm, y, rstd, (float)Config.RmsNormEps);
+            using var logits = Device.Allocate(DType, n, Config.VocabSize);
+            Gemm.Run(y, OutputWeight, logits, transB: true);
+            return logits.ToFloatArray();
+        }
+        finally
+        {
+            x.Dispose();
+            y.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _parameters.Values) t.Dispose();
+        foreach (var t in _gradients.Values) t.Dispose();
+        _cos.Dispose();
+        _sin.Dispose();
+    }
+}

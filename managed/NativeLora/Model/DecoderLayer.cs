@@ -1,0 +1,125 @@
+using NativeLora.Devices;
+using NativeLora.Kernels;
+using NativeLora.Ops;
+using NativeLora.Tensors;
+
+namespace NativeLora.Model;
+
+/// <summary>What one decoder layer's forward keeps for its backward.</summary>
+public sealed class LayerActivations : IDisposable
+{
+    public Tensor X = null!, Xn = null!, Rstd1 = null!, Q = null!, K = null!, V = null!, O = null!, Lse = null!;
+    public Tensor H = null!, Hn = null!, Rstd2 = null!, Gate = null!, Up = null!, M = null!;
+
+    public void Dispose()
+    {
+        // X is the layer's input, owned by the caller
+        foreach (var t in new[] { Xn, Rstd1, Q, K, V, O, Lse, H, Hn, Rstd2, Gate, Up, M }) t?.Dispose();
+    }
+}
+
+/// <summary>
+/// One Llama decoder layer (also Mistral and Qwen2):
+///   h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
+///   out = h + down_proj(silu(gate_proj(n2)) · up_proj(n2)),                   n2 = rmsnorm(h)
+/// Forward keeps the activations its backward needs; the backward walks the same steps in reverse.
+/// </summary>
+public sealed class DecoderLayer
+{
+    public int Index { get; }
+    public Tensor InputNorm { get; }
+    public Tensor PostNorm { get; }
+    public Linear QProj { get; }
+    public Linear KProj { get; }
+    public Linear VProj { get; }
+    public Linear OProj { get; }
+    public Linear GateProj { get; }
+    public Linear UpProj { get; }
+    public Linear DownProj { get; }
+    public Tensor? InputNormGrad { get; set; }
+    public Tensor? PostNormGrad { get; set; }
+
+    public DecoderLayer(int index, Tensor inputNorm, Tensor postNorm, Linear q, Linear k, Linear v, Linear o, Linear gate, Linear up, Linear down)
+    {
+        Index = index;
+        InputNorm = inputNorm;
+        PostNorm = postNorm;
+        QProj = q; KProj = k; VProj = v; OProj = o;
+        GateProj = gate; UpProj = up; DownProj = down;
+    }
+
+    public IEnumerable<Linear> Linears => new[] { QProj, KProj, VProj, OProj, GateProj, UpProj, DownProj };
+
+    /// <summary>Runs the layer on x [N, D] into output [N, D]; the returned activations hold x (not owned).</summary>
+    public LayerActivations Forward(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output,
+        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape)
+    {
+        int n = x.Dim(0);
+        var dt = x.DType;
+        var a = new LayerActivations { X = x };
+        a.Xn = device.Allocate(dt, n, c.HiddenSize);
+        a.Rstd1 = device.Allocate(DType.F32, n);
+        RmsNormOp.Forward(k, x, InputNorm, a.Xn, a.Rstd1, (float)c.RmsNormEps);
+        a.Q = device.Allocate(dt, n, c.QDim);
+        a.K = device.Allocate(dt, n, c.KvDim);
+        a.V = device.Allocate(dt, n, c.KvDim);
+        QProj.Forward(k, a.Xn, a.Q);
+        KProj.Forward(k, a.Xn, a.K);
+        VProj.Forward(k, a.Xn, a.V);
+        RopeOp.Forward(k, a.Q, a.Q, positions, cos, sin, c.NumHeads, c.HeadDim);
+        RopeOp.Forward(k, a.K, a.K, positions, cos, sin, c.NumKvHeads, c.HeadDim);
+        a.O = device.Allocate(dt, n, c.QDim);
+        a.Lse = device.Allocate(DType.F32, shape.Batch * c.NumHeads * shape.SeqLen);
+        AttentionOp.Forward(k, a.Q, a.K, a.V, segments, a.O, a.Lse, shape);
+        a.H = device.Allocate(dt, n, c.HiddenSize);
+        OProj.Forward(k, a.O, a.H);
+        ElementwiseOp.AddInto(k, a.H, x);
+        a.Hn = device.Allocate(dt, n, c.HiddenSize);
+        a.Rstd2 = device.Allocate(DType.F32, n);
+        RmsNormOp.Forward(k, a.H, PostNorm, a.Hn, a.Rstd2, (float)c.RmsNormEps);
+        a.Gate = device.Allocate(dt, n, c.IntermediateSize);
+        a.Up = device.Allocate(dt, n, c.IntermediateSize);
+        GateProj.Forward(k, a.Hn, a.Gate);
+        UpProj.Forward(k, a.Hn, a.Up);
+        a.M = device.Allocate(dt, n, c.IntermediateSize);
+        SwiGluOp.Forward(k, a.Gate, a.Up, a.M);
+        DownProj.Forward(k, a.M, output);
+        ElementwiseOp.AddInto(k, output, a.H);
+        return a;
+    }
+
+    /// <summary>dOut [N, D] is the gradient of the layer output; writes dX [N, D] (may not alias dOut).</summary>
+    public void Backward(ComputeDevice device, KernelSet k, ModelConfig c, LayerActivations a, Tensor dOut, Tensor dX,
+        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape)
+    {
+        int n = dOut.Dim(0);
+        var dt = dOut.DType;
+        // MLP branch: out = h + down(m)
+        using var dM = device.Allocate(dt, n, c.IntermediateSize);
+        DownProj.Backward(k, a.M, dOut, dM, accumulate: false);
+        using var dGate = device.Allocate(dt, n, c.IntermediateSize);
+        using var dUp = device.Allocate(dt, n, c.IntermediateSize);
+        SwiGluOp.Backward(k, a.Gate, a.Up, dM, dGate, dUp);
+        using var dHn = device.Allocate(dt, n, c.HiddenSize);
+        GateProj.Backward(k, a.Hn, dGate, dHn, accumulate: false);
+        UpProj.Backward(k, a.Hn, dUp, dHn, accumulate: true);
+        using var dH = device.Allocate(dt, n, c.HiddenSize);
+        RmsNormOp.Backward(k, a.H, PostNorm, dHn, a.Rstd2, dH, PostNormGrad);
+        ElementwiseOp.AddInto(k, dH, dOut); // residual
+        // attention branch: h = x + o_proj(attn)
+        using var dO = device.Allocate(dt, n, c.QDim);
+        OProj.Backward(k, a.O, dH, dO, accumulate: false);
+        using var dQ = device.Allocate(dt, n, c.QDim);
+        using var dK = device.Allocate(dt, n, c.KvDim);
+        using var dV = device.Allocate(dt, n, c.KvDim);
+        AttentionOp.Backward(k, a.Q, a.K, a.V, segments, a.O, a.Lse, dO, dQ, dK, dV, shape);
+        RopeOp.Backward(k, dQ, dQ, positions, cos, sin, c.NumHeads, c.HeadDim);
+        RopeOp.Backward(k, dK, dK, positions, cos, sin, c.NumKvHeads, c.HeadDim);
+        using var dXn = device.Allocate(dt, n, c.HiddenSize);
+        QProj.Backward(k, a.Xn, dQ, dXn, accumulate: false);
+        KProj.Backward(k, a.Xn, dK, dXn, accumulate: true);
+        VProj.Backward(k, a.Xn, dV, dXn, accumulate: true);
+        RmsNormOp.Backward(k, a.X, InputNorm, dXn, a.Rstd1, dX, InputNormGrad);
+        ElementwiseOp.AddInto(k, dX, dH); // residual
+    }
+}
