@@ -1,6 +1,7 @@
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using NativeLora.Devices;
 using NativeLora.Tensors;
 
@@ -17,7 +18,7 @@ public class GemmBenchmarks
     {
         public GemmConfig()
         {
-            AddJob(Job.Default.WithWarmupCount(2).WithIterationCount(8));
+            AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(8));
             AddColumn(new RateColumn("GFLOP/s", c => 2.0 * Math.Pow((int)RateColumn.Params(c)["N"], 3)));
         }
     }

@@ -99,6 +99,45 @@ public sealed record ModelConfig
         return c;
     }
 
+    /// <summary>The HF config.json of this config (what transformers, vLLM and llama.cpp's converter read).</summary>
+    public JsonObject ToJson()
+    {
+        var o = new JsonObject
+        {
+            ["architectures"] = new JsonArray(ModelType switch { "mistral" => "MistralForCausalLM", "qwen2" => "Qwen2ForCausalLM", _ => "LlamaForCausalLM" }),
+            ["model_type"] = ModelType,
+            ["vocab_size"] = VocabSize,
+            ["hidden_size"] = HiddenSize,
+            ["intermediate_size"] = IntermediateSize,
+            ["num_hidden_layers"] = NumLayers,
+            ["num_attention_heads"] = NumHeads,
+            ["num_key_value_heads"] = NumKvHeads,
+            ["head_dim"] = HeadDim,
+            ["hidden_act"] = "silu",
+            ["rms_norm_eps"] = RmsNormEps,
+            ["rope_theta"] = RopeTheta,
+            ["max_position_embeddings"] = MaxPositionEmbeddings,
+            ["tie_word_embeddings"] = TieWordEmbeddings,
+            ["initializer_range"] = 0.02,
+            ["torch_dtype"] = "float32",
+        };
+        if (ModelType == "llama") { o["attention_bias"] = AttentionBias; o["mlp_bias"] = false; }
+        if (SlidingWindow is int w) o["sliding_window"] = w;
+        if (BosTokenId is int bos) o["bos_token_id"] = bos;
+        if (EosTokenId is int eos) o["eos_token_id"] = eos;
+        o["rope_scaling"] = RopeScaling.Type switch
+        {
+            RopeScalingType.Linear => new JsonObject { ["rope_type"] = "linear", ["factor"] = RopeScaling.Factor },
+            RopeScalingType.Llama3 => new JsonObject
+            {
+                ["rope_type"] = "llama3", ["factor"] = RopeScaling.Factor, ["low_freq_factor"] = RopeScaling.LowFreqFactor,
+                ["high_freq_factor"] = RopeScaling.HighFreqFactor, ["original_max_position_embeddings"] = RopeScaling.OriginalMaxPositions,
+            },
+            _ => null,
+        };
+        return o;
+    }
+
     private static RopeScaling Scaling(JsonNode? node, string source)
     {
         if (node is null) return RopeScaling.None;

@@ -146,6 +146,15 @@ public sealed class Tensor : IDisposable
         view.CopyFromCPU(source);
     }
 
+    /// <summary>Writes raw bytes (e.g. straight from a memory-mapped checkpoint) into the tensor.</summary>
+    public void CopyFromBytes(ReadOnlySpan<byte> source)
+    {
+        if (source.Length != ByteLength)
+            throw new ArgumentException($"{this} holds {ByteLength} bytes, the source has {source.Length}");
+        Device.Accelerator.Synchronize();
+        if (source.Length > 0) RawBytes().CopyFromCPU(source);
+    }
+
     public T[] ToArray<T>() where T : unmanaged
     {
         var view = View<T>();
