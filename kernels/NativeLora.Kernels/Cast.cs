@@ -64,13 +64,51 @@ public static class FloatBits
     }
 }
 
-/// <summary>Elementwise casts between f32, bf16 and f16 (one thread per element; no backward: a cast's gradient is the opposite cast).</summary>
+/// <summary>Elementwise casts between f32, bf16 and f16 (no backward: a cast's gradient is the opposite cast). (n, chunk) as in Elementwise.</summary>
 public static class CastKernels
 {
-    public static void F32ToBf16(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatBits.FloatToBf16(src[i]);
-    public static void Bf16ToF32(Index1D i, ArrayView<ushort> src, ArrayView<float> dst) => dst[i] = FloatBits.Bf16ToFloat(src[i]);
-    public static void F32ToF16(Index1D i, ArrayView<float> src, ArrayView<ushort> dst) => dst[i] = FloatBits.FloatToHalf(src[i]);
-    public static void F16ToF32(Index1D i, ArrayView<ushort> src, ArrayView<float> dst) => dst[i] = FloatBits.HalfToFloat(src[i]);
-    public static void Bf16ToF16(Index1D i, ArrayView<ushort> src, ArrayView<ushort> dst) => dst[i] = FloatBits.FloatToHalf(FloatBits.Bf16ToFloat(src[i]));
-    public static void F16ToBf16(Index1D i, ArrayView<ushort> src, ArrayView<ushort> dst) => dst[i] = FloatBits.FloatToBf16(FloatBits.HalfToFloat(src[i]));
+    public static void F32ToBf16(Index1D t, ArrayView<float> src, ArrayView<ushort> dst, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToBf16(src[i]);
+    }
+
+    public static void Bf16ToF32(Index1D t, ArrayView<ushort> src, ArrayView<float> dst, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.Bf16ToFloat(src[i]);
+    }
+
+    public static void F32ToF16(Index1D t, ArrayView<float> src, ArrayView<ushort> dst, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToHalf(src[i]);
+    }
+
+    public static void F16ToF32(Index1D t, ArrayView<ushort> src, ArrayView<float> dst, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.HalfToFloat(src[i]);
+    }
+
+    public static void Bf16ToF16(Index1D t, ArrayView<ushort> src, ArrayView<ushort> dst, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToHalf(FloatBits.Bf16ToFloat(src[i]));
+    }
+
+    public static void F16ToBf16(Index1D t, ArrayView<ushort> src, ArrayView<ushort> dst, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToBf16(FloatBits.HalfToFloat(src[i]));
+    }
+
+    /// <summary>Runs one of the casts above over every element.</summary>
+    public static void Run<TS, TD>(KernelSet k, Action<Index1D, ArrayView<TS>, ArrayView<TD>, long, long> kernel, ArrayView<TS> src, ArrayView<TD> dst)
+        where TS : unmanaged where TD : unmanaged
+    {
+        var (threads, chunk) = k.ElementLaunch(src.Length);
+        if (threads == 0) return;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, src.Length, chunk);
+    }
 }

@@ -6,9 +6,10 @@ namespace NativeLora.Kernels;
 
 /// <summary>
 /// Cross-entropy on one chunk of logit rows, fused with its gradient: the caller computes a chunk
-/// of logits with a GEMM, this kernel turns it into per-row losses and overwrites it in place with
-/// dLoss/dlogits, and the caller's next GEMMs consume it, so [tokens × vocab] logits never exist
-/// at once. Per row with label y (ignored when y = −100):
+/// of logits with a GEMM (always with an f32 result: bf16 logits near 10 would carry ~3% error into
+/// the probabilities), this kernel turns it into per-row losses and writes dLoss/dlogits in the
+/// compute dtype (in place when that is f32), and the caller's next GEMMs consume it, so
+/// [tokens × vocab] logits never exist at once. Per row with label y (ignored when y = −100):
 ///   lse = m + log Σ exp(l − m),  loss = lse − l[y],  dl[j] = scale·(exp(l[j] − lse) − [j = y]).
 /// scale is dLoss/dmean = 1/(number of counted tokens in the whole batch). Ignored rows get zero.
 /// </summary>
@@ -16,7 +17,7 @@ public static class CrossEntropy
 {
     public const int IgnoreIndex = -100;
 
-    public static void RowKernel<T, S>(Index1D row, ArrayView<T> logits, ArrayView<int> labels, ArrayView<float> losses, int vocab, float scale)
+    public static void RowKernel<T, S>(Index1D row, ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int vocab, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
@@ -25,23 +26,23 @@ public static class CrossEntropy
         if (y == IgnoreIndex)
         {
             losses[row] = 0;
-            for (int j = 0; j < vocab; j++) logits[o + j] = s.Store(0);
+            for (int j = 0; j < vocab; j++) grad[o + j] = s.Store(0);
             return;
         }
         float m = float.NegativeInfinity;
-        for (int j = 0; j < vocab; j++) m = XMath.Max(m, s.Load(logits[o + j]));
+        for (int j = 0; j < vocab; j++) m = XMath.Max(m, logits[o + j]);
         float sum = 0;
-        for (int j = 0; j < vocab; j++) sum += XMath.Exp(s.Load(logits[o + j]) - m);
+        for (int j = 0; j < vocab; j++) sum += XMath.Exp(logits[o + j] - m);
         float lse = m + XMath.Log(sum);
-        losses[row] = lse - s.Load(logits[o + y]);
+        losses[row] = lse - logits[o + y];
         for (int j = 0; j < vocab; j++)
         {
-            float p = XMath.Exp(s.Load(logits[o + j]) - lse);
-            logits[o + j] = s.Store(scale * (j == y ? p - 1f : p));
+            float p = XMath.Exp(logits[o + j] - lse);
+            grad[o + j] = s.Store(scale * (j == y ? p - 1f : p));
         }
     }
 
-    public static void GroupKernel<T, S>(ArrayView<T> logits, ArrayView<int> labels, ArrayView<float> losses, int vocab, float scale)
+    public static void GroupKernel<T, S>(ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int vocab, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
@@ -52,37 +53,38 @@ public static class CrossEntropy
         if (y == IgnoreIndex) // uniform across the group: no barrier is skipped by part of it
         {
             if (Group.IdxX == 0) losses[row] = 0;
-            for (int j = Group.IdxX; j < vocab; j += Group.DimX) logits[o + j] = s.Store(0);
+            for (int j = Group.IdxX; j < vocab; j += Group.DimX) grad[o + j] = s.Store(0);
             return;
         }
         float m = float.NegativeInfinity;
-        for (int j = Group.IdxX; j < vocab; j += Group.DimX) m = XMath.Max(m, s.Load(logits[o + j]));
+        for (int j = Group.IdxX; j < vocab; j += Group.DimX) m = XMath.Max(m, logits[o + j]);
         m = GroupReduce.Max(m, scratch);
         float sum = 0;
-        for (int j = Group.IdxX; j < vocab; j += Group.DimX) sum += XMath.Exp(s.Load(logits[o + j]) - m);
+        for (int j = Group.IdxX; j < vocab; j += Group.DimX) sum += XMath.Exp(logits[o + j] - m);
         float lse = m + XMath.Log(GroupReduce.Sum(sum, scratch));
-        if (Group.IdxX == 0) losses[row] = lse - s.Load(logits[o + y]);
-        Group.Barrier(); // logits[y] is read above before any thread overwrites it
+        if (Group.IdxX == 0) losses[row] = lse - logits[o + y];
+        Group.Barrier(); // logits[y] is read above before any thread overwrites it (grad may alias logits)
         for (int j = Group.IdxX; j < vocab; j += Group.DimX)
         {
-            float p = XMath.Exp(s.Load(logits[o + j]) - lse);
-            logits[o + j] = s.Store(scale * (j == y ? p - 1f : p));
+            float p = XMath.Exp(logits[o + j] - lse);
+            grad[o + j] = s.Store(scale * (j == y ? p - 1f : p));
         }
     }
 
     /// <summary>Labels must be −100 or lie in [0, vocab) (checked by the caller).</summary>
-    public static void ForwardBackward<T, S>(KernelSet k, ArrayView<T> logits, ArrayView<int> labels, ArrayView<float> losses, int rows, int vocab, float scale)
+    /// <summary>grad may be the logits themselves when T is float.</summary>
+    public static void ForwardBackward<T, S>(KernelSet k, ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int rows, int vocab, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
         if (k.GpuVariants)
         {
-            Action<ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float> kernel = GroupKernel<T, S>;
-            k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), logits, labels, losses, vocab, scale);
+            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float> kernel = GroupKernel<T, S>;
+            k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), logits, grad, labels, losses, vocab, scale);
         }
         else
         {
-            Action<Index1D, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float> kernel = RowKernel<T, S>;
-            k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, logits, labels, losses, vocab, scale);
+            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float> kernel = RowKernel<T, S>;
+            k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, logits, grad, labels, losses, vocab, scale);
         }
     }
 }

@@ -6,52 +6,63 @@ namespace NativeLora.Kernels;
 /// <summary>
 /// Residual adds and fills. The residual add's backward is the identity on both inputs, so its
 /// "backward" is <see cref="AddInto"/>: accumulate the incoming gradient into the residual stream's.
+/// Elementwise kernels take (n, chunk): thread t handles elements [t·chunk, (t+1)·chunk) ∩ [0, n),
+/// sized by <see cref="KernelSet.ElementLaunch"/> (chunk 1 on a GPU).
 /// </summary>
 public static class Elementwise
 {
     // out = a + b
-    public static void AddKernel<T, S>(Index1D i, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output)
+    public static void AddKernel<T, S>(Index1D t, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        output[i] = s.Store(s.Load(a[i]) + s.Load(b[i]));
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) output[i] = s.Store(s.Load(a[i]) + s.Load(b[i]));
     }
 
     // acc += x
-    public static void AddIntoKernel<T, S>(Index1D i, ArrayView<T> acc, ArrayView<T> x)
+    public static void AddIntoKernel<T, S>(Index1D t, ArrayView<T> acc, ArrayView<T> x, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        acc[i] = s.Store(s.Load(acc[i]) + s.Load(x[i]));
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) acc[i] = s.Store(s.Load(acc[i]) + s.Load(x[i]));
     }
 
-    public static void FillKernel<T, S>(Index1D i, ArrayView<T> x, float value)
+    public static void FillKernel<T, S>(Index1D t, ArrayView<T> x, float value, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        x[i] = s.Store(value);
+        T v = s.Store(value);
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) x[i] = v;
     }
 
     public static void Add<T, S>(KernelSet k, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>> kernel = AddKernel<T, S>;
-        k.Load(kernel, acc => acc.LoadAutoGroupedStreamKernel(kernel))((int)output.Length, a, b, output);
+        var (threads, chunk) = k.ElementLaunch(output.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = AddKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, a, b, output, output.Length, chunk);
     }
 
     public static void AddInto<T, S>(KernelSet k, ArrayView<T> acc, ArrayView<T> x)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>> kernel = AddIntoKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)acc.Length, acc, x);
+        var (threads, chunk) = k.ElementLaunch(acc.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, long, long> kernel = AddIntoKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, acc, x, acc.Length, chunk);
     }
 
     public static void Fill<T, S>(KernelSet k, ArrayView<T> x, float value)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        if (x.Length == 0) return;
-        Action<Index1D, ArrayView<T>, float> kernel = FillKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)x.Length, x, value);
+        var (threads, chunk) = k.ElementLaunch(x.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, float, long, long> kernel = FillKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, value, x.Length, chunk);
     }
 }
 
@@ -61,11 +72,12 @@ public static class Elementwise
 /// </summary>
 public static class Bias
 {
-    public static void AddKernel<T, S>(Index1D i, ArrayView<T> y, ArrayView<T> bias, int cols)
+    public static void AddKernel<T, S>(Index1D t, ArrayView<T> y, ArrayView<T> bias, int cols, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        y[i] = s.Store(s.Load(y[i]) + s.Load(bias[i % cols]));
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) y[i] = s.Store(s.Load(y[i]) + s.Load(bias[i % cols]));
     }
 
     public static void GradKernel<T, S>(Index1D c, ArrayView<T> dy, ArrayView<float> dBias, int rows, int cols)
@@ -80,8 +92,10 @@ public static class Bias
     public static void Forward<T, S>(KernelSet k, ArrayView<T> y, ArrayView<T> bias, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, int> kernel = AddKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)y.Length, y, bias, cols);
+        var (threads, chunk) = k.ElementLaunch(y.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, int, long, long> kernel = AddKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, y, bias, cols, y.Length, chunk);
     }
 
     /// <summary>Accumulates into dBias (f32).</summary>

@@ -10,12 +10,16 @@ namespace NativeLora.Kernels;
 /// </summary>
 public static class Embedding
 {
-    public static void ForwardKernel<T>(Index1D i, ArrayView<int> ids, ArrayView<T> table, ArrayView<T> output, int dim)
+    public static void ForwardKernel<T>(Index1D th, ArrayView<int> ids, ArrayView<T> table, ArrayView<T> output, int dim, long n, long chunk)
         where T : unmanaged
     {
-        long t = i / dim;
-        long d = i - t * dim;
-        output[i] = table[ids[t] * (long)dim + d];
+        long end = Math.Min(n, (th + 1L) * chunk);
+        for (long i = th * chunk; i < end; i++)
+        {
+            long t = i / dim;
+            long d = i - t * dim;
+            output[i] = table[ids[t] * (long)dim + d];
+        }
     }
 
     public static void BackwardKernel<T, S>(Index1D d, ArrayView<int> ids, ArrayView<T> dOutput, ArrayView<float> dTable, int tokens, int dim)
@@ -30,8 +34,10 @@ public static class Embedding
     public static void Forward<T>(KernelSet k, ArrayView<int> ids, ArrayView<T> table, ArrayView<T> output, int dim)
         where T : unmanaged
     {
-        Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int> kernel = ForwardKernel<T>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)output.Length, ids, table, output, dim);
+        var (threads, chunk) = k.ElementLaunch(output.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int, long, long> kernel = ForwardKernel<T>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, ids, table, output, dim, output.Length, chunk);
     }
 
     /// <summary>Accumulates into dTable (f32); zero it first for a fresh gradient.</summary>

@@ -36,6 +36,19 @@ public sealed class KernelSet
         AttentionTile = Math.Min(32, accelerator.MaxNumThreadsPerGroup);
     }
 
+    /// <summary>
+    /// Threads for an elementwise kernel over n elements, and the elements per thread. On a GPU: one
+    /// thread per element (chunk 1, coalesced). On ILGPU's CPU accelerator each thread costs about a
+    /// microsecond of scheduling, so a few threads per core each take a contiguous chunk.
+    /// </summary>
+    public (int Threads, long Chunk) ElementLaunch(long n)
+    {
+        if (n <= 0) return (0, 1);
+        long threads = Accelerator.AcceleratorType == AcceleratorType.CPU ? Math.Min(n, 4L * Environment.ProcessorCount) : Math.Min(n, int.MaxValue);
+        long chunk = (n + threads - 1) / threads;
+        return ((int)((n + chunk - 1) / chunk), chunk);
+    }
+
     /// <summary>Loads (once) the compiled form of <paramref name="kernel"/>.</summary>
     public TDelegate Load<TDelegate>(Delegate kernel, Func<Accelerator, TDelegate> load) where TDelegate : Delegate =>
         (TDelegate)_cache.GetOrAdd(kernel.Method, _ => load(Accelerator));

@@ -78,33 +78,40 @@ public static class Rope
     }
 
     // x, y: [tokens, heads·headDim]; one thread per (token, head, pair). y may alias x.
-    public static void RotateKernel<T, S>(Index1D i, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
-        ArrayView<float> cos, ArrayView<float> sin, int heads, int headDim, float sign)
+    public static void RotateKernel<T, S>(Index1D th, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
+        ArrayView<float> cos, ArrayView<float> sin, int heads, int headDim, float sign, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
         int half = headDim / 2;
-        int perToken = heads * half;
-        int t = i / perToken;
-        int rem = i - t * perToken;
-        int h = rem / half;
-        int p = rem - h * half;
-        long b = (long)t * heads * headDim + (long)h * headDim + p;
-        long tab = (long)positions[t] * half + p;
-        float c = cos[tab];
-        float sn = sin[tab] * sign;
-        float x1 = s.Load(x[b]);
-        float x2 = s.Load(x[b + half]);
-        y[b] = s.Store(x1 * c - x2 * sn);
-        y[b + half] = s.Store(x2 * c + x1 * sn);
+        long perToken = (long)heads * half;
+        long end = Math.Min(n, (th + 1L) * chunk);
+        for (long i = th * chunk; i < end; i++)
+        {
+            long t = i / perToken;
+            long rem = i - t * perToken;
+            long h = rem / half;
+            long p = rem - h * half;
+            long b = t * heads * headDim + h * headDim + p;
+            long tab = positions[t] * (long)half + p;
+            float c = cos[tab];
+            float sn = sin[tab] * sign;
+            float x1 = s.Load(x[b]);
+            float x2 = s.Load(x[b + half]);
+            y[b] = s.Store(x1 * c - x2 * sn);
+            y[b + half] = s.Store(x2 * c + x1 * sn);
+        }
     }
 
     private static void Rotate<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
         ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim, float sign)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float> kernel = RotateKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(tokens * heads * (headDim / 2), x, y, positions, cos, sin, heads, headDim, sign);
+        long n = (long)tokens * heads * (headDim / 2);
+        var (threads, chunk) = k.ElementLaunch(n);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float, long, long> kernel = RotateKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, y, positions, cos, sin, heads, headDim, sign, n, chunk);
     }
 
     /// <summary>Positions must lie in [0, maxPositions) of the table (checked by the caller).</summary>

@@ -12,38 +12,50 @@ namespace NativeLora.Kernels;
 /// </summary>
 public static class SwiGlu
 {
-    public static void ForwardKernel<T, S>(Index1D i, ArrayView<T> gate, ArrayView<T> up, ArrayView<T> h)
+    public static void ForwardKernel<T, S>(Index1D t, ArrayView<T> gate, ArrayView<T> up, ArrayView<T> h, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        float g = s.Load(gate[i]);
-        float sig = 1f / (1f + XMath.Exp(-g));
-        h[i] = s.Store(g * sig * s.Load(up[i]));
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++)
+        {
+            float g = s.Load(gate[i]);
+            float sig = 1f / (1f + XMath.Exp(-g));
+            h[i] = s.Store(g * sig * s.Load(up[i]));
+        }
     }
 
-    public static void BackwardKernel<T, S>(Index1D i, ArrayView<T> gate, ArrayView<T> up, ArrayView<T> dh, ArrayView<T> dgate, ArrayView<T> dup)
+    public static void BackwardKernel<T, S>(Index1D t, ArrayView<T> gate, ArrayView<T> up, ArrayView<T> dh, ArrayView<T> dgate, ArrayView<T> dup, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        float g = s.Load(gate[i]);
-        float u = s.Load(up[i]);
-        float d = s.Load(dh[i]);
-        float sig = 1f / (1f + XMath.Exp(-g));
-        dgate[i] = s.Store(d * u * sig * (1f + g * (1f - sig)));
-        dup[i] = s.Store(d * g * sig);
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++)
+        {
+            float g = s.Load(gate[i]);
+            float u = s.Load(up[i]);
+            float d = s.Load(dh[i]);
+            float sig = 1f / (1f + XMath.Exp(-g));
+            dgate[i] = s.Store(d * u * sig * (1f + g * (1f - sig)));
+            dup[i] = s.Store(d * g * sig);
+        }
     }
 
     public static void Forward<T, S>(KernelSet k, ArrayView<T> gate, ArrayView<T> up, ArrayView<T> h)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>> kernel = ForwardKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)h.Length, gate, up, h);
+        var (threads, chunk) = k.ElementLaunch(h.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = ForwardKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, gate, up, h, h.Length, chunk);
     }
 
     public static void Backward<T, S>(KernelSet k, ArrayView<T> gate, ArrayView<T> up, ArrayView<T> dh, ArrayView<T> dgate, ArrayView<T> dup)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>> kernel = BackwardKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)dh.Length, gate, up, dh, dgate, dup);
+        var (threads, chunk) = k.ElementLaunch(dh.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = BackwardKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, gate, up, dh, dgate, dup, dh.Length, chunk);
     }
 }

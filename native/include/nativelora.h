@@ -11,7 +11,8 @@
  * GEMM convention: all matrices are ROW-MAJOR. With op(X) = X or Xᵀ,
  *   C[m,n] = alpha * op(A)[m,k] · op(B)[k,n] + beta * C[m,n]
  * lda/ldb/ldc are row strides in elements of the stored (untransposed) matrix.
- * Accumulation is always fp32; A, B and C share one dtype.
+ * Accumulation is always fp32. A and B share ab_dtype; C is c_dtype, which is either
+ * ab_dtype or F32 (bf16/f16 inputs with an f32 result, e.g. logits for the loss).
  */
 #ifndef NATIVELORA_H
 #define NATIVELORA_H
@@ -29,7 +30,7 @@ extern "C" {
 #define NL_API __attribute__((visibility("default")))
 #endif
 
-#define NL_ABI_VERSION 1
+#define NL_ABI_VERSION 2
 
 typedef enum nl_status {
     NL_OK = 0,
@@ -75,14 +76,14 @@ NL_API nl_status nl_synchronize(void);
 NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes);
 
 /* --- GEMM -------------------------------------------------------------------- */
-NL_API nl_status nl_gemm(nl_dtype dtype, int trans_a, int trans_b,
+NL_API nl_status nl_gemm(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b,
                          int m, int n, int k,
                          float alpha, const void* a, int lda,
                          const void* b, int ldb,
                          float beta, void* c, int ldc);
 
 /* batch independent GEMMs; matrix i of A starts at a + i*stride_a elements. */
-NL_API nl_status nl_gemm_strided_batched(nl_dtype dtype, int trans_a, int trans_b,
+NL_API nl_status nl_gemm_strided_batched(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b,
                                          int m, int n, int k,
                                          float alpha, const void* a, int lda, int64_t stride_a,
                                          const void* b, int ldb, int64_t stride_b,

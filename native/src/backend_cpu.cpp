@@ -52,8 +52,8 @@ void from_f32(nl_dtype dtype, const std::vector<float>& src, int rows, int cols,
         }
 }
 
-void gemm_one(nl_dtype dtype, int ta, int tb, int m, int n, int k, float alpha, const void* a, int lda,
-              const void* b, int ldb, float beta, void* c, int ldc) {
+void gemm_one(nl_dtype dtype, nl_dtype c_dtype, int ta, int tb, int m, int n, int k, float alpha, const void* a,
+              int lda, const void* b, int ldb, float beta, void* c, int ldc) {
     if (m == 0 || n == 0) return;
     const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans;
     const CBLAS_TRANSPOSE opb = tb ? CblasTrans : CblasNoTrans;
@@ -77,6 +77,19 @@ void gemm_one(nl_dtype dtype, int ta, int tb, int m, int n, int k, float alpha, 
     if (k > 0) {
         to_f32(dtype, a, a_rows, a_cols, lda, fa);
         to_f32(dtype, b, b_rows, b_cols, ldb, fb);
+    }
+    if (c_dtype == NL_DTYPE_F32) {  // f32 result: BLAS writes C in place
+        auto* cf = static_cast<float*>(c);
+        if (k > 0)
+            cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, alpha, fa.data(), a_cols > 0 ? a_cols : 1, fb.data(),
+                        b_cols > 0 ? b_cols : 1, beta, cf, ldc);
+        else
+            for (int r = 0; r < m; ++r)
+                for (int j = 0; j < n; ++j) {
+                    float& x = cf[static_cast<size_t>(r) * ldc + j];
+                    x = beta == 0.0f ? 0.0f : beta * x;
+                }
+        return;
     }
     if (beta != 0.0f) to_f32(dtype, c, m, n, ldc, fc);
     else fc.assign(static_cast<size_t>(m) * n, 0.0f);
@@ -143,30 +156,30 @@ NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes) 
     });
 }
 
-NL_API nl_status nl_gemm(nl_dtype dtype, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                         const void* a, int lda, const void* b, int ldb, float beta, void* c, int ldc) {
+NL_API nl_status nl_gemm(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b, int m, int n, int k,
+                         float alpha, const void* a, int lda, const void* b, int ldb, float beta, void* c, int ldc) {
     return guarded("nl_gemm", [&] {
         if (!g_initialized) fail(NL_ERR_NOT_INITIALIZED, "call nl_init first");
-        nl::check_gemm_args(dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
-        gemm_one(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        nl::check_gemm_args(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
+        gemm_one(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     });
 }
 
-NL_API nl_status nl_gemm_strided_batched(nl_dtype dtype, int trans_a, int trans_b, int m, int n, int k,
+NL_API nl_status nl_gemm_strided_batched(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b, int m, int n, int k,
                                          float alpha, const void* a, int lda, int64_t stride_a,
                                          const void* b, int ldb, int64_t stride_b, float beta, void* c,
                                          int ldc, int64_t stride_c, int batch) {
     return guarded("nl_gemm_strided_batched", [&] {
         if (!g_initialized) fail(NL_ERR_NOT_INITIALIZED, "call nl_init first");
-        nl::check_gemm_args(dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
+        nl::check_gemm_args(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
         require(batch >= 0, "batch must be >= 0, got " + std::to_string(batch));
         require(stride_a >= 0 && stride_b >= 0 && stride_c >= 0, "strides must be >= 0");
-        const size_t es = elem_size(dtype);
+        const size_t es = elem_size(ab_dtype), ces = elem_size(c_dtype);
         for (int i = 0; i < batch; ++i)
-            gemm_one(dtype, trans_a, trans_b, m, n, k, alpha,
+            gemm_one(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, alpha,
                      static_cast<const char*>(a) + static_cast<size_t>(i) * stride_a * es, lda,
                      static_cast<const char*>(b) + static_cast<size_t>(i) * stride_b * es, ldb, beta,
-                     static_cast<char*>(c) + static_cast<size_t>(i) * stride_c * es, ldc);
+                     static_cast<char*>(c) + static_cast<size_t>(i) * stride_c * ces, ldc);
     });
 }
 

@@ -69,23 +69,24 @@ cudaDataType_t data_type(nl_dtype d) {
 
 // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands
 // and m/n, keep the transposition flags.
-void gemm_batched(nl_dtype dtype, int ta, int tb, int m, int n, int k, float alpha, const void* a, int lda,
+void gemm_batched(nl_dtype dtype, nl_dtype c_dtype, int ta, int tb, int m, int n, int k, float alpha, const void* a, int lda,
                   long long sa, const void* b, int ldb, long long sb, float beta, void* c, int ldc, long long sc,
                   int batch) {
     if (m == 0 || n == 0 || batch == 0) return;
     const cudaDataType_t t = data_type(dtype);
+    const cudaDataType_t tc = data_type(c_dtype);
     const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     // fp32 inputs may use TF32 tensor cores only if the caller opts in; keep exact fp32 by default.
     const cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
     const int lda_ = lda < 1 ? 1 : lda, ldb_ = ldb < 1 ? 1 : ldb;
     if (batch == 1)
-        check_cublas(cublasGemmEx(g_handle, opb, opa, n, m, k, &alpha, b, t, ldb_, a, t, lda_, &beta, c, t, ldc,
+        check_cublas(cublasGemmEx(g_handle, opb, opa, n, m, k, &alpha, b, t, ldb_, a, t, lda_, &beta, c, tc, ldc,
                                   compute, CUBLAS_GEMM_DEFAULT),
                      "cublasGemmEx");
     else
         check_cublas(cublasGemmStridedBatchedEx(g_handle, opb, opa, n, m, k, &alpha, b, t, ldb_, sb, a, t, lda_, sa,
-                                                &beta, c, t, ldc, sc, batch, compute, CUBLAS_GEMM_DEFAULT),
+                                                &beta, c, tc, ldc, sc, batch, compute, CUBLAS_GEMM_DEFAULT),
                      "cublasGemmStridedBatchedEx");
 }
 
@@ -154,25 +155,25 @@ NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes) 
     });
 }
 
-NL_API nl_status nl_gemm(nl_dtype dtype, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                         const void* a, int lda, const void* b, int ldb, float beta, void* c, int ldc) {
+NL_API nl_status nl_gemm(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b, int m, int n, int k,
+                         float alpha, const void* a, int lda, const void* b, int ldb, float beta, void* c, int ldc) {
     return guarded("nl_gemm", [&] {
-        nl::check_gemm_args(dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
+        nl::check_gemm_args(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
         make_current();
-        gemm_batched(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1);
+        gemm_batched(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1);
     });
 }
 
-NL_API nl_status nl_gemm_strided_batched(nl_dtype dtype, int trans_a, int trans_b, int m, int n, int k,
+NL_API nl_status nl_gemm_strided_batched(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b, int m, int n, int k,
                                          float alpha, const void* a, int lda, int64_t stride_a,
                                          const void* b, int ldb, int64_t stride_b, float beta, void* c,
                                          int ldc, int64_t stride_c, int batch) {
     return guarded("nl_gemm_strided_batched", [&] {
-        nl::check_gemm_args(dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
+        nl::check_gemm_args(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
         require(batch >= 0, "batch must be >= 0, got " + std::to_string(batch));
         require(stride_a >= 0 && stride_b >= 0 && stride_c >= 0, "strides must be >= 0");
         make_current();
-        gemm_batched(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+        gemm_batched(ab_dtype, c_dtype, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
                      stride_c, batch);
     });
 }

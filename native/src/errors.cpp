@@ -9,10 +9,13 @@ static thread_local std::string g_last_error;
 void set_error(const std::string& message) { g_last_error = message; }
 void clear_error() { g_last_error.clear(); }
 
-void check_gemm_args(nl_dtype dtype, int trans_a, int trans_b, int m, int n, int k,
+void check_gemm_args(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b, int m, int n, int k,
                      const void* a, int lda, const void* b, int ldb, const void* c, int ldc) {
-    require(dtype == NL_DTYPE_F32 || dtype == NL_DTYPE_F16 || dtype == NL_DTYPE_BF16,
-            "unknown dtype " + std::to_string(static_cast<int>(dtype)));
+    require(ab_dtype == NL_DTYPE_F32 || ab_dtype == NL_DTYPE_F16 || ab_dtype == NL_DTYPE_BF16,
+            "unknown dtype " + std::to_string(static_cast<int>(ab_dtype)));
+    require(c_dtype == ab_dtype || c_dtype == NL_DTYPE_F32,
+            "the result dtype must equal the operands' dtype or be F32 (got ab=" + std::to_string(static_cast<int>(ab_dtype)) +
+                ", c=" + std::to_string(static_cast<int>(c_dtype)) + ")");
     require(m >= 0 && n >= 0 && k >= 0, "negative size m=" + std::to_string(m) +
                                             " n=" + std::to_string(n) + " k=" + std::to_string(k));
     require(trans_a == 0 || trans_a == 1, "trans_a must be 0 or 1");

@@ -47,7 +47,7 @@ nl_status guarded(const char* fn, F&& body) {
 }
 
 // Shared argument checks so both backends reject the same inputs with the same text.
-void check_gemm_args(nl_dtype dtype, int trans_a, int trans_b, int m, int n, int k,
+void check_gemm_args(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b, int m, int n, int k,
                      const void* a, int lda, const void* b, int ldb, const void* c, int ldc);
 
 }  // namespace nl

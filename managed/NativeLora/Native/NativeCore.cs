@@ -23,7 +23,7 @@ public sealed class NativeCoreException : Exception
 /// </summary>
 public static class NativeCore
 {
-    public const int ExpectedAbiVersion = 1;
+    public const int ExpectedAbiVersion = 2;
 
     /// <summary>"cuda" or "cpu-openblas": which backend CMake built.</summary>
     public static string BackendName => Marshal.PtrToStringUTF8(NativeMethods.nl_backend_name()) ?? "";
@@ -57,14 +57,14 @@ public static class NativeCore
         return (free, total);
     }
 
-    public static void Gemm(NlDType dtype, bool transA, bool transB, int m, int n, int k, float alpha,
+    public static void Gemm(NlDType dtype, NlDType cDtype, bool transA, bool transB, int m, int n, int k, float alpha,
         nint a, int lda, nint b, int ldb, float beta, nint c, int ldc) =>
-        Check(NativeMethods.nl_gemm(dtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
+        Check(NativeMethods.nl_gemm(dtype, cDtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
             "nl_gemm");
 
-    public static void GemmStridedBatched(NlDType dtype, bool transA, bool transB, int m, int n, int k, float alpha,
+    public static void GemmStridedBatched(NlDType dtype, NlDType cDtype, bool transA, bool transB, int m, int n, int k, float alpha,
         nint a, int lda, long strideA, nint b, int ldb, long strideB, float beta, nint c, int ldc, long strideC, int batch) =>
-        Check(NativeMethods.nl_gemm_strided_batched(dtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha,
+        Check(NativeMethods.nl_gemm_strided_batched(dtype, cDtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha,
             a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch), "nl_gemm_strided_batched");
 
     public static nint ManagedAlloc(ulong bytes)

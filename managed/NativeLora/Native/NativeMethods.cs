@@ -50,11 +50,11 @@ internal static partial class NativeMethods
     [LibraryImport(Library)] internal static partial NlStatus nl_device_memory_info(out nuint freeBytes, out nuint totalBytes);
 
     [LibraryImport(Library)]
-    internal static partial NlStatus nl_gemm(NlDType dtype, int transA, int transB, int m, int n, int k,
+    internal static partial NlStatus nl_gemm(NlDType abDtype, NlDType cDtype, int transA, int transB, int m, int n, int k,
         float alpha, nint a, int lda, nint b, int ldb, float beta, nint c, int ldc);
 
     [LibraryImport(Library)]
-    internal static partial NlStatus nl_gemm_strided_batched(NlDType dtype, int transA, int transB, int m, int n, int k,
+    internal static partial NlStatus nl_gemm_strided_batched(NlDType abDtype, NlDType cDtype, int transA, int transB, int m, int n, int k,
         float alpha, nint a, int lda, long strideA, nint b, int ldb, long strideB,
         float beta, nint c, int ldc, long strideC, int batch);
 

@@ -41,7 +41,10 @@ public static class CrossEntropyOp
         var device = hidden.Device;
         using var labelsDev = device.Allocate(DType.I32, n);
         labelsDev.CopyFrom(labels);
-        using var logits = device.Allocate(hidden.DType, chunkRows, vocab);
+        using var logits = device.Allocate(DType.F32, chunkRows, vocab);
+        // the gradient chunk in the compute dtype, for the GEMMs that follow (in place when f32)
+        using var gradOwned = hidden.DType == DType.F32 ? null : device.Allocate(hidden.DType, chunkRows, vocab);
+        var grad = gradOwned ?? logits;
         using var losses = device.Allocate(DType.F32, chunkRows);
         double total = 0;
         for (int r0 = 0; r0 < n; r0 += chunkRows)
@@ -49,15 +52,16 @@ public static class CrossEntropyOp
             int rows = Math.Min(chunkRows, n - r0);
             var h = hidden.Slice(r0, rows);
             var lg = logits.Slice(0, rows);
+            var gr = grad.Slice(0, rows);
             Gemm.Run(h, weight, lg, transB: true);
             var lbl = labelsDev.Slice(r0, rows);
             var ls = losses.Slice(0, rows);
             Run(hidden.DType,
-                () => CrossEntropy.ForwardBackward<float, F32>(k, lg.View<float>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
-                () => CrossEntropy.ForwardBackward<ushort, Bf16>(k, lg.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
-                () => CrossEntropy.ForwardBackward<ushort, F16>(k, lg.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale));
-            if (dHidden != null) Gemm.Run(lg, weight, dHidden.Slice(r0, rows));
-            if (dWeight != null) Gemm.Run(lg, h, dWeight, transA: true, beta: 1f);
+                () => CrossEntropy.ForwardBackward<float, F32>(k, lg.View<float>(), gr.View<float>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
+                () => CrossEntropy.ForwardBackward<ushort, Bf16>(k, lg.View<float>(), gr.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
+                () => CrossEntropy.ForwardBackward<ushort, F16>(k, lg.View<float>(), gr.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale));
+            if (dHidden != null) Gemm.Run(gr, weight, dHidden.Slice(r0, rows));
+            if (dWeight != null) Gemm.Run(gr, h, dWeight, transA: true, beta: 1f);
             foreach (var l in ls.ToArray<float>()) total += l; // summed in double on the host: deterministic
         }
         return (total / count, count);

@@ -69,23 +69,18 @@ public static class ElementwiseOp
     {
         RequireElements(dst, src.ElementCount, "dst");
         if (src.ElementCount == 0) return;
-        int n = (int)src.ElementCount;
         switch (src.DType, dst.DType)
         {
             case var (a, b) when a == b:
                 src.CopyTo(dst);
                 break;
-            case (DType.F32, DType.BF16): Launch<float, ushort>(k, CastKernels.F32ToBf16, n, src, dst); break;
-            case (DType.BF16, DType.F32): Launch<ushort, float>(k, CastKernels.Bf16ToF32, n, src, dst); break;
-            case (DType.F32, DType.F16): Launch<float, ushort>(k, CastKernels.F32ToF16, n, src, dst); break;
-            case (DType.F16, DType.F32): Launch<ushort, float>(k, CastKernels.F16ToF32, n, src, dst); break;
-            case (DType.BF16, DType.F16): Launch<ushort, ushort>(k, CastKernels.Bf16ToF16, n, src, dst); break;
-            case (DType.F16, DType.BF16): Launch<ushort, ushort>(k, CastKernels.F16ToBf16, n, src, dst); break;
+            case (DType.F32, DType.BF16): CastKernels.Run<float, ushort>(k, CastKernels.F32ToBf16, src.View<float>(), dst.View<ushort>()); break;
+            case (DType.BF16, DType.F32): CastKernels.Run<ushort, float>(k, CastKernels.Bf16ToF32, src.View<ushort>(), dst.View<float>()); break;
+            case (DType.F32, DType.F16): CastKernels.Run<float, ushort>(k, CastKernels.F32ToF16, src.View<float>(), dst.View<ushort>()); break;
+            case (DType.F16, DType.F32): CastKernels.Run<ushort, float>(k, CastKernels.F16ToF32, src.View<ushort>(), dst.View<float>()); break;
+            case (DType.BF16, DType.F16): CastKernels.Run<ushort, ushort>(k, CastKernels.Bf16ToF16, src.View<ushort>(), dst.View<ushort>()); break;
+            case (DType.F16, DType.BF16): CastKernels.Run<ushort, ushort>(k, CastKernels.F16ToBf16, src.View<ushort>(), dst.View<ushort>()); break;
             default: throw new ArgumentException($"no cast from {src} to {dst}");
         }
     }
-
-    private static void Launch<TS, TD>(KernelSet k, Action<Index1D, ArrayView<TS>, ArrayView<TD>> kernel, int n, Tensor src, Tensor dst)
-        where TS : unmanaged where TD : unmanaged =>
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(n, src.View<TS>(), dst.View<TD>());
 }

@@ -5,6 +5,7 @@ namespace NativeLora.Tensors;
 /// <summary>
 /// The GEMM entry point used by everything: C = alpha·op(A)·op(B) + beta·C on row-major
 /// tensors, dispatched to the native core (cuBLAS on CUDA, OpenBLAS on CPU), fp32 accumulation.
+/// A and B share a dtype; C has the same dtype or is f32 (bf16/f16 products with f32 results).
 /// </summary>
 public static class Gemm
 {
@@ -15,7 +16,7 @@ public static class Gemm
         var (m, k, n) = Dims(a.Shape[0], a.Shape[1], b.Shape[0], b.Shape[1], transA, transB);
         CheckOutput(a, b, c, c.Shape[0], c.Shape[1], m, n);
         c.Device.BeforeNativeCall();
-        NativeCore.Gemm(c.DType.ToNative(), transA, transB, m, n, k, alpha,
+        NativeCore.Gemm(a.DType.ToNative(), c.DType.ToNative(), transA, transB, m, n, k, alpha,
             a.DataPointer, a.Shape[1], b.DataPointer, b.Shape[1], beta, c.DataPointer, c.Shape[1]);
     }
 
@@ -32,7 +33,7 @@ public static class Gemm
         var (m, k, n) = Dims(a.Shape[1], a.Shape[2], bRows, bCols, transA, transB);
         CheckOutput(a, b, c, c.Shape[1], c.Shape[2], m, n);
         c.Device.BeforeNativeCall();
-        NativeCore.GemmStridedBatched(c.DType.ToNative(), transA, transB, m, n, k, alpha,
+        NativeCore.GemmStridedBatched(a.DType.ToNative(), c.DType.ToNative(), transA, transB, m, n, k, alpha,
             a.DataPointer, a.Shape[2], (long)a.Shape[1] * a.Shape[2],
             b.DataPointer, bCols, sharedB ? 0 : (long)bRows * bCols,
             beta, c.DataPointer, c.Shape[2], (long)c.Shape[1] * c.Shape[2], batch);
@@ -51,10 +52,15 @@ public static class Gemm
     {
         if (cRows != m || cCols != n)
             throw new ArgumentException($"GEMM output {c} should be [{m}, {n}]");
-        if (a.DType != c.DType || b.DType != c.DType)
-            throw new ArgumentException($"GEMM operands must share one dtype: A {a}, B {b}, C {c}");
+        CheckDTypes(a, b, c);
         if (a.Device != c.Device || b.Device != c.Device)
             throw new ArgumentException("GEMM operands live on different devices");
+    }
+
+    internal static void CheckDTypes(Tensor a, Tensor b, Tensor c)
+    {
+        if (a.DType != b.DType || (c.DType != a.DType && c.DType != DType.F32))
+            throw new ArgumentException($"GEMM operands must share one dtype (the result may also be f32): A {a}, B {b}, C {c}");
     }
 
     private static void RequireRank(Tensor t, int rank, string name)
@@ -93,11 +99,9 @@ public static class GemmStrided
         int kb = transB ? b.Cols : b.Rows, n = transB ? b.Rows : b.Cols;
         if (k != kb) throw new ArgumentException($"GEMM inner dimensions differ: op(A) is [{m}, {k}], op(B) is [{kb}, {n}]");
         if (c.Rows != m || c.Cols != n) throw new ArgumentException($"GEMM output is [{c.Rows}, {c.Cols}], should be [{m}, {n}]");
-        var t = c.Tensor.DType;
-        if (a.Tensor.DType != t || b.Tensor.DType != t)
-            throw new ArgumentException($"GEMM operands must share one dtype: A {a.Tensor}, B {b.Tensor}, C {c.Tensor}");
+        Gemm.CheckDTypes(a.Tensor, b.Tensor, c.Tensor);
         c.Tensor.Device.BeforeNativeCall();
-        NativeCore.GemmStridedBatched(t.ToNative(), transA, transB, m, n, k, alpha,
+        NativeCore.GemmStridedBatched(a.Tensor.DType.ToNative(), c.Tensor.DType.ToNative(), transA, transB, m, n, k, alpha,
             a.Pointer, a.Ld, a.BatchStride, b.Pointer, b.Ld, b.BatchStride, beta, c.Pointer, c.Ld, c.BatchStride, batch);
     }
 }

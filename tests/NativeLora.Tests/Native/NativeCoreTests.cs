@@ -17,7 +17,7 @@ public class NativeCoreTests
     {
         _ = Support.TestDevice.Shared;
         var e = Assert.Throws<NativeCoreException>(() =>
-            NativeCore.Gemm(NlDType.F32, false, false, 4, 4, 4, 1f, 0, 4, 0, 4, 0f, 0, 4));
+            NativeCore.Gemm(NlDType.F32, NlDType.F32, false, false, 4, 4, 4, 1f, 0, 4, 0, 4, 0f, 0, 4));
         Assert.That(e!.Function, Is.EqualTo("nl_gemm"));
         Assert.That(e.Status, Is.EqualTo(NlStatus.InvalidArgument));
         Assert.That(e.Message, Does.Contain("nl_gemm").And.Contain("NULL"));
@@ -27,11 +27,20 @@ public class NativeCoreTests
     }
 
     [Test]
+    public void ResultDTypeMustBeTheOperandsOrF32()
+    {
+        _ = Support.TestDevice.Shared;
+        var e = Assert.Throws<NativeCoreException>(() =>
+            NativeCore.Gemm(NlDType.F32, NlDType.BF16, false, false, 1, 1, 1, 1f, 16, 1, 16, 1, 0f, 16, 1));
+        Assert.That(e!.Message, Does.Contain("result dtype"));
+    }
+
+    [Test]
     public void BadLeadingDimensionIsRejected()
     {
         _ = Support.TestDevice.Shared;
         var e = Assert.Throws<NativeCoreException>(() =>
-            NativeCore.Gemm(NlDType.F32, false, false, 4, 4, 8, 1f, 16, 4, 16, 4, 0f, 16, 4));
+            NativeCore.Gemm(NlDType.F32, NlDType.F32, false, false, 4, 4, 8, 1f, 16, 4, 16, 4, 0f, 16, 4));
         Assert.That(e!.Message, Does.Contain("lda=4 < 8"));
     }
 

@@ -100,6 +100,37 @@ public class GemmTests
     }
 
     [Test]
+    public void HalfPrecisionOperandsWithF32ResultAreNotRounded([Values(DType.BF16, DType.F16)] DType dtype, [Values(false, true)] bool transB)
+    {
+        var device = TestDevice.Shared;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        int m = 33, n = 257, k = 7;
+        var a = Check.RandomFloats(rng, m * k);
+        var b = Check.RandomFloats(rng, k * n);
+        var c0 = Check.RandomFloats(rng, m * n);
+        using var ta = device.Allocate(dtype, m, k);
+        using var tb = device.Allocate(dtype, transB ? new[] { n, k } : new[] { k, n });
+        using var tc = device.Allocate(DType.F32, m, n);
+        ta.CopyFromFloats(a);
+        var bStored = transB ? Transpose(b, k, n) : b;
+        tb.CopyFromFloats(bStored);
+        tc.CopyFrom<float>(c0);
+        Gemm.Run(ta, tb, tc, transB: transB, alpha: 1f, beta: 0.5f);
+        var expected = Reference(a, bStored, c0, m, n, k, false, transB, 1, 0.5, dtype);
+        for (int i = 0; i < expected.Length; i++) // C was f32: beta·C uses the unrounded value
+            expected[i] += 0.5 * (c0[i] - RoundTo(dtype, c0[i]));
+        Check.Close(tc.ToArray<float>(), expected, 1e-5, $"{dtype}→f32 transB={transB}", seed);
+    }
+
+    private static float[] Transpose(float[] x, int rows, int cols)
+    {
+        var t = new float[x.Length];
+        for (int r = 0; r < rows; r++) for (int c = 0; c < cols; c++) t[c * rows + r] = x[r * cols + c];
+        return t;
+    }
+
+    [Test]
     public void ZeroInnerDimensionScalesC()
     {
         var device = TestDevice.Shared;

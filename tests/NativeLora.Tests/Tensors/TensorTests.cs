@@ -89,7 +89,7 @@ public class TensorTests
         using var h = d.Allocate(DType.BF16, src.Length);
         f.CopyFrom<float>(src);
         h.Poison();
-        d.Accelerator.LoadAutoGroupedStreamKernel<Index1D, ArrayView<float>, ArrayView<ushort>>(CastKernels.F32ToBf16)(src.Length, f.View<float>(), h.View<ushort>());
+        CastKernels.Run<float, ushort>(d.Kernels, CastKernels.F32ToBf16, f.View<float>(), h.View<ushort>());
         var bits = h.ToArray<ushort>();
         for (int i = 0; i < src.Length; i++)
             Assert.That(bits[i], Is.EqualTo(FloatBits.FloatToBf16(src[i])), $"element {i} ({src[i]}), seed {seed}");
