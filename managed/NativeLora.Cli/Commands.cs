@@ -1,6 +1,8 @@
 using NativeLora.Devices;
 using NativeLora.Diagnostics;
+using NativeLora.Model;
 using NativeLora.Native;
+using NativeLora.Tensors;
 
 namespace NativeLora.Cli;
 
@@ -34,5 +36,24 @@ internal static class Commands
         }
         Console.WriteLine(ok ? "selfcheck passed" : "selfcheck FAILED");
         return ok ? 0 : 1;
+    }
+
+    public static int InitModel(InitModelOptions o)
+    {
+        var config = ModelConfig.Load(o.Config);
+        var dtype = DTypeInfo.Parse(o.DType);
+        ModelDirectory.Save(o.Out, config, RandomInit.Create(config, o.Seed), dtype);
+        long parameters = CausalLm.ExpectedParameters(config).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
+        Console.WriteLine($"wrote {o.Out}: {config.ModelType}, {config.NumLayers} layers, hidden {config.HiddenSize}, vocab {config.VocabSize}, {parameters:N0} parameters ({dtype.Name()})");
+        return 0;
+    }
+
+    public static int Import(ImportOptions o)
+    {
+        if (o.From != "llama2c") throw new ArgumentException($"unknown import format '{o.From}' (supported: llama2c)");
+        var (config, weights) = Llama2cImporter.Read(o.File);
+        ModelDirectory.Save(o.Out, config, weights, DType.F32);
+        Console.WriteLine($"imported {o.File} -> {o.Out}: {config.NumLayers} layers, hidden {config.HiddenSize}, heads {config.NumHeads}/{config.NumKvHeads} (q/kv), vocab {config.VocabSize}, tied embeddings {config.TieWordEmbeddings}");
+        return 0;
     }
 }

@@ -20,3 +20,32 @@ public sealed class SelfCheckOptions : DeviceOptions
     [Option("size", Default = 256, HelpText = "Matrix size of the check.")]
     public int Size { get; set; } = 256;
 }
+
+[Verb("init-model", HelpText = "Write a randomly initialised model in the HF layout (config.json + model.safetensors).")]
+public sealed class InitModelOptions
+{
+    [Option("config", Required = true, HelpText = "HF-style config JSON (model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, ...).")]
+    public string Config { get; set; } = "";
+
+    [Option("out", Required = true, HelpText = "Output model directory.")]
+    public string Out { get; set; } = "";
+
+    [Option("seed", Default = 0, HelpText = "Random seed.")]
+    public int Seed { get; set; }
+
+    [Option("dtype", Default = "f32", HelpText = "Weight dtype on disk: f32, bf16 or f16.")]
+    public string DType { get; set; } = "f32";
+}
+
+[Verb("import", HelpText = "Import a checkpoint of another format into the HF layout.")]
+public sealed class ImportOptions
+{
+    [Option("from", Required = true, HelpText = "Source format: llama2c.")]
+    public string From { get; set; } = "";
+
+    [Value(0, MetaName = "FILE", Required = true, HelpText = "Checkpoint to import.")]
+    public string File { get; set; } = "";
+
+    [Option("out", Required = true, HelpText = "Output model directory.")]
+    public string Out { get; set; } = "";
+}

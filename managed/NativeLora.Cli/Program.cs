@@ -3,10 +3,12 @@ using NativeLora.Cli;
 
 // The `nativelora` command: one verb per operation. Errors are printed without a stack trace
 // (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
-return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions>(args)
+return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions>(args)
     .MapResult(
         (InfoOptions o) => Run(() => Commands.Info(o)),
         (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
+        (InitModelOptions o) => Run(() => Commands.InitModel(o)),
+        (ImportOptions o) => Run(() => Commands.Import(o)),
         _ => 2);
 
 static int Run(Func<int> command)
