@@ -373,4 +373,49 @@ public static class Attention
         Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float> kernel = GradScoresRowKernel;
         ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * seqLen, probs, dp, o, dO, seqLen, heads, headDim, h, scale);
     }
+
+    // ---------------------------------------------------------------- decoding with a KV cache
+
+    /// <summary>
+    /// One new query per row against that row's cached keys/values (positions 0..len−1, the new one
+    /// included): q, o [B, H·hd]; kCache, vCache [B·maxT, KV·hd]. One thread per (row, head) with an
+    /// online softmax; decoding is memory-bound and tiny next to the projections.
+    /// </summary>
+    public static void DecodeKernel<T, S>(Index1D i, ArrayView<T> q, ArrayView<T> kCache, ArrayView<T> vCache, ArrayView<int> lengths,
+        ArrayView<T> o, int heads, int kvHeads, int headDim, int maxT, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        var acc = LocalMemory.Allocate<float>(MaxHeadDim);
+        int b = i / heads, h = i - b * heads;
+        int g = h / (heads / kvHeads);
+        int len = lengths[b];
+        long qBase = (long)b * heads * headDim + (long)h * headDim;
+        long kvStride = (long)kvHeads * headDim;
+        for (int d = 0; d < headDim; d++) acc[d] = 0;
+        float m = float.NegativeInfinity, l = 0;
+        for (int t = 0; t < len; t++)
+        {
+            long kBase = ((long)b * maxT + t) * kvStride + (long)g * headDim;
+            float dot = 0;
+            for (int d = 0; d < headDim; d++) dot += s.Load(q[qBase + d]) * s.Load(kCache[kBase + d]);
+            float sc = dot * scale;
+            float mNew = XMath.Max(m, sc);
+            float corr = m == float.NegativeInfinity ? 0f : XMath.Exp(m - mNew);
+            float p = XMath.Exp(sc - mNew);
+            l = l * corr + p;
+            for (int d = 0; d < headDim; d++) acc[d] = acc[d] * corr + p * s.Load(vCache[kBase + d]);
+            m = mNew;
+        }
+        float inv = l > 0 ? 1f / l : 0f;
+        for (int d = 0; d < headDim; d++) o[qBase + d] = s.Store(acc[d] * inv);
+    }
+
+    public static void Decode<T, S>(KernelSet ks, ArrayView<T> q, ArrayView<T> kCache, ArrayView<T> vCache, ArrayView<int> lengths,
+        ArrayView<T> o, int batch, int heads, int kvHeads, int headDim, int maxT, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, int, int, int, int, float> kernel = DecodeKernel<T, S>;
+        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * heads, q, kCache, vCache, lengths, o, heads, kvHeads, headDim, maxT, scale);
+    }
 }

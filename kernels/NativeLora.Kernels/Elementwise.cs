@@ -106,3 +106,26 @@ public static class Bias
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(cols, dy, dBias, rows, cols);
     }
 }
+
+/// <summary>Copies row i of src into row rows[i] of dst (KV-cache writes). (n, chunk) as in Elementwise, over src elements.</summary>
+public static class RowScatter
+{
+    public static void ScatterKernel<T>(Index1D t, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width, long n, long chunk)
+        where T : unmanaged
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++)
+        {
+            long r = i / width;
+            dst[rows[r] * (long)width + (i - r * width)] = src[i];
+        }
+    }
+
+    public static void Run<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
+    {
+        var (threads, chunk) = k.ElementLaunch(src.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = ScatterKernel<T>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, src.Length, chunk);
+    }
+}

@@ -28,6 +28,8 @@ public sealed class CausalLm : IDisposable
     private readonly Dictionary<string, Tensor> _parameters;
     private readonly Dictionary<string, Tensor> _gradients = new();
     private readonly Tensor _cos, _sin;
+    internal Tensor RopeCos => _cos;
+    internal Tensor RopeSin => _sin;
 
     /// <summary>Every tensor a checkpoint of this config must hold, with its PyTorch shape.</summary>
     public static List<(string Name, int[] Shape)> ExpectedParameters(ModelConfig c)
@@ -203,7 +205,7 @@ public sealed class CausalLm : IDisposable
         }
     }
 
-    /// <summary>Logits [tokens, vocab] of a forward pass (no loss, nothing kept).</summary>
+    /// <summary>Logits [tokens, vocab] (f32) of a forward pass (no loss, nothing kept).</summary>
     public float[] Logits(TokenBatch batch)
     {
         var k = Kernels;
@@ -222,9 +224,9 @@ public sealed class CausalLm : IDisposable
             }
             using var rstd = Device.Allocate(DType.F32, n);
             RmsNormOp.Forward(k, x, FinalNorm, y, rstd, (float)Config.RmsNormEps);
-            using var logits = Device.Allocate(DType, n, Config.VocabSize);
+            using var logits = Device.Allocate(DType.F32, n, Config.VocabSize);
             Gemm.Run(y, OutputWeight, logits, transB: true);
-            return logits.ToFloatArray();
+            return logits.ToArray<float>();
         }
         finally
         {

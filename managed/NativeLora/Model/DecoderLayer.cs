@@ -122,4 +122,43 @@ public sealed class DecoderLayer
         RmsNormOp.Backward(k, a.X, InputNorm, dXn, a.Rstd1, dX, InputNormGrad);
         ElementwiseOp.AddInto(k, dX, dH); // residual
     }
+
+    /// <summary>
+    /// One decoding step for B rows: x [B, D] holds each row's newest token; its k/v go into the
+    /// cache at cache row cacheRows[b] (= b·maxT + position) and attention reads the first
+    /// lengths[b] cached positions of row b.
+    /// </summary>
+    public void DecodeStep(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output, Tensor positions,
+        Tensor cacheRows, Tensor lengths, Tensor kCache, Tensor vCache, int maxT, Tensor cos, Tensor sin)
+    {
+        int b = x.Dim(0);
+        var dt = x.DType;
+        using var xn = device.Allocate(dt, b, c.HiddenSize);
+        using var rstd = device.Allocate(DType.F32, b);
+        RmsNormOp.Forward(k, x, InputNorm, xn, rstd, (float)c.RmsNormEps);
+        using var q = device.Allocate(dt, b, c.QDim);
+        using var kk = device.Allocate(dt, b, c.KvDim);
+        using var v = device.Allocate(dt, b, c.KvDim);
+        QProj.Forward(k, xn, q);
+        KProj.Forward(k, xn, kk);
+        VProj.Forward(k, xn, v);
+        RopeOp.Forward(k, q, q, positions, cos, sin, c.NumHeads, c.HeadDim);
+        RopeOp.Forward(k, kk, kk, positions, cos, sin, c.NumKvHeads, c.HeadDim);
+        KvCacheOp.Write(k, kk, kCache, cacheRows);
+        KvCacheOp.Write(k, v, vCache, cacheRows);
+        using var o = device.Allocate(dt, b, c.QDim);
+        KvCacheOp.Attend(k, q, kCache, vCache, lengths, o, c, maxT);
+        using var h = device.Allocate(dt, b, c.HiddenSize);
+        OProj.Forward(k, o, h);
+        ElementwiseOp.AddInto(k, h, x);
+        using var hn = device.Allocate(dt, b, c.HiddenSize);
+        RmsNormOp.Forward(k, h, PostNorm, hn, rstd, (float)c.RmsNormEps);
+        using var gate = device.Allocate(dt, b, c.IntermediateSize);
+        using var up = device.Allocate(dt, b, c.IntermediateSize);
+        GateProj.Forward(k, hn, gate);
+        UpProj.Forward(k, hn, up);
+        SwiGluOp.Forward(k, gate, up, gate);
+        DownProj.Forward(k, gate, output);
+        ElementwiseOp.AddInto(k, output, h);
+    }
 }

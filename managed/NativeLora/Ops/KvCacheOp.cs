@@ -1,0 +1,36 @@
+using NativeLora.Kernels;
+using NativeLora.Model;
+using NativeLora.Tensors;
+using static NativeLora.Ops.FloatDispatch;
+
+namespace NativeLora.Ops;
+
+/// <summary>KV-cache writes and single-query attention over the cache (kernels: Attention.DecodeKernel, RowScatter).</summary>
+public static class KvCacheOp
+{
+    /// <summary>Row i of src [R, width] goes to row rows[i] of the cache [B·maxT, width].</summary>
+    public static void Write(KernelSet k, Tensor src, Tensor cache, Tensor rows)
+    {
+        SameDType(cache.DType, (src, "src"));
+        Require(rows, DType.I32, "rows");
+        int width = cache.Dim(1);
+        RequireElements(src, rows.ElementCount * width, "src");
+        switch (src.DType.SizeOf())
+        {
+            case 4: RowScatter.Run(k, src.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
+            case 2: RowScatter.Run(k, src.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
+            default: throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
+        }
+    }
+
+    /// <summary>q, o [B, H·hd]; caches [B·maxT, KV·hd]; lengths I32 [B] (cached positions to attend, the new one included).</summary>
+    public static void Attend(KernelSet k, Tensor q, Tensor kCache, Tensor vCache, Tensor lengths, Tensor o, ModelConfig c, int maxT)
+    {
+        int b = (int)lengths.ElementCount;
+        float scale = 1f / MathF.Sqrt(c.HeadDim);
+        Run(q.DType,
+            () => Attention.Decode<float, F32>(k, q.View<float>(), kCache.View<float>(), vCache.View<float>(), lengths.View<int>(), o.View<float>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxT, scale),
+            () => Attention.Decode<ushort, Bf16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxT, scale),
+            () => Attention.Decode<ushort, F16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxT, scale));
+    }
+}

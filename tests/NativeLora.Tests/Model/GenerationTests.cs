@@ -1,0 +1,84 @@
+using NativeLora.Model;
+using NativeLora.Tensors;
+using NativeLora.Tests.Support;
+
+namespace NativeLora.Tests.Model;
+
+public class GenerationTests
+{
+    internal static ModelConfig TinyConfig(string type, bool tied = false) => new()
+    {
+        ModelType = type, VocabSize = 97, HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4,
+        NumKvHeads = 2, HeadDim = 16, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositionEmbeddings = 64,
+        TieWordEmbeddings = tied, AttentionBias = type == "qwen2",
+    };
+
+    internal static CausalLm TinyModel(ModelConfig c, int seed, DType dtype = DType.F32)
+    {
+        var w = RandomInit.Create(c, seed, std: 0.08);
+        if (c.AttentionBias) // non-zero biases so the bias path is exercised
+            foreach (var key in w.Keys.Where(k => k.EndsWith(".bias")).ToList())
+                w[key] = Check.RandomFloats(new Random(seed + key.Length), w[key].Length, 0.1);
+        var p = w.ToDictionary(kv => kv.Key, kv =>
+        {
+            var shape = CausalLm.ExpectedParameters(c).First(e => e.Name == kv.Key).Shape;
+            var t = TestDevice.Shared.Allocate(dtype, shape);
+            t.CopyFromFloats(kv.Value);
+            return t;
+        });
+        return new CausalLm(TestDevice.Shared, c, p);
+    }
+
+    [Test]
+    public void CachedDecodingGivesTheLogitsOfAFullForward([Values("llama", "mistral", "qwen2")] string type, [Values(false, true)] bool gpuVariant)
+    {
+        int seed = Check.FreshSeed();
+        var c = TinyConfig(type, tied: type == "qwen2");
+        using var model = TinyModel(c, seed);
+        model.Kernels = TestDevice.Variant(gpuVariant);
+        var rng = new Random(seed);
+        var prompts = new[] { Enumerable.Range(0, 5).Select(_ => rng.Next(c.VocabSize)).ToArray(), Enumerable.Range(0, 9).Select(_ => rng.Next(c.VocabSize)).ToArray() };
+        using var cache = new KvCache(model, 2, 32);
+        var decoder = new Decoder(model);
+        var seqs = prompts.Select(p => p.ToList()).ToArray();
+        var next = new int[2];
+        for (int r = 0; r < 2; r++)
+        {
+            var logits = decoder.Prefill(cache, r, prompts[r]);
+            var full = model.Logits(TokenBatch.FromSequences(new[] { prompts[r] }));
+            Check.Close(logits, Ref.ToDouble(full.AsSpan((prompts[r].Length - 1) * c.VocabSize, c.VocabSize).ToArray()), 1e-5, $"prefill row {r}", seed);
+            next[r] = Sampler.ArgMax(logits);
+        }
+        for (int step = 0; step < 6; step++)
+        {
+            for (int r = 0; r < 2; r++) seqs[r].Add(next[r]);
+            var logits = decoder.Step(cache, next);
+            for (int r = 0; r < 2; r++)
+            {
+                var full = model.Logits(TokenBatch.FromSequences(new[] { seqs[r].ToArray() }));
+                var last = full.AsSpan((seqs[r].Count - 1) * c.VocabSize, c.VocabSize).ToArray();
+                Check.Close(logits[r], Ref.ToDouble(last), 1e-5, $"{type} step {step} row {r}", seed);
+                next[r] = Sampler.ArgMax(logits[r]);
+            }
+        }
+        Assert.That(cache.Lengths, Is.EqualTo(new[] { 5 + 6, 9 + 6 }));
+    }
+
+    [Test]
+    public void SamplerIsGreedyAtZeroTemperatureAndSeededOtherwise()
+    {
+        var logits = new[] { 0.1f, 3f, 2.9f, -1f };
+        Assert.That(new Sampler(new SamplingOptions()).Next(logits, Array.Empty<int>()), Is.EqualTo(1));
+        // repetition penalty 2 halves the positive logit of the seen token 1 → token 2 wins
+        Assert.That(new Sampler(new SamplingOptions(RepetitionPenalty: 2f)).Next(logits, new[] { 1 }), Is.EqualTo(2));
+        var a = new Sampler(new SamplingOptions(1f, Seed: 7));
+        var b = new Sampler(new SamplingOptions(1f, Seed: 7));
+        var draws = Enumerable.Range(0, 50).Select(_ => a.Next(logits, Array.Empty<int>())).ToArray();
+        Assert.That(Enumerable.Range(0, 50).Select(_ => b.Next(logits, Array.Empty<int>())), Is.EqualTo(draws));
+        Assert.That(draws.Distinct().Count(), Is.GreaterThan(1));
+        // top-k 1 is greedy; top-p small keeps only the best
+        Assert.That(Enumerable.Range(0, 20).Select(_ => new Sampler(new SamplingOptions(1f, TopK: 1, Seed: _)).Next(logits, Array.Empty<int>())), Is.All.EqualTo(1));
+        Assert.That(Enumerable.Range(0, 20).Select(_ => new Sampler(new SamplingOptions(1f, TopP: 0.1f, Seed: _)).Next(logits, Array.Empty<int>())), Is.All.EqualTo(1));
+        Assert.Throws<ArgumentException>(() => new Sampler(new SamplingOptions(TopP: 0f)));
+    }
+}
