@@ -1,0 +1,103 @@
+using System.Text.Json.Nodes;
+using NativeLora.Model;
+using NativeLora.SafeTensors;
+using NativeLora.Tensors;
+using NativeLora.Tests.Support;
+
+namespace NativeLora.Tests.Model;
+
+public class ModelDirectoryTests
+{
+    private string _dir = null!;
+
+    [SetUp]
+    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-model-").FullName;
+
+    [TearDown]
+    public void RemoveDir() => Directory.Delete(_dir, true);
+
+    [Test]
+    public void SavedModelsLoadBackInEveryDTypeAndShardLayout([Values("llama", "mistral", "qwen2")] string type,
+        [Values(DType.F32, DType.BF16)] DType diskDType, [Values(false, true)] bool sharded)
+    {
+        var c = GenerationTests.TinyConfig(type, tied: type == "qwen2");
+        var weights = RandomInit.Create(c, 3, 0.05);
+        ModelDirectory.Save(_dir, c, weights, diskDType, maxShardBytes: sharded ? 40_000 : 5L << 30);
+        Assert.That(File.Exists(Path.Combine(_dir, ShardedSafeTensors.IndexFileName)), Is.EqualTo(sharded));
+        Assert.That(ModelDirectory.ReadConfig(_dir), Is.EqualTo(c with { }).Using<ModelConfig>((a, b) => a.ToJson().ToJsonString() == b.ToJson().ToJsonString()));
+        using var model = ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32);
+        foreach (var (name, data) in weights)
+        {
+            var expected = data.Select(v => Ref.Round(diskDType, v)).ToArray();
+            Assert.That(model.Parameters[name].ToFloatArray(), Is.EqualTo(expected), name);
+        }
+    }
+
+    [Test]
+    public void ConfigErrorsNameTheProblem()
+    {
+        Assert.That(Assert.Throws<FileNotFoundException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("config.json"));
+        File.WriteAllText(Path.Combine(_dir, "config.json"), "{ not json");
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("not valid JSON"));
+        var json = GenerationTests.TinyConfig("llama").ToJson();
+        json["model_type"] = "gpt2";
+        File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message,
+            Does.Contain("'gpt2' is not supported").And.Contain("llama, mistral, qwen2"));
+        json["model_type"] = "llama";
+        json["num_key_value_heads"] = 3;
+        File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("num_key_value_heads (3) must divide"));
+        json["num_key_value_heads"] = 2;
+        json["hidden_size"] = "64";
+        File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("'hidden_size' must be an integer"));
+    }
+
+    [Test]
+    public void MissingExtraAndMisshapenTensorsAreAllReportedBeforeLoading()
+    {
+        var c = GenerationTests.TinyConfig("llama");
+        var w = RandomInit.Create(c, 1);
+        ModelDirectory.Save(_dir, c, w, DType.F32);
+        // rewrite the weights: drop one, add one, reshape one
+        var writer = new SafeTensorsWriter();
+        foreach (var (name, shape) in CausalLm.ExpectedParameters(c))
+        {
+            if (name == "model.layers.1.mlp.up_proj.weight") continue;
+            var s = name == "model.norm.weight" ? new long[] { 63 } : shape.Select(d => (long)d).ToArray();
+            var data = name == "model.norm.weight" ? w[name][..63] : w[name];
+            writer.Add(name, SafeTensorsDType.F32, s, ModelDirectory.Encode(data, DType.F32));
+        }
+        writer.Add("model.layers.9.extra.weight", SafeTensorsDType.F32, new long[] { 2 }, new byte[8]);
+        writer.Write(Path.Combine(_dir, "model.safetensors"));
+        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32))!;
+        Assert.That(e.Message, Does.Contain("3 problem(s)")
+            .And.Contain("missing tensor 'model.layers.1.mlp.up_proj.weight'")
+            .And.Contain("'model.norm.weight' in model.safetensors has shape [63], expected [64]")
+            .And.Contain("unexpected tensor 'model.layers.9.extra.weight'"));
+    }
+
+    [Test]
+    public void MissingWeightsFileIsAClearError()
+    {
+        ModelDirectory.Save(_dir, GenerationTests.TinyConfig("llama"), RandomInit.Create(GenerationTests.TinyConfig("llama"), 1), DType.F32);
+        File.Delete(Path.Combine(_dir, "model.safetensors"));
+        var e = Assert.Catch<Exception>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32))!;
+        Assert.That(e.Message, Does.Contain("model.safetensors"));
+    }
+
+    [Test]
+    public void RopeScalingAndListEosAreRead()
+    {
+        var json = JsonNode.Parse("""
+            {"model_type":"llama","vocab_size":128256,"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,
+             "num_attention_heads":32,"num_key_value_heads":8,"rms_norm_eps":1e-5,"rope_theta":500000.0,"max_position_embeddings":131072,
+             "rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"},
+             "bos_token_id":128000,"eos_token_id":[128001,128008,128009],"tie_word_embeddings":false}
+            """)!.AsObject();
+        var c = ModelConfig.FromJson(json, "llama3.1-8b");
+        Assert.That(c.RopeScaling, Is.EqualTo(new NativeLora.Kernels.RopeScaling(NativeLora.Kernels.RopeScalingType.Llama3, 8, 1, 4, 8192)));
+        Assert.That((c.HeadDim, c.KvDim, c.EosTokenId), Is.EqualTo((128, 1024, 128001)));
+    }
+}
