@@ -10,11 +10,14 @@ public sealed class LayerActivations : IDisposable
 {
     public Tensor X = null!, Xn = null!, Rstd1 = null!, Q = null!, K = null!, V = null!, O = null!, Lse = null!;
     public Tensor H = null!, Hn = null!, Rstd2 = null!, Gate = null!, Up = null!, M = null!;
+    /// <summary>Adapter state of q, k, v, o, gate, up, down (null where a projection has no adapter).</summary>
+    public readonly LoraSaved?[] Lora = new LoraSaved?[7];
 
     public void Dispose()
     {
         // X is the layer's input, owned by the caller
         foreach (var t in new[] { Xn, Rstd1, Q, K, V, O, Lse, H, Hn, Rstd2, Gate, Up, M }) t?.Dispose();
+        foreach (var t in Lora) t?.Dispose();
     }
 }
 
@@ -63,27 +66,27 @@ public sealed class DecoderLayer
         a.Q = device.Allocate(dt, n, c.QDim);
         a.K = device.Allocate(dt, n, c.KvDim);
         a.V = device.Allocate(dt, n, c.KvDim);
-        QProj.Forward(k, a.Xn, a.Q);
-        KProj.Forward(k, a.Xn, a.K);
-        VProj.Forward(k, a.Xn, a.V);
+        a.Lora[0] = QProj.Forward(k, a.Xn, a.Q);
+        a.Lora[1] = KProj.Forward(k, a.Xn, a.K);
+        a.Lora[2] = VProj.Forward(k, a.Xn, a.V);
         RopeOp.Forward(k, a.Q, a.Q, positions, cos, sin, c.NumHeads, c.HeadDim);
         RopeOp.Forward(k, a.K, a.K, positions, cos, sin, c.NumKvHeads, c.HeadDim);
         a.O = device.Allocate(dt, n, c.QDim);
         a.Lse = device.Allocate(DType.F32, shape.Batch * c.NumHeads * shape.SeqLen);
         AttentionOp.Forward(k, a.Q, a.K, a.V, segments, a.O, a.Lse, shape);
         a.H = device.Allocate(dt, n, c.HiddenSize);
-        OProj.Forward(k, a.O, a.H);
+        a.Lora[3] = OProj.Forward(k, a.O, a.H);
         ElementwiseOp.AddInto(k, a.H, x);
         a.Hn = device.Allocate(dt, n, c.HiddenSize);
         a.Rstd2 = device.Allocate(DType.F32, n);
         RmsNormOp.Forward(k, a.H, PostNorm, a.Hn, a.Rstd2, (float)c.RmsNormEps);
         a.Gate = device.Allocate(dt, n, c.IntermediateSize);
         a.Up = device.Allocate(dt, n, c.IntermediateSize);
-        GateProj.Forward(k, a.Hn, a.Gate);
-        UpProj.Forward(k, a.Hn, a.Up);
+        a.Lora[4] = GateProj.Forward(k, a.Hn, a.Gate);
+        a.Lora[5] = UpProj.Forward(k, a.Hn, a.Up);
         a.M = device.Allocate(dt, n, c.IntermediateSize);
         SwiGluOp.Forward(k, a.Gate, a.Up, a.M);
-        DownProj.Forward(k, a.M, output);
+        a.Lora[6] = DownProj.Forward(k, a.M, output);
         ElementwiseOp.AddInto(k, output, a.H);
         return a;
     }
@@ -96,19 +99,19 @@ public sealed class DecoderLayer
         var dt = dOut.DType;
         // MLP branch: out = h + down(m)
         using var dM = device.Allocate(dt, n, c.IntermediateSize);
-        DownProj.Backward(k, a.M, dOut, dM, accumulate: false);
+        DownProj.Backward(k, a.M, a.Lora[6], dOut, dM, accumulate: false);
         using var dGate = device.Allocate(dt, n, c.IntermediateSize);
         using var dUp = device.Allocate(dt, n, c.IntermediateSize);
         SwiGluOp.Backward(k, a.Gate, a.Up, dM, dGate, dUp);
         using var dHn = device.Allocate(dt, n, c.HiddenSize);
-        GateProj.Backward(k, a.Hn, dGate, dHn, accumulate: false);
-        UpProj.Backward(k, a.Hn, dUp, dHn, accumulate: true);
+        GateProj.Backward(k, a.Hn, a.Lora[4], dGate, dHn, accumulate: false);
+        UpProj.Backward(k, a.Hn, a.Lora[5], dUp, dHn, accumulate: true);
         using var dH = device.Allocate(dt, n, c.HiddenSize);
         RmsNormOp.Backward(k, a.H, PostNorm, dHn, a.Rstd2, dH, PostNormGrad);
         ElementwiseOp.AddInto(k, dH, dOut); // residual
         // attention branch: h = x + o_proj(attn)
         using var dO = device.Allocate(dt, n, c.QDim);
-        OProj.Backward(k, a.O, dH, dO, accumulate: false);
+        OProj.Backward(k, a.O, a.Lora[3], dH, dO, accumulate: false);
         using var dQ = device.Allocate(dt, n, c.QDim);
         using var dK = device.Allocate(dt, n, c.KvDim);
         using var dV = device.Allocate(dt, n, c.KvDim);
@@ -116,9 +119,9 @@ public sealed class DecoderLayer
         RopeOp.Backward(k, dQ, dQ, positions, cos, sin, c.NumHeads, c.HeadDim);
         RopeOp.Backward(k, dK, dK, positions, cos, sin, c.NumKvHeads, c.HeadDim);
         using var dXn = device.Allocate(dt, n, c.HiddenSize);
-        QProj.Backward(k, a.Xn, dQ, dXn, accumulate: false);
-        KProj.Backward(k, a.Xn, dK, dXn, accumulate: true);
-        VProj.Backward(k, a.Xn, dV, dXn, accumulate: true);
+        QProj.Backward(k, a.Xn, a.Lora[0], dQ, dXn, accumulate: false);
+        KProj.Backward(k, a.Xn, a.Lora[1], dK, dXn, accumulate: true);
+        VProj.Backward(k, a.Xn, a.Lora[2], dV, dXn, accumulate: true);
         RmsNormOp.Backward(k, a.X, InputNorm, dXn, a.Rstd1, dX, InputNormGrad);
         ElementwiseOp.AddInto(k, dX, dH); // residual
     }
@@ -139,9 +142,9 @@ public sealed class DecoderLayer
         using var q = device.Allocate(dt, b, c.QDim);
         using var kk = device.Allocate(dt, b, c.KvDim);
         using var v = device.Allocate(dt, b, c.KvDim);
-        QProj.Forward(k, xn, q);
-        KProj.Forward(k, xn, kk);
-        VProj.Forward(k, xn, v);
+        QProj.Forward(k, xn, q)?.Dispose();
+        KProj.Forward(k, xn, kk)?.Dispose();
+        VProj.Forward(k, xn, v)?.Dispose();
         RopeOp.Forward(k, q, q, positions, cos, sin, c.NumHeads, c.HeadDim);
         RopeOp.Forward(k, kk, kk, positions, cos, sin, c.NumKvHeads, c.HeadDim);
         KvCacheOp.Write(k, kk, kCache, cacheRows);
@@ -149,16 +152,16 @@ public sealed class DecoderLayer
         using var o = device.Allocate(dt, b, c.QDim);
         KvCacheOp.Attend(k, q, kCache, vCache, lengths, o, c, maxT);
         using var h = device.Allocate(dt, b, c.HiddenSize);
-        OProj.Forward(k, o, h);
+        OProj.Forward(k, o, h)?.Dispose();
         ElementwiseOp.AddInto(k, h, x);
         using var hn = device.Allocate(dt, b, c.HiddenSize);
         RmsNormOp.Forward(k, h, PostNorm, hn, rstd, (float)c.RmsNormEps);
         using var gate = device.Allocate(dt, b, c.IntermediateSize);
         using var up = device.Allocate(dt, b, c.IntermediateSize);
-        GateProj.Forward(k, hn, gate);
-        UpProj.Forward(k, hn, up);
+        GateProj.Forward(k, hn, gate)?.Dispose();
+        UpProj.Forward(k, hn, up)?.Dispose();
         SwiGluOp.Forward(k, gate, up, gate);
-        DownProj.Forward(k, gate, output);
+        DownProj.Forward(k, gate, output)?.Dispose();
         ElementwiseOp.AddInto(k, output, h);
     }
 }

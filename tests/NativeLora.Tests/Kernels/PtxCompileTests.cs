@@ -45,6 +45,7 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<float>, long, long>)CastKernels.F16ToF32, false);
         yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.Bf16ToF16, false);
         yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.F16ToBf16, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>)Dora.RatioKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>)Attention.SoftmaxRowKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>)Attention.RecomputeProbsRowKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>)Attention.GradScoresRowKernel, false);
@@ -65,6 +66,14 @@ public class PtxCompileTests
         yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int>)RmsNorm.BackwardGroupKernel<T, S>, true);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>)RmsNorm.WeightGradKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float, long, long>)Rope.RotateKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long>)NativeLora.Kernels.Lora.DropoutKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long>)NativeLora.Kernels.Lora.DropoutBackwardKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float>)NativeLora.Kernels.Lora.FusedDownKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float>)NativeLora.Kernels.Lora.FusedDxKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, int>)Dora.RowNormKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, long, long>)Dora.CombineKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>)Dora.MagnitudeGradKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, float, int, long, long>)Dora.ScaleColumnsKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long>)SwiGlu.ForwardKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long>)SwiGlu.BackwardKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.RowKernel<T, S>, false);

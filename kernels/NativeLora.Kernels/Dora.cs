@@ -1,0 +1,100 @@
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Runtime;
+
+namespace NativeLora.Kernels;
+
+/// <summary>
+/// DoRA (weight-decomposed LoRA) as HF PEFT computes it for a linear layer, with the norm detached:
+///   wn[o] = ‖W0[o,:] + s·(B·A)[o,:]‖₂,   g[o] = m[o] / wn[o],
+///   y = x·W0ᵀ + bias + (g − 1)·(u·W0ᵀ) + g·s·(z·Bᵀ)      (u = dropout(x); u·W0ᵀ = x·W0ᵀ without dropout)
+/// Backward: dm[o] += Σ_n dy[n,o]·(u·W0ᵀ + s·z·Bᵀ)[n,o] / wn[o]; the LoRA factors see g·dy; the
+/// base path sees dy plus (g − 1)·dy through u. Kernels: row norms, the combine, the magnitude
+/// gradient (one thread per output column, rows in order: deterministic) and column scaling.
+/// </summary>
+public static class Dora
+{
+    // wn[o] = ‖w[o, :]‖₂ over rows of a [rows, cols] matrix
+    public static void RowNormKernel<T, S>(Index1D o, ArrayView<T> w, ArrayView<float> norms, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        float acc = 0;
+        for (int i = 0; i < cols; i++) { float v = s.Load(w[(long)(int)o * cols + i]); acc += v * v; }
+        norms[o] = XMath.Sqrt(acc);
+    }
+
+    // y += (g−1)·bd + g·l ;  l ← bd + l (kept for dm)
+    public static void CombineKernel<T, S>(Index1D t, ArrayView<T> y, ArrayView<T> bd, ArrayView<T> l, ArrayView<float> g, int cols, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++)
+        {
+            float gi = g[i % cols], b = s.Load(bd[i]), lv = s.Load(l[i]);
+            y[i] = s.Store(s.Load(y[i]) + (gi - 1f) * b + gi * lv);
+            l[i] = s.Store(b + lv);
+        }
+    }
+
+    // dm[o] += Σ_n dy[n,o]·pre[n,o] / wn[o]
+    public static void MagnitudeGradKernel<T, S>(Index1D o, ArrayView<T> dy, ArrayView<T> pre, ArrayView<float> wn, ArrayView<float> dm, int rows, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        float acc = 0;
+        for (int r = 0; r < rows; r++) { long i = (long)r * cols + o; acc += s.Load(dy[i]) * s.Load(pre[i]); }
+        dm[o] += acc / wn[o];
+    }
+
+    // dst[n,o] = (g[o] + offset)·src[n,o]
+    public static void ScaleColumnsKernel<T, S>(Index1D t, ArrayView<T> src, ArrayView<T> dst, ArrayView<float> g, float offset, int cols, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) dst[i] = s.Store((g[i % cols] + offset) * s.Load(src[i]));
+    }
+
+    // g = m / wn
+    public static void RatioKernel(Index1D o, ArrayView<float> m, ArrayView<float> wn, ArrayView<float> g) => g[o] = m[o] / wn[o];
+
+    public static void RowNorms<T, S>(KernelSet k, ArrayView<T> w, ArrayView<float> norms, int rows, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        Action<Index1D, ArrayView<T>, ArrayView<float>, int> kernel = RowNormKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, w, norms, cols);
+    }
+
+    public static void Combine<T, S>(KernelSet k, ArrayView<T> y, ArrayView<T> bd, ArrayView<T> l, ArrayView<float> g, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        var (threads, chunk) = k.ElementLaunch(y.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, long, long> kernel = CombineKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, y, bd, l, g, cols, y.Length, chunk);
+    }
+
+    public static void MagnitudeGrad<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<T> pre, ArrayView<float> wn, ArrayView<float> dm, int rows, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int> kernel = MagnitudeGradKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(cols, dy, pre, wn, dm, rows, cols);
+    }
+
+    public static void ScaleColumns<T, S>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<float> g, float offset, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        var (threads, chunk) = k.ElementLaunch(src.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, float, int, long, long> kernel = ScaleColumnsKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, g, offset, cols, src.Length, chunk);
+    }
+
+    public static void Ratio(KernelSet k, ArrayView<float> m, ArrayView<float> wn, ArrayView<float> g)
+    {
+        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> kernel = RatioKernel;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)m.Length, m, wn, g);
+    }
+}

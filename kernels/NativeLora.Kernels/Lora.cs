@@ -1,0 +1,112 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace NativeLora.Kernels;
+
+/// <summary>
+/// The low-rank side of a LoRA linear, y = x·W0ᵀ + s·dropout(x)·Aᵀ·Bᵀ, with A [r, in], B [out, r].
+/// Naming: u = dropout(x) [N, in], z = u·Aᵀ [N, r]. Backward (W0 frozen):
+///   dB += s·dyᵀ·z,   dz = s·dy·B,   dA += dzᵀ·u,   dx += dropoutᵀ(dz·A)   (plus dy·W0 from the base).
+/// Dropout masks are a hash of (seed, element index), so the backward and a gradient-checkpointing
+/// recompute regenerate them instead of storing them. The base GEMM, z·Bᵀ and the dB/dz GEMMs run in
+/// the native core. GPU variant: z and the dx contribution come from fused kernels that apply the
+/// mask while reading x (no dropout(x) tensor, no second pass over the activations). CPU variant:
+/// the mask is applied by an elementwise kernel into u and the rank-r products are BLAS GEMMs.
+/// </summary>
+public static class Lora
+{
+    /// <summary>Keep-or-drop for element i of a dropout with probability p, from a 64-bit mix of (seed, i).</summary>
+    public static bool Keep(ulong seed, long i, float p)
+    {
+        ulong z = seed + 0x9E3779B97F4A7C15UL * (ulong)(i + 1);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        z ^= z >> 31;
+        float u = (z >> 40) * (1f / 16777216f); // 24 high bits → [0, 1)
+        return u >= p;
+    }
+
+    // u = dropout(x): kept elements scaled by 1/(1−p)
+    public static void DropoutKernel<T, S>(Index1D t, ArrayView<T> x, ArrayView<T> u, ulong seed, float p, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        float scale = 1f / (1f - p);
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) u[i] = Keep(seed, i, p) ? s.Store(s.Load(x[i]) * scale) : s.Store(0f);
+    }
+
+    // dx += dropoutᵀ(g): the gradient reaching u flows back through kept elements only
+    public static void DropoutBackwardKernel<T, S>(Index1D t, ArrayView<T> g, ArrayView<T> dx, ulong seed, float p, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        float scale = 1f / (1f - p);
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++)
+            if (Keep(seed, i, p)) dx[i] = s.Store(s.Load(dx[i]) + s.Load(g[i]) * scale);
+    }
+
+    // GPU variant: z[row, j] = Σ_i dropout(x[row, i])·A[j, i], one thread per output, mask applied while reading x
+    public static void FusedDownKernel<T, S>(Index1D o, ArrayView<T> x, ArrayView<T> a, ArrayView<T> z, int inFeatures, int rank, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        int row = o / rank, j = o - row * rank;
+        long xBase = (long)row * inFeatures, aBase = (long)j * inFeatures;
+        float scale = p > 0 ? 1f / (1f - p) : 1f;
+        float acc = 0;
+        for (int i = 0; i < inFeatures; i++)
+        {
+            long xi = xBase + i;
+            if (p > 0 && !Keep(seed, xi, p)) continue;
+            acc += s.Load(x[xi]) * s.Load(a[aBase + i]);
+        }
+        z[o] = s.Store(acc * scale);
+    }
+
+    // GPU variant: dx[row, i] += dropoutᵀ(Σ_j dz[row, j]·A[j, i]), one thread per input element
+    public static void FusedDxKernel<T, S>(Index1D e, ArrayView<T> dz, ArrayView<T> a, ArrayView<T> dx, int inFeatures, int rank, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        if (p > 0 && !Keep(seed, e, p)) return;
+        int row = e / inFeatures, i = e - row * inFeatures;
+        float acc = 0;
+        for (int j = 0; j < rank; j++) acc += s.Load(dz[(long)row * rank + j]) * s.Load(a[(long)j * inFeatures + i]);
+        float scale = p > 0 ? 1f / (1f - p) : 1f;
+        dx[e] = s.Store(s.Load(dx[e]) + acc * scale);
+    }
+
+    public static void Dropout<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> u, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        var (threads, chunk) = k.ElementLaunch(x.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long> kernel = DropoutKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, u, seed, p, x.Length, chunk);
+    }
+
+    public static void DropoutBackward<T, S>(KernelSet k, ArrayView<T> g, ArrayView<T> dx, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        var (threads, chunk) = k.ElementLaunch(g.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long> kernel = DropoutBackwardKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, g, dx, seed, p, g.Length, chunk);
+    }
+
+    public static void FusedDown<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> a, ArrayView<T> z, int rows, int inFeatures, int rank, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float> kernel = FusedDownKernel<T, S>;
+        k.Load(kernel, acc => acc.LoadAutoGroupedStreamKernel(kernel))(rows * rank, x, a, z, inFeatures, rank, seed, p);
+    }
+
+    public static void FusedDx<T, S>(KernelSet k, ArrayView<T> dz, ArrayView<T> a, ArrayView<T> dx, int rows, int inFeatures, int rank, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float> kernel = FusedDxKernel<T, S>;
+        k.Load(kernel, acc => acc.LoadAutoGroupedStreamKernel(kernel))(rows * inFeatures, dz, a, dx, inFeatures, rank, seed, p);
+    }
+}
