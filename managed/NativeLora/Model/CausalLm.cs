@@ -25,6 +25,9 @@ public sealed class CausalLm : IDisposable
     public IReadOnlyList<DecoderLayer> Layers { get; }
     public int CrossEntropyChunkRows { get; set; } = 1024;
 
+    /// <summary>Keep only each layer's input during the forward and recompute the layer in the backward.</summary>
+    public bool GradientCheckpointing { get; set; }
+
     private readonly Dictionary<string, Tensor> _parameters;
     private readonly Dictionary<string, Tensor> _gradients = new();
     private readonly Tensor _cos, _sin;
@@ -158,7 +161,7 @@ public sealed class CausalLm : IDisposable
     /// Forward and backward of the mean next-token loss. Gradients accumulate into <see cref="Gradients"/>
     /// (when enabled); returns the mean loss over counted tokens and their number.
     /// </summary>
-    public (double Loss, int Count) ForwardBackward(TokenBatch batch)
+    public (double Loss, int Count) ForwardBackward(TokenBatch batch, float? gradScale = null)
     {
         var k = Kernels;
         int n = batch.Tokens, d = Config.HiddenSize;
@@ -173,7 +176,9 @@ public sealed class CausalLm : IDisposable
             foreach (var layer in Layers)
             {
                 var output = Device.Allocate(DType, n, d);
-                acts.Add(layer.Forward(Device, k, Config, hidden[^1], output, bt.Positions, bt.Segments, _cos, _sin, shape));
+                var a = layer.Forward(Device, k, Config, hidden[^1], output, bt.Positions, bt.Segments, _cos, _sin, shape);
+                if (GradientCheckpointing) a.Dispose(); // recomputed in the backward from hidden[l]
+                else acts.Add(a);
                 hidden.Add(output);
             }
             using var normed = Device.Allocate(DType, n, d);
@@ -182,7 +187,7 @@ public sealed class CausalLm : IDisposable
 
             using var dNormed = Device.Allocate(DType, n, d);
             _gradients.TryGetValue(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", out var dOutW);
-            var (loss, count) = CrossEntropyOp.ForwardBackward(k, normed, OutputWeight, batch.Labels, dNormed, dOutW, CrossEntropyChunkRows);
+            var (loss, count) = CrossEntropyOp.ForwardBackward(k, normed, OutputWeight, batch.Labels, dNormed, dOutW, CrossEntropyChunkRows, gradScale);
 
             using var dH = Device.Allocate(DType, n, d);
             _gradients.TryGetValue("model.norm.weight", out var dFinalNorm);
@@ -191,7 +196,13 @@ public sealed class CausalLm : IDisposable
             var (cur, next) = (dH, dPrev);
             for (int l = Layers.Count - 1; l >= 0; l--)
             {
-                Layers[l].Backward(Device, k, Config, acts[l], cur, next, bt.Positions, bt.Segments, _cos, _sin, shape);
+                if (GradientCheckpointing)
+                {
+                    using var scratch = Device.Allocate(DType, n, d);
+                    using var a = Layers[l].Forward(Device, k, Config, hidden[l], scratch, bt.Positions, bt.Segments, _cos, _sin, shape);
+                    Layers[l].Backward(Device, k, Config, a, cur, next, bt.Positions, bt.Segments, _cos, _sin, shape);
+                }
+                else Layers[l].Backward(Device, k, Config, acts[l], cur, next, bt.Positions, bt.Segments, _cos, _sin, shape);
                 (cur, next) = (next, cur);
             }
             if (_gradients.TryGetValue("model.embed_tokens.weight", out var dEmb))
@@ -202,6 +213,34 @@ public sealed class CausalLm : IDisposable
         {
             foreach (var a in acts) a.Dispose();
             foreach (var h in hidden) h.Dispose();
+        }
+    }
+
+    /// <summary>Mean loss over counted tokens of a forward pass (no gradients, nothing kept): evaluation.</summary>
+    public (double Loss, int Count) Loss(TokenBatch batch)
+    {
+        var k = Kernels;
+        int n = batch.Tokens, d = Config.HiddenSize;
+        var shape = Shape(batch);
+        using var bt = Upload(batch);
+        var x = Device.Allocate(DType, n, d);
+        var y = Device.Allocate(DType, n, d);
+        try
+        {
+            EmbeddingOp.Forward(k, bt.Ids, batch.Ids, Embedding, x);
+            foreach (var layer in Layers)
+            {
+                using (layer.Forward(Device, k, Config, x, y, bt.Positions, bt.Segments, _cos, _sin, shape)) { }
+                (x, y) = (y, x);
+            }
+            using var rstd = Device.Allocate(DType.F32, n);
+            RmsNormOp.Forward(k, x, FinalNorm, y, rstd, (float)Config.RmsNormEps);
+            return CrossEntropyOp.ForwardBackward(k, y, OutputWeight, batch.Labels, null, null, CrossEntropyChunkRows);
+        }
+        finally
+        {
+            x.Dispose();
+            y.Dispose();
         }
     }
 

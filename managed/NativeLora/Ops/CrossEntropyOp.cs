@@ -17,8 +17,9 @@ public static class CrossEntropyOp
     /// or null; dWeight: [V, D] (accumulated, same dtype as hidden) or null. Returns the mean loss and
     /// the number of counted tokens. Every gradient is of the mean loss.
     /// </summary>
+    /// <remarks>gradScale overrides the gradient's 1/count (gradient accumulation: 1/tokens of the whole optimizer step).</remarks>
     public static (double Loss, int Count) ForwardBackward(KernelSet k, Tensor hidden, Tensor weight, ReadOnlySpan<int> labels,
-        Tensor? dHidden, Tensor? dWeight, int chunkRows = 1024)
+        Tensor? dHidden, Tensor? dWeight, int chunkRows = 1024, float? gradScale = null)
     {
         int n = hidden.Dim(0), dim = hidden.Dim(1), vocab = weight.Dim(0);
         if (weight.Dim(1) != dim) throw new ArgumentException($"output projection {weight} does not match hidden size {dim}");
@@ -35,7 +36,7 @@ public static class CrossEntropyOp
             count++;
         }
         if (count == 0) throw new ArgumentException("every label is -100: there is no token to compute a loss on");
-        float scale = 1f / count;
+        float scale = gradScale ?? 1f / count;
         chunkRows = Math.Max(1, Math.Min(chunkRows, n));
 
         var device = hidden.Device;

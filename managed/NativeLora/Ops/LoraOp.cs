@@ -187,6 +187,18 @@ public static class LoraOp
         return (norms, g);
     }
 
+    /// <summary>Row norms ‖W0[o,:]‖ (f32 [out]) of a base weight: DoRA's initial magnitude.</summary>
+    public static Tensor BaseRowNorms(KernelSet k, Tensor w0)
+    {
+        int rows = w0.Dim(0), cols = w0.Dim(1);
+        var norms = w0.Device.Allocate(DType.F32, rows);
+        Run(w0.DType,
+            () => Dora.RowNorms<float, F32>(k, w0.View<float>(), norms.View<float>(), rows, cols),
+            () => Dora.RowNorms<ushort, Bf16>(k, w0.View<ushort>(), norms.View<float>(), rows, cols),
+            () => Dora.RowNorms<ushort, F16>(k, w0.View<ushort>(), norms.View<float>(), rows, cols));
+        return norms;
+    }
+
     private static void ScaleColumns(KernelSet k, Tensor src, Tensor dst, ILGPU.ArrayView<float> g, float offset, int cols) =>
         Run(src.DType,
             () => Dora.ScaleColumns<float, F32>(k, src.View<float>(), dst.View<float>(), g, offset, cols),

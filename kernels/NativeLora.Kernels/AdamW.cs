@@ -1,0 +1,64 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace NativeLora.Kernels;
+
+/// <summary>
+/// AdamW as torch.optim.AdamW computes it (decoupled weight decay applied first), on f32 parameters
+/// and f32 states, with the gradient scaled on the fly (global-norm clipping):
+///   g ← g·gradScale;  p ← p·(1 − lr·wd);  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
+///   p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + eps)
+/// The optimizer has no backward. SumOfSquares gives per-thread partial sums of g² (the host adds
+/// them in a fixed order, so the global norm is deterministic).
+/// </summary>
+public static class AdamW
+{
+    public static void UpdateKernel(Index1D t, ArrayView<float> p, ArrayView<float> g, ArrayView<float> m, ArrayView<float> v,
+        float lr, float beta1, float beta2, float eps, float weightDecay, float biasCorrection1, float biasCorrection2, float gradScale, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++)
+        {
+            float gi = g[i] * gradScale;
+            float pi = p[i] * (1f - lr * weightDecay);
+            float mi = beta1 * m[i] + (1f - beta1) * gi;
+            float vi = beta2 * v[i] + (1f - beta2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = pi - lr * (mi / biasCorrection1) / (ILGPU.Algorithms.XMath.Sqrt(vi / biasCorrection2) + eps);
+        }
+    }
+
+    public static void SumOfSquaresKernel(Index1D t, ArrayView<float> g, ArrayView<float> partial, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        float acc = 0;
+        for (long i = t * chunk; i < end; i++) acc += g[i] * g[i];
+        partial[t] = acc;
+    }
+
+    public static void Update(KernelSet k, ArrayView<float> p, ArrayView<float> g, ArrayView<float> m, ArrayView<float> v,
+        float lr, float beta1, float beta2, float eps, float weightDecay, int step, float gradScale)
+    {
+        var (threads, chunk) = k.ElementLaunch(p.Length);
+        if (threads == 0) return;
+        float bc1 = 1f - MathF.Pow(beta1, step), bc2 = 1f - MathF.Pow(beta2, step);
+        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float, float, float, float, float, float, float, long, long> kernel = UpdateKernel;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, p, g, m, v, lr, beta1, beta2, eps, weightDecay, bc1, bc2, gradScale, p.Length, chunk);
+    }
+
+    /// <summary>Writes per-thread partial sums of g² into partial (at least as long as the thread count) and returns that count.</summary>
+    public static int SumOfSquares(KernelSet k, ArrayView<float> g, ArrayView<float> partial)
+    {
+        var (threads, chunk) = k.ElementLaunch(g.Length);
+        if (threads == 0) return 0;
+        if (threads > partial.Length) // keep the partial buffer small on a GPU: fewer, longer chunks
+        {
+            chunk = (g.Length + partial.Length - 1) / partial.Length;
+            threads = (int)((g.Length + chunk - 1) / chunk);
+        }
+        Action<Index1D, ArrayView<float>, ArrayView<float>, long, long> kernel = SumOfSquaresKernel;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, g, partial, g.Length, chunk);
+        return threads;
+    }
+}

@@ -1,0 +1,80 @@
+using System.Text.Json;
+using NativeLora.IO;
+using NativeLora.Lora;
+using NativeLora.SafeTensors;
+
+namespace NativeLora.Training;
+
+/// <summary>Where a run stands: everything besides tensors that a resume needs.</summary>
+public sealed record TrainerState
+{
+    public int GlobalStep { get; init; }
+    public int Epoch { get; init; }
+    public int BatchInEpoch { get; init; }
+    public double BestValLoss { get; init; } = double.PositiveInfinity;
+    public int BestStep { get; init; } = -1;
+    public int EvalsWithoutImprovement { get; init; }
+    public int ConsecutiveNonFinite { get; init; }
+    public int Seed { get; init; }
+}
+
+/// <summary>
+/// Checkpoints: checkpoint-N/ holds the PEFT adapter, optimizer.safetensors and trainer_state.json.
+/// Written into checkpoint-N.tmp/ (each file fsynced), then renamed: a run killed mid-write leaves
+/// only a .tmp folder, which resume ignores and deletes, so the last complete checkpoint is intact.
+/// </summary>
+public static class Checkpoint
+{
+    public const string StateFile = "trainer_state.json";
+    public const string OptimizerFile = "optimizer.safetensors";
+
+    /// <summary>Test hook: called after each file of a checkpoint is written (a throw simulates a crash).</summary>
+    internal static Action<string>? AfterFileWritten;
+
+    private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    public static string Save(string outputDir, TrainerState state, LoraAdapter adapter, AdamWOptimizer optimizer, string baseModel)
+    {
+        var final = Path.Combine(outputDir, $"checkpoint-{state.GlobalStep}");
+        var tmp = final + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        adapter.Save(tmp, baseModel);
+        AfterFileWritten?.Invoke(Path.Combine(tmp, LoraAdapter.WeightsFileName));
+        var w = new SafeTensorsWriter();
+        optimizer.SaveState(w);
+        w.Write(Path.Combine(tmp, OptimizerFile));
+        AfterFileWritten?.Invoke(Path.Combine(tmp, OptimizerFile));
+        AtomicFile.Write(Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json));
+        AfterFileWritten?.Invoke(Path.Combine(tmp, StateFile));
+        if (Directory.Exists(final)) Directory.Delete(final, true);
+        Directory.Move(tmp, final);
+        return final;
+    }
+
+    /// <summary>The newest complete checkpoint in outputDir (stale .tmp folders are removed), or null.</summary>
+    public static string? Latest(string outputDir)
+    {
+        if (!Directory.Exists(outputDir)) return null;
+        foreach (var stale in Directory.GetDirectories(outputDir, "checkpoint-*.tmp")) Directory.Delete(stale, true);
+        return Directory.GetDirectories(outputDir, "checkpoint-*")
+            .Select(d => (Dir: d, Ok: int.TryParse(Path.GetFileName(d)["checkpoint-".Length..], out var n), Step: n))
+            .Where(x => x.Ok && File.Exists(Path.Combine(x.Dir, StateFile)))
+            .OrderByDescending(x => x.Step)
+            .Select(x => x.Dir)
+            .FirstOrDefault();
+    }
+
+    public static TrainerState ReadState(string checkpointDir)
+    {
+        var path = Path.Combine(checkpointDir, StateFile);
+        try
+        {
+            return JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(path), Json) ?? throw new InvalidDataException($"{path}: empty");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: {e.Message}", e);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+using System.Diagnostics;
+using System.Text.Json;
+using NativeLora.Data;
+using NativeLora.Lora;
+using NativeLora.Model;
+using NativeLora.SafeTensors;
+
+namespace NativeLora.Training;
+
+/// <summary>One optimizer step's figures (also one line of metrics.jsonl).</summary>
+public sealed record StepMetrics(int Step, int Epoch, double Loss, double? ValLoss, double Lr, double GradNorm, double TokensPerSecond,
+    long MemoryBytes, int Tokens, bool Skipped, double ElapsedSeconds, int TotalSteps);
+
+/// <summary>Raised when training cannot go on (e.g. too many non-finite losses in a row); the last checkpoint is intact.</summary>
+public sealed class TrainingStoppedException(string message) : Exception(message);
+
+/// <summary>
+/// The LoRA training loop: shuffled (seeded) epochs of packed micro-batches, gradient accumulation
+/// with a token-level mean over the whole optimizer step, global-norm clipping, AdamW, the LR
+/// schedule, validation every eval_steps with early stopping and best-adapter tracking, atomic
+/// checkpoints every save_steps that resume to exactly the same losses, and non-finite steps
+/// skipped and reported. Metrics go to metrics.jsonl in the output directory.
+/// </summary>
+public sealed class Trainer
+{
+    private readonly TrainingConfig _c;
+    private readonly CausalLm _model;
+    private readonly LoraAdapter _adapter;
+    private readonly IReadOnlyList<TrainingExample> _train;
+    private readonly IReadOnlyList<TrainingExample> _val;
+
+    public Action<StepMetrics>? OnStep { get; set; }
+    public Action<string>? OnMessage { get; set; }
+    public List<StepMetrics> History { get; } = new();
+    public string? BestAdapterDir { get; private set; }
+
+    public Trainer(TrainingConfig config, CausalLm model, LoraAdapter adapter, IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample> val)
+    {
+        config.Validate();
+        if (train.Count == 0) throw new ArgumentException("there are no training examples");
+        _c = config;
+        _model = model;
+        _adapter = adapter;
+        _train = train;
+        _val = val;
+    }
+
+    private List<TokenBatch> EpochBatches(int epoch)
+    {
+        var order = _train.ToArray();
+        new Random(_c.Seed * 1000003 + epoch).Shuffle(order);
+        return Batcher.MakeBatches(order, _c.MaxSeqLen, _c.MicroBatchSize, _c.Packing);
+    }
+
+    public int StepsPerEpoch => (EpochBatches(0).Count + _c.GradientAccumulation - 1) / _c.GradientAccumulation;
+
+    public int TotalSteps => _c.MaxSteps > 0 ? _c.MaxSteps : StepsPerEpoch * _c.Epochs;
+
+    /// <summary>Mean loss over all counted validation tokens (adapter in eval mode: no dropout).</summary>
+    public double ValidationLoss()
+    {
+        if (_val.Count == 0) return double.NaN;
+        _adapter.SetTraining(false);
+        double sum = 0;
+        long count = 0;
+        foreach (var b in Batcher.MakeBatches(_val, _c.MaxSeqLen, _c.MicroBatchSize, _c.Packing))
+        {
+            if (!b.Labels.Any(l => l != -100)) continue;
+            var (loss, n) = _model.Loss(b);
+            sum += loss * n;
+            count += n;
+        }
+        return count == 0 ? double.NaN : sum / count;
+    }
+
+    /// <summary>Runs (or resumes, from the newest complete checkpoint in the output directory) to the end.</summary>
+    public TrainerState Run(bool resume)
+    {
+        Directory.CreateDirectory(_c.OutputDir);
+        _model.GradientCheckpointing = _c.GradientCheckpointing;
+        var trainables = _adapter.Modules.SelectMany(m => m.Trainables().Select(t => ($"{m.Target}.{t.Name}", t.Value, t.Grad))).ToList();
+        using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay);
+        var state = new TrainerState { Seed = _c.Seed };
+        var metricsPath = Path.Combine(_c.OutputDir, "metrics.jsonl");
+        if (resume && Checkpoint.Latest(_c.OutputDir) is string ckpt)
+        {
+            state = Checkpoint.ReadState(ckpt);
+            if (state.Seed != _c.Seed) throw new InvalidDataException($"{ckpt}: written with seed {state.Seed}, this run has seed {_c.Seed}");
+            _adapter.LoadWeights(ckpt);
+            using (var f = SafeTensorsFile.Open(Path.Combine(ckpt, Checkpoint.OptimizerFile))) optimizer.LoadState(f);
+            TruncateMetrics(metricsPath, state.GlobalStep);
+            OnMessage?.Invoke($"resumed from {ckpt} at step {state.GlobalStep}");
+        }
+        else if (File.Exists(metricsPath)) File.Delete(metricsPath);
+
+        int total = TotalSteps;
+        var schedule = LrSchedule.Create(_c.LearningRate, total, _c.WarmupRatio, _c.LrScheduler);
+        var clock = Stopwatch.StartNew();
+        long peakMemory = 0;
+        using var metrics = new StreamWriter(metricsPath, append: true);
+
+        for (int epoch = state.Epoch; state.GlobalStep < total; epoch++)
+        {
+            var batches = EpochBatches(epoch);
+            if (epoch != state.Epoch) state = state with { Epoch = epoch, BatchInEpoch = 0 };
+            while (state.BatchInEpoch < batches.Count && state.GlobalStep < total)
+            {
+                var group = batches.Skip(state.BatchInEpoch).Take(_c.GradientAccumulation).ToList();
+                int tokens = group.Sum(b => b.Labels.Count(l => l != -100));
+                var stepClock = Stopwatch.StartNew();
+                double lossSum = 0;
+                optimizer.ZeroGradients();
+                _adapter.SetTraining(true);
+                for (int j = 0; j < group.Count && tokens > 0; j++)
+                {
+                    if (!group[j].Labels.Any(l => l != -100)) continue;
+                    SetDropoutSeeds(state.GlobalStep, j);
+                    var (loss, n) = _model.ForwardBackward(group[j], gradScale: 1f / tokens);
+                    lossSum += loss * n;
+                }
+                double stepLoss = tokens > 0 ? lossSum / tokens : double.NaN;
+                double norm = optimizer.GradientNorm();
+                double lr = schedule.At(state.GlobalStep);
+                bool skipped = !double.IsFinite(stepLoss) || !double.IsFinite(norm);
+                if (skipped)
+                {
+                    state = state with { ConsecutiveNonFinite = state.ConsecutiveNonFinite + 1 };
+                    OnMessage?.Invoke($"step {state.GlobalStep + 1}: non-finite {(double.IsFinite(stepLoss) ? "gradient" : "loss")} (loss {stepLoss}, grad norm {norm}); update skipped ({state.ConsecutiveNonFinite} in a row)");
+                    if (state.ConsecutiveNonFinite >= _c.MaxConsecutiveNonFinite)
+                        throw new TrainingStoppedException(
+                            $"training stopped: {state.ConsecutiveNonFinite} optimizer steps in a row had a non-finite loss or gradient (last at step {state.GlobalStep + 1}). " +
+                            $"The last good checkpoint is {Checkpoint.Latest(_c.OutputDir) ?? "(none yet)"}. Lower the learning rate or check the data.");
+                }
+                else
+                {
+                    float clip = (float)Math.Min(1.0, _c.MaxGradNorm / (norm + 1e-6));
+                    optimizer.Step((float)lr, clip);
+                    foreach (var m in _adapter.Modules) m.SyncCompute(_model.Kernels);
+                    state = state with { ConsecutiveNonFinite = 0 };
+                }
+                state = state with { GlobalStep = state.GlobalStep + 1, BatchInEpoch = state.BatchInEpoch + group.Count };
+                _model.Device.Synchronize();
+                peakMemory = Math.Max(peakMemory, MemoryInUse());
+
+                double? valLoss = null;
+                if (state.GlobalStep % _c.EvalSteps == 0 || state.GlobalStep == total)
+                {
+                    valLoss = ValidationLoss();
+                    if (double.IsFinite(valLoss.Value))
+                    {
+                        if (valLoss < state.BestValLoss)
+                        {
+                            state = state with { BestValLoss = valLoss.Value, BestStep = state.GlobalStep, EvalsWithoutImprovement = 0 };
+                            BestAdapterDir = Path.Combine(_c.OutputDir, "best");
+                            _adapter.Save(BestAdapterDir, _c.Model);
+                        }
+                        else state = state with { EvalsWithoutImprovement = state.EvalsWithoutImprovement + 1 };
+                    }
+                }
+                var sm = new StepMetrics(state.GlobalStep, epoch, stepLoss, valLoss, lr, norm, tokens / Math.Max(1e-9, stepClock.Elapsed.TotalSeconds),
+                    peakMemory, tokens, skipped, clock.Elapsed.TotalSeconds, total);
+                History.Add(sm);
+                if (state.GlobalStep % _c.LoggingSteps == 0 || valLoss != null)
+                {
+                    metrics.WriteLine(JsonSerializer.Serialize(sm, MetricsJson));
+                    metrics.Flush();
+                }
+                OnStep?.Invoke(sm);
+
+                if (state.GlobalStep % _c.SaveSteps == 0 || state.GlobalStep == total)
+                    Checkpoint.Save(_c.OutputDir, state, _adapter, optimizer, _c.Model);
+                if (_c.EarlyStoppingPatience > 0 && state.EvalsWithoutImprovement >= _c.EarlyStoppingPatience)
+                {
+                    OnMessage?.Invoke($"early stopping at step {state.GlobalStep}: validation loss has not improved for {state.EvalsWithoutImprovement} evaluations (best {state.BestValLoss:F4} at step {state.BestStep})");
+                    Checkpoint.Save(_c.OutputDir, state, _adapter, optimizer, _c.Model);
+                    return state;
+                }
+            }
+            if (state.BatchInEpoch >= batches.Count && state.GlobalStep < total) state = state with { Epoch = epoch + 1, BatchInEpoch = 0 };
+        }
+        _adapter.SetTraining(false);
+        return state;
+    }
+
+    public static readonly JsonSerializerOptions MetricsJson = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull,
+    };
+
+    // dropout masks are a function of (run seed, optimizer step, micro-batch, module): identical after a resume
+    private void SetDropoutSeeds(int step, int micro)
+    {
+        for (int i = 0; i < _adapter.Modules.Count; i++)
+            _adapter.Modules[i].DropoutSeed = (ulong)_c.Seed * 0x9E3779B97F4A7C15UL ^ ((ulong)step << 24) ^ ((ulong)micro << 12) ^ (ulong)i;
+    }
+
+    private long MemoryInUse()
+    {
+        if (_model.Device.IsCuda)
+        {
+            var (free, totalBytes) = _model.Device.MemoryInfo();
+            return (long)(totalBytes - free);
+        }
+        using var p = Process.GetCurrentProcess();
+        return p.PeakWorkingSet64;
+    }
+
+    // a resumed run rewrites the metrics after its checkpoint
+    private static void TruncateMetrics(string path, int step)
+    {
+        if (!File.Exists(path)) return;
+        var keep = File.ReadAllLines(path).Where(l => JsonDocument.Parse(l).RootElement.GetProperty("step").GetInt32() <= step).ToList();
+        File.WriteAllLines(path, keep);
+    }
+}
