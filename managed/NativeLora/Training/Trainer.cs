@@ -165,10 +165,11 @@ public sealed class Trainer
                     metrics.WriteLine(JsonSerializer.Serialize(sm, MetricsJson));
                     metrics.Flush();
                 }
-                OnStep?.Invoke(sm);
 
-                if (state.GlobalStep % _c.SaveSteps == 0 || state.GlobalStep == total)
+                // no checkpoint during a non-finite streak: the last one written stays the last good one
+                if ((state.GlobalStep % _c.SaveSteps == 0 || state.GlobalStep == total) && state.ConsecutiveNonFinite == 0)
                     Checkpoint.Save(_c.OutputDir, state, _adapter, optimizer, _c.Model);
+                OnStep?.Invoke(sm);
                 if (_c.EarlyStoppingPatience > 0 && state.EvalsWithoutImprovement >= _c.EarlyStoppingPatience)
                 {
                     OnMessage?.Invoke($"early stopping at step {state.GlobalStep}: validation loss has not improved for {state.EvalsWithoutImprovement} evaluations (best {state.BestValLoss:F4} at step {state.BestStep})");

@@ -1,0 +1,110 @@
+using NativeLora.Lora;
+using NativeLora.Model;
+using NativeLora.Tests.Model;
+using NativeLora.Training;
+
+namespace NativeLora.Tests.Training;
+
+public class CheckpointTests
+{
+    private static (CausalLm Model, LoraAdapter Adapter, Trainer Trainer) Setup(TrainingConfig cfg)
+    {
+        var (train, val, _) = LearningTests.SyntheticTask(21);
+        var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+        var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+        return (model, adapter, new Trainer(cfg, model, adapter, train, val));
+    }
+
+    private static TrainingConfig Config(string dir) => LearningTests.FastConfig(dir) with
+    {
+        Epochs = 2, SaveSteps = 4, EvalSteps = 5, LoraDropout = 0.1, GradientAccumulation = 2, MicroBatchSize = 3,
+    };
+
+    [Test]
+    public void ResumeAfterACrashDuringACheckpointWriteGivesExactlyTheSameLosses()
+    {
+        var dirA = Directory.CreateTempSubdirectory("nl-ckA-").FullName;
+        var dirB = Directory.CreateTempSubdirectory("nl-ckB-").FullName;
+        try
+        {
+            List<StepMetrics> reference;
+            var (ma, aa, ta) = Setup(Config(dirA));
+            using (ma) using (aa)
+            {
+                ta.Run(resume: false);
+                reference = ta.History;
+            }
+            Assert.That(reference.Count, Is.GreaterThan(9), "the run must outlast two checkpoints");
+
+            // run B crashes while writing its second checkpoint (after the adapter file, before the optimizer state)
+            var (mb, ab, tb) = Setup(Config(dirB));
+            using (mb) using (ab)
+            {
+                Checkpoint.AfterFileWritten = path =>
+                {
+                    if (path.Contains("checkpoint-8.tmp") && path.EndsWith(LoraAdapter.WeightsFileName)) throw new IOException("simulated crash");
+                };
+                try { Assert.Throws<IOException>(() => tb.Run(resume: false)); }
+                finally { Checkpoint.AfterFileWritten = null; }
+            }
+            Assert.That(Directory.Exists(Path.Combine(dirB, "checkpoint-8.tmp")), Is.True, "the interrupted write leaves only a .tmp folder");
+            Assert.That(Checkpoint.Latest(dirB), Does.EndWith("checkpoint-4"));
+            Assert.That(Directory.Exists(Path.Combine(dirB, "checkpoint-8.tmp")), Is.False, "stale .tmp folders are cleaned");
+
+            var (mc, ac, tc) = Setup(Config(dirB));
+            using (mc) using (ac)
+            {
+                tc.Run(resume: true);
+                var resumed = tc.History;
+                Assert.That(resumed[0].Step, Is.EqualTo(5));
+                var expected = reference.Where(m => m.Step >= 5).ToList();
+                Assert.That(resumed.Select(m => m.Loss), Is.EqualTo(expected.Select(m => m.Loss)), "losses after resume");
+                Assert.That(resumed.Select(m => m.GradNorm), Is.EqualTo(expected.Select(m => m.GradNorm)), "gradient norms after resume");
+                Assert.That(resumed.Select(m => m.ValLoss), Is.EqualTo(expected.Select(m => m.ValLoss)), "validation losses after resume");
+            }
+            // metrics.jsonl of the resumed run holds each step once
+            var steps = File.ReadAllLines(Path.Combine(dirB, "metrics.jsonl")).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("step").GetInt32()).ToList();
+            Assert.That(steps, Is.EqualTo(reference.Select(m => m.Step).ToList()));
+        }
+        finally
+        {
+            Directory.Delete(dirA, true);
+            Directory.Delete(dirB, true);
+        }
+    }
+
+    [Test]
+    public void NonFiniteStepsAreSkippedAndTooManyStopTheRunWithTheLastCheckpointIntact()
+    {
+        var dir = Directory.CreateTempSubdirectory("nl-nan-").FullName;
+        try
+        {
+            var cfg = Config(dir) with { SaveSteps = 2, MaxConsecutiveNonFinite = 3 };
+            var (m, a, t) = Setup(cfg);
+            using (m) using (a)
+            {
+                var messages = new List<string>();
+                t.OnMessage = messages.Add;
+                t.OnStep = s =>
+                {
+                    if (s.Step == 4) a.Modules[0].A.CopyFrom<float>(Enumerable.Repeat(float.NaN, (int)a.Modules[0].A.ElementCount).ToArray());
+                };
+                var e = Assert.Throws<TrainingStoppedException>(() => t.Run(resume: false))!;
+                Assert.That(e.Message, Does.Contain("3 optimizer steps in a row").And.Contain("checkpoint-4"));
+                Assert.That(messages.Count(x => x.Contains("update skipped")), Is.EqualTo(3));
+                Assert.That(t.History.Skip(4).Select(h => h.Skipped), Is.All.True);
+            }
+            // the last good checkpoint loads and is finite
+            var (m2, a2, _) = Setup(cfg);
+            using (m2) using (a2)
+            {
+                a2.LoadWeights(Path.Combine(dir, "checkpoint-4"));
+                Assert.That(a2.Modules.SelectMany(x => x.A.ToArray<float>()), Is.All.Not.NaN);
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+}
