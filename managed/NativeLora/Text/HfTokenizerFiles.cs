@@ -58,7 +58,7 @@ static class HfTokenizerFiles
         {
             foreach (var p in vocab.EnumerateObject())
             {
-                if (!p.Value.TryGetInt32(out int id) || id < 0)
+                if (!TryGetId(p.Value, out int id))
                     throw new InvalidDataException($"{path}: model.vocab[\"{p.Name}\"] is not a token id");
                 map[p.Name] = id;
             }
@@ -80,7 +80,7 @@ static class HfTokenizerFiles
             foreach (var t in added.EnumerateArray())
             {
                 if (t.ValueKind != JsonValueKind.Object
-                    || !t.TryGetProperty("id", out var idEl) || !idEl.TryGetInt32(out int id) || id < 0
+                    || !t.TryGetProperty("id", out var idEl) || !TryGetId(idEl, out int id)
                     || !t.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
                     throw new InvalidDataException($"{path}: an added_tokens entry lacks an id or content: {t.GetRawText()}");
                 map[content.GetString()!] = id;
@@ -95,6 +95,12 @@ static class HfTokenizerFiles
         if (root.TryGetProperty("added_tokens", out added) && added.ValueKind == JsonValueKind.Array)
             foreach (var t in added.EnumerateArray()) idToToken[t.GetProperty("id").GetInt32()] = t.GetProperty("content").GetString();
         return new Vocabulary(map, idToToken);
+    }
+
+    static bool TryGetId(JsonElement el, out int id)
+    {
+        id = -1;
+        return el.ValueKind == JsonValueKind.Number && el.TryGetInt32(out id) && id >= 0;
     }
 
     /// <summary>
