@@ -1,4 +1,3 @@
-using System.Text.Json;
 using RustTokenizer = Tokenizers.DotNet.Tokenizer;
 using RustTokenizerException = Tokenizers.DotNet.TokenizerException;
 
@@ -135,8 +134,8 @@ public sealed class HfTokenizer : IDisposable
     /// <summary>
     /// Token ids of <paramref name="text"/>. With <paramref name="addSpecialTokens"/>, the post-processor
     /// of tokenizer.json adds what the model expects (Mistral's TemplateProcessing adds <c>&lt;s&gt;</c>;
-    /// Qwen's adds nothing; Llama 3's adds <c>&lt;|begin_of_text|&gt;</c> only in tokenizer.json files
-    /// updated after May 2024, older ones have a bare ByteLevel post-processor), except for
+    /// Qwen's adds nothing; Llama 3's adds <c>&lt;|begin_of_text|&gt;</c> in the Hub's current files, but
+    /// the original April 2024 tokenizer.json has a bare ByteLevel post-processor that adds nothing), except for
     /// LlamaTokenizer configs, where add_bos_token/add_eos_token decide (as in transformers).
     /// Special-token strings inside the text (e.g. <c>&lt;|im_start|&gt;</c>) become their ids either way.
     /// Chat templates write the BOS token themselves (Llama 3's starts with bos_token), so text rendered

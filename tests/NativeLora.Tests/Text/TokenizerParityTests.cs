@@ -114,9 +114,9 @@ public class TokenizerParityTests
     }
 
     /// <summary>
-    /// This Llama 3 tokenizer.json (as on the Hub before May 2024) has a bare ByteLevel post-processor,
-    /// so transformers adds no &lt;|begin_of_text|&gt; with add_special_tokens; later files have a
-    /// TemplateProcessing that does. Mistral's TemplateProcessing adds &lt;s&gt;; Qwen's adds nothing.
+    /// This Llama 3 tokenizer.json (the original April 2024 release) has a bare ByteLevel post-processor,
+    /// so transformers adds no &lt;|begin_of_text|&gt; with add_special_tokens; the Hub's later revisions
+    /// have a TemplateProcessing that does (transformers issue #32172). Mistral's TemplateProcessing adds &lt;s&gt;; Qwen's adds nothing.
     /// </summary>
     [Test]
     public void WhatAddSpecialTokensAdds()
