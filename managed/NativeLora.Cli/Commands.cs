@@ -41,6 +41,14 @@ internal static class Commands
     public static int InitModel(InitModelOptions o)
     {
         var config = ModelConfig.Load(o.Config);
+        if (o.Tokenizer != null)
+        {
+            using var tok = Text.HfTokenizer.Load(o.Tokenizer);
+            config = config with { VocabSize = tok.VocabSize, BosTokenId = tok.BosId, EosTokenId = tok.EosId };
+            Directory.CreateDirectory(o.Out);
+            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja" })
+                if (File.Exists(Path.Combine(o.Tokenizer, f))) File.Copy(Path.Combine(o.Tokenizer, f), Path.Combine(o.Out, f), overwrite: true);
+        }
         var dtype = DTypeInfo.Parse(o.DType);
         ModelDirectory.Save(o.Out, config, RandomInit.Create(config, o.Seed), dtype);
         long parameters = CausalLm.ExpectedParameters(config).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
@@ -55,5 +63,60 @@ internal static class Commands
         ModelDirectory.Save(o.Out, config, weights, DType.F32);
         Console.WriteLine($"imported {o.File} -> {o.Out}: {config.NumLayers} layers, hidden {config.HiddenSize}, heads {config.NumHeads}/{config.NumKvHeads} (q/kv), vocab {config.VocabSize}, tied embeddings {config.TieWordEmbeddings}");
         return 0;
+    }
+
+    public static int Generate(GenerateOptions o)
+    {
+        var sampling = new SamplingOptions(o.Temperature, o.TopK, o.TopP, o.RepetitionPenalty, o.Seed);
+        sampling.Validate();
+        bool hasIds = o.PromptIds != null && o.PromptIds.Any();
+        if (hasIds == (o.Prompt != null)) throw new ArgumentException("give exactly one of --prompt or --prompt-ids");
+        using var device = OpenDevice(o);
+        using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
+        using var adapter = o.Adapter != null ? Lora.LoraAdapter.Load(model, o.Adapter) : null;
+        Text.HfTokenizer? tok = null;
+        try
+        {
+            int[] prompt;
+            if (hasIds) prompt = o.PromptIds!.ToArray();
+            else
+            {
+                tok = Text.HfTokenizer.Load(o.Model);
+                prompt = o.Chat
+                    ? new Data.ExampleFormatter(tok, false).PromptIds(ChatOf(o))
+                    : tok.Encode(o.Prompt!, addSpecialTokens: true);
+            }
+            var stopIds = new HashSet<int>();
+            if (tok?.EosId is int eos) stopIds.Add(eos);
+            else if (model.Config.EosTokenId is int ceos) stopIds.Add(ceos);
+            var stops = o.Stop?.Where(x => x.Length > 0).ToArray() ?? Array.Empty<string>();
+            var stream = tok != null ? new Text.TokenStreamDecoder(tok, skipSpecialTokens: true, context: prompt) : null;
+            var text = new System.Text.StringBuilder();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var ids = new Decoder(model).Generate(prompt, o.MaxNewTokens, new Sampler(sampling), stopIds, id =>
+            {
+                if (o.PrintIds || stream == null) return true;
+                var piece = stream.Push(id);
+                text.Append(piece);
+                Console.Write(piece);
+                return !stops.Any(s => text.ToString().Contains(s, StringComparison.Ordinal));
+            });
+            if (o.PrintIds || stream == null) Console.WriteLine(string.Join(",", ids));
+            else Console.WriteLine(stream.Flush());
+            Console.Error.WriteLine($"{ids.Count} tokens in {clock.Elapsed.TotalSeconds:F2} s ({ids.Count / Math.Max(1e-9, clock.Elapsed.TotalSeconds):F1} tokens/s)");
+            return 0;
+        }
+        finally
+        {
+            tok?.Dispose();
+        }
+    }
+
+    private static List<Text.ChatMessage> ChatOf(GenerateOptions o)
+    {
+        var messages = new List<Text.ChatMessage>();
+        if (o.System != null) messages.Add(new Text.ChatMessage("system", o.System));
+        messages.Add(new Text.ChatMessage("user", o.Prompt!));
+        return messages;
     }
 }

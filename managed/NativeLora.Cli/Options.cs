@@ -35,6 +35,9 @@ public sealed class InitModelOptions
 
     [Option("dtype", Default = "f32", HelpText = "Weight dtype on disk: f32, bf16 or f16.")]
     public string DType { get; set; } = "f32";
+
+    [Option("tokenizer", HelpText = "Tokenizer directory to copy in (tokenizer.json, tokenizer_config.json); vocab_size is set from it.")]
+    public string? Tokenizer { get; set; }
 }
 
 [Verb("import", HelpText = "Import a checkpoint of another format into the HF layout.")]
@@ -48,4 +51,53 @@ public sealed class ImportOptions
 
     [Option("out", Required = true, HelpText = "Output model directory.")]
     public string Out { get; set; } = "";
+}
+
+[Verb("generate", HelpText = "Generate text (or token ids) with a model and an optional adapter.")]
+public sealed class GenerateOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "HF model directory.")]
+    public string Model { get; set; } = "";
+
+    [Option("adapter", HelpText = "PEFT adapter directory to apply.")]
+    public string? Adapter { get; set; }
+
+    [Option("prompt", HelpText = "Prompt text (needs tokenizer files in the model directory).")]
+    public string? Prompt { get; set; }
+
+    [Option("prompt-ids", Separator = ',', HelpText = "Prompt as comma-separated token ids (models without a tokenizer).")]
+    public IEnumerable<int>? PromptIds { get; set; }
+
+    [Option("chat", HelpText = "Wrap the prompt as a user message in the model's chat template.")]
+    public bool Chat { get; set; }
+
+    [Option("system", HelpText = "System message for --chat.")]
+    public string? System { get; set; }
+
+    [Option("print-ids", HelpText = "Print the generated token ids (comma-separated, one line) instead of text.")]
+    public bool PrintIds { get; set; }
+
+    [Option("max-new-tokens", Default = 128, HelpText = "Tokens to generate at most.")]
+    public int MaxNewTokens { get; set; } = 128;
+
+    [Option("temperature", Default = 0.0f, HelpText = "0 = greedy.")]
+    public float Temperature { get; set; }
+
+    [Option("top-k", Default = 0, HelpText = "Keep the k most likely tokens (0 = off).")]
+    public int TopK { get; set; }
+
+    [Option("top-p", Default = 1.0f, HelpText = "Nucleus sampling threshold (1 = off).")]
+    public float TopP { get; set; } = 1f;
+
+    [Option("repetition-penalty", Default = 1.0f, HelpText = "CTRL-style repetition penalty (1 = off).")]
+    public float RepetitionPenalty { get; set; } = 1f;
+
+    [Option("seed", Default = 0, HelpText = "Sampling seed.")]
+    public int Seed { get; set; }
+
+    [Option("stop", Separator = '|', HelpText = "Stop strings, separated by |.")]
+    public IEnumerable<string>? Stop { get; set; }
+
+    [Option("dtype", Default = "auto", HelpText = "Compute dtype: auto (bf16 on GPU, f32 on CPU), f32, bf16, f16.")]
+    public string DType { get; set; } = "auto";
 }

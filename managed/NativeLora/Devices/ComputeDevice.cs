@@ -35,6 +35,12 @@ public sealed class ComputeDevice : IDisposable
     public string Description { get; }
     public bool IsCuda => Kind == DeviceKind.Cuda;
 
+    /// <summary>The compute dtype when the user says "auto": bf16 mixed precision on a GPU, f32 on the CPU.</summary>
+    public DType DefaultComputeDType => IsCuda ? DType.BF16 : DType.F32;
+
+    /// <summary>Parses a --dtype value, resolving "auto" for this device.</summary>
+    public DType ResolveDType(string value) => value == "auto" ? DefaultComputeDType : DTypeInfo.Parse(value);
+
     /// <summary>The compiled kernels of this device, with the variant picked here: GPU variants on CUDA, barrier-free CPU variants otherwise.</summary>
     public KernelSet Kernels { get; }
 

@@ -129,6 +129,32 @@ public sealed class Decoder
         }
     }
 
+    /// <summary>
+    /// Generates up to maxNewTokens after the prompt (one row). Stops after a token in stopIds (it is
+    /// included in the result) or when onToken returns false (stop strings). Returns the new tokens.
+    /// </summary>
+    public List<int> Generate(IReadOnlyList<int> prompt, int maxNewTokens, Sampler sampler, IReadOnlySet<int> stopIds, Func<int, bool>? onToken = null)
+    {
+        if (maxNewTokens < 0) throw new ArgumentException($"max new tokens must be ≥ 0, got {maxNewTokens}");
+        int capacity = Math.Min(_model.Config.MaxPositionEmbeddings, prompt.Count + maxNewTokens);
+        if (prompt.Count >= _model.Config.MaxPositionEmbeddings)
+            throw new ArgumentException($"the prompt has {prompt.Count} tokens; the model's context is {_model.Config.MaxPositionEmbeddings}");
+        using var cache = new KvCache(_model, 1, capacity);
+        var history = new List<int>(prompt);
+        var generated = new List<int>();
+        var logits = Prefill(cache, 0, prompt.ToArray());
+        while (generated.Count < maxNewTokens)
+        {
+            int next = sampler.Next(logits, history);
+            generated.Add(next);
+            history.Add(next);
+            bool go = onToken?.Invoke(next) ?? true;
+            if (!go || stopIds.Contains(next) || cache.Lengths[0] >= capacity) break;
+            logits = Step(cache, new[] { next })[0];
+        }
+        return generated;
+    }
+
     // final norm and output projection of hidden rows [R, D] → R rows of logits (f32 result)
     private float[][] LastLogits(Tensor hidden)
     {
