@@ -743,9 +743,38 @@ internal static class JinjaBuiltins
         if (method is not ("common" or "floor" or "ceil")) throw new JinjaError("method must be 'common', 'ceil' or 'floor'");
         if (v is IntValue or BoolValue && method == "common" && precision >= 0) return new IntValue(Py.ToLong(v));
         double x = Py.ToDouble(v is UndefinedValue u ? throw u.Fail() : v);
-        if (method == "common") return new FloatValue(Math.Round(x, Math.Clamp(precision, 0, 15), MidpointRounding.ToEven));
+        if (method == "common") return new FloatValue(PyRound(x, precision));
         double scale = Math.Pow(10, precision);
         return new FloatValue((method == "floor" ? Math.Floor(x * scale) : Math.Ceiling(x * scale)) / scale);
+    }
+
+    /// <summary>
+    /// Python's round(x, n): half to even on the exact binary value, so 2.675 (really 2.67499…)
+    /// rounds to 2.67 (Math.Round gives 2.68). .NET prints the exact decimal expansion with "F".
+    /// </summary>
+    private static double PyRound(double x, int digits)
+    {
+        if (!double.IsFinite(x) || digits > 330 || Math.Abs(x) >= 4503599627370496.0) return x; // already integral, or exact
+        if (digits < 0) return Math.Round(x / Math.Pow(10, -digits), MidpointRounding.ToEven) * Math.Pow(10, -digits);
+        string s = Math.Abs(x).ToString("F" + (digits + 1100), CultureInfo.InvariantCulture); // every double's expansion fits
+        int cut = s.IndexOf('.') + 1 + digits;
+        var kept = (digits == 0 ? s[..(cut - 1)] : s[..cut]).ToCharArray();
+        string rest = s[cut..].TrimEnd('0');
+        bool up = rest.Length > 0 && (rest[0] > '5' || (rest[0] == '5' && (rest.Length > 1 || (kept[^1] - '0') % 2 == 1)));
+        string rounded = new string(kept);
+        if (up)
+        {
+            int i = kept.Length - 1; // add one unit in the last kept place, carrying leftwards
+            for (; i >= 0; i--)
+            {
+                if (kept[i] == '.') continue;
+                if (kept[i] != '9') { kept[i]++; break; }
+                kept[i] = '0';
+            }
+            rounded = (i < 0 ? "1" : "") + new string(kept);
+        }
+        double result = double.Parse(rounded, CultureInfo.InvariantCulture);
+        return x < 0 ? -result : result;
     }
 
     /// <summary>Jinja's indent filter (lines split like Python's splitlines, blank lines left alone unless blank=true).</summary>
@@ -861,8 +890,11 @@ internal static class JinjaBuiltins
             case "in": return Py.Contains(args.Bind(what, "seq")[0] ?? throw new JinjaError("'in' test needs a sequence"), v);
             case "sameas":
             {
+                // Python's "is": None, booleans and (cached) small ints are singletons; other values by reference.
                 var other = Other();
-                return ReferenceEquals(v, other) || (v is NoneValue && other is NoneValue) || (v is BoolValue a && other is BoolValue b && a.Value == b.Value);
+                return ReferenceEquals(v, other) || (v is NoneValue && other is NoneValue)
+                    || (v is BoolValue a && other is BoolValue b && a.Value == b.Value)
+                    || (v is IntValue i && other is IntValue j && i.Value == j.Value);
             }
             case "filter": args.Bind(what); return v is StringValue f && SupportedFilters.Contains(f.Value);
             case "test": args.Bind(what); return v is StringValue t && SupportedTests.Contains(t.Value);

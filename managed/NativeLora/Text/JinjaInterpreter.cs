@@ -209,7 +209,7 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
             var scope = new Scope(definedIn);
             for (int i = 0; i < parameters.Count; i++)
                 scope.Set(parameters[i].Name, i < args.Positional.Count ? args.Positional[i] : new UndefinedValue($"parameter '{parameters[i].Name}' was not provided"));
-            scope.Set("varargs", new ListValue(args.Positional.Skip(parameters.Count).ToList()));
+            scope.Set("varargs", new ListValue(args.Positional.Skip(parameters.Count).ToList(), isTuple: true));
             var extra = new DictValue();
             var given = new HashSet<string>();
             foreach (var (key, value) in args.Keywords)

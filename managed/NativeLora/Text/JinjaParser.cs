@@ -599,9 +599,8 @@ internal sealed class JinjaParser
 
     private Expr ParseCall(Expr callee)
     {
-        var t = Cur;
         var (args, kwargs) = ParseCallArgs();
-        return At(new CallExpr(callee, args, kwargs), t);
+        return new CallExpr(callee, args, kwargs) { Line = callee.Line, Column = callee.Column }; // errors point at the callee
     }
 
     private Expr ParseFilterAndTests(Expr node)
