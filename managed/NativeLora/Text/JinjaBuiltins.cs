@@ -159,8 +159,11 @@ internal static class JinjaBuiltins
             case ListValue when name is "append" or "extend" or "insert" or "pop" or "remove" or "clear" or "sort" or "reverse":
                 return new UndefinedValue($"list.{name}() is not allowed: templates cannot modify lists (Jinja's immutable sandbox)");
         }
-        return new UndefinedValue($"'{obj.TypeName} object' has no attribute '{name}'");
+        return new UndefinedValue($"{Describe(obj)} has no attribute '{name}'");
     }
+
+    /// <summary>How Jinja names an object in "has no attribute" messages: 'dict object', 'None'.</summary>
+    private static string Describe(JinjaValue obj) => obj is NoneValue ? "'None'" : $"'{obj.TypeName} object'";
 
     /// <summary><c>obj[key]</c>: the item first, then (for a string key) the attribute, as Jinja does.</summary>
     public static JinjaValue GetItem(JinjaValue obj, JinjaValue key)
@@ -173,7 +176,7 @@ internal static class JinjaBuiltins
             {
                 long i = Py.ToLong(key);
                 if (i < 0) i += l.Items.Count;
-                return i >= 0 && i < l.Items.Count ? l.Items[(int)i] : new UndefinedValue($"'{obj.TypeName} object' has no element {Py.ToLong(key)}");
+                return i >= 0 && i < l.Items.Count ? l.Items[(int)i] : new UndefinedValue($"{Describe(obj)} has no element {Py.ToLong(key)}");
             }
             case (StringValue s, IntValue or BoolValue):
             {
@@ -187,7 +190,7 @@ internal static class JinjaBuiltins
             case (_, StringValue name):
                 return GetAttr(obj, name.Value);
         }
-        return new UndefinedValue($"'{obj.TypeName} object' has no element {Py.Repr(key)}");
+        return new UndefinedValue($"{Describe(obj)} has no element {Py.Repr(key)}");
     }
 
     /// <summary>Python slicing of lists, tuples and strings (by code point).</summary>
@@ -697,7 +700,7 @@ internal static class JinjaBuiltins
                 }
                 else if (p[2] is not (null or NoneValue)) throw new JinjaError("tojson separators must be a (item, key) pair of strings");
                 var sb = new StringBuilder();
-                Json.Write(sb, v, p[0] != null && Py.IsTrue(p[0]!), indent, itemSeparator, keySeparator, p[3] != null && Py.IsTrue(p[3]!), 0);
+                PyJson.Write(sb, v, p[0] != null && Py.IsTrue(p[0]!), indent, itemSeparator, keySeparator, p[3] != null && Py.IsTrue(p[3]!), 0);
                 return Py.Str(sb.ToString());
             }
             case "trim":
@@ -904,7 +907,7 @@ internal static class JinjaBuiltins
 }
 
 /// <summary>Python's json.dumps, as transformers' tojson calls it.</summary>
-internal static class Json
+internal static class PyJson
 {
     public static void Write(StringBuilder sb, JinjaValue v, bool ensureAscii, string? indent, string itemSeparator, string keySeparator, bool sortKeys, int depth)
     {
