@@ -1,0 +1,199 @@
+using System.Collections;
+using System.Text.Json;
+
+namespace NativeLora.Text;
+
+/// <summary>
+/// One chat message. <see cref="Fields"/> carries any other keys the template may read
+/// (tool_calls, reasoning_content, name…) as plain .NET values: string, bool, numbers, null,
+/// dictionaries with string keys, lists, or <see cref="JsonElement"/>.
+/// </summary>
+public sealed record ChatMessage(string Role, string? Content)
+{
+    public IReadOnlyDictionary<string, object?>? Fields { get; init; }
+}
+
+/// <summary>
+/// A template that cannot be parsed or rendered. Line and Column (1-based) locate the construct;
+/// <see cref="RaisedByTemplate"/> is true when the template itself called raise_exception(message),
+/// and then Message is exactly the template's message.
+/// </summary>
+public sealed class ChatTemplateException(string message, int line, int column, bool raisedByTemplate = false) : Exception(message)
+{
+    public int Line { get; } = line;
+    public int Column { get; } = column;
+    public bool RaisedByTemplate { get; } = raisedByTemplate;
+}
+
+/// <summary>The chat template and special tokens found in a model's tokenizer_config.json.</summary>
+public sealed record ChatTemplateConfig(string Template, string? BosToken, string? EosToken);
+
+/// <summary>
+/// A Hugging Face chat template (the Jinja in tokenizer_config.json's "chat_template"), parsed once
+/// and rendered the way transformers' apply_chat_template renders it with Python Jinja: trim_blocks
+/// and lstrip_blocks on, Python semantics for values, raise_exception and strftime_now available.
+/// </summary>
+public sealed class ChatTemplate
+{
+    private readonly List<Node> _program;
+
+    /// <summary>Parses the template; a syntax error throws <see cref="ChatTemplateException"/>.</summary>
+    public ChatTemplate(string template)
+    {
+        ArgumentNullException.ThrowIfNull(template);
+        Source = template;
+        _program = JinjaParser.Parse(template);
+    }
+
+    public string Source { get; }
+
+    /// <summary>The clock behind strftime_now (local time); tests pin it.</summary>
+    public TimeProvider Clock { get; init; } = TimeProvider.System;
+
+    /// <summary>
+    /// Renders a conversation. Like transformers, the template sees messages, add_generation_prompt,
+    /// bos_token / eos_token (left undefined when null), tools and documents (None unless given in
+    /// <paramref name="extra"/>), and every entry of <paramref name="extra"/> (e.g. enable_thinking).
+    /// </summary>
+    public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, string? bosToken, string? eosToken,
+        IReadOnlyDictionary<string, object?>? extra = null)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var interpreter = new JinjaInterpreter(Clock);
+        var globals = new Scope(null);
+        JinjaBuiltins.AddGlobals(globals, interpreter);
+        var context = new Scope(globals);
+        context.Set("messages", new ListValue(messages.Select(m => (JinjaValue)MessageValue(m)).ToList()));
+        context.Set("add_generation_prompt", BoolValue.Of(addGenerationPrompt));
+        if (bosToken != null) context.Set("bos_token", Py.Str(bosToken));
+        if (eosToken != null) context.Set("eos_token", Py.Str(eosToken));
+        context.Set("tools", NoneValue.Instance);
+        context.Set("documents", NoneValue.Instance);
+        if (extra != null)
+            foreach (var (key, value) in extra)
+                context.Set(key, ToValue(value, key));
+        // Top-level {% set %} lands in a scope of its own, so the inputs above stay as given.
+        return interpreter.Render(_program, new Scope(context));
+    }
+
+    private static DictValue MessageValue(ChatMessage m)
+    {
+        var d = new DictValue();
+        d.Items["role"] = Py.Str(m.Role);
+        d.Items["content"] = m.Content == null ? NoneValue.Instance : Py.Str(m.Content);
+        if (m.Fields != null)
+            foreach (var (key, value) in m.Fields)
+                d.Items[key] = ToValue(value, key);
+        return d;
+    }
+
+    /// <summary>Converts the plain .NET values a caller may pass into template values (no reflection).</summary>
+    private static JinjaValue ToValue(object? value, string where) => value switch
+    {
+        null => NoneValue.Instance,
+        string s => Py.Str(s),
+        bool b => BoolValue.Of(b),
+        int or long or short or byte or sbyte or ushort or uint => new IntValue(Convert.ToInt64(value, System.Globalization.CultureInfo.InvariantCulture)),
+        float or double or decimal => new FloatValue(Convert.ToDouble(value, System.Globalization.CultureInfo.InvariantCulture)),
+        JsonElement e => FromJson(e),
+        ChatMessage m => MessageValue(m),
+        IReadOnlyDictionary<string, object?> map => Dict(map, where),
+        IDictionary<string, object?> map => Dict(map, where),
+        IEnumerable list => new ListValue(list.Cast<object?>().Select(x => ToValue(x, where)).ToList()),
+        _ => throw new ArgumentException($"'{where}': values of type {value.GetType().Name} cannot be passed to a chat template"),
+    };
+
+    private static DictValue Dict(IEnumerable<KeyValuePair<string, object?>> map, string where)
+    {
+        var d = new DictValue();
+        foreach (var (key, value) in map) d.Items[key] = ToValue(value, where + "." + key);
+        return d;
+    }
+
+    private static JinjaValue FromJson(JsonElement e)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String: return Py.Str(e.GetString()!);
+            case JsonValueKind.True: return BoolValue.True;
+            case JsonValueKind.False: return BoolValue.False;
+            case JsonValueKind.Null: return NoneValue.Instance;
+            case JsonValueKind.Number:
+                return e.TryGetInt64(out long i) && !e.GetRawText().Contains('.') && !e.GetRawText().Contains('e', StringComparison.OrdinalIgnoreCase)
+                    ? new IntValue(i) : new FloatValue(e.GetDouble());
+            case JsonValueKind.Array: return new ListValue(e.EnumerateArray().Select(FromJson).ToList());
+            case JsonValueKind.Object:
+                var d = new DictValue();
+                foreach (var p in e.EnumerateObject()) d.Items[p.Name] = FromJson(p.Value);
+                return d;
+            default: return NoneValue.Instance;
+        }
+    }
+
+    // ---------------------------------------------------------------- tokenizer_config.json
+
+    /// <summary>
+    /// Reads the chat template and bos/eos tokens of a model from its tokenizer_config.json.
+    /// "chat_template" may be a string or a list of {name, template} (the one named
+    /// <paramref name="templateName"/> is taken); without it, a chat_template.jinja beside the file is
+    /// used, as newer transformers versions save it there. Tokens may be strings or {"content": …}.
+    /// </summary>
+    public static ChatTemplateConfig ReadTokenizerConfig(string path, string templateName = "default")
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(path));
+        var root = doc.RootElement;
+        string? template = root.TryGetProperty("chat_template", out var t) ? SelectTemplate(t, templateName, path) : null;
+        if (template == null)
+        {
+            var sibling = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "chat_template.jinja");
+            template = File.Exists(sibling) ? File.ReadAllText(sibling)
+                : throw new InvalidDataException($"{path} has no \"chat_template\" (and there is no chat_template.jinja beside it)");
+        }
+        return new ChatTemplateConfig(template, Token(root, "bos_token"), Token(root, "eos_token"));
+    }
+
+    /// <summary>The same from the JSON text of a tokenizer_config.json.</summary>
+    public static ChatTemplateConfig ParseTokenizerConfig(string json, string templateName = "default")
+    {
+        using var doc = JsonDocument.Parse(json);
+        var root = doc.RootElement;
+        string template = (root.TryGetProperty("chat_template", out var t) ? SelectTemplate(t, templateName, "tokenizer config") : null)
+                          ?? throw new InvalidDataException("the tokenizer config has no \"chat_template\"");
+        return new ChatTemplateConfig(template, Token(root, "bos_token"), Token(root, "eos_token"));
+    }
+
+    private static string? SelectTemplate(JsonElement value, string name, string source)
+    {
+        switch (value.ValueKind)
+        {
+            case JsonValueKind.String:
+                return value.GetString();
+            case JsonValueKind.Null:
+                return null;
+            case JsonValueKind.Array:
+                var names = new List<string>();
+                foreach (var item in value.EnumerateArray())
+                {
+                    if (item.ValueKind != JsonValueKind.Object || !item.TryGetProperty("name", out var n) || n.ValueKind != JsonValueKind.String
+                        || !item.TryGetProperty("template", out var tpl) || tpl.ValueKind != JsonValueKind.String)
+                        throw new InvalidDataException($"{source}: \"chat_template\" list items must be {{\"name\": …, \"template\": …}}");
+                    if (n.GetString() == name) return tpl.GetString();
+                    names.Add(n.GetString()!);
+                }
+                throw new InvalidDataException($"{source}: no chat template named '{name}' (have: {string.Join(", ", names)})");
+            default:
+                throw new InvalidDataException($"{source}: \"chat_template\" must be a string or a list of named templates");
+        }
+    }
+
+    private static string? Token(JsonElement root, string name)
+    {
+        if (!root.TryGetProperty(name, out var value)) return null;
+        return value.ValueKind switch
+        {
+            JsonValueKind.String => value.GetString(),
+            JsonValueKind.Object when value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString(),
+            _ => null,
+        };
+    }
+}
