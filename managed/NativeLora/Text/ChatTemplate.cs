@@ -6,7 +6,8 @@ namespace NativeLora.Text;
 /// <summary>
 /// One chat message. <see cref="Fields"/> carries any other keys the template may read
 /// (tool_calls, reasoning_content, name…) as plain .NET values: string, bool, numbers, null,
-/// dictionaries with string keys, lists, or <see cref="JsonElement"/>.
+/// dictionaries with string keys, lists, or <see cref="JsonElement"/>. A "content" entry there
+/// replaces <see cref="Content"/>, for structured content (a list of text/image parts).
 /// </summary>
 public sealed record ChatMessage(string Role, string? Content)
 {
@@ -18,7 +19,8 @@ public sealed record ChatMessage(string Role, string? Content)
 /// <see cref="RaisedByTemplate"/> is true when the template itself called raise_exception(message),
 /// and then Message is exactly the template's message.
 /// </summary>
-public sealed class ChatTemplateException(string message, int line, int column, bool raisedByTemplate = false) : Exception(message)
+public sealed class ChatTemplateException(string message, int line, int column, bool raisedByTemplate = false, Exception? inner = null)
+    : Exception(message, inner)
 {
     public int Line { get; } = line;
     public int Column { get; } = column;
@@ -73,7 +75,15 @@ public sealed class ChatTemplate
             foreach (var (key, value) in extra)
                 context.Set(key, ToValue(value, key));
         // Top-level {% set %} lands in a scope of its own, so the inputs above stay as given.
-        return interpreter.Render(_program, new Scope(context));
+        try
+        {
+            return interpreter.Render(_program, new Scope(context));
+        }
+        catch (Exception e) when (e is not (ChatTemplateException or OutOfMemoryException))
+        {
+            // A failure the interpreter did not anticipate still reaches the caller as a template error.
+            throw new ChatTemplateException($"rendering failed: {e.Message}", 0, 0, inner: e);
+        }
     }
 
     private static DictValue MessageValue(ChatMessage m)
@@ -99,9 +109,18 @@ public sealed class ChatTemplate
         ChatMessage m => MessageValue(m),
         IReadOnlyDictionary<string, object?> map => Dict(map, where),
         IDictionary<string, object?> map => Dict(map, where),
+        IDictionary map => Dict(Entries(map, where), where),
         IEnumerable list => new ListValue(list.Cast<object?>().Select(x => ToValue(x, where)).ToList()),
         _ => throw new ArgumentException($"'{where}': values of type {value.GetType().Name} cannot be passed to a chat template"),
     };
+
+    /// <summary>Any other dictionary (e.g. Dictionary&lt;string, string&gt;), through the non-generic interface.</summary>
+    private static IEnumerable<KeyValuePair<string, object?>> Entries(IDictionary map, string where)
+    {
+        var e = map.GetEnumerator();
+        while (e.MoveNext())
+            yield return new(e.Key as string ?? throw new ArgumentException($"'{where}': dictionary keys must be strings"), e.Value);
+    }
 
     private static DictValue Dict(IEnumerable<KeyValuePair<string, object?>> map, string where)
     {

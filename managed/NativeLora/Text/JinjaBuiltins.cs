@@ -364,7 +364,7 @@ internal static class JinjaBuiltins
                 {
                     while (i < s.Length && Py.IsSpace(s[i])) i++;
                     if (i == s.Length) break;
-                    if (parts.Count == maxsplit) { parts.Add(Py.Strip(s[i..], null, false, true)); break; }
+                    if (parts.Count == maxsplit) { parts.Add(s[i..]); break; } // the rest keeps its trailing whitespace
                     int j = i;
                     while (j < s.Length && !Py.IsSpace(s[j])) j++;
                     parts.Add(s[i..j]);
@@ -378,7 +378,7 @@ internal static class JinjaBuiltins
                 {
                     while (i > 0 && Py.IsSpace(s[i - 1])) i--;
                     if (i == 0) break;
-                    if (parts.Count == maxsplit) { parts.Add(Py.Strip(s[..i], null, true, false)); break; }
+                    if (parts.Count == maxsplit) { parts.Add(s[..i]); break; }
                     int j = i;
                     while (j > 0 && !Py.IsSpace(s[j - 1])) j--;
                     parts.Add(s[j..i]);
@@ -400,12 +400,12 @@ internal static class JinjaBuiltins
             return parts;
         }
         int end = s.Length;
-        for (int at = s.LastIndexOf(sep, StringComparison.Ordinal); at >= 0 && parts.Count < maxsplit; at = end - sep.Length < 0 ? -1 : s.LastIndexOf(sep, end - 1, StringComparison.Ordinal))
+        while (parts.Count < maxsplit && end >= sep.Length)
         {
-            if (at + sep.Length > end) break;
+            int at = s.LastIndexOf(sep, end - 1, StringComparison.Ordinal); // a match ending at or before `end`
+            if (at < 0) break;
             parts.Add(s[(at + sep.Length)..end]);
             end = at;
-            if (end < sep.Length) break;
         }
         parts.Add(s[..end]);
         parts.Reverse();
@@ -811,7 +811,14 @@ internal static class JinjaBuiltins
     {
         // Python's sort is stable, also when reversed; OrderBy is stable too, List.Sort is not.
         var comparer = Comparer<JinjaValue>.Create((a, b) => Py.Compare(a, b, "<"));
-        return (reverse ? items.OrderByDescending(key, comparer) : items.OrderBy(key, comparer)).ToList();
+        try
+        {
+            return (reverse ? items.OrderByDescending(key, comparer) : items.OrderBy(key, comparer)).ToList();
+        }
+        catch (InvalidOperationException e) when (e.InnerException is JinjaError inner)
+        {
+            throw inner; // the sort wraps a failed comparison ("'<' not supported between 'str' and 'int'")
+        }
     }
 
     /// <summary>Jinja's attribute lookup for filters: "a.b.0" walks items (integers index lists).</summary>

@@ -30,6 +30,9 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
 
     public TimeProvider Clock { get; } = clock;
 
+    private int _callDepth; // nested macro calls; recursion without end must fail, not overflow the stack
+    private const int MaxCallDepth = 100;
+
     public string Render(List<Node> program, Scope scope)
     {
         var output = new StringBuilder();
@@ -206,28 +209,42 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
     private CallableValue MakeMacro(string name, List<Parameter> parameters, List<Node> body, Scope definedIn) =>
         new(name, args =>
         {
-            var scope = new Scope(definedIn);
-            for (int i = 0; i < parameters.Count; i++)
-                scope.Set(parameters[i].Name, i < args.Positional.Count ? args.Positional[i] : new UndefinedValue($"parameter '{parameters[i].Name}' was not provided"));
-            scope.Set("varargs", new ListValue(args.Positional.Skip(parameters.Count).ToList(), isTuple: true));
-            var extra = new DictValue();
-            var given = new HashSet<string>();
-            foreach (var (key, value) in args.Keywords)
+            if (_callDepth >= MaxCallDepth) throw new JinjaError($"macro '{name}': more than {MaxCallDepth} nested macro calls");
+            _callDepth++;
+            try
             {
-                int index = parameters.FindIndex(p => p.Name == key);
-                if (index >= 0 && index < args.Positional.Count) throw new JinjaError($"macro '{name}' got multiple values for argument '{key}'");
-                if (index >= 0 || key == "caller") scope.Set(key, value);
-                else extra.Items[key] = value;
-                given.Add(key);
+                return InvokeMacro(name, parameters, body, definedIn, args);
             }
-            scope.Set("kwargs", extra);
-            for (int i = args.Positional.Count; i < parameters.Count; i++)
-                if (!given.Contains(parameters[i].Name) && parameters[i].Default is { } defaultValue)
-                    scope.Set(parameters[i].Name, Eval(defaultValue, scope));
-            var output = new StringBuilder();
-            Exec(body, scope, output);
-            return Py.Str(output.ToString());
+            finally
+            {
+                _callDepth--;
+            }
         });
+
+    private JinjaValue InvokeMacro(string name, List<Parameter> parameters, List<Node> body, Scope definedIn, CallArgs args)
+    {
+        var scope = new Scope(definedIn);
+        for (int i = 0; i < parameters.Count; i++)
+            scope.Set(parameters[i].Name, i < args.Positional.Count ? args.Positional[i] : new UndefinedValue($"parameter '{parameters[i].Name}' was not provided"));
+        scope.Set("varargs", new ListValue(args.Positional.Skip(parameters.Count).ToList(), isTuple: true));
+        var extra = new DictValue();
+        var given = new HashSet<string>();
+        foreach (var (key, value) in args.Keywords)
+        {
+            int index = parameters.FindIndex(p => p.Name == key);
+            if (index >= 0 && index < args.Positional.Count) throw new JinjaError($"macro '{name}' got multiple values for argument '{key}'");
+            if (index >= 0 || key == "caller") scope.Set(key, value);
+            else extra.Items[key] = value;
+            given.Add(key);
+        }
+        scope.Set("kwargs", extra);
+        for (int i = args.Positional.Count; i < parameters.Count; i++)
+            if (!given.Contains(parameters[i].Name) && parameters[i].Default is { } defaultValue)
+                scope.Set(parameters[i].Name, Eval(defaultValue, scope));
+        var output = new StringBuilder();
+        Exec(body, scope, output);
+        return Py.Str(output.ToString());
+    }
 
     private JinjaValue ExecCallBlock(CallBlockNode c, Scope scope)
     {
@@ -412,6 +429,7 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
                 case ("*", StringValue x, IntValue or BoolValue): return Py.Str(Repeat(x.Value, Py.ToLong(b)));
                 case ("*", IntValue or BoolValue, StringValue y): return Py.Str(Repeat(y.Value, Py.ToLong(a)));
                 case ("*", ListValue x, IntValue or BoolValue):
+                    CheckSize(x.Items.Count, Py.ToLong(b));
                     return new ListValue(Enumerable.Repeat(x.Items, (int)Math.Max(0, Py.ToLong(b))).SelectMany(l => l).ToList(), x.IsTuple);
                 case ("%", StringValue, _):
                     throw new JinjaError("printf-style string formatting ('...' % args) is not supported");
@@ -447,6 +465,14 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
         return result;
     }
 
-    private static string Repeat(string s, long count) =>
-        count <= 0 ? "" : new StringBuilder(s.Length * (int)count).Insert(0, s, (int)count).ToString();
+    private static string Repeat(string s, long count)
+    {
+        CheckSize(s.Length, count);
+        return count <= 0 ? "" : new StringBuilder(s.Length * (int)count).Insert(0, s, (int)count).ToString();
+    }
+
+    private static void CheckSize(long length, long count)
+    {
+        if (count > 0 && length * (double)count > 100_000_000) throw new JinjaError("repetition result too large");
+    }
 }

@@ -107,7 +107,7 @@ internal sealed class JinjaLexer
     {
         string text = _src[start..end];
         if (control == '-')
-            text = text.TrimEnd(); // "{%-": drop all whitespace before the tag
+            text = Py.Strip(text, null, left: false, right: true); // "{%-": drop all whitespace before the tag
         else if (control != '+' && !isVariable)
         {
             // lstrip_blocks: spaces between the start of a line and a block/comment tag go away.

@@ -14,6 +14,8 @@ internal sealed class JinjaParser
     private int _i;
     private readonly Stack<(string Tag, Token Start)> _open = new(); // blocks awaiting their end tag
     private int _loopDepth;
+    private int _depth; // nesting of blocks and expressions; bounded so a hostile template cannot overflow the stack
+    private const int MaxDepth = 100; // Python's own recursion limit stops at about this nesting
 
     private JinjaParser(List<Token> tokens) => _tokens = tokens;
 
@@ -45,6 +47,11 @@ internal sealed class JinjaParser
     }
 
     private string ExpectName(string what) => Expect(TokenKind.Name, what).Value;
+
+    private void Enter(Token at)
+    {
+        if (++_depth > MaxDepth) throw Error(at, $"the template nests blocks or expressions more than {MaxDepth} deep");
+    }
 
     private void ExpectBlockEnd(string tag) => Expect(TokenKind.BlockEnd, $"'%}}' to end the '{tag}' tag");
 
@@ -102,9 +109,11 @@ internal sealed class JinjaParser
     /// <summary>Subparse inside a block, tracking it so that an unclosed block is reported where it opened.</summary>
     private List<Node> Block(string tag, Token start, string[] endTags, out string endTag)
     {
+        Enter(start);
         _open.Push((tag, start));
         var body = Subparse(endTags, out endTag);
         _open.Pop();
+        _depth--;
         return body;
     }
 
@@ -328,6 +337,7 @@ internal sealed class JinjaParser
     private Expr ParseExpression()
     {
         var start = Cur;
+        Enter(start);
         var expr = ParseOr();
         while (Cur.IsName("if"))
         {
@@ -341,6 +351,7 @@ internal sealed class JinjaParser
             }
             expr = At(new CondExpr(test, expr, otherwise), start);
         }
+        _depth--;
         return expr;
     }
 
@@ -374,7 +385,10 @@ internal sealed class JinjaParser
         if (Cur.IsName("not"))
         {
             _i++;
-            return At(new UnaryExpr("not", ParseNot()), start);
+            Enter(start);
+            var operand = ParseNot();
+            _depth--;
+            return At(new UnaryExpr("not", operand), start);
         }
         return ParseCompare();
     }
@@ -452,7 +466,9 @@ internal sealed class JinjaParser
         if (Cur.IsOp("-") || Cur.IsOp("+"))
         {
             string op = Advance().Value;
+            Enter(start);
             node = At(new UnaryExpr(op, ParseUnary(withFilter: false)), start);
+            _depth--;
         }
         else node = ParsePrimary();
         node = ParsePostfix(node);

@@ -111,6 +111,19 @@ public class ChatTemplateTests
         Assert.That(RenderError("{{ messages() }}").Message, Does.Contain("'list' object is not callable"));
     }
 
+    [Test]
+    public void HostileNestingFailsInsteadOfOverflowingTheStack()
+    {
+        Assert.That(SyntaxError("{{ " + new string('(', 5000) + "1" + new string(')', 5000) + " }}").Message, Does.Contain("more than 100 deep"));
+        Assert.That(SyntaxError("{{ " + string.Concat(Enumerable.Repeat("not ", 5000)) + "1 }}").Message, Does.Contain("more than 100 deep"));
+        Assert.That(SyntaxError(string.Concat(Enumerable.Repeat("{% if true %}", 5000))).Message, Does.Contain("more than 100 deep"));
+        Assert.That(Render("{{ " + new string('(', 50) + "1" + new string(')', 50) + " }}"), Is.EqualTo("1"));
+        // Python stops endless recursion with RecursionError; here a bounded macro depth.
+        Assert.That(RenderError("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").Message, Does.Contain("more than 100 nested macro calls"));
+        Assert.That(Render("{% macro f(n) %}{{ n }}{% if n < 50 %}{{ f(n + 10) }}{% endif %}{% endmacro %}{{ f(0) }}"), Is.EqualTo("01020304050"));
+        Assert.That(RenderError("{{ 'x' * 1000000000 }}").Message, Does.Contain("too large"));
+    }
+
     // ---------------------------------------------------------------- Python semantics (where @huggingface/jinja differs)
 
     [TestCase("{{ true }}|{{ false }}|{{ none }}|{{ [1, 'a', none, true] }}|{{ {'k': 'it\\'s'} }}|{{ (1,) }}|{{ ('a', 2) }}",
@@ -160,6 +173,10 @@ public class ChatTemplateTests
     [TestCase("{{ 3 is odd }}{{ 4 is even }}{{ 'abc' is lower }}{{ 'ABC' is upper }}{{ none is none }}{{ 1 is number }}{{ true is boolean }}{{ 1.0 is float }}{{ 1 is integer }}{{ true is integer }}{{ [1] is iterable }}{{ {} is mapping }}{{ 'a' is in 'abc' }}{{ 1 is sameas 1 }}{{ 'upper' is filter }}{{ 'odd' is test }}",
         "TrueTrueTrueTrueTrueTrueTrueTrueTrueFalseTrueTrueTrueTrueTrueTrue")]
     [TestCase("{{ 'ab' * 2 }}{{ [0] * 3 }}{{ 3 * 'x' }}", "abab[0, 0, 0]xxx")]
+    [TestCase("{{ 'a,,b'.rsplit(',') }}{{ ',a,'.rsplit(',') }}{{ 'aaa'.rsplit('aa') }}{{ 'a b c'.rsplit(none, 1) }}{{ '  a b  '.rsplit(none, 1) }}{{ 'aaa'.split('aa') }}{{ ''.split(',') }}{{ ''.split() }}",
+        "['a', '', 'b']['', 'a', '']['a', '']['a b', 'c']['  a', 'b']['', 'a'][''][]")]
+    [TestCase("{{ '  a b  c  '.split(none, 1) }}{{ '  a b  c  '.rsplit(none, 1) }}{{ '  a  '.split(none, 0) }}{{ '  a  '.rsplit(none, 0) }}",
+        "['a', 'b  c  ']['  a b', 'c']['a  ']['  a']")]
     [TestCase("{{ 'a' ~ [1, 'b'] }}|{{ ('a', 'b')|join('-') }}{{ {'x': 1}|list }}{{ 'ab'|list }}|{{ 'x' | string | length }}{{ none|string }}{{ 1.0|string }}", "a[1, 'b']|a-b['x']['a', 'b']|1None1.0")]
     [TestCase("{% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %}|{{ 'été'|upper }}{{ 'ÉTÉ'|lower }}|{{ [1, 2, 3]|last }}{{ 'abc'|last }}{{ 'abc'|first }}{{ {'a': 1}|first }}", "37|ÉTÉété|3caa")]
     public void FollowsPythonJinja(string template, string expected) =>
@@ -214,10 +231,11 @@ public class ChatTemplateTests
             ["nested"] = new Dictionary<string, object?> { ["k"] = new List<object?> { 1L, null, true } },
             ["json"] = JsonDocument.Parse("{\"i\": 1, \"f\": 2.0, \"s\": \"é\", \"l\": [null]}").RootElement,
             ["tools"] = new[] { new Dictionary<string, object?> { ["name"] = "f" } },
+            ["labels"] = new Dictionary<string, string> { ["a"] = "b" },
         };
-        var u = new ChatTemplate("{{ enable_thinking }} {{ n + 1 }} {{ x * 2 }} {{ names | join }} {{ nested | tojson }} {{ json | tojson }} {{ tools[0].name }}");
+        var u = new ChatTemplate("{{ enable_thinking }} {{ n + 1 }} {{ x * 2 }} {{ names | join }} {{ nested | tojson }} {{ json | tojson }} {{ tools[0].name }} {{ labels.a }}");
         Assert.That(u.Render([], false, null, null, extra),
-            Is.EqualTo("False 4 1.0 ab {\"k\": [1, null, true]} {\"i\": 1, \"f\": 2.0, \"s\": \"é\", \"l\": [null]} f"));
+            Is.EqualTo("False 4 1.0 ab {\"k\": [1, null, true]} {\"i\": 1, \"f\": 2.0, \"s\": \"é\", \"l\": [null]} f b"));
         Assert.That(() => u.Render([], false, null, null, new Dictionary<string, object?> { ["bad"] = new object() }), Throws.ArgumentException);
     }
 
