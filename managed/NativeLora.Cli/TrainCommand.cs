@@ -5,6 +5,7 @@ using NativeLora.Devices;
 using NativeLora.Lora;
 using NativeLora.Model;
 using NativeLora.Text;
+using NativeLora.Tensors;
 using NativeLora.Training;
 using Spectre.Console;
 

@@ -156,7 +156,7 @@ public sealed class TrainOptions
         yield return ("lora_r", LoraR == null ? null : JsonValue.Create(LoraR));
         yield return ("lora_alpha", LoraAlpha == null ? null : JsonValue.Create(LoraAlpha));
         yield return ("lora_dropout", LoraDropout == null ? null : JsonValue.Create(LoraDropout));
-        yield return ("target_modules", TargetModules == null ? null : new JsonArray(TargetModules.Select(x => (JsonNode?)x).ToArray()));
+        yield return ("target_modules", TargetModules == null || !TargetModules.Any() ? null : new JsonArray(TargetModules.Select(x => (JsonNode?)x).ToArray()));
         yield return ("use_rslora", UseRslora == null ? null : JsonValue.Create(UseRslora));
         yield return ("use_dora", UseDora == null ? null : JsonValue.Create(UseDora));
         yield return ("learning_rate", LearningRate == null ? null : JsonValue.Create(LearningRate));

@@ -124,11 +124,59 @@ public sealed class ComputeDevice : IDisposable
         return new ComputeDevice(context, accelerator, DeviceKind.Cuda);
     }
 
+    // Freed buffers wait here for a request of the same size: a training step allocates the same
+    // shapes every time, and fresh allocations cost page faults on the CPU and cudaMalloc on a GPU.
+    private readonly Dictionary<long, Stack<MemoryBuffer>> _pool = new();
+    private long _pooledBytes;
+    private readonly object _poolLock = new();
+
+    /// <summary>Bytes of freed buffers kept for reuse at most.</summary>
+    public long PoolLimitBytes { get; set; } = 2L << 30;
+
+    public long PooledBytes { get { lock (_poolLock) return _pooledBytes; } }
+
+    internal void Release(MemoryBuffer buffer)
+    {
+        lock (_poolLock)
+        {
+            if (_pooledBytes + buffer.LengthInBytes <= PoolLimitBytes && !_disposed)
+            {
+                if (!_pool.TryGetValue(buffer.LengthInBytes, out var stack)) _pool[buffer.LengthInBytes] = stack = new Stack<MemoryBuffer>();
+                stack.Push(buffer);
+                _pooledBytes += buffer.LengthInBytes;
+                return;
+            }
+        }
+        buffer.Dispose();
+    }
+
+    /// <summary>Frees every pooled buffer (e.g. before a large allocation or to report true usage).</summary>
+    public void TrimPool()
+    {
+        lock (_poolLock)
+        {
+            foreach (var stack in _pool.Values)
+                while (stack.Count > 0) stack.Pop().Dispose();
+            _pool.Clear();
+            _pooledBytes = 0;
+        }
+    }
+
+    private bool _disposed;
+
     /// <summary>Allocates an uninitialised tensor in device memory (the one allocator for device tensors).</summary>
     public Tensor Allocate(DType dtype, params int[] shape)
     {
         var elements = Tensor.CountElements(shape);
         var bytes = Math.Max(1, elements * dtype.SizeOf());
+        lock (_poolLock)
+        {
+            if (_pool.TryGetValue(bytes, out var stack) && stack.Count > 0)
+            {
+                _pooledBytes -= bytes;
+                return new Tensor(this, stack.Pop(), 0, dtype, shape, ownsBuffer: true);
+            }
+        }
         MemoryBuffer buffer;
         try
         {
@@ -136,8 +184,16 @@ public sealed class ComputeDevice : IDisposable
         }
         catch (Exception e) when (e is OutOfMemoryException or AcceleratorException)
         {
-            throw new OutOfMemoryException(
-                $"cannot allocate a {dtype.Name()} tensor of shape [{string.Join(", ", shape)}] ({bytes:N0} bytes) on {Description}: {e.Message}", e);
+            TrimPool(); // pooled memory may be what is missing
+            try
+            {
+                buffer = Accelerator.Allocate1D<byte>(bytes);
+            }
+            catch (Exception e2) when (e2 is OutOfMemoryException or AcceleratorException)
+            {
+                throw new OutOfMemoryException(
+                    $"cannot allocate a {dtype.Name()} tensor of shape [{string.Join(", ", shape)}] ({bytes:N0} bytes) on {Description}: {e2.Message}", e2);
+            }
         }
         return new Tensor(this, buffer, 0, dtype, shape, ownsBuffer: true);
     }
@@ -178,6 +234,8 @@ public sealed class ComputeDevice : IDisposable
         {
             if (s_open != this) return;
             Accelerator.Synchronize();
+            TrimPool();
+            _disposed = true;
             NativeCore.Shutdown();
             Accelerator.Dispose();
             Context.Dispose();

@@ -218,6 +218,8 @@ public sealed class Tensor : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        if (_ownsBuffer) Buffer.Dispose();
+        if (!_ownsBuffer) return;
+        if (Buffer is Devices.ExternalMemoryBuffer) Buffer.Dispose(); // paged memory goes back to the native core
+        else Device.Release(Buffer);
     }
 }
