@@ -92,6 +92,7 @@ internal static class TrainCommand
                 state = trainer.Run(o.Resume);
             });
 
+        if (Diagnostics.OpProfiler.Enabled) Console.Error.WriteLine("op profile (NATIVELORA_PROFILE=1; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
         double after = trainer.ValidationLoss();
         var adapterDir = Path.Combine(c.OutputDir, "adapter");
         adapter.Save(adapterDir, c.Model);

@@ -31,6 +31,7 @@ public static class AttentionOp
 {
     public static void Forward(KernelSet k, Tensor q, Tensor key, Tensor v, Tensor segments, Tensor o, Tensor lse, AttentionShape s)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("attention", q.Device);
         Check(q, key, v, segments, lse, s);
         SameDType(q.DType, (o, "o"));
         RequireElements(o, q.ElementCount, "o");
@@ -57,6 +58,7 @@ public static class AttentionOp
     public static void Backward(KernelSet k, Tensor q, Tensor key, Tensor v, Tensor segments, Tensor o, Tensor lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv, AttentionShape s)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("attention.bwd", q.Device);
         Check(q, key, v, segments, lse, s);
         SameDType(q.DType, (o, "o"), (dO, "dO"), (dq, "dq"), (dk, "dk"), (dv, "dv"));
         RequireElements(dq, q.ElementCount, "dq");

@@ -21,6 +21,7 @@ public static class CrossEntropyOp
     public static (double Loss, int Count) ForwardBackward(KernelSet k, Tensor hidden, Tensor weight, ReadOnlySpan<int> labels,
         Tensor? dHidden, Tensor? dWeight, int chunkRows = 1024, float? gradScale = null)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("cross-entropy (incl. GEMMs)", hidden.Device);
         int n = hidden.Dim(0), dim = hidden.Dim(1), vocab = weight.Dim(0);
         if (weight.Dim(1) != dim) throw new ArgumentException($"output projection {weight} does not match hidden size {dim}");
         if (labels.Length != n) throw new ArgumentException($"{labels.Length} labels for {n} rows of hidden states");

@@ -23,6 +23,7 @@ public static class ElementwiseOp
     /// <summary>acc += x (the residual add's backward: gradients of both inputs are the output's).</summary>
     public static void AddInto(KernelSet k, Tensor acc, Tensor x)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("residual add", acc.Device);
         SameDType(acc.DType, (x, "x"));
         RequireElements(x, acc.ElementCount, "x");
         Run(acc.DType,
@@ -56,11 +57,14 @@ public static class ElementwiseOp
             () => Bias.Backward<ushort, F16>(k, dy.View<ushort>(), dBias.View<float>(), rows, cols));
     }
 
-    public static void Fill(KernelSet k, Tensor x, float value) =>
+    public static void Fill(KernelSet k, Tensor x, float value)
+    {
+        using var _ = Diagnostics.OpProfiler.Time("fill", x.Device);
         Run(x.DType,
             () => Elementwise.Fill<float, F32>(k, x.View<float>(), value),
             () => Elementwise.Fill<ushort, Bf16>(k, x.View<ushort>(), value),
             () => Elementwise.Fill<ushort, F16>(k, x.View<ushort>(), value));
+    }
 
     public static void Zero(KernelSet k, Tensor x) => Fill(k, x, 0f);
 

@@ -10,6 +10,7 @@ public static class EmbeddingOp
     /// <summary>ids: I32 [tokens] with host copy hostIds for the range check; table [vocab, dim]; output [tokens, dim].</summary>
     public static void Forward(KernelSet k, Tensor ids, ReadOnlySpan<int> hostIds, Tensor table, Tensor output)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("embedding", table.Device);
         Require(ids, DType.I32, "ids");
         int vocab = table.Dim(0), dim = table.Dim(1);
         CheckIds(hostIds, vocab);

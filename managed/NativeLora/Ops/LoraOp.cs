@@ -34,6 +34,7 @@ public static class LoraOp
     /// </summary>
     public static LoraSaved Forward(KernelSet k, LoraModule m, Tensor x, Tensor y, Tensor w0, Tensor yNoBias)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("lora", x.Device);
         var saved = new LoraSaved();
         try
         {
@@ -85,6 +86,7 @@ public static class LoraOp
     /// </summary>
     public static void Backward(KernelSet k, LoraModule m, Tensor x, LoraSaved saved, Tensor dy, Tensor? dx, Tensor w0)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("lora.bwd", x.Device);
         if (!m.IsDora)
         {
             LowRankBackward(k, m, x, saved.Z, dy, dx);

@@ -9,6 +9,7 @@ public static class RmsNormOp
 {
     public static void Forward(KernelSet k, Tensor x, Tensor w, Tensor y, Tensor rstd, float eps)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("rmsnorm", x.Device);
         int dim = w.Dim(0);
         int rows = (int)(x.ElementCount / dim);
         Check(x, w, y, rstd, rows, dim);
@@ -21,6 +22,7 @@ public static class RmsNormOp
     /// <summary>Writes dx; accumulates dw (f32 [dim]) unless it is null.</summary>
     public static void Backward(KernelSet k, Tensor x, Tensor w, Tensor dy, Tensor rstd, Tensor dx, Tensor? dw)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("rmsnorm.bwd", x.Device);
         int dim = w.Dim(0);
         int rows = (int)(x.ElementCount / dim);
         Check(x, w, dy, rstd, rows, dim);

@@ -16,6 +16,7 @@ public static class RopeOp
 
     private static void Apply(KernelSet k, Tensor x, Tensor y, Tensor positions, Tensor cos, Tensor sin, int heads, int headDim, bool backward)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("rope", x.Device);
         Require(positions, DType.I32, "positions");
         Require(cos, DType.F32, "cos");
         Require(sin, DType.F32, "sin");

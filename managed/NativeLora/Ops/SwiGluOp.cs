@@ -9,6 +9,7 @@ public static class SwiGluOp
 {
     public static void Forward(KernelSet k, Tensor gate, Tensor up, Tensor h)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("swiglu", h.Device);
         SameDType(h.DType, (gate, "gate"), (up, "up"));
         RequireElements(gate, h.ElementCount, "gate");
         RequireElements(up, h.ElementCount, "up");
@@ -21,6 +22,7 @@ public static class SwiGluOp
     /// <summary>dgate/dup may be gate/up themselves (in-place backward).</summary>
     public static void Backward(KernelSet k, Tensor gate, Tensor up, Tensor dh, Tensor dgate, Tensor dup)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("swiglu.bwd", dh.Device);
         SameDType(dh.DType, (gate, "gate"), (up, "up"), (dgate, "dgate"), (dup, "dup"));
         foreach (var (t, n) in new[] { (gate, "gate"), (up, "up"), (dgate, "dgate"), (dup, "dup") }) RequireElements(t, dh.ElementCount, n);
         Run(dh.DType,

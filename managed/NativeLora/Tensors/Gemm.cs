@@ -15,6 +15,7 @@ public static class Gemm
         RequireRank(a, 2, "A"); RequireRank(b, 2, "B"); RequireRank(c, 2, "C");
         var (m, k, n) = Dims(a.Shape[0], a.Shape[1], b.Shape[0], b.Shape[1], transA, transB);
         CheckOutput(a, b, c, c.Shape[0], c.Shape[1], m, n);
+        using var _profile = Diagnostics.OpProfiler.Time("gemm", c.Device);
         c.Device.BeforeNativeCall();
         NativeCore.Gemm(a.DType.ToNative(), c.DType.ToNative(), transA, transB, m, n, k, alpha,
             a.DataPointer, a.Shape[1], b.DataPointer, b.Shape[1], beta, c.DataPointer, c.Shape[1]);
