@@ -80,9 +80,20 @@ run_tests() {
 }
 
 run_demo() {
-  log "demo: backend and GEMM self-check"
-  "$ART/bin/nativelora" info
-  "$ART/bin/nativelora" selfcheck
+  local cli="$ART/bin/nativelora" model="$ROOT/runs/demo-model"
+  log "demo 1/4: backend and GEMM self-check"
+  "$cli" selfcheck
+  if [ ! -f "$model/config.json" ]; then
+    log "demo 2/4: a small random-init Llama with Mistral's tokenizer -> runs/demo-model"
+    "$cli" init-model --config "$ROOT/data/demo/tiny-llama.json" --tokenizer "$ART/tokenizers/mistral" --out "$model" --seed 0
+  else
+    log "demo 2/4: reusing runs/demo-model"
+  fi
+  log "demo 3/4: LoRA fine-tune on data/demo/instructions.jsonl (config data/demo/train.json)"
+  (cd "$ROOT" && "$cli" train --config data/demo/train.json)
+  log "demo 4/4: a sample generation with the adapter"
+  (cd "$ROOT" && "$cli" generate --model runs/demo-model --adapter runs/demo/adapter --prompt "What is the capital of France?" --chat --max-new-tokens 24)
+  log "demo done: adapter, metrics.jsonl and loss.png are in runs/demo/"
 }
 
 cmd=${1:-build}

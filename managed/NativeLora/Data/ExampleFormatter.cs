@@ -35,14 +35,21 @@ public sealed class ExampleFormatter
         return new TrainingExample(ids.ToArray(), Enumerable.Repeat(true, ids.Count).ToArray());
     }
 
-    /// <summary>A conversation; loss on assistant turns only unless TrainOnPrompt.</summary>
+    /// <summary>
+    /// A conversation; loss on assistant turns only unless TrainOnPrompt. The whole conversation is
+    /// rendered once; assistant turn i starts where rendering messages[..i] with the generation prompt
+    /// ends, and runs to where rendering messages[..i+1] stops agreeing with the whole; it is cut after
+    /// its first special token (the end-of-turn marker: &lt;|eot_id|&gt;, &lt;|im_end|&gt;, &lt;/s&gt;),
+    /// so templates that always append an assistant header (early Llama 3) are handled too.
+    /// </summary>
     public TrainingExample FromMessages(IReadOnlyList<ChatMessage> messages)
     {
         if (!messages.Any(m => m.Role == "assistant")) throw new FormatException("the conversation has no assistant turn to learn from");
         if (_template == null) return FromAlpacaStyle(messages);
+        var final = _template.Render(messages, addGenerationPrompt: false, _tok.BosToken, _tok.EosToken);
         var ids = new List<int>();
         var mask = new List<bool>();
-        string rendered = "";
+        int pos = 0;
         void Append(string piece, bool trainable)
         {
             if (piece.Length == 0) return;
@@ -54,21 +61,41 @@ public sealed class ExampleFormatter
         {
             if (messages[i].Role != "assistant") continue;
             var prompt = _template.Render(messages.Take(i).ToList(), addGenerationPrompt: true, _tok.BosToken, _tok.EosToken);
-            var full = _template.Render(messages.Take(i + 1).ToList(), addGenerationPrompt: false, _tok.BosToken, _tok.EosToken);
-            if (!prompt.StartsWith(rendered, StringComparison.Ordinal) || !full.StartsWith(prompt, StringComparison.Ordinal))
-                throw new FormatException("the chat template does not render conversations as growing prefixes, so responses cannot be located");
-            Append(prompt[rendered.Length..], trainable: false);
-            Append(full[prompt.Length..], trainable: true);
-            rendered = full;
+            var upTo = _template.Render(messages.Take(i + 1).ToList(), addGenerationPrompt: false, _tok.BosToken, _tok.EosToken);
+            if (!final.StartsWith(prompt, StringComparison.Ordinal) || prompt.Length < pos)
+                throw new FormatException($"the chat template does not render turn {i + 1} as a prefix of the conversation, so its response cannot be located");
+            int end = 0;
+            while (end < upTo.Length && end < final.Length && upTo[end] == final[end]) end++;
+            if (end <= prompt.Length) throw new FormatException($"assistant turn {i + 1} renders as nothing");
+            Append(final[pos..prompt.Length], trainable: false);
+            var span = _tok.Encode(final[prompt.Length..end], addSpecialTokens: false);
+            int cut = span.Length;
+            for (int k = 1; k < span.Length; k++)
+                if (IsSpecial(span[k])) { cut = k + 1; break; }
+            for (int k = 0; k < span.Length; k++)
+            {
+                ids.Add(span[k]);
+                mask.Add(k < cut || TrainOnPrompt);
+            }
+            pos = end;
         }
-        var all = _template.Render(messages, addGenerationPrompt: false, _tok.BosToken, _tok.EosToken);
-        if (all.StartsWith(rendered, StringComparison.Ordinal)) Append(all[rendered.Length..], trainable: false);
+        Append(final[pos..], trainable: false);
         if (_tok.BosId is int bos && _tok.AddBosToken == true && (ids.Count == 0 || ids[0] != bos))
         {
             ids.Insert(0, bos);
             mask.Insert(0, false);
         }
         return new TrainingExample(ids.ToArray(), mask.ToArray());
+    }
+
+    private readonly Dictionary<int, bool> _special = new();
+
+    // a special token decodes to nothing when special tokens are skipped, and to its text otherwise
+    private bool IsSpecial(int id)
+    {
+        if (!_special.TryGetValue(id, out var s))
+            _special[id] = s = _tok.Decode(new[] { id }, skipSpecialTokens: true).Length == 0 && _tok.Decode(new[] { id }, skipSpecialTokens: false).Length > 0;
+        return s;
     }
 
     // Alpaca format for tokenizers without a chat template: prompt, response, EOS (the response and EOS are targets)

@@ -1,0 +1,111 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+
+namespace NativeLora.Tests.Cli;
+
+/// <summary>The built launcher (artifacts/bin/nativelora, made by ./build.sh) run as a user runs it.</summary>
+public class CliTests
+{
+    private static string Root => Native.BindingCoverageTests.RepoRoot();
+
+    internal static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var exe = Path.Combine(Root, "artifacts", "bin", "nativelora");
+        Assert.That(File.Exists(exe), Is.True, $"{exe} is missing: build it with ./build.sh");
+        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Root };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        Assert.That(p.WaitForExit(300_000), Is.True, "the command did not finish in 5 minutes");
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    private string _dir = null!;
+
+    [SetUp]
+    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-cli-").FullName;
+
+    [TearDown]
+    public void RemoveDir() => Directory.Delete(_dir, true);
+
+    private string TinyConfig(string type, int layers = 1)
+    {
+        var path = Path.Combine(_dir, $"{type}.json");
+        File.WriteAllText(path, $$"""
+            {"model_type": "{{type}}", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": {{layers}},
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": {{(type == "qwen2" ? "true" : "false")}}}
+            """);
+        return path;
+    }
+
+    [TestCase("llama", "llama3")]
+    [TestCase("mistral", "mistral")]
+    [TestCase("qwen2", "qwen3")]
+    public void InitModelThenGenerateTextAndIds(string type, string tokenizer)
+    {
+        var model = Path.Combine(_dir, "m");
+        var (code, stdout, stderr) = Run("init-model", "--config", TinyConfig(type), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", tokenizer), "--out", model);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain($"wrote {model}: {type}"));
+        var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(model, "config.json")))!;
+        Assert.That((int)cfg["vocab_size"]!, Is.GreaterThan(30000), "vocab_size comes from the tokenizer");
+        Assert.That(File.Exists(Path.Combine(model, "tokenizer.json")), Is.True);
+
+        (code, stdout, stderr) = Run("generate", "--model", model, "--prompt", "Bonjour, ça va ?", "--chat", "--max-new-tokens", "5");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stderr, Does.Match(@"\d+ tokens in [\d.]+ s \([\d.]+ tokens/s\)"));
+
+        (code, stdout, stderr) = Run("generate", "--model", model, "--prompt-ids", "1,2,3", "--print-ids", "--max-new-tokens", "4", "--temperature", "0");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        var ids = stdout.Trim().Split(',').Select(int.Parse).ToArray();
+        Assert.That(ids.Length, Is.InRange(1, 4));
+        // greedy is deterministic
+        var again = Run("generate", "--model", model, "--prompt-ids", "1,2,3", "--print-ids", "--max-new-tokens", "4").Out;
+        Assert.That(again.Trim(), Is.EqualTo(stdout.Trim()));
+    }
+
+    [Test]
+    public void ErrorsArePrintedWithoutAStackTraceAndExitNonZero()
+    {
+        var (code, _, stderr) = Run("generate", "--model", Path.Combine(_dir, "nope"), "--prompt-ids", "1");
+        Assert.That(code, Is.Not.EqualTo(0));
+        Assert.That(stderr, Does.Contain("error: model directory").And.Contain("nope").And.Not.Contain("   at "));
+        (code, _, stderr) = Run("train", "--model", Path.Combine(_dir, "nope"), "--lora-r", "0", "--dry-run");
+        Assert.That(code, Is.Not.EqualTo(0));
+        Assert.That(stderr, Does.Contain("r must be ≥ 1"));
+    }
+
+    [Test]
+    public void TrainDryRunPrintsTheTrainableRatioAndTheResolvedConfig()
+    {
+        var model = Path.Combine(_dir, "m");
+        Assert.That(Run("init-model", "--config", TinyConfig("llama", 2), "--out", model).Code, Is.EqualTo(0));
+        var config = Path.Combine(_dir, "run.json");
+        File.WriteAllText(config, $$"""{ "model": "{{model}}", "lora_r": 8, "target_modules": ["q_proj", "v_proj"] }""");
+        var (code, stdout, stderr) = Run("train", "--config", config, "--learning-rate", "0.001", "--dry-run");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        // q: 8·(32+32), v: 8·(32+16) per layer, 2 layers = 1,792 of the model's parameters
+        Assert.That(stdout, Does.Contain("trainable parameters: 1.8K of"));
+        Assert.That(stdout, Does.Contain("\"learning_rate\": 0.001").And.Contain("\"lora_r\": 8"));
+        Assert.That(stdout, Does.Contain("memory estimate"));
+    }
+
+    [Test]
+    public void TrainRunsEndToEndAndLeavesAdapterMetricsAndPlot()
+    {
+        var model = Path.Combine(_dir, "m");
+        Assert.That(Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
+        var data = Path.Combine(_dir, "d.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 12).Select(i => $$"""{"instruction": "Say {{i}}.", "output": "{{i}}"}""").Append("{broken"));
+        var outDir = Path.Combine(_dir, "run");
+        var (code, stdout, stderr) = Run("train", "--model", model, "--data", data, "--output-dir", outDir, "--max-steps", "3",
+            "--micro-batch-size", "2", "--gradient-accumulation", "1", "--max-seq-len", "64", "--eval-steps", "2", "--max-bad-row-fraction", "0.2");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stderr, Does.Contain(":13: not valid JSON"));
+        Assert.That(stdout, Does.Contain("13 rows: 12 kept").And.Contain("validation loss:"));
+        foreach (var f in new[] { "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.jsonl", "loss.png", "checkpoint-3/trainer_state.json", "train_config.json" })
+            Assert.That(File.Exists(Path.Combine(outDir, f)), Is.True, f);
+        Assert.That(File.ReadAllLines(Path.Combine(outDir, "metrics.jsonl")), Has.Length.EqualTo(3));
+    }
+}
