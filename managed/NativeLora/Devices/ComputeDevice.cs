@@ -139,10 +139,24 @@ public sealed class ComputeDevice : IDisposable
 
     public long PooledBytes { get { lock (_poolLock) return _pooledBytes; } }
 
+    private long _liveBytes, _peakLiveBytes;
+
+    /// <summary>Bytes held by live tensors (pooled buffers not counted), and the peak since <see cref="ResetPeak"/>.</summary>
+    public long LiveBytes { get { lock (_poolLock) return _liveBytes; } }
+    public long PeakLiveBytes { get { lock (_poolLock) return _peakLiveBytes; } }
+    public void ResetPeak() { lock (_poolLock) _peakLiveBytes = _liveBytes; }
+
+    private void Track(long bytes)
+    {
+        _liveBytes += bytes;
+        if (_liveBytes > _peakLiveBytes) _peakLiveBytes = _liveBytes;
+    }
+
     internal void Release(MemoryBuffer buffer)
     {
         lock (_poolLock)
         {
+            Track(-buffer.LengthInBytes);
             if (_pooledBytes + buffer.LengthInBytes <= PoolLimitBytes && !_disposed)
             {
                 if (!_pool.TryGetValue(buffer.LengthInBytes, out var stack)) _pool[buffer.LengthInBytes] = stack = new Stack<MemoryBuffer>();
@@ -175,6 +189,7 @@ public sealed class ComputeDevice : IDisposable
         var bytes = Math.Max(1, elements * dtype.SizeOf());
         lock (_poolLock)
         {
+            Track(bytes);
             if (_pool.TryGetValue(bytes, out var stack) && stack.Count > 0)
             {
                 _pooledBytes -= bytes;
@@ -195,6 +210,7 @@ public sealed class ComputeDevice : IDisposable
             }
             catch (Exception e2) when (e2 is OutOfMemoryException or AcceleratorException)
             {
+                lock (_poolLock) Track(-bytes);
                 throw new OutOfMemoryException(
                     $"cannot allocate a {dtype.Name()} tensor of shape [{string.Join(", ", shape)}] ({bytes:N0} bytes) on {Description}: {e2.Message}", e2);
             }

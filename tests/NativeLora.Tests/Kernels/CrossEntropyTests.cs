@@ -57,6 +57,19 @@ public class CrossEntropyTests
     }
 
     [Test]
+    public void ReferenceGradientsMatchFiniteDifferences()
+    {
+        var rng = new Random(Check.FreshSeed());
+        int n = 3, d = 4, vocab = 5;
+        var h = Ref.ToDouble(Check.RandomFloats(rng, n * d));
+        var w = Ref.ToDouble(Check.RandomFloats(rng, vocab * d));
+        var labels = new[] { 2, -100, 4 };
+        var r = Reference(h, w, labels, n, d, vocab);
+        Assert.That(Check.RelativeError(Array.ConvertAll(r.dh, v => (float)v), Ref.NumericGradient(x => Reference(x, w, labels, n, d, vocab).loss, h)), Is.LessThan(1e-6));
+        Assert.That(Check.RelativeError(Array.ConvertAll(r.dw, v => (float)v), Ref.NumericGradient(x => Reference(h, x, labels, n, d, vocab).loss, w)), Is.LessThan(1e-6));
+    }
+
+    [Test]
     public void HugeLogitsStayFinite()
     {
         var k = TestDevice.Shared.Kernels;

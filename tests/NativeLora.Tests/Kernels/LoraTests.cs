@@ -136,6 +136,39 @@ public class LoraTests
     }
 
     [Test]
+    public void FusedAndUnfusedVariantsAgree([Values(0f, 0.2f)] float dropout)
+    {
+        var dev = TestDevice.Shared;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        int n = 9, inF = 33, outF = 17, r = 3;
+        var x = Check.RandomFloats(rng, n * inF);
+        var w0 = Check.RandomFloats(rng, outF * inF, 0.3);
+        var a = Check.RandomFloats(rng, r * inF, 0.5);
+        var b = Check.RandomFloats(rng, outF * r, 0.5);
+        var dy = Check.RandomFloats(rng, n * outF);
+        (float[] Y, float[] Dx, float[] DA) RunVariant(bool gpu)
+        {
+            var k = TestDevice.Variant(gpu);
+            using var m = new LoraModule(dev, "t", inF, outF, r, 2f, dropout, DType.F32) { Training = true, DropoutSeed = 99 };
+            m.A.CopyFrom<float>(a); m.B.CopyFrom<float>(b); m.ZeroGradients(k);
+            using var tw = Ref.Upload(DType.F32, w0, outF, inF);
+            using var tx = Ref.Upload(DType.F32, x, n, inF);
+            using var ty = Ref.Poisoned(DType.F32, n, outF);
+            using var tdy = Ref.Upload(DType.F32, dy, n, outF);
+            using var tdx = Ref.Poisoned(DType.F32, n, inF);
+            var lin = new Linear("t", tw, null) { Lora = m };
+            using (var saved = lin.Forward(k, tx, ty)) lin.Backward(k, tx, saved, tdy, tdx, false);
+            return (ty.ToArray<float>(), tdx.ToArray<float>(), m.AGrad.ToArray<float>());
+        }
+        var fused = RunVariant(true);
+        var unfused = RunVariant(false);
+        Check.Close(fused.Y, Ref.ToDouble(unfused.Y), 1e-6, "y fused vs unfused", seed);
+        Check.Close(fused.Dx, Ref.ToDouble(unfused.Dx), 1e-6, "dx fused vs unfused", seed);
+        Check.Close(fused.DA, Ref.ToDouble(unfused.DA), 1e-6, "dA fused vs unfused", seed);
+    }
+
+    [Test]
     public void DropoutKeepsAboutOneMinusPAndIsDeterministic()
     {
         int kept = 0;

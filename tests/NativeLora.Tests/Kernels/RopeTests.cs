@@ -78,6 +78,21 @@ public class RopeTests
     }
 
     [Test]
+    public void BackwardIsTheGradientOfTheForward()
+    {
+        // the backward reference (rotation by −angle) against central differences of the forward
+        var rng = new Random(Check.FreshSeed());
+        int tokens = 3, heads = 2, hd = 4;
+        var pos = new[] { 0, 5, 2 };
+        var inv = ReferenceInverseFrequencies(hd, 10000, RopeScaling.None);
+        var x = Ref.ToDouble(Check.RandomFloats(rng, tokens * heads * hd));
+        var dy = Ref.ToDouble(Check.RandomFloats(rng, tokens * heads * hd));
+        var analytic = Reference(dy, pos, tokens, heads, hd, inv, inverse: true);
+        var numeric = Ref.NumericGradient(v => Ref.Dot(Reference(v, pos, tokens, heads, hd, inv, inverse: false), dy), x);
+        Assert.That(Check.RelativeError(Array.ConvertAll(analytic, v => (float)v), numeric), Is.LessThan(1e-6));
+    }
+
+    [Test]
     public void Llama3ScalingLeavesHighFrequenciesAndDividesLowOnes()
     {
         var inv = Rope.InverseFrequencies(128, 500000, new RopeScaling(RopeScalingType.Llama3, 8, 1, 4, 8192));

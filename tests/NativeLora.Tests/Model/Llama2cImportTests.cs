@@ -125,6 +125,9 @@ public class Llama2cImportTests
                 refTokens.Add(Array.IndexOf(refLogits, refLogits.Max()));
             }
             Assert.That(tokens, Is.EqualTo(refTokens), "greedy continuation differs from run.c's");
+            // and the KV-cached generator continues the same way
+            var generated = new Decoder(model).Generate(new[] { 1, 403, 407, 261, 378 }, 24, new Sampler(new SamplingOptions()), new HashSet<int>());
+            Assert.That(generated, Is.EqualTo(refTokens.Skip(5).ToList()), "KV-cached greedy generation differs");
             var all = model.Logits(TokenBatch.FromSequences(new[] { tokens.ToArray() }));
             var expected = reference.Forward(tokens.ToArray()).SelectMany(r => r).ToArray();
             Check.Close(all, expected, 1e-4, "stories260K logits vs float64 run.c", 0);

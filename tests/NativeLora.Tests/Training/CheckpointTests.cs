@@ -108,3 +108,39 @@ public class CheckpointTests
         }
     }
 }
+
+public class EarlyStoppingTests
+{
+    [Test]
+    public void StopsWhenValidationLossStopsImprovingAndKeepsTheBestAdapter()
+    {
+        var dir = Directory.CreateTempSubdirectory("nl-early-").FullName;
+        try
+        {
+            var (train, _, map) = LearningTests.SyntheticTask(31);
+            // validation asks for a different answer to every key: learning the training mapping must hurt it
+            var val = map.Select(kv => new NativeLora.Data.TrainingExample(
+                new[] { LearningTests.Bos, 70, kv.Key, LearningTests.Sep, map[map.Keys.First(k => k != kv.Key)], LearningTests.Eos },
+                new[] { false, false, false, false, true, false })).ToList();
+            var cfg = LearningTests.FastConfig(dir) with { EvalSteps = 2, EarlyStoppingPatience = 2, SaveSteps = 1000 };
+            using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+            using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+            var trainer = new Trainer(cfg, model, adapter, train, val);
+            var messages = new List<string>();
+            trainer.OnMessage = messages.Add;
+            var state = trainer.Run(resume: false);
+            Assert.That(state.GlobalStep, Is.LessThan(trainer.TotalSteps), "stopped before the end");
+            Assert.That(messages, Has.Some.Contains("early stopping"));
+            Assert.That(state.EvalsWithoutImprovement, Is.EqualTo(2));
+            Assert.That(state.BestStep, Is.LessThan(state.GlobalStep));
+            var vals = trainer.History.Where(h => h.ValLoss != null).ToList();
+            Assert.That(vals.Min(h => h.ValLoss!.Value), Is.EqualTo(state.BestValLoss));
+            Assert.That(File.Exists(Path.Combine(dir, "best", "adapter_model.safetensors")), Is.True);
+            Assert.That(Directory.Exists(Path.Combine(dir, $"checkpoint-{state.GlobalStep}")), Is.True, "a checkpoint is written when stopping");
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+}
