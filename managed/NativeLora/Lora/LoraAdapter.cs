@@ -22,14 +22,43 @@ public sealed class LoraAdapter : IDisposable
 
     public LoraConfig Config { get; }
     public IReadOnlyList<LoraModule> Modules => _modules;
+    public IReadOnlyList<SavedModule> SavedModules => _saved;
     private readonly List<LoraModule> _modules = new();
+    private readonly List<SavedModule> _saved = new();
+    private CausalLm? _model;
     private readonly List<Linear> _targets = new();
 
     private NativeLora.Kernels.KernelSet? _kernels;
 
     private LoraAdapter(LoraConfig config) => Config = config;
 
-    public long TrainableParameters => _modules.Sum(m => m.ParameterCount);
+    public long TrainableParameters => _modules.Sum(m => m.ParameterCount) + _saved.Sum(m => m.Master.ElementCount);
+
+    /// <summary>Every trainable tensor with its gradient, in a fixed order (optimizer state and checkpoints rely on it).</summary>
+    public IEnumerable<(string Name, Tensor Value, Tensor Grad)> Trainables() =>
+        _modules.SelectMany(m => m.Trainables().Select(t => ($"{m.Target}.{t.Name}", t.Value, t.Grad)))
+            .Concat(_saved.Select(m => (m.ParameterName, m.Master, m.Grad)));
+
+    /// <summary>Refreshes every compute-dtype copy after an optimizer step.</summary>
+    public void SyncCompute(NativeLora.Kernels.KernelSet k)
+    {
+        foreach (var m in _modules) m.SyncCompute(k);
+        foreach (var m in _saved) m.SyncCompute(k);
+    }
+
+    private void AddSaved(CausalLm model)
+    {
+        _model = model;
+        foreach (var name in Config.ModulesToSave)
+        {
+            if (model.Config.TieWordEmbeddings)
+                throw new NotSupportedException("modules_to_save on a model with tied embeddings is not supported (the embedding and lm_head are one tensor)");
+            var baseWeight = model.Parameters[name == "embed_tokens" ? "model.embed_tokens.weight" : "lm_head.weight"];
+            var m = new SavedModule(model.Device, model.Kernels, name, baseWeight);
+            _saved.Add(m);
+            model.UseTrainableCopy(name, m.Compute, m.Grad);
+        }
+    }
 
     /// <summary>Trainable parameters for a model config, from the shapes alone (for --dry-run).</summary>
     public static long CountTrainable(ModelConfig c, LoraConfig l)
@@ -48,7 +77,7 @@ public sealed class LoraAdapter : IDisposable
             };
             perLayer += (long)l.R * (inF + outF) + (l.UseDora ? outF : 0);
         }
-        return perLayer * c.NumLayers;
+        return perLayer * c.NumLayers + l.ModulesToSave.Length * (long)c.VocabSize * c.HiddenSize;
     }
 
     private static IEnumerable<Linear> Targets(CausalLm model, LoraConfig config) =>
@@ -59,6 +88,22 @@ public sealed class LoraAdapter : IDisposable
     {
         config.Validate();
         var adapter = new LoraAdapter(config);
+        try
+        {
+            adapter.Initialize(model, seed);
+            return adapter;
+        }
+        catch
+        {
+            adapter.Dispose(); // detaches whatever was attached
+            throw;
+        }
+    }
+
+    private void Initialize(CausalLm model, int seed)
+    {
+        var adapter = this;
+        var config = Config;
         var rng = new Random(seed);
         foreach (var lin in Targets(model, config))
         {
@@ -72,7 +117,7 @@ public sealed class LoraAdapter : IDisposable
             m.SyncCompute(model.Kernels);
         }
         if (adapter._modules.Count == 0) throw new ArgumentException("no projection of the model matches target_modules");
-        return adapter;
+        adapter.AddSaved(model);
     }
 
     private LoraModule Add(CausalLm model, Linear lin)
@@ -102,6 +147,7 @@ public sealed class LoraAdapter : IDisposable
             Add(writer, KeyB(m.Target), m.B);
             if (m.Magnitude != null) Add(writer, KeyMagnitude(m.Target), m.Magnitude);
         }
+        foreach (var m in _saved) Add(writer, m.Key, m.Master);
         writer.Write(Path.Combine(dir, WeightsFileName));
         var json = (Config with { BaseModelNameOrPath = baseModelNameOrPath ?? Config.BaseModelNameOrPath }).ToPeftJson();
         AtomicFile.Write(Path.Combine(dir, ConfigFileName), s => s.Write(Encoding.UTF8.GetBytes(SortedJson(json))));
@@ -154,6 +200,14 @@ public sealed class LoraAdapter : IDisposable
             else if (info.DType is not (SafeTensorsDType.F32 or SafeTensorsDType.BF16 or SafeTensorsDType.F16))
                 problems.Add($"tensor '{key}' has dtype {info.DType}");
         }
+        foreach (var name in config.ModulesToSave)
+        {
+            var key = $"base_model.model.{(name == "embed_tokens" ? "model.embed_tokens.weight" : "lm_head.weight")}";
+            var shape = new[] { model.Config.VocabSize, model.Config.HiddenSize };
+            if (!file.TryGet(key, out var info)) problems.Add($"missing tensor '{key}' (modules_to_save)");
+            else if (info.ElementCount != (long)shape[0] * shape[1]) problems.Add($"tensor '{key}' has shape [{string.Join(", ", info.Shape)}], expected [{shape[0]}, {shape[1]}]");
+            expected.Add((key, name, "saved", shape));
+        }
         var known = expected.Select(e => Resolve(e.Key)).ToHashSet();
         foreach (var extra in file.Tensors.Select(t => t.Name).Where(n => !known.Contains(n)).OrderBy(n => n))
             problems.Add($"unexpected tensor '{extra}' (not a {string.Join("/", config.TargetModules)} adapter of this model)");
@@ -171,6 +225,12 @@ public sealed class LoraAdapter : IDisposable
                 if (m.Magnitude != null) m.Magnitude.CopyFromFloats(file.ReadAsFloat32(KeyMagnitude(lin.Name)));
                 m.SyncCompute(model.Kernels);
             }
+            adapter.AddSaved(model);
+            foreach (var m in adapter._saved)
+            {
+                m.Master.CopyFromFloats(file.ReadAsFloat32(m.Key));
+                m.SyncCompute(model.Kernels);
+            }
             return adapter;
         }
         catch
@@ -185,6 +245,13 @@ public sealed class LoraAdapter : IDisposable
     {
         var path = Path.Combine(dir, WeightsFileName);
         using var file = SafeTensorsFile.Open(path);
+        foreach (var m in _saved)
+        {
+            if (!file.TryGet(m.Key, out var info) || info.DType != SafeTensorsDType.F32 || info.ElementCount != m.Master.ElementCount)
+                throw new InvalidDataException($"{path}: tensor '{m.Key}' is missing or not F32 with {m.Master.ElementCount} values");
+            m.Master.CopyFromBytes(file.GetBytes(m.Key));
+            m.SyncCompute(_kernels!);
+        }
         foreach (var m in _modules)
             foreach (var (name, value, _) in m.Trainables())
             {
@@ -207,6 +274,12 @@ public sealed class LoraAdapter : IDisposable
     {
         foreach (var lin in _targets) lin.Lora = null;
         foreach (var m in _modules) m.Dispose();
+        foreach (var m in _saved)
+        {
+            _model?.UseTrainableCopy(m.Module, null, null);
+            m.Dispose();
+        }
+        _saved.Clear();
         _modules.Clear();
         _targets.Clear();
     }

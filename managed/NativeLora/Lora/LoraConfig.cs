@@ -9,6 +9,7 @@ namespace NativeLora.Lora;
 public sealed record LoraConfig
 {
     public static readonly string[] AllTargets = { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" };
+    public static readonly string[] SavableModules = { "embed_tokens", "lm_head" };
 
     public int R { get; init; } = 16;
     public double Alpha { get; init; } = 32;
@@ -17,6 +18,8 @@ public sealed record LoraConfig
     public bool UseRslora { get; init; }
     public bool UseDora { get; init; }
     public string? BaseModelNameOrPath { get; init; }
+    /// <summary>Modules trained in full beside the adapter (PEFT modules_to_save): embed_tokens, lm_head.</summary>
+    public string[] ModulesToSave { get; init; } = Array.Empty<string>();
 
     /// <summary>alpha/r, or alpha/√r with rsLoRA.</summary>
     public float Scale => (float)(UseRslora ? Alpha / Math.Sqrt(R) : Alpha / R);
@@ -30,6 +33,9 @@ public sealed record LoraConfig
         var unknown = TargetModules.Where(t => !AllTargets.Contains(t)).ToList();
         if (unknown.Count > 0)
             throw new ArgumentException($"unsupported target module(s) {string.Join(", ", unknown)} (supported: {string.Join(", ", AllTargets)})");
+        var badSave = ModulesToSave.Where(m => !SavableModules.Contains(m)).ToList();
+        if (badSave.Count > 0)
+            throw new ArgumentException($"unsupported modules_to_save {string.Join(", ", badSave)} (supported: {string.Join(", ", SavableModules)})");
     }
 
     /// <summary>adapter_config.json as HF PEFT writes it (keys sorted when serialised).</summary>
@@ -46,7 +52,7 @@ public sealed record LoraConfig
         ["layers_to_transform"] = null,
         ["lora_alpha"] = Alpha,
         ["lora_dropout"] = Dropout,
-        ["modules_to_save"] = null,
+        ["modules_to_save"] = ModulesToSave.Length == 0 ? null : new JsonArray(ModulesToSave.Select(m => (JsonNode?)m).ToArray()),
         ["peft_type"] = "LORA",
         ["r"] = R,
         ["rank_pattern"] = new JsonObject(),
@@ -66,7 +72,6 @@ public sealed record LoraConfig
         if (bias != "none") throw new InvalidDataException($"{source}: bias '{bias}' is not supported (only \"none\")");
         foreach (var key in new[] { "rank_pattern", "alpha_pattern" })
             if (o[key] is JsonObject pat && pat.Count > 0) throw new InvalidDataException($"{source}: per-module {key} is not supported");
-        if (o["modules_to_save"] is JsonArray mts && mts.Count > 0) throw new InvalidDataException($"{source}: modules_to_save ({mts.ToJsonString()}) is not supported yet");
         string[] targets = o["target_modules"] switch
         {
             JsonArray a => a.Select(x => x!.GetValue<string>()).ToArray(),
@@ -83,6 +88,7 @@ public sealed record LoraConfig
             UseRslora = o["use_rslora"]?.GetValue<bool>() ?? false,
             UseDora = o["use_dora"]?.GetValue<bool>() ?? false,
             BaseModelNameOrPath = o["base_model_name_or_path"]?.GetValue<string>(),
+            ModulesToSave = o["modules_to_save"] is JsonArray mts ? mts.Select(x => x!.GetValue<string>()).ToArray() : Array.Empty<string>(),
         };
         try { c.Validate(); }
         catch (ArgumentException e) { throw new InvalidDataException($"{source}: {e.Message}", e); }

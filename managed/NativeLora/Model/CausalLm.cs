@@ -19,9 +19,28 @@ public sealed class CausalLm : IDisposable
     public DType DType { get; }
     public IReadOnlyDictionary<string, Tensor> Parameters => _parameters;
     public IReadOnlyDictionary<string, Tensor> Gradients => _gradients;
-    public Tensor Embedding { get; }
+    /// <summary>The embedding the forward uses: the base weight, or a trainable copy (PEFT modules_to_save).</summary>
+    public Tensor Embedding => _embeddingCopy ?? _parameters["model.embed_tokens.weight"];
     public Tensor FinalNorm { get; }
-    public Tensor OutputWeight { get; } // lm_head.weight, or the embedding when tied
+    /// <summary>lm_head.weight (or the embedding when tied), or its trainable copy.</summary>
+    public Tensor OutputWeight => _outputCopy ?? (Config.TieWordEmbeddings ? Embedding : _parameters["lm_head.weight"]);
+
+    private Tensor? _embeddingCopy, _outputCopy, _embeddingCopyGrad, _outputCopyGrad;
+
+    /// <summary>
+    /// Routes the forward through a trainable copy of embed_tokens or lm_head (compute dtype) and its
+    /// backward into grad (f32); null restores the frozen base weight.
+    /// </summary>
+    public void UseTrainableCopy(string module, Tensor? compute, Tensor? grad)
+    {
+        if (Config.TieWordEmbeddings) throw new NotSupportedException("modules_to_save on a model with tied embeddings is not supported (the embedding and lm_head are one tensor)");
+        switch (module)
+        {
+            case "embed_tokens": _embeddingCopy = compute; _embeddingCopyGrad = grad; break;
+            case "lm_head": _outputCopy = compute; _outputCopyGrad = grad; break;
+            default: throw new ArgumentException($"modules_to_save supports embed_tokens and lm_head, not '{module}'");
+        }
+    }
     public IReadOnlyList<DecoderLayer> Layers { get; }
     public int CrossEntropyChunkRows { get; set; } = 1024;
 
@@ -88,9 +107,7 @@ public sealed class CausalLm : IDisposable
         if (wrongType.Count > 0) throw new InvalidDataException($"all weights must share one dtype ({DType.Name()}): {string.Join(", ", wrongType)}");
 
         _parameters = parameters;
-        Embedding = parameters["model.embed_tokens.weight"];
         FinalNorm = parameters["model.norm.weight"];
-        OutputWeight = config.TieWordEmbeddings ? Embedding : parameters["lm_head.weight"];
         var layers = new List<DecoderLayer>();
         for (int i = 0; i < config.NumLayers; i++)
         {
@@ -186,7 +203,7 @@ public sealed class CausalLm : IDisposable
             RmsNormOp.Forward(k, hidden[^1], FinalNorm, normed, rstd, (float)Config.RmsNormEps);
 
             using var dNormed = Device.Allocate(DType, n, d);
-            _gradients.TryGetValue(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", out var dOutW);
+            var dOutW = _outputCopyGrad ?? _gradients.GetValueOrDefault(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
             var (loss, count) = CrossEntropyOp.ForwardBackward(k, normed, OutputWeight, batch.Labels, dNormed, dOutW, CrossEntropyChunkRows, gradScale);
 
             using var dH = Device.Allocate(DType, n, d);
@@ -205,7 +222,7 @@ public sealed class CausalLm : IDisposable
                 else Layers[l].Backward(Device, k, Config, acts[l], cur, next, bt.Positions, bt.Segments, _cos, _sin, shape);
                 (cur, next) = (next, cur);
             }
-            if (_gradients.TryGetValue("model.embed_tokens.weight", out var dEmb))
+            if ((_embeddingCopyGrad ?? _gradients.GetValueOrDefault("model.embed_tokens.weight")) is Tensor dEmb)
                 EmbeddingOp.Backward(k, bt.Ids, cur, dEmb);
             return (loss, count);
         }

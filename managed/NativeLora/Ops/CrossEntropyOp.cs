@@ -27,7 +27,11 @@ public static class CrossEntropyOp
         if (labels.Length != n) throw new ArgumentException($"{labels.Length} labels for {n} rows of hidden states");
         SameDType(hidden.DType, (weight, "weight"));
         if (dHidden != null) { SameDType(hidden.DType, (dHidden, "dHidden")); RequireElements(dHidden, hidden.ElementCount, "dHidden"); }
-        if (dWeight != null) { SameDType(hidden.DType, (dWeight, "dWeight")); RequireElements(dWeight, weight.ElementCount, "dWeight"); }
+        if (dWeight != null)
+        {
+            if (dWeight.DType != hidden.DType && dWeight.DType != DType.F32) throw new ArgumentException($"dWeight must be {hidden.DType.Name()} or f32, got {dWeight}");
+            RequireElements(dWeight, weight.ElementCount, "dWeight");
+        }
         int count = 0;
         for (int i = 0; i < n; i++)
         {

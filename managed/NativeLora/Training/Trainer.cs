@@ -78,7 +78,7 @@ public sealed class Trainer
     {
         Directory.CreateDirectory(_c.OutputDir);
         _model.GradientCheckpointing = _c.GradientCheckpointing;
-        var trainables = _adapter.Modules.SelectMany(m => m.Trainables().Select(t => ($"{m.Target}.{t.Name}", t.Value, t.Grad))).ToList();
+        var trainables = _adapter.Trainables().ToList();
         using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay);
         var state = new TrainerState { Seed = _c.Seed };
         var metricsPath = Path.Combine(_c.OutputDir, "metrics.jsonl");
@@ -135,7 +135,7 @@ public sealed class Trainer
                 {
                     float clip = (float)Math.Min(1.0, _c.MaxGradNorm / (norm + 1e-6));
                     optimizer.Step((float)lr, clip);
-                    foreach (var m in _adapter.Modules) m.SyncCompute(_model.Kernels);
+                    _adapter.SyncCompute(_model.Kernels);
                     state = state with { ConsecutiveNonFinite = 0 };
                 }
                 state = state with { GlobalStep = state.GlobalStep + 1, BatchInEpoch = state.BatchInEpoch + group.Count };

@@ -26,6 +26,7 @@ public sealed record TrainingConfig
     public string[] TargetModules { get; init; } = LoraConfig.AllTargets;
     public bool UseRslora { get; init; }
     public bool UseDora { get; init; }
+    public string[] ModulesToSave { get; init; } = Array.Empty<string>();
 
     // optimisation
     public double LearningRate { get; init; } = 2e-4;
@@ -64,7 +65,7 @@ public sealed record TrainingConfig
     public LoraConfig ToLoraConfig() => new()
     {
         R = LoraR, Alpha = LoraAlpha, Dropout = LoraDropout, TargetModules = TargetModules,
-        UseRslora = UseRslora, UseDora = UseDora, BaseModelNameOrPath = Model,
+        UseRslora = UseRslora, UseDora = UseDora, BaseModelNameOrPath = Model, ModulesToSave = ModulesToSave,
     };
 
     public void Validate()
