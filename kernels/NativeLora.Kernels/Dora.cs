@@ -57,6 +57,21 @@ public static class Dora
         for (long i = t * chunk; i < end; i++) dst[i] = s.Store((g[i % cols] + offset) * s.Load(src[i]));
     }
 
+    // w[o, :] *= g[o]: the merged DoRA weight m/‖W‖ · W
+    public static void ScaleRowsKernel(Index1D t, ArrayView<float> w, ArrayView<float> g, int cols, long n, long chunk)
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) w[i] *= g[i / cols];
+    }
+
+    public static void ScaleRows(KernelSet k, ArrayView<float> w, ArrayView<float> g, int cols)
+    {
+        var (threads, chunk) = k.ElementLaunch(w.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long> kernel = ScaleRowsKernel;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, w, g, cols, w.Length, chunk);
+    }
+
     // g = m / wn
     public static void RatioKernel(Index1D o, ArrayView<float> m, ArrayView<float> wn, ArrayView<float> g) => g[o] = m[o] / wn[o];
 

@@ -119,4 +119,15 @@ internal static class Commands
         messages.Add(new Text.ChatMessage("user", o.Prompt!));
         return messages;
     }
+
+    public static int Merge(MergeOptions o)
+    {
+        var dtype = DTypeInfo.Parse(o.DType);
+        if (!dtype.IsFloat()) throw new ArgumentException($"--dtype must be bf16, f16 or f32, got {o.DType}");
+        using var device = OpenDevice(o);
+        var weights = o.Weights != null && o.Weights.Any() ? o.Weights.ToList() : null;
+        Export.LoraMerge.Run(device, o.Model, o.Adapters.ToList(), weights, o.Out, dtype, o.MaxShardSize);
+        Console.WriteLine($"merged {string.Join(" + ", o.Adapters)} into {o.Model} -> {o.Out} ({dtype.Name()})");
+        return 0;
+    }
 }

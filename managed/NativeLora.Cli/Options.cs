@@ -101,3 +101,25 @@ public sealed class GenerateOptions : DeviceOptions
     [Option("dtype", Default = "auto", HelpText = "Compute dtype: auto (bf16 on GPU, f32 on CPU), f32, bf16, f16.")]
     public string DType { get; set; } = "auto";
 }
+
+[Verb("merge", HelpText = "Merge LoRA adapters into the base weights and write an HF model directory.")]
+public sealed class MergeOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "Base HF model directory.")]
+    public string Model { get; set; } = "";
+
+    [Option("adapter", Required = true, HelpText = "PEFT adapter directory (repeat for a weighted combination).")]
+    public IEnumerable<string> Adapters { get; set; } = Array.Empty<string>();
+
+    [Option("weights", Separator = ',', HelpText = "Combination weights, one per adapter (PEFT 'linear').")]
+    public IEnumerable<double>? Weights { get; set; }
+
+    [Option("out", Required = true, HelpText = "Output model directory.")]
+    public string Out { get; set; } = "";
+
+    [Option("dtype", Default = "bf16", HelpText = "Output dtype: bf16, f16 or f32.")]
+    public string DType { get; set; } = "bf16";
+
+    [Option("max-shard-size", Default = 5L << 30, HelpText = "Shard the safetensors above this many bytes.")]
+    public long MaxShardSize { get; set; } = 5L << 30;
+}

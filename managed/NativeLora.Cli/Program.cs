@@ -3,7 +3,7 @@ using NativeLora.Cli;
 
 // The `nativelora` command: one verb per operation. Errors are printed without a stack trace
 // (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
-return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions>(args)
+return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions>(args)
     .MapResult(
         (InfoOptions o) => Run(() => Commands.Info(o)),
         (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
@@ -11,6 +11,7 @@ return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOpt
         (ImportOptions o) => Run(() => Commands.Import(o)),
         (GenerateOptions o) => Run(() => Commands.Generate(o)),
         (TrainOptions o) => Run(() => TrainCommand.Run(o)),
+        (MergeOptions o) => Run(() => Commands.Merge(o)),
         _ => 2);
 
 static int Run(Func<int> command)

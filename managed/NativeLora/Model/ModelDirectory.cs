@@ -36,20 +36,7 @@ public static class ModelDirectory
         var config = ReadConfig(dir);
         using var files = ShardedSafeTensors.Open(dir);
         var expected = CausalLm.ExpectedParameters(config);
-        var problems = new List<string>();
-        foreach (var (name, shape) in expected)
-        {
-            if (!files.TryGet(name, out var info)) { problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]"); continue; }
-            if (!info.Shape.Select(d => (int)d).SequenceEqual(shape) || info.Shape.Length != shape.Length)
-                problems.Add($"tensor '{name}' in {Path.GetFileName(files.FileOf(name))} has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}]");
-            else if (info.DType is not (SafeTensorsDType.F32 or SafeTensorsDType.BF16 or SafeTensorsDType.F16))
-                problems.Add($"tensor '{name}' has dtype {info.DType}, expected F32, BF16 or F16");
-        }
-        var names = expected.Select(e => e.Name).ToHashSet();
-        foreach (var extra in files.Names.Where(n => !names.Contains(n) && !IsIgnorable(n, config)).OrderBy(n => n))
-            problems.Add($"unexpected tensor '{extra}' in {Path.GetFileName(files.FileOf(extra))}");
-        if (problems.Count > 0)
-            throw new InvalidDataException($"{dir}: the checkpoint does not match its {config.ModelType} config.json ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
+        CheckCheckpoint(files, config, dir);
 
         var parameters = new Dictionary<string, Tensor>();
         try
@@ -67,6 +54,27 @@ public static class ModelDirectory
             foreach (var t in parameters.Values) t.Dispose(); // nothing half-loads
             throw;
         }
+    }
+
+    /// <summary>Reports every missing, extra, misshapen or non-float tensor of a checkpoint at once.</summary>
+    public static void CheckCheckpoint(ShardedSafeTensors files, ModelConfig config, string dir)
+    {
+        var expected = CausalLm.ExpectedParameters(config);
+        var problems = new List<string>();
+        foreach (var (name, shape) in expected)
+        {
+            if (!files.TryGet(name, out var info)) { problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]"); continue; }
+            if (!info.Shape.Select(d => (int)d).SequenceEqual(shape) || info.Shape.Length != shape.Length)
+                problems.Add($"tensor '{name}' in {Path.GetFileName(files.FileOf(name))} has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}]");
+            else if (info.DType is not (SafeTensorsDType.F32 or SafeTensorsDType.BF16 or SafeTensorsDType.F16))
+                problems.Add($"tensor '{name}' has dtype {info.DType}, expected F32, BF16 or F16");
+        }
+        var names = expected.Select(e => e.Name).ToHashSet();
+        foreach (var extra in files.Names.Where(n => !names.Contains(n) && !IsIgnorable(n, config)).OrderBy(n => n))
+            problems.Add($"unexpected tensor '{extra}' in {Path.GetFileName(files.FileOf(extra))}");
+        if (problems.Count > 0)
+            throw new InvalidDataException($"{dir}: the checkpoint does not match its {config.ModelType} config.json ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
+
     }
 
     // Same dtype: bytes straight from the map. Otherwise convert through f32 on the host.

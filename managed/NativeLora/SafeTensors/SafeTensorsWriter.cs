@@ -14,7 +14,9 @@ namespace NativeLora.SafeTensors;
 /// </summary>
 public sealed class SafeTensorsWriter
 {
-    readonly List<(string Name, SafeTensorsDType DType, long[] Shape, ReadOnlyMemory<byte> Data)> _tensors = new();
+    // Data is produced when the file is written, tensor by tensor: a producer lets a caller (merge,
+    // export) hold one tensor in memory at a time instead of the whole model.
+    readonly List<(string Name, SafeTensorsDType DType, long[] Shape, long Length, Func<ReadOnlyMemory<byte>> Data)> _tensors = new();
     readonly HashSet<string> _names = new(StringComparer.Ordinal);
     readonly List<KeyValuePair<string, string>> _metadata = new();
 
@@ -23,17 +25,24 @@ public sealed class SafeTensorsWriter
 
     public SafeTensorsWriter Add(string name, SafeTensorsDType dtype, long[] shape, ReadOnlyMemory<byte> data)
     {
+        long expected = ByteLength(name ?? throw new ArgumentNullException(nameof(name)), dtype, shape ?? throw new ArgumentNullException(nameof(shape)));
+        if (expected != data.Length)
+            throw new ArgumentException($"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype.ToHeaderString()} needs {expected} bytes, got {data.Length}", nameof(data));
+        return Add(name, dtype, shape, () => data);
+    }
+
+    /// <summary>Adds a tensor whose bytes are produced only when the file is written (called once).</summary>
+    public SafeTensorsWriter Add(string name, SafeTensorsDType dtype, long[] shape, Func<ReadOnlyMemory<byte>> produce)
+    {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(shape);
         if (name == "__metadata__") throw new ArgumentException("'__metadata__' is reserved for the metadata entry", nameof(name));
         RequireValidUnicode(name, nameof(name));
         if (_names.Contains(name)) throw new ArgumentException($"tensor '{name}' was already added", nameof(name));
         long expected = ByteLength(name, dtype, shape);
-        if (expected != data.Length)
-            throw new ArgumentException($"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype.ToHeaderString()} needs {expected} bytes, got {data.Length}", nameof(data));
         _names.Add(name);
-        _tensors.Add((name, dtype, (long[])shape.Clone(), data));
-        DataBytes += data.Length;
+        _tensors.Add((name, dtype, (long[])shape.Clone(), expected, produce));
+        DataBytes += expected;
         return this;
     }
 
@@ -93,10 +102,10 @@ public sealed class SafeTensorsWriter
                 json.WriteEndArray();
                 json.WriteStartArray("data_offsets");
                 json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset + t.Data.Length);
+                json.WriteNumberValue(offset + t.Length);
                 json.WriteEndArray();
                 json.WriteEndObject();
-                offset += t.Data.Length;
+                offset += t.Length;
             }
             json.WriteEndObject();
         }
@@ -116,7 +125,13 @@ public sealed class SafeTensorsWriter
         BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
         stream.Write(prefix);
         stream.Write(header);
-        foreach (var t in _tensors) stream.Write(t.Data.Span);
+        foreach (var t in _tensors)
+        {
+            var data = t.Data();
+            if (data.Length != t.Length)
+                throw new InvalidOperationException($"tensor '{t.Name}': its producer gave {data.Length} bytes, the header says {t.Length}");
+            stream.Write(data.Span);
+        }
     }
 
     /// <summary>Writes atomically (temp file + fsync + rename).</summary>

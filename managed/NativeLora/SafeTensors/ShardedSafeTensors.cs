@@ -200,7 +200,7 @@ public sealed class ShardedSafeTensorsWriter
     static readonly Regex ShardFilePattern = new(@"^model-\d{5}-of-\d{5}\.safetensors$", RegexOptions.CultureInvariant);
 
     readonly long _maxShardBytes;
-    readonly List<(string Name, SafeTensorsDType DType, long[] Shape, ReadOnlyMemory<byte> Data)> _tensors = new();
+    readonly List<(string Name, SafeTensorsDType DType, long[] Shape, long Length, Func<ReadOnlyMemory<byte>> Data)> _tensors = new();
     readonly HashSet<string> _names = new(StringComparer.Ordinal);
     readonly List<KeyValuePair<string, string>> _metadata = new();
 
@@ -222,7 +222,18 @@ public sealed class ShardedSafeTensorsWriter
             _names.Remove(name);
             throw new ArgumentException($"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype.ToHeaderString()} needs {expected} bytes, got {data.Length}", nameof(data));
         }
-        _tensors.Add((name, dtype, (long[])shape.Clone(), data));
+        _tensors.Add((name, dtype, (long[])shape.Clone(), expected, () => data));
+        return this;
+    }
+
+    /// <summary>Adds a tensor produced only when its shard is written (peak memory: one tensor).</summary>
+    public ShardedSafeTensorsWriter Add(string name, SafeTensorsDType dtype, long[] shape, Func<ReadOnlyMemory<byte>> produce)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(shape);
+        long expected = SafeTensorsWriter.ByteLength(name, dtype, shape);
+        if (!_names.Add(name)) throw new ArgumentException($"tensor '{name}' was already added", nameof(name));
+        _tensors.Add((name, dtype, (long[])shape.Clone(), expected, produce));
         return this;
     }
 
@@ -244,7 +255,7 @@ public sealed class ShardedSafeTensorsWriter
         long currentBytes = 0;
         for (int i = 0; i < _tensors.Count; i++)
         {
-            long size = _tensors[i].Data.Length;
+            long size = _tensors[i].Length;
             if (size > _maxShardBytes) { shards.Add(new List<int> { i }); continue; }
             if (currentBytes + size > _maxShardBytes) { shards.Add(current); current = new List<int>(); currentBytes = 0; }
             current.Add(i);
@@ -274,7 +285,7 @@ public sealed class ShardedSafeTensorsWriter
                 string fileName = $"model-{s + 1:D5}-of-{plan.Count:D5}.safetensors";
                 BuildShard(plan[s]).Write(System.IO.Path.Combine(directory, fileName));
                 written.Add(fileName);
-                foreach (int i in plan[s]) { weightMap.Add(_tensors[i].Name, fileName); totalSize += _tensors[i].Data.Length; }
+                foreach (int i in plan[s]) { weightMap.Add(_tensors[i].Name, fileName); totalSize += _tensors[i].Length; }
             }
             // The index goes last, so a crash mid-save never leaves an index naming missing shards.
             AtomicFile.Write(System.IO.Path.Combine(directory, ShardedSafeTensors.IndexFileName), stream => WriteIndex(stream, totalSize, weightMap));

@@ -46,6 +46,7 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.Bf16ToF16, false);
         yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.F16ToBf16, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>)Dora.RatioKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long>)Dora.ScaleRowsKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float, float, float, float, float, float, float, long, long>)AdamW.UpdateKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, long, long>)AdamW.SumOfSquaresKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>)Attention.SoftmaxRowKernel, false);

@@ -1,0 +1,166 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using NativeLora.Devices;
+using NativeLora.IO;
+using NativeLora.Kernels;
+using NativeLora.Lora;
+using NativeLora.Model;
+using NativeLora.Ops;
+using NativeLora.SafeTensors;
+using NativeLora.Tensors;
+
+namespace NativeLora.Export;
+
+/// <summary>
+/// merge_and_unload: writes an HF model directory whose weights are W0 + (alpha/r)·B·A (rsLoRA scale
+/// alpha/√r; DoRA: m/‖W0 + sBA‖ per row times (W0 + sBA)) for every adapted projection, and the
+/// adapter's trained copies for modules_to_save. Layer by layer: each tensor is read from the base's
+/// memory map, merged on the device with the GEMM (and DoRA kernels), converted and written before
+/// the next is read, so peak memory is about one tensor. Several adapters combine as HF PEFT's
+/// add_weighted_adapter(combination_type="linear"): B = Σ √wᵢ·Bᵢ, A = Σ √wᵢ·sᵢ·Aᵢ (same rank
+/// required; the product has cross terms, exactly as PEFT's).
+/// A QLoRA base would be dequantized to the output dtype first: merging into 4-bit weights is not done,
+/// because re-quantizing W0 + ΔW loses the update's small values in NF4's 16 levels.
+/// </summary>
+public static class LoraMerge
+{
+    private sealed record AdapterFile(string Dir, LoraConfig Config, SafeTensorsFile File, double Weight);
+
+    public static void Run(ComputeDevice device, string modelDir, IReadOnlyList<string> adapterDirs, IReadOnlyList<double>? weights,
+        string outDir, DType outDType, long maxShardBytes = 5L << 30)
+    {
+        if (adapterDirs.Count == 0) throw new ArgumentException("give at least one --adapter");
+        if (weights != null && weights.Count != adapterDirs.Count)
+            throw new ArgumentException($"{weights.Count} weights for {adapterDirs.Count} adapters");
+        if (Path.GetFullPath(outDir) == Path.GetFullPath(modelDir)) throw new ArgumentException("the output directory must differ from the base model's");
+        var config = ModelDirectory.ReadConfig(modelDir);
+        using var baseFiles = ShardedSafeTensors.Open(modelDir);
+        ModelDirectory.CheckCheckpoint(baseFiles, config, modelDir);
+        var adapters = new List<AdapterFile>();
+        try
+        {
+            for (int i = 0; i < adapterDirs.Count; i++)
+                adapters.Add(OpenAdapter(adapterDirs[i], config, weights?[i] ?? 1.0));
+            if (adapters.Count > 1)
+            {
+                if (adapters.Select(a => a.Config.R).Distinct().Count() > 1)
+                    throw new ArgumentException("a linear combination of adapters needs one rank (as PEFT's add_weighted_adapter 'linear')");
+                if (adapters.Any(a => a.Config.UseDora || a.Config.ModulesToSave.Length > 0))
+                    throw new ArgumentException("combining several adapters works for plain LoRA adapters only (no DoRA, no modules_to_save)");
+            }
+            var k = device.Kernels;
+            var writer = new ShardedSafeTensorsWriter(maxShardBytes);
+            writer.SetMetadata("format", "pt");
+            foreach (var (name, shape) in CausalLm.ExpectedParameters(config))
+            {
+                string target = name.EndsWith(".weight") ? name[..^".weight".Length] : name;
+                writer.Add(name, ModelDirectory.ToSafeTensorsDType(outDType), shape.Select(d => (long)d).ToArray(),
+                    () => ModelDirectory.Encode(Merged(device, k, baseFiles, adapters, name, target, shape), outDType));
+            }
+            writer.Write(outDir);
+            var json = config.ToJson();
+            json["torch_dtype"] = outDType switch { DType.BF16 => "bfloat16", DType.F16 => "float16", _ => "float32" };
+            AtomicFile.Write(Path.Combine(outDir, ModelDirectory.ConfigFileName), s =>
+            {
+                using var w = new Utf8JsonWriter(s, new JsonWriterOptions { Indented = true });
+                json.WriteTo(w);
+            });
+            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json" })
+                if (File.Exists(Path.Combine(modelDir, f))) File.Copy(Path.Combine(modelDir, f), Path.Combine(outDir, f), overwrite: true);
+        }
+        finally
+        {
+            foreach (var a in adapters) a.File.Dispose();
+        }
+    }
+
+    private static float[] Merged(ComputeDevice device, KernelSet k, ShardedSafeTensors baseFiles, List<AdapterFile> adapters, string name, string target, int[] shape)
+    {
+        // modules_to_save: the adapter's trained copy replaces the base tensor
+        var saved = adapters.FirstOrDefault(a => a.File.Contains("base_model.model." + name));
+        if (saved != null) return saved.File.ReadAsFloat32("base_model.model." + name);
+        var w0 = baseFiles.ReadAsFloat32(name);
+        var withA = adapters.Where(a => a.File.Contains(LoraAdapter.KeyA(target))).ToList();
+        if (withA.Count == 0) return w0;
+        int outF = shape[0], inF = shape[1], r = withA[0].Config.R;
+        using var w = device.Allocate(DType.F32, outF, inF);
+        w.CopyFrom<float>(w0);
+        using var a = device.Allocate(DType.F32, r, inF);
+        using var b = device.Allocate(DType.F32, outF, r);
+        if (withA.Count == 1 && withA[0].Weight == 1.0)
+        {
+            var ad = withA[0];
+            a.CopyFromFloats(ad.File.ReadAsFloat32(LoraAdapter.KeyA(target)));
+            b.CopyFromFloats(ad.File.ReadAsFloat32(LoraAdapter.KeyB(target)));
+            Gemm.Run(b, a, w, alpha: ad.Config.Scale, beta: 1f);
+            if (ad.Config.UseDora) ApplyDora(device, k, w, ad.File.ReadAsFloat32(LoraAdapter.KeyMagnitude(target)));
+            return w.ToArray<float>();
+        }
+        // PEFT 'linear': B = Σ √wᵢ Bᵢ, A = Σ √wᵢ sᵢ Aᵢ, merged with scale 1
+        var aSum = new float[r * inF];
+        var bSum = new float[outF * r];
+        foreach (var ad in withA)
+        {
+            float sa = (float)(Math.Sqrt(ad.Weight) * ad.Config.Scale), sb = (float)Math.Sqrt(ad.Weight);
+            var ai = ad.File.ReadAsFloat32(LoraAdapter.KeyA(target));
+            var bi = ad.File.ReadAsFloat32(LoraAdapter.KeyB(target));
+            for (int i = 0; i < aSum.Length; i++) aSum[i] += sa * ai[i];
+            for (int i = 0; i < bSum.Length; i++) bSum[i] += sb * bi[i];
+        }
+        a.CopyFrom<float>(aSum);
+        b.CopyFrom<float>(bSum);
+        Gemm.Run(b, a, w, beta: 1f);
+        return w.ToArray<float>();
+    }
+
+    // W' = m/‖W‖_row · W, with W = W0 + sBA already in w
+    private static void ApplyDora(ComputeDevice device, KernelSet k, Tensor w, float[] magnitude)
+    {
+        int rows = w.Dim(0), cols = w.Dim(1);
+        using var norms = LoraOp.BaseRowNorms(k, w);
+        using var m = device.Allocate(DType.F32, rows);
+        m.CopyFrom<float>(magnitude);
+        using var g = device.Allocate(DType.F32, rows);
+        Dora.Ratio(k, m.View<float>(), norms.View<float>(), g.View<float>());
+        Dora.ScaleRows(k, w.View<float>(), g.View<float>(), cols);
+    }
+
+    private static AdapterFile OpenAdapter(string dir, ModelConfig model, double weight)
+    {
+        var cfgPath = Path.Combine(dir, LoraAdapter.ConfigFileName);
+        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{dir}: no {LoraAdapter.ConfigFileName} (expected a PEFT adapter directory)", cfgPath);
+        JsonObject json;
+        try { json = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new InvalidDataException($"{cfgPath}: the top level must be an object"); }
+        catch (JsonException e) { throw new InvalidDataException($"{cfgPath}: not valid JSON ({e.Message})", e); }
+        var config = LoraConfig.FromPeftJson(json, cfgPath);
+        if (!(weight > 0)) throw new ArgumentException($"adapter weight {weight} for {dir} must be > 0");
+        var file = SafeTensorsFile.Open(Path.Combine(dir, LoraAdapter.WeightsFileName));
+        try
+        {
+            var shapes = CausalLm.ExpectedParameters(model).ToDictionary(p => p.Name, p => p.Shape);
+            var problems = new List<string>();
+            foreach (var t in file.Tensors)
+            {
+                string n = t.Name.Replace(".default.", ".");
+                if (!n.StartsWith("base_model.model.")) { problems.Add($"unexpected tensor '{t.Name}'"); continue; }
+                n = n["base_model.model.".Length..];
+                if (shapes.TryGetValue(n, out var full)) // modules_to_save copy
+                {
+                    if (!t.Shape.Select(d => (int)d).SequenceEqual(full)) problems.Add($"tensor '{t.Name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", full)}]");
+                    continue;
+                }
+                string? baseName = n.EndsWith(".lora_A.weight") ? n[..^".lora_A.weight".Length] : n.EndsWith(".lora_B.weight") ? n[..^".lora_B.weight".Length] : n.EndsWith(".lora_magnitude_vector") ? n[..^".lora_magnitude_vector".Length] : null;
+                if (baseName == null || !shapes.TryGetValue(baseName + ".weight", out var w)) { problems.Add($"tensor '{t.Name}' is not an adapter of a projection of this model"); continue; }
+                int[] expected = n.EndsWith(".lora_A.weight") ? new[] { config.R, w[1] } : n.EndsWith(".lora_B.weight") ? new[] { w[0], config.R } : new[] { w[0] };
+                if (!t.Shape.Select(d => (int)d).SequenceEqual(expected)) problems.Add($"tensor '{t.Name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", expected)}]");
+            }
+            if (problems.Count > 0) throw new InvalidDataException($"{file.Path}: the adapter does not fit {model.ModelType} ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
+            return new AdapterFile(dir, config, file, weight);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+}
