@@ -130,4 +130,20 @@ internal static class Commands
         Console.WriteLine($"merged {string.Join(" + ", o.Adapters)} into {o.Model} -> {o.Out} ({dtype.Name()})");
         return 0;
     }
+
+    public static int Plan(PlanOptions o)
+    {
+        if (o.Method is not ("full" or "lora" or "qlora")) throw new ArgumentException($"--method must be full, lora or qlora, got '{o.Method}'");
+        var config = Training.ModelPresets.Resolve(o.Model);
+        var lora = new Lora.LoraConfig { R = o.R };
+        var e = Training.MemoryEstimate.For(config, lora, DTypeInfo.Parse(o.DType), o.MicroBatch, o.Seq, !o.NoCheckpointing, o.Cpu, method: o.Method);
+        Console.WriteLine($"{o.Model}, {o.Method}, {o.DType}, micro-batch {o.MicroBatch} × {o.Seq} tokens, checkpointing {!o.NoCheckpointing}:");
+        Console.WriteLine($"  weights             {Training.MemoryEstimate.Gb(e.Weights)}");
+        Console.WriteLine($"  trainable+optimizer {Training.MemoryEstimate.Gb(e.Adapter)}");
+        Console.WriteLine($"  activations         {Training.MemoryEstimate.Gb(e.Activations)}");
+        Console.WriteLine($"  loss phase          {Training.MemoryEstimate.Gb(e.Logits)}");
+        Console.WriteLine($"  backward phase      {Training.MemoryEstimate.Gb(e.Workspace)}");
+        Console.WriteLine($"  peak                {Training.MemoryEstimate.Gb(e.Total)}");
+        return 0;
+    }
 }

@@ -123,3 +123,31 @@ public sealed class MergeOptions : DeviceOptions
     [Option("max-shard-size", Default = 5L << 30, HelpText = "Shard the safetensors above this many bytes.")]
     public long MaxShardSize { get; set; } = 5L << 30;
 }
+
+[Verb("plan", HelpText = "Predict peak training memory from a model config or preset.")]
+public sealed class PlanOptions
+{
+    [Option("model", Required = true, HelpText = "Model directory or preset: llama3-8b, llama3-70b, mistral-7b.")]
+    public string Model { get; set; } = "";
+
+    [Option("method", Default = "lora", HelpText = "full, lora or qlora.")]
+    public string Method { get; set; } = "lora";
+
+    [Option("seq", Default = 2048, HelpText = "Sequence length.")]
+    public int Seq { get; set; } = 2048;
+
+    [Option("micro-batch", Default = 4, HelpText = "Micro-batch size.")]
+    public int MicroBatch { get; set; } = 4;
+
+    [Option("rank", Default = 16, HelpText = "LoRA rank (all seven projections).")]
+    public int R { get; set; } = 16;
+
+    [Option("dtype", Default = "bf16", HelpText = "Compute dtype.")]
+    public string DType { get; set; } = "bf16";
+
+    [Option("no-checkpointing", HelpText = "Plan without gradient checkpointing.")]
+    public bool NoCheckpointing { get; set; }
+
+    [Option("cpu", HelpText = "Plan the CPU path (attention scratch of T×T per head).")]
+    public bool Cpu { get; set; }
+}

@@ -3,7 +3,7 @@ using NativeLora.Cli;
 
 // The `nativelora` command: one verb per operation. Errors are printed without a stack trace
 // (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
-return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions>(args)
+return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions>(args)
     .MapResult(
         (InfoOptions o) => Run(() => Commands.Info(o)),
         (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
@@ -12,6 +12,7 @@ return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOpt
         (GenerateOptions o) => Run(() => Commands.Generate(o)),
         (TrainOptions o) => Run(() => TrainCommand.Run(o)),
         (MergeOptions o) => Run(() => Commands.Merge(o)),
+        (PlanOptions o) => Run(() => Commands.Plan(o)),
         _ => 2);
 
 static int Run(Func<int> command)

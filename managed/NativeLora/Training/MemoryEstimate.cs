@@ -5,36 +5,57 @@ using NativeLora.Tensors;
 namespace NativeLora.Training;
 
 /// <summary>
-/// Peak training memory predicted from the model config alone, by component (bytes). Counts what
-/// this engine allocates: frozen weights in the compute dtype, the adapter in f32 with gradient and
-/// two AdamW moments, each layer's saved activations (only its input when checkpointing, plus one
-/// layer being recomputed), the f32 logits chunk of the loss, and attention scratch.
+/// Peak training memory predicted from the model config alone (bytes), following what this engine
+/// allocates in one optimizer step:
+///   Weights      frozen base weights in the compute dtype (NF4 for QLoRA: 4.127 bits/parameter);
+///   Adapter      trainable tensors in f32 with gradient and AdamW's two moments (+ compute copies);
+///   Activations  every layer's input/output, plus each layer's saved tensors (only the one being
+///                recomputed with gradient checkpointing);
+///   Logits       the loss phase: the f32 logits chunk (+ its compute-dtype gradient) and hidden-size buffers;
+///   Workspace    the backward phase: one layer's gradient temporaries and attention scratch.
+/// The peak is the persistent part plus the larger of the loss and backward phases. The test suite
+/// checks it against the allocator's measured peak on real training steps.
 /// </summary>
 public sealed record MemoryEstimate(long Weights, long Adapter, long Activations, long Logits, long Workspace)
 {
-    public long Total => Weights + Adapter + Activations + Logits + Workspace;
+    public long Total => Weights + Adapter + Activations + Math.Max(Logits, Workspace);
 
-    public static MemoryEstimate For(ModelConfig c, LoraConfig lora, DType dtype, int microBatch, int seqLen, bool checkpointing, bool cpuAttention, int ceChunkRows = 1024)
+    public static MemoryEstimate For(ModelConfig c, LoraConfig lora, DType dtype, int microBatch, int seqLen, bool checkpointing, bool cpuAttention,
+        int ceChunkRows = 1024, string method = "lora")
     {
         long e = dtype.SizeOf();
-        long weights = CausalLm.ExpectedParameters(c).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b)) * e;
-        long trainable = LoraAdapter.CountTrainable(c, lora);
-        long adapter = trainable * 4 * 4 + (dtype == DType.F32 ? 0 : trainable * e); // f32 master, grad, m, v (+ compute copy)
         long n = (long)microBatch * seqLen;
-        // what one layer's forward keeps: xn, q, k, v, o, h, hn, gate, up, m (+ lse, rstd) and the adapters' z
+        long parameters = CausalLm.ExpectedParameters(c).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
+        long weights = method == "qlora" ? (long)Math.Ceiling(parameters * (4.0 + 8.0 / 64 + 32.0 / (64 * 256)) / 8) : parameters * e;
+        long trainable = method == "full" ? parameters : LoraAdapter.CountTrainable(c, lora);
+        // f32 master, gradient and two moments per trainable parameter, plus a compute-dtype copy for
+        // adapters (full fine-tuning's compute copy is the weights themselves)
+        long adapter = trainable * 4 * 4 + (dtype == DType.F32 || method == "full" ? 0 : trainable * e);
+        // persistent besides weights: RoPE cos/sin tables (f32), the batch's ids/positions/segments/labels
+        long persistent = 2L * c.MaxPositionEmbeddings * (c.HeadDim / 2) * 4 + 4 * n * 4;
+
+        int targets = lora.TargetModules.Length;
+        // saved by one layer's forward: xn, h, hn [D]; q, o [QD]; k, v [KVD]; gate, up, m [I]; rstd×2, lse; the adapters' z
         long perLayer = n * e * (3L * c.HiddenSize + 2L * c.QDim + 2L * c.KvDim + 3L * c.IntermediateSize)
-                        + n * 4 * (2 + c.NumHeads) + n * e * lora.R * lora.TargetModules.Length;
-        long layerInputs = (c.NumLayers + 1) * n * c.HiddenSize * e;
-        long activations = checkpointing ? layerInputs + perLayer : layerInputs + perLayer * c.NumLayers;
+                        + n * 4 * 2 + (long)microBatch * c.NumHeads * seqLen * 4 + n * e * lora.R * targets;
+        long hidden = (c.NumLayers + 1) * n * c.HiddenSize * e;
+        long activations = hidden + (checkpointing ? 0 : perLayer * c.NumLayers) + persistent;
+
         long rows = Math.Min(ceChunkRows, n);
-        long logits = rows * c.VocabSize * (4 + (dtype == DType.F32 ? 0 : e));
-        // backward temporaries of one layer (gradients of the same tensors) and CPU attention's [B, T, T] f32 scratch ×2
-        long workspace = perLayer + (cpuAttention ? 2L * microBatch * seqLen * (long)seqLen * 4 : 0);
-        return new MemoryEstimate(weights, adapter, activations, logits, workspace);
+        long lossPhase = 2 * n * c.HiddenSize * e + n * 4 + n * 4 + rows * c.VocabSize * 4 + (e == 4 ? 0 : rows * c.VocabSize * e) + rows * 4;
+
+        long attentionScratch = cpuAttention ? 2L * microBatch * seqLen * (long)seqLen * 4 : (long)microBatch * c.NumHeads * seqLen * 4;
+        int widest = Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
+        long loraBackward = lora.Dropout > 0 ? n * e * (2L * widest + lora.R) : n * e * lora.R;
+        long layerBackward = n * e * (3L * c.IntermediateSize + 2L * c.HiddenSize + 2L * c.QDim + 2L * c.KvDim)
+                             + Math.Max(attentionScratch, n * e * c.HiddenSize + loraBackward);
+        long backwardPhase = 4 * n * c.HiddenSize * e + n * 4 + layerBackward + (checkpointing ? perLayer + n * c.HiddenSize * e : 0);
+        return new MemoryEstimate(weights, adapter, activations, lossPhase, backwardPhase);
     }
 
     public override string ToString() =>
-        $"{Gb(Total)} (weights {Gb(Weights)}, adapter+optimizer {Gb(Adapter)}, activations {Gb(Activations)}, logits {Gb(Logits)}, workspace {Gb(Workspace)})";
+        $"{Gb(Total)} (weights {Gb(Weights)}, trainable+optimizer {Gb(Adapter)}, activations {Gb(Activations)}, " +
+        $"then the larger of loss phase {Gb(Logits)} and backward phase {Gb(Workspace)})";
 
     public static string Gb(long bytes) => bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):F2} GiB" : $"{bytes / (double)(1 << 20):F1} MiB";
 }

@@ -76,6 +76,16 @@ public class CliTests
         Assert.That(stderr, Does.Contain("r must be ≥ 1"));
     }
 
+    [TestCase("llama3-8b", "qlora")]
+    [TestCase("mistral-7b", "lora")]
+    [TestCase("llama3-70b", "full")]
+    public void PlanPrintsAPeakForPresets(string preset, string method)
+    {
+        var (code, stdout, stderr) = Run("plan", "--model", preset, "--method", method, "--micro-batch", "1");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("peak").And.Contain("GiB"));
+    }
+
     [Test]
     public void TrainDryRunPrintsTheTrainableRatioAndTheResolvedConfig()
     {
