@@ -71,4 +71,31 @@ public class LearningTests
             Directory.Delete(dir, true);
         }
     }
+
+    /// <summary>The GPU path's mixed precision (bf16 activations and frozen weights, f32 adapter masters and optimizer), run with the GPU kernel variants on the CPU.</summary>
+    [Test]
+    public void Bf16MixedPrecisionLearnsToo()
+    {
+        var dir = Directory.CreateTempSubdirectory("nl-bf16-").FullName;
+        try
+        {
+            var (train, val, _) = SyntheticTask(13);
+            using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3, NativeLora.Tensors.DType.BF16);
+            model.Kernels = TestDevice.Variant(gpu: true);
+            var cfg = FastConfig(dir) with { Epochs = 4 };
+            using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+            Assert.That(adapter.Modules[0].ACompute.DType, Is.EqualTo(NativeLora.Tensors.DType.BF16));
+            Assert.That(adapter.Modules[0].A.DType, Is.EqualTo(NativeLora.Tensors.DType.F32));
+            var trainer = new Trainer(cfg, model, adapter, train, val);
+            double before = trainer.ValidationLoss();
+            trainer.Run(resume: false);
+            double after = trainer.ValidationLoss();
+            TestContext.Progress.WriteLine($"bf16: validation loss {before:F3} -> {after:F3}");
+            Assert.That(after, Is.LessThan(before * 0.5));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
 }
