@@ -1,0 +1,160 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using NativeLora.Devices;
+using NativeLora.Lora;
+using NativeLora.Model;
+using NativeLora.Tensors;
+using NativeLora.Training;
+
+namespace NativeLora.Bench;
+
+/// <summary>
+/// `nativelora-bench train`: end-to-end LoRA training throughput on random weights and tokens —
+/// warm-up, then timed optimizer steps in repetitions — with the phase split, memory, model FLOPs
+/// utilisation against the GEMM peak measured in the same run, and (with --peer torch) the same
+/// step in PyTorch on the same machine, reported as a ratio of medians.
+/// </summary>
+public static class TrainBench
+{
+    public static int Run(string[] args)
+    {
+        string Arg(string name, string def)
+        {
+            int i = Array.IndexOf(args, "--" + name);
+            return i >= 0 && i + 1 < args.Length ? args[i + 1] : def;
+        }
+        var root = FindRoot();
+        string modelArg = Arg("model", "tiny-bench");
+        string configPath = File.Exists(Path.Combine(root, "bench", "configs", modelArg + ".json")) ? Path.Combine(root, "bench", "configs", modelArg + ".json") : Path.Combine(modelArg, "config.json");
+        var config = ModelConfig.Load(configPath);
+        int seq = int.Parse(Arg("seq", "128")), micro = int.Parse(Arg("micro-batch", "4")), steps = int.Parse(Arg("steps", "10"));
+        int warmup = int.Parse(Arg("warmup", "3")), reps = int.Parse(Arg("reps", "3")), r = int.Parse(Arg("r", "16"));
+        string targets = Arg("targets", "q_proj,v_proj"), peer = Arg("peer", "none"), method = Arg("method", "lora");
+        int peerThreads = int.Parse(Arg("peer-threads", Environment.ProcessorCount.ToString())); // torch here defaults to 1 thread
+        if (method != "lora") throw new ArgumentException($"--method {method}: only lora is implemented");
+
+        using var device = ComputeDevice.Open(ComputeDevice.ParseKind(Arg("device", "auto")));
+        var dtype = device.ResolveDType(Arg("dtype", "auto"));
+        var weights = RandomInit.Create(config, 0);
+        var parameters = CausalLm.ExpectedParameters(config).ToDictionary(p => p.Name, p =>
+        {
+            var t = device.Allocate(dtype, p.Shape);
+            t.CopyFromFloats(weights[p.Name]);
+            return t;
+        });
+        using var model = new CausalLm(device, config, parameters) { GradientCheckpointing = false };
+        var lora = new LoraConfig { R = r, Alpha = 2 * r, Dropout = 0, TargetModules = targets.Split(',') };
+        using var adapter = LoraAdapter.Attach(model, lora, 0);
+        adapter.SetTraining(true);
+        using var optimizer = new AdamWOptimizer(device, adapter.Trainables());
+        var rng = new Random(0);
+        TokenBatch MakeBatch() => TokenBatch.FromSequences(Enumerable.Range(0, micro).Select(_ => Enumerable.Range(0, seq).Select(_ => rng.Next(config.VocabSize)).ToArray()).ToArray());
+
+        void Step(out double dataMs, out double fbMs, out double optMs)
+        {
+            var sw = Stopwatch.StartNew();
+            var batch = MakeBatch();
+            dataMs = sw.Elapsed.TotalMilliseconds;
+            sw.Restart();
+            optimizer.ZeroGradients();
+            model.ForwardBackward(batch);
+            device.Synchronize();
+            fbMs = sw.Elapsed.TotalMilliseconds;
+            sw.Restart();
+            double norm = optimizer.GradientNorm();
+            optimizer.Step(2e-4f, (float)Math.Min(1.0, 1.0 / (norm + 1e-6)));
+            adapter.SyncCompute(model.Kernels);
+            device.Synchronize();
+            optMs = sw.Elapsed.TotalMilliseconds;
+        }
+
+        for (int i = 0; i < warmup; i++) Step(out _, out _, out _);
+        var tps = new List<double>();
+        double data = 0, fb = 0, opt = 0;
+        device.ResetPeak();
+        for (int rep = 0; rep < reps; rep++)
+        {
+            var sw = Stopwatch.StartNew();
+            for (int s = 0; s < steps; s++)
+            {
+                Step(out var d, out var f, out var o);
+                data += d; fb += f; opt += o;
+            }
+            tps.Add(micro * seq * steps / sw.Elapsed.TotalSeconds);
+        }
+        int n = reps * steps;
+        var fwdBatch = MakeBatch();
+        var swf = Stopwatch.StartNew();
+        for (int i = 0; i < steps; i++) model.Loss(fwdBatch);
+        device.Synchronize();
+        double fwdMs = swf.Elapsed.TotalMilliseconds / steps;
+        double fbAvg = fb / n;
+
+        // model FLOPs per step: frozen matmuls forward + their dX backward (4·P), adapter weights 6·P_lora, attention 3 × 4·B·H·T²·hd
+        long linearParams = CausalLm.ExpectedParameters(config).Where(p => p.Shape.Length == 2 && p.Name != "model.embed_tokens.weight").Sum(p => (long)p.Shape[0] * p.Shape[1]);
+        double tokens = (double)micro * seq;
+        double flops = (4.0 * linearParams + 6.0 * adapter.TrainableParameters) * tokens + 3 * 4.0 * micro * config.NumHeads * (double)seq * seq * config.HeadDim * config.NumLayers;
+        double peak = MeasureGemmPeak(device);
+        double median = Median(tps);
+        double stepMs = micro * seq / median * 1000;
+        Console.WriteLine($"device: {device.Description}; model {modelArg} ({Path.GetFileName(configPath)}), {dtype.Name()}, LoRA r {r} on {targets}, seq {seq} × micro-batch {micro}");
+        Console.WriteLine($"nativelora: {median:F0} tokens/s median of {reps} × {steps} steps (spread {tps.Min():F0}–{tps.Max():F0}); {stepMs:F1} ms/step");
+        Console.WriteLine($"  phases per step: data {data / n:F2} ms, forward {fwdMs:F1} ms (separate forward pass), backward {Math.Max(0, fbAvg - fwdMs):F1} ms (forward+backward {fbAvg:F1} minus forward), optimizer {opt / n:F2} ms");
+        Console.WriteLine($"  peak live tensor memory {device.PeakLiveBytes / (1 << 20):F1} MiB; model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured f32 GEMM peak {peak:F0} GFLOP/s");
+        if (peer == "torch")
+        {
+            var result = RunTorch(root, configPath, seq, micro, steps, warmup, reps, r, targets, peerThreads);
+            var peerTps = result["tokens_per_s"]!.AsArray().Select(x => (double)x!).ToList();
+            double pm = Median(peerTps);
+            Console.WriteLine($"pytorch {result["torch"]} ({result["threads"]} threads): {pm:F0} tokens/s median (spread {peerTps.Min():F0}–{peerTps.Max():F0})");
+            Console.WriteLine($"ratio nativelora / pytorch: {median / pm:F2} (range {tps.Min() / peerTps.Max():F2}–{tps.Max() / peerTps.Min():F2})");
+        }
+        return 0;
+    }
+
+    private static JsonObject RunTorch(string root, string config, int seq, int micro, int steps, int warmup, int reps, int r, string targets, int threads)
+    {
+        var psi = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Path.Combine(root, "bench", "peer", "torch_lora_step.py"), config, "--seq", seq.ToString(), "--micro-batch", micro.ToString(),
+                     "--steps", steps.ToString(), "--warmup", warmup.ToString(), "--reps", reps.ToString(), "--r", r.ToString(), "--alpha", (2 * r).ToString(), "--targets", targets, "--threads", threads.ToString() })
+            psi.ArgumentList.Add(a);
+        psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start /usr/bin/python3");
+        var stdout = p.StandardOutput.ReadToEnd();
+        var stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0)
+            throw new InvalidOperationException($"the PyTorch peer failed (install Debian's python3-torch: apt-get install python3-torch):\n{stderr}");
+        return JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
+    }
+
+    private static double MeasureGemmPeak(ComputeDevice device)
+    {
+        const int size = 1024;
+        using var a = device.Allocate(DType.F32, size, size);
+        using var b = device.Allocate(DType.F32, size, size);
+        using var c = device.Allocate(DType.F32, size, size);
+        a.CopyFrom<float>(new float[size * size]);
+        b.CopyFrom<float>(new float[size * size]);
+        Gemm.Run(a, b, c);
+        device.Synchronize();
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 5; i++) Gemm.Run(a, b, c);
+        device.Synchronize();
+        return 2.0 * size * size * (double)size * 5 / sw.Elapsed.TotalSeconds / 1e9;
+    }
+
+    private static double Median(List<double> x)
+    {
+        var s = x.OrderBy(v => v).ToList();
+        return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
+    }
+
+    private static string FindRoot()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "native", "include", "nativelora.h"))) dir = dir.Parent;
+        return dir?.FullName ?? Directory.GetCurrentDirectory();
+    }
+}
