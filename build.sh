@@ -110,5 +110,11 @@ bash "$ROOT/scripts/fetch-tokenizers.sh"
 case "$cmd" in
   test) run_tests ;;
   demo) run_demo ;;
-  bench) dotnet run --project "$ROOT/bench/NativeLora.Bench" -c $CONFIG --no-build -- "${@:2}" ;;
+  bench)
+    # the CPU peer of `nativelora-bench train --peer torch` is Debian's PyTorch under /usr/bin/python3
+    if ! /usr/bin/python3 -c "import torch" 2>/dev/null && [ "$(id -u)" = 0 ]; then
+      log "installing python3-torch (the benchmark's CPU peer)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null
+    fi
+    dotnet "$ART/dotnet/bin/NativeLora.Bench/release/nativelora-bench.dll" "${@:2}" ;;
 esac
