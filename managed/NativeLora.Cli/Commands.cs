@@ -146,4 +146,75 @@ internal static class Commands
         Console.WriteLine($"  peak                {Training.MemoryEstimate.Gb(e.Total)}");
         return 0;
     }
+
+    public static int Eval(EvalOptions o)
+    {
+        var tasks = o.Tasks.Where(t => t.Length > 0).Select(Evaluation.EvalTask.Parse).ToList();
+        if (tasks.Count == 0 && o.Run == null) throw new ArgumentException("give --tasks (e.g. ppl:val.jsonl,arc:arc.jsonl) or --run DIR");
+        var json = new System.Text.Json.Nodes.JsonObject { ["model"] = o.Model, ["adapter"] = o.Adapter };
+        if (o.Run != null)
+        {
+            var metrics = Path.Combine(o.Run, "metrics.jsonl");
+            if (!File.Exists(metrics)) throw new FileNotFoundException($"{o.Run}: no metrics.jsonl", metrics);
+            var history = File.ReadAllLines(metrics).Select(l => System.Text.Json.JsonSerializer.Deserialize<Training.StepMetrics>(l, Training.Trainer.MetricsJson)!).ToList();
+            var overfit = Evaluation.OverfitReport.Analyze(history);
+            Console.WriteLine($"overfitting ({metrics}): {overfit.Summary}");
+            json["overfitting"] = overfit.Summary;
+        }
+        if (tasks.Count > 0)
+        {
+            using var device = OpenDevice(o);
+            using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
+            using var tok = Text.HfTokenizer.Load(o.Model);
+            SortedDictionary<string, double>? before = null;
+            if (o.Baseline || o.Adapter == null)
+                before = Evaluation.EvalRunner.Run(model, tok, tasks, o.MaxSeqLen, o.MaxNewTokens, m => Console.Error.WriteLine($"[base] {m}"));
+            SortedDictionary<string, double> after = before!;
+            if (o.Adapter != null)
+            {
+                using var adapter = Lora.LoraAdapter.Load(model, o.Adapter);
+                after = Evaluation.EvalRunner.Run(model, tok, tasks, o.MaxSeqLen, o.MaxNewTokens, m => Console.Error.WriteLine($"[adapter] {m}"));
+            }
+            var baseline = o.Adapter != null && o.Baseline ? before : null;
+            Console.WriteLine(Evaluation.EvalRunner.Markdown(after, baseline));
+            json["measures"] = new System.Text.Json.Nodes.JsonObject(after.Select(kv => KeyValuePair.Create(kv.Key, (System.Text.Json.Nodes.JsonNode?)kv.Value)));
+            if (baseline != null)
+            {
+                json["baseline"] = new System.Text.Json.Nodes.JsonObject(baseline.Select(kv => KeyValuePair.Create(kv.Key, (System.Text.Json.Nodes.JsonNode?)kv.Value)));
+                var warnings = Evaluation.EvalRunner.Degradation(after, baseline, o.DegradationThreshold);
+                foreach (var w in warnings) Console.WriteLine($"warning: {w}");
+                json["warnings"] = new System.Text.Json.Nodes.JsonArray(warnings.Select(w => (System.Text.Json.Nodes.JsonNode?)w).ToArray());
+            }
+            if (o.Out != null)
+            {
+                var md = Path.ChangeExtension(o.Out, ".md");
+                File.WriteAllText(md, Evaluation.EvalRunner.Markdown(after, baseline) + "\n");
+                WritePlot(Path.ChangeExtension(o.Out, ".png"), after, baseline);
+            }
+        }
+        if (o.Out != null)
+        {
+            File.WriteAllText(o.Out, json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine($"report: {o.Out}");
+        }
+        return 0;
+    }
+
+    // before/after bars of every measure on a 0..max scale each (values side by side per measure)
+    private static void WritePlot(string path, IReadOnlyDictionary<string, double> after, IReadOnlyDictionary<string, double>? before)
+    {
+        var plot = new ScottPlot.Plot();
+        var keys = after.Keys.Where(k => !k.EndsWith(".tokens")).ToList();
+        var ticks = new List<ScottPlot.Tick>();
+        for (int i = 0; i < keys.Count; i++)
+        {
+            if (before != null && before.TryGetValue(keys[i], out var b))
+                plot.Add.Bar(new ScottPlot.Bar { Position = 3 * i, Value = b, FillColor = ScottPlot.Colors.Gray });
+            plot.Add.Bar(new ScottPlot.Bar { Position = 3 * i + 1, Value = after[keys[i]], FillColor = ScottPlot.Colors.SteelBlue });
+            ticks.Add(new ScottPlot.Tick(3 * i + 0.5, keys[i]));
+        }
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(ticks.ToArray());
+        plot.Title(before != null ? "before (gray) / after (blue)" : "evaluation");
+        plot.SavePng(path, Math.Max(600, 120 * keys.Count), 450);
+    }
 }

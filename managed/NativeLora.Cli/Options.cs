@@ -151,3 +151,37 @@ public sealed class PlanOptions
     [Option("cpu", HelpText = "Plan the CPU path (attention scratch of T×T per head).")]
     public bool Cpu { get; set; }
 }
+
+[Verb("eval", HelpText = "Evaluate a model (and adapter) on perplexity, BLEU/ROUGE and multiple-choice tasks.")]
+public sealed class EvalOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "HF model directory.")]
+    public string Model { get; set; } = "";
+
+    [Option("adapter", HelpText = "PEFT adapter directory.")]
+    public string? Adapter { get; set; }
+
+    [Option("tasks", Separator = ',', HelpText = "kind:file list: ppl, bleu, rouge, arc, hellaswag, mmlu (mmlu:test.jsonl@dev.jsonl), truthfulqa.")]
+    public IEnumerable<string> Tasks { get; set; } = Array.Empty<string>();
+
+    [Option("baseline", HelpText = "Also evaluate the base model and report the change.")]
+    public bool Baseline { get; set; }
+
+    [Option("out", HelpText = "Report JSON path (a .md table and a .png plot are written beside it).")]
+    public string? Out { get; set; }
+
+    [Option("run", HelpText = "A training output directory: report overfitting from its metrics.jsonl.")]
+    public string? Run { get; set; }
+
+    [Option("max-new-tokens", Default = 128, HelpText = "Generation length for BLEU/ROUGE.")]
+    public int MaxNewTokens { get; set; } = 128;
+
+    [Option("max-seq-len", Default = 2048, HelpText = "Perplexity window.")]
+    public int MaxSeqLen { get; set; } = 2048;
+
+    [Option("degradation-threshold", Default = 0.02, HelpText = "Warn when a benchmark's accuracy drops by more than this.")]
+    public double DegradationThreshold { get; set; } = 0.02;
+
+    [Option("dtype", Default = "auto", HelpText = "Compute dtype.")]
+    public string DType { get; set; } = "auto";
+}

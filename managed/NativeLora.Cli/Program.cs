@@ -3,7 +3,7 @@ using NativeLora.Cli;
 
 // The `nativelora` command: one verb per operation. Errors are printed without a stack trace
 // (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
-return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions>(args)
+return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions, EvalOptions>(args)
     .MapResult(
         (InfoOptions o) => Run(() => Commands.Info(o)),
         (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
@@ -13,6 +13,7 @@ return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOpt
         (TrainOptions o) => Run(() => TrainCommand.Run(o)),
         (MergeOptions o) => Run(() => Commands.Merge(o)),
         (PlanOptions o) => Run(() => Commands.Plan(o)),
+        (EvalOptions o) => Run(() => Commands.Eval(o)),
         _ => 2);
 
 static int Run(Func<int> command)

@@ -171,4 +171,41 @@ public static class DatasetReader
         int nVal = fraction <= 0 || order.Length < 2 ? 0 : Math.Max(1, (int)Math.Round(order.Length * fraction));
         return (order.Skip(nVal).ToList(), order.Take(nVal).ToList());
     }
+
+    /// <summary>
+    /// Rows as (prompt messages, reference answer) for generation measures: Alpaca's instruction(+input)
+    /// and output; a conversation's turns before its last assistant turn and that turn's text.
+    /// </summary>
+    public static (List<(List<ChatMessage> Prompt, string Reference)> Rows, List<RejectedRow> Malformed) ReadPromptsAndReferences(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"dataset '{path}' does not exist", path);
+        var rows = new List<(List<ChatMessage>, string)>();
+        var bad = new List<RejectedRow>();
+        foreach (var (line, json, error) in Rows(path))
+        {
+            try
+            {
+                if (error != null) throw new FormatException(error);
+                var row = json!.Value;
+                List<ChatMessage> messages;
+                if (row.TryGetProperty("messages", out var m)) messages = Messages(m, "role", "content", r => r);
+                else if (row.TryGetProperty("conversations", out var c)) messages = Messages(c, "from", "value", ShareGptRole);
+                else if (row.TryGetProperty("instruction", out var ins) && row.TryGetProperty("output", out var o))
+                {
+                    var input = row.TryGetProperty("input", out var inp) && inp.ValueKind == JsonValueKind.String ? inp.GetString()! : "";
+                    var user = input.Length > 0 ? Str(ins, "instruction") + "\n\n" + input : Str(ins, "instruction");
+                    messages = new List<ChatMessage> { new("user", user), new("assistant", Str(o, "output")) };
+                }
+                else throw new FormatException("a generation row needs 'messages', 'conversations' or 'instruction'/'output'");
+                int last = messages.FindLastIndex(x => x.Role == "assistant");
+                if (last < 1) throw new FormatException("the row has no assistant answer after a prompt");
+                rows.Add((messages.Take(last).ToList(), messages[last].Content ?? ""));
+            }
+            catch (Exception e) when (e is FormatException or InvalidOperationException or JsonException)
+            {
+                bad.Add(new RejectedRow(path, line, e.Message));
+            }
+        }
+        return (rows, bad);
+    }
 }

@@ -117,5 +117,24 @@ public class CliTests
         foreach (var f in new[] { "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "metrics.jsonl", "loss.png", "checkpoint-3/trainer_state.json", "train_config.json" })
             Assert.That(File.Exists(Path.Combine(outDir, f)), Is.True, f);
         Assert.That(File.ReadAllLines(Path.Combine(outDir, "metrics.jsonl")), Has.Length.EqualTo(3));
+
+        // evaluation before/after on the same model: perplexity, BLEU/ROUGE, an ARC-shaped file, the overfit report
+        var arc = Path.Combine(_dir, "arc.jsonl");
+        File.WriteAllLines(arc, new[]
+        {
+            """{"question": "What is 2 + 2?", "choices": {"text": ["3", "4", "5"], "label": ["A", "B", "C"]}, "answerKey": "B"}""",
+            """{"question": "Which is a color?", "choices": {"text": ["blue", "seven"], "label": ["A", "B"]}, "answerKey": "A"}""",
+            """{"question": "broken row"}""",
+        });
+        var report = Path.Combine(_dir, "eval.json");
+        (code, stdout, stderr) = Run("eval", "--model", model, "--adapter", Path.Combine(outDir, "adapter"), "--baseline",
+            "--tasks", $"ppl:{data},bleu:{data},rouge:{data},arc:{arc}", "--max-new-tokens", "4", "--max-seq-len", "64", "--out", report, "--run", outDir);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("| measure | base | fine-tuned | change |").And.Contain("| ppl |").And.Contain("| arc.acc |").And.Contain("| rougeL |").And.Contain("| bleu |"));
+        Assert.That(stderr, Does.Contain("arc.jsonl:3:"));
+        Assert.That(stdout, Does.Contain("overfitting"));
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(report))!;
+        Assert.That((double)json["measures"]!["ppl"]! > 1 && (double)json["baseline"]!["ppl"]! > 1, Is.True);
+        Assert.That(File.Exists(Path.ChangeExtension(report, ".png")) && File.Exists(Path.ChangeExtension(report, ".md")), Is.True);
     }
 }

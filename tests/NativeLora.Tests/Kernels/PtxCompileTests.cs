@@ -23,7 +23,7 @@ public class PtxCompileTests
     public void CreateBackend()
     {
         s_context = Context.Create(b => b.Default().EnableAlgorithms());
-        s_backend = new PTXBackend(s_context, CudaArchitecture.SM_80, CudaInstructionSet.ISA_80, null);
+        s_backend = new PTXBackend(s_context, CudaArchitecture.SM_80, CudaInstructionSet.ISA_80, null!);
     }
 
     [OneTimeTearDown]
