@@ -114,7 +114,7 @@ public static class GgufQuantMix
             GgmlType.Q5_K => GgmlType.Q5_1,
             GgmlType.Q6_K => GgmlType.Q8_0,
             GgmlType.Q2_K or GgmlType.Q3_K => GgmlType.Q4_0,
-            _ => throw new InvalidOperationException($"no fallback for {type} with rows of {columns}"),
+            _ => GgmlType.F16, // 32-element block types (Q8_0, Q4_0, ...) on rows that are not whole blocks
         };
         return columns % GgmlTypes.BlockSize(fallback) == 0 ? fallback : GgmlType.F16;
     }
