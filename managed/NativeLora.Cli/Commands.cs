@@ -217,4 +217,43 @@ internal static class Commands
         plot.Title(before != null ? "before (gray) / after (blue)" : "evaluation");
         plot.SavePng(path, Math.Max(600, 120 * keys.Count), 450);
     }
+
+    public static int ExportGguf(ExportGgufOptions o)
+    {
+        var type = Export.GgufExport.ParseType(o.Type);
+        using var device = OpenDevice(o);
+        Export.GgufExport.Run(device, o.Model, o.Adapter, o.Out, type);
+        Console.WriteLine($"wrote {o.Out} ({o.Type}, {new FileInfo(o.Out).Length:N0} bytes)");
+        return 0;
+    }
+
+    public static int Inspect(InspectOptions o)
+    {
+        if (!File.Exists(o.File)) throw new FileNotFoundException($"'{o.File}' does not exist", o.File);
+        using var probe = File.OpenRead(o.File);
+        var magic = new byte[4];
+        int got = probe.Read(magic, 0, 4);
+        probe.Close();
+        if (got == 4 && magic[0] == 'G' && magic[1] == 'G' && magic[2] == 'U' && magic[3] == 'F')
+        {
+            using var g = Gguf.GgufFile.Open(o.File);
+            Console.WriteLine($"{o.File}: GGUF v{g.Version}, alignment {g.Alignment}, {g.Metadata.Count} metadata keys, {g.Tensors.Count} tensors, data at byte {g.DataOffset:N0}");
+            foreach (var (key, value) in g.Metadata)
+            {
+                var text = value.ToString() ?? "";
+                Console.WriteLine($"  {key} = {(text.Length > 120 ? text[..117] + "..." : text)}");
+            }
+            foreach (var t in g.Tensors.Take(o.MaxTensors))
+                Console.WriteLine($"  {t.Name,-32} {t.Type,-6} [{string.Join(", ", t.Dimensions)}] at {t.Offset:N0}, {t.ByteLength:N0} bytes");
+            if (g.Tensors.Count > o.MaxTensors) Console.WriteLine($"  ... {g.Tensors.Count - o.MaxTensors} more");
+            return 0;
+        }
+        using var f = SafeTensors.SafeTensorsFile.Open(o.File);
+        Console.WriteLine($"{o.File}: safetensors, header {f.HeaderLength:N0} bytes, {f.Tensors.Count} tensors, {f.DataLength:N0} data bytes");
+        foreach (var (k, v) in f.Metadata) Console.WriteLine($"  __metadata__.{k} = {v}");
+        foreach (var t in f.Tensors.Take(o.MaxTensors))
+            Console.WriteLine($"  {t.Name,-60} {t.DType,-5} [{string.Join(", ", t.Shape)}] bytes {t.DataBegin:N0}..{t.DataEnd:N0}");
+        if (f.Tensors.Count > o.MaxTensors) Console.WriteLine($"  ... {f.Tensors.Count - o.MaxTensors} more");
+        return 0;
+    }
 }

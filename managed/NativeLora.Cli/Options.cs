@@ -185,3 +185,29 @@ public sealed class EvalOptions : DeviceOptions
     [Option("dtype", Default = "auto", HelpText = "Compute dtype.")]
     public string DType { get; set; } = "auto";
 }
+
+[Verb("export-gguf", HelpText = "Write a GGUF file (llama.cpp, Ollama) from an HF model directory and an optional adapter.")]
+public sealed class ExportGgufOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "HF model directory.")]
+    public string Model { get; set; } = "";
+
+    [Option("adapter", HelpText = "PEFT adapter to merge in first.")]
+    public string? Adapter { get; set; }
+
+    [Option("out", Required = true, HelpText = "Output .gguf path.")]
+    public string Out { get; set; } = "";
+
+    [Option("type", Default = "f16", HelpText = "f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k.")]
+    public string Type { get; set; } = "f16";
+}
+
+[Verb("inspect", HelpText = "Print the header, metadata and tensor table of a safetensors or GGUF file.")]
+public sealed class InspectOptions
+{
+    [Value(0, MetaName = "FILE", Required = true, HelpText = "A .safetensors or .gguf file.")]
+    public string File { get; set; } = "";
+
+    [Option("max-tensors", Default = 50, HelpText = "Tensors to list at most.")]
+    public int MaxTensors { get; set; } = 50;
+}

@@ -3,7 +3,7 @@ using NativeLora.Cli;
 
 // The `nativelora` command: one verb per operation. Errors are printed without a stack trace
 // (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
-return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions, EvalOptions>(args)
+return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions, EvalOptions, ExportGgufOptions, InspectOptions>(args)
     .MapResult(
         (InfoOptions o) => Run(() => Commands.Info(o)),
         (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
@@ -14,6 +14,8 @@ return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOpt
         (MergeOptions o) => Run(() => Commands.Merge(o)),
         (PlanOptions o) => Run(() => Commands.Plan(o)),
         (EvalOptions o) => Run(() => Commands.Eval(o)),
+        (ExportGgufOptions o) => Run(() => Commands.ExportGguf(o)),
+        (InspectOptions o) => Run(() => Commands.Inspect(o)),
         _ => 2);
 
 static int Run(Func<int> command)

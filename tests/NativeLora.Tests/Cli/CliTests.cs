@@ -76,6 +76,27 @@ public class CliTests
         Assert.That(stderr, Does.Contain("r must be ≥ 1"));
     }
 
+    [Test]
+    public void ExportGgufAndInspectBothFormats()
+    {
+        var model = Path.Combine(_dir, "m");
+        Assert.That(Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
+        var gguf = Path.Combine(_dir, "m.gguf");
+        var (code, stdout, stderr) = Run("export-gguf", "--model", model, "--out", gguf, "--type", "q8_0");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        (code, stdout, stderr) = Run("inspect", gguf);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("GGUF v3").And.Contain("general.architecture").And.Contain("blk.0.attn_q.weight").And.Contain("tokenizer.ggml.model"));
+        (code, stdout, _) = Run("inspect", Path.Combine(model, "model.safetensors"));
+        Assert.That(code, Is.EqualTo(0));
+        Assert.That(stdout, Does.Contain("safetensors").And.Contain("model.layers.0.self_attn.q_proj.weight"));
+        var bad = Path.Combine(_dir, "bad.gguf");
+        File.WriteAllBytes(bad, File.ReadAllBytes(gguf)[..100]);
+        (code, _, stderr) = Run("inspect", bad);
+        Assert.That(code, Is.Not.EqualTo(0));
+        Assert.That(stderr, Does.Contain("error: ").And.Contain("bad.gguf").And.Not.Contain("   at "));
+    }
+
     [TestCase("llama3-8b", "qlora")]
     [TestCase("mistral-7b", "lora")]
     [TestCase("llama3-70b", "full")]
