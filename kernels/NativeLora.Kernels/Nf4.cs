@@ -45,11 +45,16 @@ public static class Nf4
     /// <summary>The thresholds the encoder uses (host copy, for tests and references).</summary>
     public static readonly float[] Thresholds = { T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14 };
 
-    /// <summary>NF4 code of a normalized value (a 4-level decision tree; NaN gives 0 as in bitsandbytes).</summary>
+    /// <summary>
+    /// NF4 code of a normalized value: the number of thresholds below x. bitsandbytes walks a 4-level decision tree
+    /// over the same sorted thresholds, which gives the same code (NaN: 0); counting has no branches and measured
+    /// about twice as fast on ILGPU's CPU accelerator.
+    /// </summary>
     public static int Encode(float x) =>
-        x > T7
-            ? (x > T11 ? (x > T13 ? (x > T14 ? 15 : 14) : (x > T12 ? 13 : 12)) : (x > T9 ? (x > T10 ? 11 : 10) : (x > T8 ? 9 : 8)))
-            : (x > T3 ? (x > T5 ? (x > T6 ? 7 : 6) : (x > T4 ? 5 : 4)) : (x > T1 ? (x > T2 ? 3 : 2) : (x > T0 ? 1 : 0)));
+        Above(x, T0) + Above(x, T1) + Above(x, T2) + Above(x, T3) + Above(x, T4) + Above(x, T5) + Above(x, T6) + Above(x, T7)
+        + Above(x, T8) + Above(x, T9) + Above(x, T10) + Above(x, T11) + Above(x, T12) + Above(x, T13) + Above(x, T14);
+
+    private static int Above(float x, float t) => x > t ? 1 : 0;
 
     /// <summary>
     /// Index of the nearest entry of a sorted 256-entry map, with bitsandbytes' dQuantize rules: the midpoint of two
