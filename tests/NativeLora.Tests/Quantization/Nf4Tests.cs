@@ -278,7 +278,7 @@ public class Nf4Tests
         Assert.That(state.NestedQuantMap!.ToArray<float>(), Is.EqualTo(Nf4.SignedDynamicMap()));
 
         double mean = a.Select(x => (double)x).Average();
-        Assert.That(state.Offset, Is.EqualTo(mean).Within(mean * 1e-6), "offset = mean(absmax) " + what);
+        Assert.That(state.Offset, Is.EqualTo(mean).Within(mean * 2e-5), "offset = mean(absmax) (f32 sums of 256) " + what);
         var map = Nf4.SignedDynamicMap();
         var mapD = map.Select(x => (double)x).ToArray();
         var scale = state.NestedAbsmax!.ToArray<float>();
@@ -304,7 +304,7 @@ public class Nf4Tests
                 if (q[i] != best) Assert.That(NearMidpoint(x, mapD), Is.True, $"absmax {i}: code {q[i]}, reference {best}, x = {x:R}; {what}");
                 Assert.That(r2[i], Is.EqualTo(map[q[i]] * s + state.Offset), $"restored absmax {i}");
                 double err = Math.Abs(r2[i] - a[i]);
-                Assert.That(err, Is.LessThanOrEqualTo(0.5 * maxGap * s * (1 + 1e-5) + 1e-7 * a[i]), $"absmax {i} error; {what}");
+                Assert.That(err, Is.LessThanOrEqualTo(0.5 * maxGap * s * (1 + 1e-4) + 2e-7 * a[i]), $"absmax {i} error; {what}");
                 worst = Math.Max(worst, err / a[i]);
             }
         }
