@@ -220,6 +220,13 @@ internal static class Commands
 
     public static int ExportGguf(ExportGgufOptions o)
     {
+        if (o.AdapterOnly)
+        {
+            if (o.Adapter == null) throw new ArgumentException("--adapter-only needs --adapter");
+            Export.GgufExport.WriteAdapter(o.Model, o.Adapter, o.Out);
+            Console.WriteLine($"wrote {o.Out} (GGUF LoRA adapter, {new FileInfo(o.Out).Length:N0} bytes)");
+            return 0;
+        }
         var type = Export.GgufExport.ParseType(o.Type);
         using var device = OpenDevice(o);
         Export.GgufExport.Run(device, o.Model, o.Adapter, o.Out, type);

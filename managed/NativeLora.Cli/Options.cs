@@ -200,6 +200,9 @@ public sealed class ExportGgufOptions : DeviceOptions
 
     [Option("type", Default = "f16", HelpText = "f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k.")]
     public string Type { get; set; } = "f16";
+
+    [Option("adapter-only", HelpText = "Write only the adapter as a GGUF LoRA (llama.cpp --lora, Ollama ADAPTER).")]
+    public bool AdapterOnly { get; set; }
 }
 
 [Verb("inspect", HelpText = "Print the header, metadata and tensor table of a safetensors or GGUF file.")]

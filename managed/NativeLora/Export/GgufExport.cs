@@ -179,4 +179,50 @@ public static class GgufExport
         for (int i = 0; i < bs.Count; i++) map[bs[i]] = ((char)cs[i]).ToString();
         return map;
     }
+
+    /// <summary>
+    /// A GGUF LoRA adapter as llama.cpp's convert_lora_to_gguf.py writes it, loaded beside the base
+    /// GGUF by llama.cpp (--lora) and Ollama (ADAPTER): general.type "adapter", adapter.type "lora",
+    /// adapter.lora.alpha, and per adapted projection "&lt;gguf name&gt;.lora_a" [r, in] and ".lora_b"
+    /// [out, r] in f32; for the llama architecture only lora_b of q/k is row-permuted (the rows are
+    /// the projection's outputs). llama.cpp scales by alpha/r, so rsLoRA's alpha/√r is written as
+    /// alpha·√r. DoRA and modules_to_save have no llama.cpp adapter form and are rejected.
+    /// </summary>
+    public static void WriteAdapter(string modelDir, string adapterDir, string outPath)
+    {
+        var c = ModelDirectory.ReadConfig(modelDir);
+        string arch = c.ModelType == "qwen2" ? "qwen2" : "llama";
+        var cfgPath = Path.Combine(adapterDir, Lora.LoraAdapter.ConfigFileName);
+        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{adapterDir}: no {Lora.LoraAdapter.ConfigFileName}", cfgPath);
+        var config = Lora.LoraConfig.FromPeftJson(JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject(), cfgPath);
+        if (config.UseDora) throw new NotSupportedException($"{adapterDir}: DoRA adapters have no GGUF adapter form in llama.cpp; merge them (export-gguf --adapter) instead");
+        if (config.ModulesToSave.Length > 0) throw new NotSupportedException($"{adapterDir}: modules_to_save has no GGUF adapter form; merge the adapter instead");
+        using var file = SafeTensorsFile.Open(Path.Combine(adapterDir, Lora.LoraAdapter.WeightsFileName));
+        var w = new GgufWriter();
+        w.Set("general.architecture", arch);
+        w.Set("general.type", "adapter");
+        w.Set("adapter.type", "lora");
+        w.Set("adapter.lora.alpha", (float)(config.UseRslora ? config.Alpha * Math.Sqrt(config.R) : config.Alpha));
+        int written = 0;
+        foreach (var (name, shape) in CausalLm.ExpectedParameters(c))
+        {
+            if (!name.EndsWith(".weight") || shape.Length != 2) continue;
+            string target = name[..^".weight".Length];
+            if (!file.TryGet(Lora.LoraAdapter.KeyA(target), out _)) continue;
+            string ggufName = GgufNames.FromHf(name);
+            int r = config.R, outF = shape[0], inF = shape[1];
+            var a = file.ReadAsFloat32(Lora.LoraAdapter.KeyA(target));
+            var b = file.ReadAsFloat32(Lora.LoraAdapter.KeyB(target));
+            if (a.Length != (long)r * inF || b.Length != (long)outF * r)
+                throw new InvalidDataException($"{file.Path}: the adapter of '{target}' has shapes that do not fit {modelDir}");
+            if (arch == "llama" && target.EndsWith("q_proj")) b = GgufNames.PermuteQ<float>(b, outF, r, c.NumHeads);
+            if (arch == "llama" && target.EndsWith("k_proj")) b = GgufNames.PermuteK<float>(b, outF, r, c.NumHeads, c.NumKvHeads);
+            var aa = a; var bb = b;
+            w.AddTensor(ggufName + ".lora_a", GgmlType.F32, new long[] { r, inF }, () => aa);
+            w.AddTensor(ggufName + ".lora_b", GgmlType.F32, new long[] { outF, r }, () => bb);
+            written++;
+        }
+        if (written == 0) throw new InvalidDataException($"{adapterDir}: no adapter tensor matches a projection of {modelDir}");
+        w.Write(outPath);
+    }
 }

@@ -25,7 +25,7 @@ public class LlamaCppParityTests
     [TearDown]
     public void RemoveDir() => Directory.Delete(_dir, true);
 
-    internal static float[][] LlamaCppLogits(string gguf, int[] tokens, int vocab)
+    internal static float[][] LlamaCppLogits(string gguf, int[] tokens, int vocab, string? loraGguf = null)
     {
         var p = new ModelParams(gguf)
         {
@@ -34,6 +34,11 @@ public class LlamaCppParityTests
         };
         using var weights = LLamaWeights.LoadFromFile(p);
         using var context = weights.CreateContext(p);
+        if (loraGguf != null)
+        {
+            var lora = weights.NativeHandle.LoadLoraFromFile(loraGguf);
+            context.NativeHandle.SetLoraAdapters(new[] { (lora, 1.0f) });
+        }
         var batch = new LLamaBatch();
         for (int i = 0; i < tokens.Length; i++) batch.Add(tokens[i], i, LLamaSeqId.Zero, logits: true);
         var status = context.Decode(batch);
@@ -178,5 +183,33 @@ public class LlamaCppParityTests
         var (ours, theirs) = Run(dir, "f32", new[] { 1, 17, 200, 45, 3, 99 }, adapterDir);
         var (rel, _, _) = Compare(ours, theirs);
         Assert.That(rel, Is.LessThan(1e-4));
+    }
+
+    [TestCase(false)]
+    [TestCase(true)]
+    public void GgufLoraAdapterBesideTheBaseMatchesOurAdapter(bool rslora)
+    {
+        var dir = TinyModel("llama");
+        var adapterDir = Path.Combine(_dir, "adapter");
+        var tokens = new[] { 1, 17, 200, 45, 3, 99, 12 };
+        float[][] ours;
+        using (var m = ModelDirectory.Load(TestDevice.Shared, dir, DType.F32))
+        using (var a = NativeLora.Lora.LoraAdapter.Attach(m, new NativeLora.Lora.LoraConfig { R = 4, Alpha = 8, UseRslora = rslora, Dropout = 0 }, 2))
+        {
+            foreach (var mod in a.Modules) mod.B.CopyFrom<float>(Check.RandomFloats(new Random(mod.Target.Length), mod.B.ElementCount, 0.3));
+            a.SyncCompute(m.Kernels);
+            a.Save(adapterDir);
+            ours = Rows(m.Logits(TokenBatch.FromSequences(new[] { tokens })), m.Config.VocabSize);
+        }
+        var baseGguf = Path.Combine(_dir, "base.gguf");
+        var loraGguf = Path.Combine(_dir, "lora.gguf");
+        GgufExport.Run(TestDevice.Shared, dir, null, baseGguf, GgufFileType.AllF32);
+        GgufExport.WriteAdapter(dir, adapterDir, loraGguf);
+        var theirs = LlamaCppLogits(baseGguf, tokens, 300, loraGguf);
+        var (rel, kl, top1) = Compare(ours, theirs);
+        TestContext.Progress.WriteLine($"GGUF LoRA (rslora {rslora}) beside the base: relative error {rel:E2}, top-1 {top1:P0}");
+        Assert.That(rel, Is.LessThan(1e-4));
+        var plain = LlamaCppLogits(baseGguf, tokens, 300);
+        Assert.That(Compare(ours, plain).Rel, Is.GreaterThan(1e-3), "the adapter changes llama.cpp's output");
     }
 }
