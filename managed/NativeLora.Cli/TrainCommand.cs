@@ -40,7 +40,7 @@ internal static class TrainCommand
         long trainable = LoraAdapter.CountTrainable(modelConfig, lora);
         using var device = ComputeDevice.Open(ComputeDevice.ParseKind(c.Device));
         var dtype = device.ResolveDType(c.Dtype);
-        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, c.MicroBatchSize, c.MaxSeqLen, c.GradientCheckpointing, !device.IsCuda);
+        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, c.MicroBatchSize, c.MaxSeqLen, c.GradientCheckpointing, !device.IsCuda, method: c.Method);
         Console.Error.WriteLine($"device: {device.Description}, compute dtype {dtype.Name()}");
         Console.WriteLine($"trainable parameters: {Human(trainable)} of {Human(total)}, {100.0 * trainable / total:F2}%");
         Console.WriteLine($"memory estimate (micro-batch {c.MicroBatchSize} × {c.MaxSeqLen} tokens): {estimate}");
@@ -70,6 +70,11 @@ internal static class TrainCommand
 
         using var model = ModelDirectory.Load(device, c.Model, dtype);
         model.CrossEntropyChunkRows = 1024;
+        if (c.Method == "qlora")
+        {
+            model.QuantizeLinears();
+            Console.WriteLine($"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter");
+        }
         using var adapter = LoraAdapter.Attach(model, lora, c.Seed);
         var trainer = new Trainer(c, model, adapter, train, val) { OnMessage = m => Console.Error.WriteLine(m) };
         Directory.CreateDirectory(c.OutputDir);

@@ -111,7 +111,8 @@ public sealed class LoraAdapter : IDisposable
             m.InitializeLikePeft(rng);
             if (m.IsDora) // magnitude starts at ‖W0‖ per output row (B = 0)
             {
-                using var norms = LoraOp.BaseRowNorms(model.Kernels, lin.Weight);
+                using var w0 = lin.AcquireWeight(model.Kernels);
+                using var norms = LoraOp.BaseRowNorms(model.Kernels, w0.Tensor);
                 norms.CopyTo(m.Magnitude!);
             }
             m.SyncCompute(model.Kernels);

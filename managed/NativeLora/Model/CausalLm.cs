@@ -125,6 +125,29 @@ public sealed class CausalLm : IDisposable
         _sin.CopyFrom<float>(sin);
     }
 
+    /// <summary>
+    /// QLoRA: stores every decoder projection in NF4 with double quantization (embeddings, norms and
+    /// the output layer stay in the compute dtype, as in QLoRA). The full-precision tensors are freed.
+    /// </summary>
+    public void QuantizeLinears()
+    {
+        if (_gradients.Count > 0) throw new InvalidOperationException("a model with full-parameter gradients cannot be quantized");
+        foreach (var layer in Layers)
+            foreach (var lin in layer.Linears)
+            {
+                if (lin.Quantized != null) continue;
+                lin.Quantize(Kernels);
+                _parameters.Remove(lin.Name + ".weight");
+                _quantized.Add(lin);
+            }
+    }
+
+    private readonly List<Linear> _quantized = new();
+
+    /// <summary>NF4 storage of the quantized projections in bits per parameter (null when none is quantized).</summary>
+    public double? QuantizedBitsPerParameter => _quantized.Count == 0 ? null
+        : 8.0 * _quantized.Sum(l => l.Quantized!.StorageBytes) / _quantized.Sum(l => l.Quantized!.ElementCount);
+
     /// <summary>Allocates zeroed f32 gradients for every parameter (full fine-tuning and gradient checks; f32 models only).</summary>
     public void EnableFullGradients()
     {
@@ -295,6 +318,7 @@ public sealed class CausalLm : IDisposable
     {
         foreach (var t in _parameters.Values) t.Dispose();
         foreach (var t in _gradients.Values) t.Dispose();
+        foreach (var l in _quantized) l.Quantized!.Dispose();
         _cos.Dispose();
         _sin.Dispose();
     }

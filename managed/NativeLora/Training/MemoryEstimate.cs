@@ -25,8 +25,17 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
     {
         long e = dtype.SizeOf();
         long n = (long)microBatch * seqLen;
-        long parameters = CausalLm.ExpectedParameters(c).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
-        long weights = method == "qlora" ? (long)Math.Ceiling(parameters * (4.0 + 8.0 / 64 + 32.0 / (64 * 256)) / 8) : parameters * e;
+        var shapes = CausalLm.ExpectedParameters(c);
+        long parameters = shapes.Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
+        // QLoRA stores the decoder projections in NF4 (4.127 bits with double quantization); embeddings,
+        // norms and the output layer stay in the compute dtype, and each GEMM dequantizes one projection
+        var projections = shapes.Where(p => p.Name.StartsWith("model.layers.") && p.Shape.Length == 2).ToList();
+        long projectionParams = projections.Sum(p => (long)p.Shape[0] * p.Shape[1]);
+        long largestProjection = projections.Max(p => (long)p.Shape[0] * p.Shape[1]);
+        long weights = method == "qlora"
+            ? (long)Math.Ceiling(projectionParams * (4.0 + 8.0 / 64 + 32.0 / (64 * 256)) / 8) + (parameters - projectionParams) * e
+            : parameters * e;
+        long dequantScratch = method == "qlora" ? largestProjection * e : 0;
         long trainable = method == "full" ? parameters : LoraAdapter.CountTrainable(c, lora);
         // f32 master, gradient and two moments per trainable parameter, plus a compute-dtype copy for
         // adapters (full fine-tuning's compute copy is the weights themselves)
@@ -49,7 +58,8 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         long loraBackward = lora.Dropout > 0 ? n * e * (2L * widest + lora.R) : n * e * lora.R;
         long layerBackward = n * e * (3L * c.IntermediateSize + 2L * c.HiddenSize + 2L * c.QDim + 2L * c.KvDim)
                              + Math.Max(attentionScratch, n * e * c.HiddenSize + loraBackward);
-        long backwardPhase = 4 * n * c.HiddenSize * e + n * 4 + layerBackward + (checkpointing ? perLayer + n * c.HiddenSize * e : 0);
+        long backwardPhase = 4 * n * c.HiddenSize * e + n * 4 + layerBackward + (checkpointing ? perLayer + n * c.HiddenSize * e : 0) + dequantScratch;
+
         return new MemoryEstimate(weights, adapter, activations, lossPhase, backwardPhase);
     }
 

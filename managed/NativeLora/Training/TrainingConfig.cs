@@ -72,7 +72,7 @@ public sealed record TrainingConfig
     {
         void Need(bool ok, string what) { if (!ok) throw new ArgumentException(what); }
         Need(!string.IsNullOrWhiteSpace(Model), "model is required (an HF model directory)");
-        Need(Method == "lora", $"method '{Method}' is not supported yet (supported: lora)");
+        Need(Method is "lora" or "qlora", $"method '{Method}' is not supported (supported: lora, qlora)");
         Need(LearningRate > 0, $"learning_rate must be > 0, got {LearningRate}");
         Need(WarmupRatio >= 0 && WarmupRatio < 1, $"warmup_ratio must be in [0, 1), got {WarmupRatio}");
         Need(LrScheduler is "cosine" or "linear" or "constant", $"lr_scheduler must be cosine, linear or constant, got '{LrScheduler}'");
