@@ -328,6 +328,19 @@ public class GgmlQuantsTests
         Assert.That(Convert.ToHexStringLower(SHA256.HashData(GgmlQuants.Encode(type, GoldenInput()))), Is.EqualTo(sha256));
     }
 
+    [TestCaseSource(nameof(Types))]
+    public void ParallelEncodingEqualsBlockByBlock(GgmlType type)
+    {
+        // Large inputs are split across threads; each block must still come out as when encoded alone.
+        var rng = new Random(9);
+        var x = new float[300 * 256];
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() - 0.5) * (1 + i / 256 % 7);
+        byte[] whole = GgmlQuants.Encode(type, x);
+        int block = GgmlTypes.BlockSize(type), size = GgmlTypes.TypeSize(type);
+        for (int b = 0; b < x.Length / block; b += 37)
+            Assert.That(whole.AsSpan(b * size, size).ToArray(), Is.EqualTo(GgmlQuants.Encode(type, x.AsSpan(b * block, block))), $"block {b}");
+    }
+
     [Test]
     public void RejectsNonFiniteInputAndBadSizes()
     {
