@@ -24,8 +24,11 @@ public static class GgmlQuants
 
     public static bool CanDecode(GgmlType type) => CanEncode(type);
 
-    /// <summary>Encodes src (a whole number of blocks) into dst (exactly its encoded size).</summary>
-    public static void Encode(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst)
+    /// <summary>
+    /// Encodes src (a whole number of blocks) into dst (exactly its encoded size). Blocks are independent,
+    /// so large inputs are encoded in parallel chunks; the bytes do not depend on the thread count.
+    /// </summary>
+    public static unsafe void Encode(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst)
     {
         if (!CanEncode(type)) throw new NotSupportedException($"no encoder for ggml type {type}");
         long bytes = GgmlTypes.RowBytes(type, src.Length);
@@ -33,6 +36,28 @@ public static class GgmlQuants
         if (GgmlTypes.IsQuantized(type))
             for (int i = 0; i < src.Length; i++)
                 if (!float.IsFinite(src[i])) throw new ArgumentException($"{type}: value {i} is {src[i]}; quantized types need finite values", nameof(src));
+        int block = GgmlTypes.BlockSize(type), size = GgmlTypes.TypeSize(type), blocks = src.Length / block;
+        const int BlocksPerChunk = 64;
+        if (!GgmlTypes.IsQuantized(type) || blocks < 2 * BlocksPerChunk || Environment.ProcessorCount == 1)
+        {
+            EncodeBlocks(type, src, dst);
+            return;
+        }
+        fixed (float* ps = src)
+        fixed (byte* pd = dst)
+        {
+            nint sp = (nint)ps, dp = (nint)pd;
+            Parallel.For(0, (blocks + BlocksPerChunk - 1) / BlocksPerChunk, c =>
+            {
+                int first = c * BlocksPerChunk, n = Math.Min(BlocksPerChunk, blocks - first);
+                EncodeBlocks(type, new ReadOnlySpan<float>((float*)sp + (long)first * block, n * block),
+                             new Span<byte>((byte*)dp + (long)first * size, n * size));
+            });
+        }
+    }
+
+    static void EncodeBlocks(GgmlType type, ReadOnlySpan<float> src, Span<byte> dst)
+    {
         int block = GgmlTypes.BlockSize(type), size = GgmlTypes.TypeSize(type);
         for (int b = 0; b < src.Length / block; b++)
         {

@@ -17,6 +17,8 @@ namespace NativeLora.Gguf;
 public sealed unsafe class GgufFile : IDisposable
 {
     public const int MaxDimensions = 4;
+    /// <summary>ggml's GGUF_MAX_STRING_LENGTH (1 GiB).</summary>
+    public const long MaxStringBytes = 1L << 30;
 
     static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
@@ -104,7 +106,7 @@ public sealed unsafe class GgufFile : IDisposable
         public uint U32(string what, string? item) => BinaryPrimitives.ReadUInt32LittleEndian(Take(4, what, item));
         public ulong U64(string what, string? item) => BinaryPrimitives.ReadUInt64LittleEndian(Take(8, what, item));
 
-        public string String(string what, string? item, long maxBytes = long.MaxValue)
+        public string String(string what, string? item, long maxBytes = MaxStringBytes)
         {
             ulong n = U64($"the length of {what}", item);
             if (n > (ulong)maxBytes)

@@ -46,7 +46,7 @@ public sealed class GgufWriter
         ArgumentNullException.ThrowIfNull(key);
         ArgumentNullException.ThrowIfNull(value);
         if (key.Length == 0) throw new ArgumentException("metadata key is empty", nameof(key));
-        if (Utf8Length(key, nameof(key)) > MaxKeyBytes) throw new ArgumentException($"metadata key '{key[..40]}…' is over {MaxKeyBytes} bytes", nameof(key));
+        if (Utf8Length(key, nameof(key)) > MaxKeyBytes) throw new ArgumentException($"metadata key '{key[..Math.Min(40, key.Length)]}…' is over {MaxKeyBytes} bytes", nameof(key));
         if (key == AlignmentKey) throw new ArgumentException($"'{AlignmentKey}' is set through the GgufWriter constructor", nameof(key));
         if (value.Type == GgufValueType.String) Utf8Length(value.AsString(), nameof(value));
         if (value.IsArray && value.ElementType == GgufValueType.String)
