@@ -259,33 +259,21 @@ public sealed class CausalLm : IDisposable
     /// <summary>Mean loss over counted tokens of a forward pass (no gradients, nothing kept): evaluation.</summary>
     public (double Loss, int Count) Loss(TokenBatch batch)
     {
-        var k = Kernels;
-        int n = batch.Tokens, d = Config.HiddenSize;
-        var shape = Shape(batch);
-        using var bt = Upload(batch);
-        var x = Device.Allocate(DType, n, d);
-        var y = Device.Allocate(DType, n, d);
-        try
-        {
-            EmbeddingOp.Forward(k, bt.Ids, batch.Ids, Embedding, x);
-            foreach (var layer in Layers)
-            {
-                using (layer.Forward(Device, k, Config, x, y, bt.Positions, bt.Segments, _cos, _sin, shape)) { }
-                (x, y) = (y, x);
-            }
-            using var rstd = Device.Allocate(DType.F32, n);
-            RmsNormOp.Forward(k, x, FinalNorm, y, rstd, (float)Config.RmsNormEps);
-            return CrossEntropyOp.ForwardBackward(k, y, OutputWeight, batch.Labels, null, null, CrossEntropyChunkRows);
-        }
-        finally
-        {
-            x.Dispose();
-            y.Dispose();
-        }
+        using var normed = FinalHidden(batch);
+        return CrossEntropyOp.ForwardBackward(Kernels, normed, OutputWeight, batch.Labels, null, null, CrossEntropyChunkRows);
     }
 
     /// <summary>Logits [tokens, vocab] (f32) of a forward pass (no loss, nothing kept).</summary>
     public float[] Logits(TokenBatch batch)
+    {
+        using var normed = FinalHidden(batch);
+        using var logits = Device.Allocate(DType.F32, batch.Tokens, Config.VocabSize);
+        Gemm.Run(normed, OutputWeight, logits, transB: true);
+        return logits.ToArray<float>();
+    }
+
+    // embedding → layers → final RMSNorm without keeping anything for a backward; the caller owns the result
+    private Tensor FinalHidden(TokenBatch batch)
     {
         var k = Kernels;
         int n = batch.Tokens, d = Config.HiddenSize;
@@ -303,13 +291,16 @@ public sealed class CausalLm : IDisposable
             }
             using var rstd = Device.Allocate(DType.F32, n);
             RmsNormOp.Forward(k, x, FinalNorm, y, rstd, (float)Config.RmsNormEps);
-            using var logits = Device.Allocate(DType.F32, n, Config.VocabSize);
-            Gemm.Run(y, OutputWeight, logits, transB: true);
-            return logits.ToArray<float>();
+            (x, y) = (y, x); // x: the result, returned; y: the last layer's output, freed below
+            return x;
+        }
+        catch
+        {
+            x.Dispose();
+            throw;
         }
         finally
         {
-            x.Dispose();
             y.Dispose();
         }
     }
