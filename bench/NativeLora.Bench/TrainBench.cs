@@ -102,6 +102,7 @@ public static class TrainBench
         Console.WriteLine($"nativelora: {median:F0} tokens/s median of {reps} × {steps} steps (spread {tps.Min():F0}–{tps.Max():F0}); {stepMs:F1} ms/step");
         Console.WriteLine($"  phases per step: data {data / n:F2} ms, forward {fwdMs:F1} ms (separate forward pass), backward {Math.Max(0, fbAvg - fwdMs):F1} ms (forward+backward {fbAvg:F1} minus forward), optimizer {opt / n:F2} ms");
         Console.WriteLine($"  peak live tensor memory {device.PeakLiveBytes / (1 << 20):F1} MiB; model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured f32 GEMM peak {peak:F0} GFLOP/s");
+        if (Diagnostics.OpProfiler.Enabled) Console.WriteLine("op profile (NATIVELORA_PROFILE=1; synchronising slows the step; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
         if (peer == "torch")
         {
             var result = RunTorch(root, configPath, seq, micro, steps, warmup, reps, r, targets, peerThreads);

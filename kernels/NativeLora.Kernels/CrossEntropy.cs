@@ -29,15 +29,25 @@ public static class CrossEntropy
             for (int j = 0; j < vocab; j++) grad[o + j] = s.Store(0);
             return;
         }
+        // exp is the expensive part on the CPU accelerator: take it once per element. Pass 1: max (and
+        // the label's logit); pass 2: e = exp(l − m) kept in the f32 logits buffer, summed; pass 3:
+        // the gradient from e (grad may alias logits when T is float: same element, read then written).
         float m = float.NegativeInfinity;
         for (int j = 0; j < vocab; j++) m = XMath.Max(m, logits[o + j]);
+        float ly = logits[o + y];
         float sum = 0;
-        for (int j = 0; j < vocab; j++) sum += XMath.Exp(logits[o + j] - m);
-        float lse = m + XMath.Log(sum);
-        losses[row] = lse - logits[o + y];
         for (int j = 0; j < vocab; j++)
         {
-            float p = XMath.Exp(logits[o + j] - lse);
+            float e = XMath.Exp(logits[o + j] - m);
+            logits[o + j] = e;
+            sum += e;
+        }
+        float lse = m + XMath.Log(sum);
+        losses[row] = lse - ly;
+        float inv = 1f / sum;
+        for (int j = 0; j < vocab; j++)
+        {
+            float p = logits[o + j] * inv;
             grad[o + j] = s.Store(scale * (j == y ? p - 1f : p));
         }
     }
