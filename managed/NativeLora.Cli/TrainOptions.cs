@@ -56,6 +56,9 @@ public sealed class TrainOptions
     [Option("modules-to-save", Separator = ',', HelpText = "Config key modules_to_save.")]
     public IEnumerable<string>? ModulesToSave { get; set; }
 
+    [Option("optim", HelpText = "Config key optim.")]
+    public string? Optim { get; set; }
+
     [Option("learning-rate", HelpText = "Config key learning_rate.")]
     public double? LearningRate { get; set; }
 
@@ -163,6 +166,7 @@ public sealed class TrainOptions
         yield return ("use_rslora", UseRslora == null ? null : JsonValue.Create(UseRslora));
         yield return ("use_dora", UseDora == null ? null : JsonValue.Create(UseDora));
         yield return ("modules_to_save", ModulesToSave == null || !ModulesToSave.Any() ? null : new JsonArray(ModulesToSave.Select(x => (JsonNode?)x).ToArray()));
+        yield return ("optim", Optim == null ? null : JsonValue.Create(Optim));
         yield return ("learning_rate", LearningRate == null ? null : JsonValue.Create(LearningRate));
         yield return ("warmup_ratio", WarmupRatio == null ? null : JsonValue.Create(WarmupRatio));
         yield return ("lr_scheduler", LrScheduler == null ? null : JsonValue.Create(LrScheduler));

@@ -23,16 +23,38 @@ public sealed class AdamWOptimizer : IDisposable
     public float WeightDecay { get; }
     public int StepCount { get; private set; }
 
+    /// <summary>
+    /// paged: the moments live in the native core's unified memory (cudaMallocManaged, preferred on
+    /// the host and prefetched to the GPU for each update, so the driver can evict them under memory
+    /// pressure — bitsandbytes' paged_adamw_32bit); on the CPU that is ordinary host memory.
+    /// </summary>
+    public bool Paged { get; }
+
+    private readonly ComputeDevice _device;
+
     public AdamWOptimizer(ComputeDevice device, IEnumerable<(string Name, Tensor Param, Tensor Grad)> parameters,
-        float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, float weightDecay = 0f)
+        float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, float weightDecay = 0f, bool paged = false)
     {
         _k = device.Kernels;
+        _device = device;
+        Paged = paged;
         Beta1 = beta1; Beta2 = beta2; Epsilon = eps; WeightDecay = weightDecay;
-        foreach (var (name, p, g) in parameters)
+        var list = parameters.ToList();
+        if (paged)
+        {
+            // never ask for more managed memory than the device has free
+            long need = list.Sum(x => 2 * x.Param.ElementCount * 4);
+            var (free, _) = device.MemoryInfo();
+            if ((ulong)need > free)
+                throw new OutOfMemoryException($"paged AdamW states need {need:N0} bytes; the device reports {free:N0} free");
+        }
+        foreach (var (name, p, g) in list)
         {
             if (p.DType != DType.F32 || g.DType != DType.F32) throw new ArgumentException($"{name}: AdamW needs f32 parameters and gradients");
-            var m = device.Allocate(DType.F32, p.Shape);
-            var v = device.Allocate(DType.F32, p.Shape);
+            var m = paged ? device.AllocatePaged(DType.F32, p.Shape) : device.Allocate(DType.F32, p.Shape);
+            var v = paged ? device.AllocatePaged(DType.F32, p.Shape) : device.Allocate(DType.F32, p.Shape);
+            if (paged)
+                foreach (var t in new[] { m, v }) Native.NativeCore.ManagedAdvise(t.DataPointer, (ulong)t.ByteLength, Native.NlMemAdvice.PreferHost);
             ElementwiseOp.Zero(_k, m);
             ElementwiseOp.Zero(_k, v);
             _slots.Add(new Slot(name, p, g, m, v));
@@ -65,8 +87,12 @@ public sealed class AdamWOptimizer : IDisposable
     {
         StepCount++;
         foreach (var s in _slots)
+        {
+            if (Paged) // bring the pages to the GPU for the update; they may be evicted again afterwards
+                foreach (var t in new[] { s.M, s.V }) Native.NativeCore.ManagedPrefetch(t.DataPointer, (ulong)t.ByteLength, toDevice: true);
             AdamW.Update(_k, s.Param.View<float>(), s.Grad.View<float>(), s.M.View<float>(), s.V.View<float>(),
                 lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
+        }
     }
 
     public void SaveState(SafeTensorsWriter w)

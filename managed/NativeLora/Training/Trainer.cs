@@ -79,7 +79,7 @@ public sealed class Trainer
         Directory.CreateDirectory(_c.OutputDir);
         _model.GradientCheckpointing = _c.GradientCheckpointing;
         var trainables = _adapter.Trainables().ToList();
-        using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay);
+        using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay, paged: _c.Optim == "paged_adamw_32bit");
         var state = new TrainerState { Seed = _c.Seed };
         var metricsPath = Path.Combine(_c.OutputDir, "metrics.jsonl");
         if (resume && Checkpoint.Latest(_c.OutputDir) is string ckpt)

@@ -42,6 +42,8 @@ public sealed record TrainingConfig
     public double AdamBeta1 { get; init; } = 0.9;
     public double AdamBeta2 { get; init; } = 0.999;
     public double AdamEpsilon { get; init; } = 1e-8;
+    /// <summary>adamw (device memory) or paged_adamw_32bit (unified memory that can be evicted to the host).</summary>
+    public string Optim { get; init; } = "adamw";
     public bool GradientCheckpointing { get; init; } = true;
     public string Device { get; init; } = "auto";
     public string Dtype { get; init; } = "auto"; // bf16 on a GPU, f32 on the CPU
@@ -81,6 +83,7 @@ public sealed record TrainingConfig
         Need(GradientAccumulation >= 1, $"gradient_accumulation must be ≥ 1, got {GradientAccumulation}");
         Need(MaxSeqLen >= 2, $"max_seq_len must be ≥ 2, got {MaxSeqLen}");
         Need(MaxGradNorm > 0, $"max_grad_norm must be > 0, got {MaxGradNorm}");
+        Need(Optim is "adamw" or "paged_adamw_32bit", $"optim must be adamw or paged_adamw_32bit, got '{Optim}' (8-bit optimizers are not implemented yet)");
         Need(ValSplit >= 0 && ValSplit < 1, $"val_split must be in [0, 1), got {ValSplit}");
         Need(Overlong is "truncate" or "drop", $"overlong must be truncate or drop, got '{Overlong}'");
         Need(MaxBadRowFraction >= 0 && MaxBadRowFraction <= 1, "max_bad_row_fraction must be in [0, 1]");

@@ -144,3 +144,34 @@ public class EarlyStoppingTests
         }
     }
 }
+
+public class PagedOptimizerTests
+{
+    [Test]
+    public void PagedAdamWFollowsTheSameTrajectoryAsDeviceMemoryAdamW()
+    {
+        List<double> Losses(string optim)
+        {
+            var dir = Directory.CreateTempSubdirectory("nl-paged-").FullName;
+            try
+            {
+                var (train, val, _) = LearningTests.SyntheticTask(61);
+                using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+                var cfg = LearningTests.FastConfig(dir) with { Epochs = 1, Optim = optim };
+                using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+                var t = new Trainer(cfg, model, adapter, train, val);
+                t.Run(resume: false);
+                return t.History.Select(h => h.Loss).ToList();
+            }
+            finally
+            {
+                Directory.Delete(dir, true);
+            }
+        }
+        var plain = Losses("adamw");
+        var paged = Losses("paged_adamw_32bit");
+        Assert.That(plain.Count, Is.GreaterThan(3));
+        Assert.That(paged, Is.EqualTo(plain), "same arithmetic, only the memory differs");
+        Assert.Throws<ArgumentException>(() => new TrainingConfig { Model = "m", Optim = "adamw_8bit" }.Validate());
+    }
+}
