@@ -62,3 +62,71 @@ public static class AdamW
         return threads;
     }
 }
+
+/// <summary>
+/// 8-bit AdamW as bitsandbytes' blockwise optimizers do it: each moment is stored as 8-bit codes in
+/// blocks of 256 with one f32 absmax per block — m with the signed dynamic map, v with the unsigned one.
+/// Per block: dequantize, update in f32 (the parameter update uses the unquantized new moments),
+/// find the new absmax, quantize again with the nearest-code rule of <see cref="Nf4.DynamicEncode"/>.
+/// One thread per chunk of blocks; the second pass recomputes the same f32 values (deterministic).
+/// </summary>
+public static class AdamW8bit
+{
+    public const int BlockSize = 256;
+
+    /// <summary>The step's scalars, passed as one struct (kernel launches take at most 15 arguments).</summary>
+    public struct Hyper
+    {
+        public float Lr, Beta1, Beta2, Eps, WeightDecay, BiasCorrection1, BiasCorrection2, GradScale;
+        public long N, Blocks, Chunk;
+    }
+
+    public static void UpdateKernel(Index1D t, ArrayView<float> p, ArrayView<float> g, ArrayView<byte> qm, ArrayView<byte> qv,
+        ArrayView<float> absm, ArrayView<float> absv, ArrayView<float> mapSigned, ArrayView<float> mapUnsigned, Hyper h)
+    {
+        float lr = h.Lr, beta1 = h.Beta1, beta2 = h.Beta2, eps = h.Eps, weightDecay = h.WeightDecay;
+        float biasCorrection1 = h.BiasCorrection1, biasCorrection2 = h.BiasCorrection2, gradScale = h.GradScale;
+        long n = h.N, blocks = h.Blocks, chunk = h.Chunk;
+        long endBlock = Math.Min(blocks, (t + 1L) * chunk);
+        for (long b = t * chunk; b < endBlock; b++)
+        {
+            long start = b * BlockSize, end = Math.Min(n, start + BlockSize);
+            float am = absm[b], av = absv[b];
+            float newAm = 0f, newAv = 0f;
+            for (long i = start; i < end; i++)
+            {
+                float gi = g[i] * gradScale;
+                float mi = beta1 * mapSigned[(int)qm[i]] * am + (1f - beta1) * gi;
+                float vi = beta2 * mapUnsigned[(int)qv[i]] * av + (1f - beta2) * gi * gi;
+                newAm = ILGPU.Algorithms.XMath.Max(newAm, ILGPU.Algorithms.XMath.Abs(mi));
+                newAv = ILGPU.Algorithms.XMath.Max(newAv, vi);
+                float pi = p[i] * (1f - lr * weightDecay);
+                p[i] = pi - lr * (mi / biasCorrection1) / (ILGPU.Algorithms.XMath.Sqrt(vi / biasCorrection2) + eps);
+            }
+            float invM = newAm > 0f ? 1f / newAm : 0f, invV = newAv > 0f ? 1f / newAv : 0f;
+            for (long i = start; i < end; i++)
+            {
+                float gi = g[i] * gradScale;
+                float mi = beta1 * mapSigned[(int)qm[i]] * am + (1f - beta1) * gi;
+                float vi = beta2 * mapUnsigned[(int)qv[i]] * av + (1f - beta2) * gi * gi;
+                qm[i] = (byte)Nf4.DynamicEncode(mapSigned, mi * invM);
+                qv[i] = (byte)Nf4.DynamicEncode(mapUnsigned, vi * invV);
+            }
+            absm[b] = newAm;
+            absv[b] = newAv;
+        }
+    }
+
+    public static void Update(KernelSet k, ArrayView<float> p, ArrayView<float> g, ArrayView<byte> qm, ArrayView<byte> qv,
+        ArrayView<float> absm, ArrayView<float> absv, ArrayView<float> mapSigned, ArrayView<float> mapUnsigned,
+        float lr, float beta1, float beta2, float eps, float weightDecay, int step, float gradScale)
+    {
+        long blocks = (p.Length + BlockSize - 1) / BlockSize;
+        var (threads, chunk) = k.ElementLaunch(blocks);
+        if (threads == 0) return;
+        float bc1 = 1f - MathF.Pow(beta1, step), bc2 = 1f - MathF.Pow(beta2, step);
+        var h = new Hyper { Lr = lr, Beta1 = beta1, Beta2 = beta2, Eps = eps, WeightDecay = weightDecay, BiasCorrection1 = bc1, BiasCorrection2 = bc2, GradScale = gradScale, N = p.Length, Blocks = blocks, Chunk = chunk };
+        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Hyper> kernel = UpdateKernel;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, p, g, qm, qv, absm, absv, mapSigned, mapUnsigned, h);
+    }
+}

@@ -102,6 +102,25 @@ public static class Nf4
         return data.ToArray();
     }
 
+    /// <summary>
+    /// bitsandbytes' unsigned 8-bit dynamic map, create_dynamic_map(signed=False): for i in 0..6 the 2^(i+1) means
+    /// of linspace(0.1, 1, 2^(i+1) + 1) scaled by 10^(i−6), then 0 and 1; sorted (the 8-bit optimizers' second moment).
+    /// Same torch AVX2 linspace rounding as <see cref="SignedDynamicMap"/>.
+    /// </summary>
+    public static float[] UnsignedDynamicMap()
+    {
+        double[] scales = { 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1 };
+        var data = new List<float> { 0f, 1f };
+        for (int i = 0; i < 7; i++)
+        {
+            var b = TorchLinspaceAvx2(0.1f, 1f, (2 << i) + 1);
+            float scale = (float)scales[i];
+            for (int k = 0; k + 1 < b.Length; k++) data.Add(scale * ((b[k] + b[k + 1]) / 2f));
+        }
+        data.Sort();
+        return data.ToArray();
+    }
+
     private static float[] TorchLinspaceAvx2(float start, float end, int steps)
     {
         const int lanes = 8;

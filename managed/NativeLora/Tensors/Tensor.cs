@@ -155,6 +155,15 @@ public sealed class Tensor : IDisposable
         if (source.Length > 0) RawBytes().CopyFromCPU(source);
     }
 
+    /// <summary>The raw bytes of the tensor on the host.</summary>
+    public byte[] ToBytes()
+    {
+        var result = new byte[ByteLength];
+        Device.Accelerator.Synchronize();
+        if (result.Length > 0) RawBytes().CopyToCPU(result.AsSpan());
+        return result;
+    }
+
     public T[] ToArray<T>() where T : unmanaged
     {
         var view = View<T>();

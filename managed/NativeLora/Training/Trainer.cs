@@ -30,6 +30,9 @@ public sealed class Trainer
     private readonly IReadOnlyList<TrainingExample> _val;
 
     public Action<StepMetrics>? OnStep { get; set; }
+
+    /// <summary>8-bit optimizers keep 32-bit state for tensors smaller than this (bitsandbytes: 4096).</summary>
+    public long MinEightBitElements { get; set; } = AdamWOptimizer.MinEightBitElementsDefault;
     public Action<string>? OnMessage { get; set; }
     public List<StepMetrics> History { get; } = new();
     public string? BestAdapterDir { get; private set; }
@@ -79,7 +82,7 @@ public sealed class Trainer
         Directory.CreateDirectory(_c.OutputDir);
         _model.GradientCheckpointing = _c.GradientCheckpointing;
         var trainables = _adapter.Trainables().ToList();
-        using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay, paged: _c.Optim == "paged_adamw_32bit");
+        using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay, paged: _c.Optim.StartsWith("paged_"), eightBit: _c.Optim.EndsWith("_8bit"), minEightBitElements: MinEightBitElements);
         var state = new TrainerState { Seed = _c.Seed };
         var metricsPath = Path.Combine(_c.OutputDir, "metrics.jsonl");
         if (resume && Checkpoint.Latest(_c.OutputDir) is string ckpt)

@@ -42,7 +42,7 @@ public sealed record TrainingConfig
     public double AdamBeta1 { get; init; } = 0.9;
     public double AdamBeta2 { get; init; } = 0.999;
     public double AdamEpsilon { get; init; } = 1e-8;
-    /// <summary>adamw (device memory) or paged_adamw_32bit (unified memory that can be evicted to the host).</summary>
+    /// <summary>adamw; paged_adamw_32bit (unified memory that can be evicted to the host); adamw_8bit and paged_adamw_8bit (bitsandbytes' blockwise 8-bit moments).</summary>
     public string Optim { get; init; } = "adamw";
     public bool GradientCheckpointing { get; init; } = true;
     public string Device { get; init; } = "auto";
@@ -83,7 +83,7 @@ public sealed record TrainingConfig
         Need(GradientAccumulation >= 1, $"gradient_accumulation must be ≥ 1, got {GradientAccumulation}");
         Need(MaxSeqLen >= 2, $"max_seq_len must be ≥ 2, got {MaxSeqLen}");
         Need(MaxGradNorm > 0, $"max_grad_norm must be > 0, got {MaxGradNorm}");
-        Need(Optim is "adamw" or "paged_adamw_32bit", $"optim must be adamw or paged_adamw_32bit, got '{Optim}' (8-bit optimizers are not implemented yet)");
+        Need(Optim is "adamw" or "paged_adamw_32bit" or "adamw_8bit" or "paged_adamw_8bit", $"optim must be adamw, paged_adamw_32bit, adamw_8bit or paged_adamw_8bit, got '{Optim}'");
         Need(ValSplit >= 0 && ValSplit < 1, $"val_split must be in [0, 1), got {ValSplit}");
         Need(Overlong is "truncate" or "drop", $"overlong must be truncate or drop, got '{Overlong}'");
         Need(MaxBadRowFraction >= 0 && MaxBadRowFraction <= 1, "max_bad_row_fraction must be in [0, 1]");

@@ -49,6 +49,7 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long>)Dora.ScaleRowsKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float, float, float, float, float, float, float, long, long>)AdamW.UpdateKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, long, long>)AdamW.SumOfSquaresKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AdamW8bit.Hyper>)AdamW8bit.UpdateKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long>)Nf4.AbsmaxSumKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, float, int, long, long>)Nf4.QuantizeAbsmaxKernel, false);
         yield return ((Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, int, long, long>)Nf4.DequantizeAbsmaxKernel, false);

@@ -172,6 +172,6 @@ public class PagedOptimizerTests
         var paged = Losses("paged_adamw_32bit");
         Assert.That(plain.Count, Is.GreaterThan(3));
         Assert.That(paged, Is.EqualTo(plain), "same arithmetic, only the memory differs");
-        Assert.Throws<ArgumentException>(() => new TrainingConfig { Model = "m", Optim = "adamw_8bit" }.Validate());
+        Assert.Throws<ArgumentException>(() => new TrainingConfig { Model = "m", Optim = "sgd" }.Validate());
     }
 }

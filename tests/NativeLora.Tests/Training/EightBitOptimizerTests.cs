@@ -1,0 +1,101 @@
+using NativeLora.Kernels;
+using NativeLora.Lora;
+using NativeLora.Tensors;
+using NativeLora.Tests.Model;
+using NativeLora.Tests.Support;
+using NativeLora.Training;
+
+namespace NativeLora.Tests.Training;
+
+public class EightBitOptimizerTests
+{
+    [Test]
+    public void UnsignedMapFollowsBitsandbytesFormula()
+    {
+        var map = Nf4.UnsignedDynamicMap();
+        Assert.That(map, Has.Length.EqualTo(256));
+        Assert.That(map, Is.Ordered);
+        Assert.That(map[0], Is.EqualTo(0f));
+        Assert.That(map[255], Is.EqualTo(1f));
+        Assert.That(map.All(v => v >= 0), Is.True);
+        // the largest non-1 entry: the last mean of linspace(0.1, 1, 129), i.e. (1 − 0.9/128/2) ≈ 0.99648
+        Assert.That(map[254], Is.EqualTo(1 - 0.9 / 128 / 2).Within(1e-6));
+        // the smallest positive entry: 1e-6 · mean of linspace(0.1, 1, 3)[0..1] = 1e-6 · 0.325
+        Assert.That(map[1], Is.EqualTo(0.325e-6).Within(1e-12));
+    }
+
+    /// <summary>One 8-bit step against a float64 transcription: dequantize, update, requantize by nearest code.</summary>
+    [Test]
+    public void OneStepMatchesAReference()
+    {
+        var dev = TestDevice.Shared;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        int n = 600; // three blocks, the last partial
+        var p0 = Check.RandomFloats(rng, n);
+        var g = Check.RandomFloats(rng, n, 0.1);
+        using var tp = Ref.Upload(DType.F32, p0, n);
+        using var tg = Ref.Upload(DType.F32, g, n);
+        using var opt = new AdamWOptimizer(dev, new[] { ("w", tp, tg) }, weightDecay: 0.01f, eightBit: true, minEightBitElements: 0);
+        opt.Step(1e-2f, 1f); // from zero state
+        opt.Step(1e-2f, 1f); // from the quantized state of step 1
+        var ms = Nf4.SignedDynamicMap();
+        var us = Nf4.UnsignedDynamicMap();
+        int Nearest(float[] map, double x) { int best = 0; for (int i = 1; i < 256; i++) if (Math.Abs(map[i] - x) < Math.Abs(map[best] - x)) best = i; return best; }
+        var p = Ref.ToDouble(p0);
+        var qm = new int[n]; var qv = new int[n];
+        int blocks = (n + 255) / 256;
+        var am = new double[blocks]; var av = new double[blocks];
+        for (int step = 1; step <= 2; step++)
+        {
+            double bc1 = 1 - Math.Pow(0.9, step), bc2 = 1 - Math.Pow(0.999, step);
+            for (int b = 0; b < blocks; b++)
+            {
+                int s0 = b * 256, s1 = Math.Min(n, s0 + 256);
+                var m = new double[s1 - s0]; var v = new double[s1 - s0];
+                double nm = 0, nv = 0;
+                for (int i = s0; i < s1; i++)
+                {
+                    m[i - s0] = 0.9 * ms[qm[i]] * am[b] + 0.1 * g[i];
+                    v[i - s0] = 0.999 * us[qv[i]] * av[b] + 0.001 * g[i] * (double)g[i];
+                    nm = Math.Max(nm, Math.Abs(m[i - s0])); nv = Math.Max(nv, v[i - s0]);
+                    p[i] = p[i] * (1 - 1e-2 * 0.01) - 1e-2 * (m[i - s0] / bc1) / (Math.Sqrt(v[i - s0] / bc2) + 1e-8);
+                }
+                for (int i = s0; i < s1; i++) { qm[i] = Nearest(ms, m[i - s0] / nm); qv[i] = Nearest(us, v[i - s0] / nv); }
+                am[b] = nm; av[b] = nv;
+            }
+        }
+        Check.Close(tp.ToArray<float>(), p, 1e-6, "8-bit AdamW parameters after two steps", seed);
+    }
+
+    [Test]
+    public void EightBitTrajectoryStaysCloseTo32BitAndPagingChangesNothing()
+    {
+        (List<double> Losses, double Val) Run(string optim)
+        {
+            var dir = Directory.CreateTempSubdirectory("nl-8bit-").FullName;
+            try
+            {
+                var (train, val, _) = LearningTests.SyntheticTask(71);
+                using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+                var cfg = LearningTests.FastConfig(dir) with { Epochs = 4, Optim = optim };
+                using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+                var t = new Trainer(cfg, model, adapter, train, val) { MinEightBitElements = 0 }; // every tensor 8-bit, not only ≥ 4096
+                t.Run(resume: false);
+                return (t.History.Select(h => h.Loss).ToList(), t.ValidationLoss());
+            }
+            finally
+            {
+                Directory.Delete(dir, true);
+            }
+        }
+        var full = Run("adamw");
+        var eight = Run("adamw_8bit");
+        var paged = Run("paged_adamw_8bit");
+        double maxDiff = full.Losses.Zip(eight.Losses, (a, b) => Math.Abs(a - b)).Max();
+        TestContext.Progress.WriteLine($"8-bit vs 32-bit AdamW over {full.Losses.Count} steps: max |Δloss| {maxDiff:F4}; validation {full.Val:F4} vs {eight.Val:F4}");
+        Assert.That(maxDiff, Is.LessThan(0.25));
+        Assert.That(Math.Abs(eight.Val - full.Val), Is.LessThan(0.15));
+        Assert.That(paged.Losses, Is.EqualTo(eight.Losses), "paging only moves memory");
+    }
+}
