@@ -166,14 +166,16 @@ internal static class Commands
             using var device = OpenDevice(o);
             using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
             using var tok = Text.HfTokenizer.Load(o.Model);
+            using var judge = o.JudgeUrl == null ? null : new Evaluation.LlmJudge(new Uri(o.JudgeUrl),
+                o.JudgeModel ?? throw new ArgumentException("--judge-url needs --judge-model"), Environment.GetEnvironmentVariable(o.JudgeKeyEnv), o.JudgeCache);
             SortedDictionary<string, double>? before = null;
             if (o.Baseline || o.Adapter == null)
-                before = Evaluation.EvalRunner.Run(model, tok, tasks, o.MaxSeqLen, o.MaxNewTokens, m => Console.Error.WriteLine($"[base] {m}"));
+                before = Evaluation.EvalRunner.Run(model, tok, tasks, o.MaxSeqLen, o.MaxNewTokens, m => Console.Error.WriteLine($"[base] {m}"), judge);
             SortedDictionary<string, double> after = before!;
             if (o.Adapter != null)
             {
                 using var adapter = Lora.LoraAdapter.Load(model, o.Adapter);
-                after = Evaluation.EvalRunner.Run(model, tok, tasks, o.MaxSeqLen, o.MaxNewTokens, m => Console.Error.WriteLine($"[adapter] {m}"));
+                after = Evaluation.EvalRunner.Run(model, tok, tasks, o.MaxSeqLen, o.MaxNewTokens, m => Console.Error.WriteLine($"[adapter] {m}"), judge);
             }
             var baseline = o.Adapter != null && o.Baseline ? before : null;
             Console.WriteLine(Evaluation.EvalRunner.Markdown(after, baseline));

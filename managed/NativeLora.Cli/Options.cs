@@ -179,6 +179,18 @@ public sealed class EvalOptions : DeviceOptions
     [Option("max-seq-len", Default = 2048, HelpText = "Perplexity window.")]
     public int MaxSeqLen { get; set; } = 2048;
 
+    [Option("judge-url", HelpText = "OpenAI-compatible endpoint for the judge task (LLM-as-judge).")]
+    public string? JudgeUrl { get; set; }
+
+    [Option("judge-model", HelpText = "Model name to send to the judge endpoint.")]
+    public string? JudgeModel { get; set; }
+
+    [Option("judge-key-env", Default = "OPENAI_API_KEY", HelpText = "Environment variable holding the judge's API key (never logged).")]
+    public string JudgeKeyEnv { get; set; } = "OPENAI_API_KEY";
+
+    [Option("judge-cache", Default = "runs/judge-cache", HelpText = "Directory of cached judge scores.")]
+    public string JudgeCache { get; set; } = "runs/judge-cache";
+
     [Option("degradation-threshold", Default = 0.02, HelpText = "Warn when a benchmark's accuracy drops by more than this.")]
     public double DegradationThreshold { get; set; } = 0.02;
 

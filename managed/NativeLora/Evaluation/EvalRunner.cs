@@ -7,7 +7,7 @@ namespace NativeLora.Evaluation;
 /// <summary>One task of an evaluation: kind (ppl, bleu, rouge, arc, hellaswag, mmlu, truthfulqa) and its files.</summary>
 public sealed record EvalTask(string Kind, string Path, string? DevPath = null)
 {
-    public static readonly string[] Kinds = { "ppl", "bleu", "rouge", "arc", "hellaswag", "mmlu", "truthfulqa" };
+    public static readonly string[] Kinds = { "ppl", "bleu", "rouge", "judge", "arc", "hellaswag", "mmlu", "truthfulqa" };
 
     /// <summary>General-capability benchmarks: a drop after fine-tuning is reported as degradation.</summary>
     public bool IsBenchmark => Kind is "arc" or "hellaswag" or "mmlu" or "truthfulqa";
@@ -33,7 +33,7 @@ public sealed record EvalTask(string Kind, string Path, string? DevPath = null)
 public static class EvalRunner
 {
     public static SortedDictionary<string, double> Run(CausalLm model, HfTokenizer tokenizer, IReadOnlyList<EvalTask> tasks,
-        int maxSeqLen = 2048, int maxNewTokens = 128, Action<string>? report = null)
+        int maxSeqLen = 2048, int maxNewTokens = 128, Action<string>? report = null, LlmJudge? judge = null)
     {
         var m = new SortedDictionary<string, double>(StringComparer.Ordinal);
         var formatter = new ExampleFormatter(tokenizer, trainOnPrompt: false);
@@ -54,7 +54,9 @@ public static class EvalRunner
                 }
                 case "bleu":
                 case "rouge":
+                case "judge":
                 {
+                    if (task.Kind == "judge" && judge == null) throw new ArgumentException("the judge task needs a judge endpoint (--judge-url, --judge-model)");
                     var (rows, bad) = DatasetReader.ReadPromptsAndReferences(task.Path);
                     foreach (var b in bad) report?.Invoke($"skipped {b}");
                     var hyps = new List<string>();
@@ -66,7 +68,16 @@ public static class EvalRunner
                         hyps.Add(tokenizer.Decode(ids.ToArray(), skipSpecialTokens: true).Trim());
                     }
                     var refs = rows.Select(r => r.Reference).ToList();
-                    if (task.Kind == "bleu") m["bleu"] = Bleu.Corpus(hyps, refs).Score;
+                    if (task.Kind == "judge")
+                    {
+                        var items = rows.Select((r, i) => (string.Join("\n\n", r.Prompt.Select(x => x.Content)), r.Reference, hyps[i])).ToList();
+                        var scores = judge!.ScoreAsync(items, CancellationToken.None).GetAwaiter().GetResult();
+                        m["judge.relevance"] = scores.Average(x => x.Relevance);
+                        m["judge.coherence"] = scores.Average(x => x.Coherence);
+                        m["judge.style"] = scores.Average(x => x.Style);
+                        m["judge.mean"] = scores.Average(x => x.Mean);
+                    }
+                    else if (task.Kind == "bleu") m["bleu"] = Bleu.Corpus(hyps, refs).Score;
                     else
                     {
                         var rs = Rouge.Corpus(refs, hyps);

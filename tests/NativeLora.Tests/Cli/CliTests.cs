@@ -8,12 +8,15 @@ public class CliTests
 {
     private static string Root => Native.BindingCoverageTests.RepoRoot();
 
-    internal static (int Code, string Out, string Err) Run(params string[] args)
+    internal static (int Code, string Out, string Err) Run(params string[] args) => RunWithEnv(null, args);
+
+    internal static (int Code, string Out, string Err) RunWithEnv(IReadOnlyDictionary<string, string>? env, params string[] args)
     {
         var exe = Path.Combine(Root, "artifacts", "bin", "nativelora");
         Assert.That(File.Exists(exe), Is.True, $"{exe} is missing: build it with ./build.sh");
         var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Root };
         foreach (var a in args) psi.ArgumentList.Add(a);
+        if (env != null) foreach (var (k, v) in env) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
@@ -148,8 +151,10 @@ public class CliTests
             """{"question": "broken row"}""",
         });
         var report = Path.Combine(_dir, "eval.json");
-        (code, stdout, stderr) = Run("eval", "--model", model, "--adapter", Path.Combine(outDir, "adapter"), "--baseline",
-            "--tasks", $"ppl:{data},bleu:{data},rouge:{data},arc:{arc}", "--max-new-tokens", "4", "--max-seq-len", "64", "--out", report, "--run", outDir);
+        using var judge = new Evaluation.JudgeTests.Stub((_, body) => Task.FromResult(Evaluation.JudgeTests.Chat("""{"relevance": 7, "coherence": 8, "style": 6}""")));
+        (code, stdout, stderr) = RunWithEnv(new Dictionary<string, string> { ["NL_TEST_JUDGE_KEY"] = "sk-test-secret" }, "eval", "--model", model, "--adapter", Path.Combine(outDir, "adapter"), "--baseline",
+            "--tasks", $"ppl:{data},bleu:{data},rouge:{data},arc:{arc},judge:{data}", "--max-new-tokens", "4", "--max-seq-len", "64", "--out", report, "--run", outDir,
+            "--judge-url", judge.BaseUrl.ToString(), "--judge-model", "stub-judge", "--judge-key-env", "NL_TEST_JUDGE_KEY", "--judge-cache", Path.Combine(_dir, "judge-cache"));
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("| measure | base | fine-tuned | change |").And.Contain("| ppl |").And.Contain("| arc.acc |").And.Contain("| rougeL |").And.Contain("| bleu |"));
         Assert.That(stderr, Does.Contain("arc.jsonl:3:"));
@@ -157,5 +162,8 @@ public class CliTests
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(report))!;
         Assert.That((double)json["measures"]!["ppl"]! > 1 && (double)json["baseline"]!["ppl"]! > 1, Is.True);
         Assert.That(File.Exists(Path.ChangeExtension(report, ".png")) && File.Exists(Path.ChangeExtension(report, ".md")), Is.True);
+        Assert.That((double)json["measures"]!["judge.mean"]!, Is.EqualTo(7.0).Within(1e-9));
+        Assert.That(judge.Requests.All(r => r.Authorization == "Bearer sk-test-secret"), Is.True);
+        Assert.That(stdout + stderr + File.ReadAllText(report), Does.Not.Contain("sk-test-secret"), "the key is never printed");
     }
 }

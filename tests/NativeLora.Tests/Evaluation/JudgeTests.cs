@@ -12,12 +12,12 @@ public class JudgeTests
 {
     private const string Key = "sk-test-SECRET-1234567890";
 
-    private sealed record Reply(int Status, string Body, string? RetryAfter = null);
+    internal sealed record Reply(int Status, string Body, string? RetryAfter = null);
 
-    private sealed record Seen(string Method, string Path, string? Authorization, string Body);
+    internal sealed record Seen(string Method, string Path, string? Authorization, string Body);
 
     /// <summary>A chat-completions stub: each request gets handler(requestNumber, body); records requests and the peak in-flight count.</summary>
-    private sealed class Stub : IDisposable
+    internal sealed class Stub : IDisposable
     {
         private readonly HttpListener _listener = new();
         private readonly Func<int, string, Task<Reply>> _handler;
@@ -84,7 +84,7 @@ public class JudgeTests
         }
     }
 
-    private static Reply Chat(string content) =>
+    internal static Reply Chat(string content) =>
         new(200, new JsonObject
         {
             ["id"] = "x",
