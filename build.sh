@@ -91,9 +91,13 @@ run_demo() {
   fi
   log "demo 3/4: LoRA fine-tune on data/demo/instructions.jsonl (config data/demo/train.json)"
   (cd "$ROOT" && "$cli" train --config data/demo/train.json)
-  log "demo 4/4: a sample generation with the adapter"
+  log "demo 4/5: a sample generation with the adapter"
   (cd "$ROOT" && "$cli" generate --model runs/demo-model --adapter runs/demo/adapter --prompt "What is the capital of France?" --chat --max-new-tokens 24)
-  log "demo done: adapter, metrics.jsonl and loss.png are in runs/demo/"
+  log "demo 5/5: evaluation of the base and the fine-tuned model (perplexity, BLEU/ROUGE, a multiple-choice file)"
+  (cd "$ROOT" && "$cli" eval --model runs/demo-model --adapter runs/demo/adapter --baseline --run runs/demo \
+     --tasks ppl:data/demo/eval.jsonl,bleu:data/demo/eval.jsonl,rouge:data/demo/eval.jsonl,arc:data/demo/arc-style.jsonl \
+     --max-new-tokens 24 --out runs/demo/eval.json)
+  log "demo done: adapter, metrics.jsonl, loss.png and eval.{json,md,png} are in runs/demo/"
 }
 
 cmd=${1:-build}

@@ -202,20 +202,25 @@ internal static class Commands
         return 0;
     }
 
-    // before/after bars of every measure on a 0..max scale each (values side by side per measure)
+    // before/after bars per measure, each scaled to the larger of its two values (measures differ by orders
+    // of magnitude); perplexity is shown as its log, ppl.nll, and token counts are left out
     private static void WritePlot(string path, IReadOnlyDictionary<string, double> after, IReadOnlyDictionary<string, double>? before)
     {
         var plot = new ScottPlot.Plot();
-        var keys = after.Keys.Where(k => !k.EndsWith(".tokens")).ToList();
+        var keys = after.Keys.Where(k => !k.EndsWith(".tokens") && k != "ppl").ToList();
         var ticks = new List<ScottPlot.Tick>();
         for (int i = 0; i < keys.Count; i++)
         {
-            if (before != null && before.TryGetValue(keys[i], out var b))
-                plot.Add.Bar(new ScottPlot.Bar { Position = 3 * i, Value = b, FillColor = ScottPlot.Colors.Gray });
-            plot.Add.Bar(new ScottPlot.Bar { Position = 3 * i + 1, Value = after[keys[i]], FillColor = ScottPlot.Colors.SteelBlue });
+            double a = after[keys[i]];
+            double b = before != null && before.TryGetValue(keys[i], out var bv) ? bv : double.NaN;
+            double scale = Math.Max(Math.Abs(a), double.IsNaN(b) ? 0 : Math.Abs(b));
+            if (scale == 0) scale = 1;
+            if (!double.IsNaN(b)) plot.Add.Bar(new ScottPlot.Bar { Position = 3 * i, Value = b / scale, FillColor = ScottPlot.Colors.Gray });
+            plot.Add.Bar(new ScottPlot.Bar { Position = 3 * i + 1, Value = a / scale, FillColor = ScottPlot.Colors.SteelBlue });
             ticks.Add(new ScottPlot.Tick(3 * i + 0.5, keys[i]));
         }
         plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(ticks.ToArray());
+        plot.YLabel("value / the larger of before and after");
         plot.Title(before != null ? "before (gray) / after (blue)" : "evaluation");
         plot.SavePng(path, Math.Max(600, 120 * keys.Count), 450);
     }
