@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
-using System.IO.MemoryMappedFiles;
 using System.Text;
+using NativeLora.IO;
 
 namespace NativeLora.Gguf;
 
@@ -22,8 +22,7 @@ public sealed unsafe class GgufFile : IDisposable
 
     static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
-    readonly MemoryMappedFile? _map;
-    readonly MemoryMappedViewAccessor? _view;
+    readonly ReadOnlyMapping _mapping;
     readonly byte* _base;
     readonly Dictionary<string, GgufValue> _metadataByKey;
     readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
@@ -40,9 +39,9 @@ public sealed unsafe class GgufFile : IDisposable
     /// <summary>Tensor infos in file order.</summary>
     public IReadOnlyList<GgufTensorInfo> Tensors { get; }
 
-    GgufFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* basePtr, long fileLength, Header h)
+    GgufFile(ReadOnlyMapping mapping, Header h)
     {
-        Path = path; _map = map; _view = view; _base = basePtr; FileLength = fileLength;
+        Path = mapping.Path; _mapping = mapping; _base = mapping.Pointer; FileLength = mapping.Length;
         Version = h.Version; Alignment = h.Alignment; DataOffset = h.DataOffset;
         Metadata = h.Metadata; Tensors = h.Tensors;
         _metadataByKey = h.Metadata.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
@@ -53,36 +52,10 @@ public sealed unsafe class GgufFile : IDisposable
 
     public static GgufFile Open(string path)
     {
-        ArgumentNullException.ThrowIfNull(path);
-        FileStream? stream = null;
-        MemoryMappedFile? map = null;
-        MemoryMappedViewAccessor? view = null;
-        bool pointerAcquired = false;
-        try
-        {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-            long length = stream.Length;
-            if (length < 24) // checked before mapping: an empty file cannot be mapped
-                throw new GgufFormatException(path, $"file is {length} bytes, shorter than the 24-byte GGUF header (magic, version, tensor count, metadata count)");
-            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-            stream = null; // the map owns it now
-            view = map.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            pointerAcquired = true;
-            p += view.PointerOffset;
-            var header = Parse(path, p, length);
-            return new GgufFile(path, map, view, p, length, header);
-        }
-        catch
-        {
-            // Never leak the handle on a bad file.
-            if (pointerAcquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
-            view?.Dispose();
-            map?.Dispose();
-            stream?.Dispose();
-            throw;
-        }
+        var mapping = ReadOnlyMapping.Open(path, 24, length => new GgufFormatException(path,
+            $"file is {length} bytes, shorter than the 24-byte GGUF header (magic, version, tensor count, metadata count)"));
+        try { return new GgufFile(mapping, Parse(path, mapping.Pointer, mapping.Length)); }
+        catch { mapping.Dispose(); throw; } // never leak the handle on a bad file
     }
 
     /// <summary>A bounds-checked little-endian cursor over the mapped file.</summary>
@@ -338,8 +311,6 @@ public sealed unsafe class GgufFile : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        _view?.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view?.Dispose();
-        _map?.Dispose();
+        _mapping.Dispose();
     }
 }

@@ -1,8 +1,8 @@
 using System.Buffers.Binary;
-using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
+using NativeLora.IO;
 
 namespace NativeLora.SafeTensors;
 
@@ -21,8 +21,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     // Throwing decoder: the default UTF8Encoding silently replaces invalid bytes with U+FFFD.
     static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
-    readonly MemoryMappedFile _map;
-    readonly MemoryMappedViewAccessor _view;
+    readonly ReadOnlyMapping _mapping;
     readonly byte* _data;
     readonly SafeTensorInfo[] _tensors;
     readonly Dictionary<string, SafeTensorInfo> _byName;
@@ -39,11 +38,10 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     /// <summary>The <c>__metadata__</c> entry; empty when absent.</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
-    SafeTensorsFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, byte* data, long headerLength,
-                    long dataLength, SafeTensorInfo[] tensors, Dictionary<string, string> metadata)
+    SafeTensorsFile(ReadOnlyMapping mapping, long headerLength, SafeTensorInfo[] tensors, Dictionary<string, string> metadata)
     {
-        Path = path; _map = map; _view = view; _data = data;
-        HeaderLength = headerLength; DataLength = dataLength;
+        Path = mapping.Path; _mapping = mapping; _data = mapping.Pointer + 8 + headerLength;
+        HeaderLength = headerLength; DataLength = mapping.Length - 8 - headerLength;
         _tensors = tensors;
         _byName = new Dictionary<string, SafeTensorInfo>(tensors.Length, StringComparer.Ordinal);
         foreach (var t in tensors) _byName.Add(t.Name, t);
@@ -52,39 +50,14 @@ public sealed unsafe class SafeTensorsFile : IDisposable
 
     public static SafeTensorsFile Open(string path)
     {
-        ArgumentNullException.ThrowIfNull(path);
-        FileStream? stream = null;
-        MemoryMappedFile? map = null;
-        MemoryMappedViewAccessor? view = null;
-        bool pointerAcquired = false;
+        var mapping = ReadOnlyMapping.Open(path, 8, length => new SafeTensorsFormatException(path,
+            $"file is {length} bytes, shorter than the 8-byte header length prefix"));
         try
         {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-            long fileLength = stream.Length;
-            // Checked before mapping: a zero-length file cannot be mapped at all.
-            if (fileLength < 8)
-                throw new SafeTensorsFormatException(path, $"file is {fileLength} bytes, shorter than the 8-byte header length prefix");
-
-            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-            stream = null; // the map owns it now
-            view = map.CreateViewAccessor(0, fileLength, MemoryMappedFileAccess.Read);
-            byte* basePtr = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
-            pointerAcquired = true;
-            basePtr += view.PointerOffset;
-
-            var (n, tensors, metadata) = ParseHeader(path, basePtr, fileLength);
-            return new SafeTensorsFile(path, map, view, basePtr + 8 + n, n, fileLength - 8 - n, tensors, metadata);
+            var (n, tensors, metadata) = ParseHeader(path, mapping.Pointer, mapping.Length);
+            return new SafeTensorsFile(mapping, n, tensors, metadata);
         }
-        catch
-        {
-            // Never leak the handle on a bad file.
-            if (pointerAcquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
-            view?.Dispose();
-            map?.Dispose();
-            stream?.Dispose();
-            throw;
-        }
+        catch { mapping.Dispose(); throw; } // never leak the handle on a bad file
     }
 
     static (long n, SafeTensorInfo[] tensors, Dictionary<string, string> metadata) ParseHeader(string path, byte* file, long fileLength)
@@ -326,9 +299,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        _view.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view.Dispose();
-        _map.Dispose();
+        _mapping.Dispose();
     }
 }
 
