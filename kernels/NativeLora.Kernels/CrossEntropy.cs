@@ -81,8 +81,7 @@ public static class CrossEntropy
         }
     }
 
-    /// <summary>Labels must be −100 or lie in [0, vocab) (checked by the caller).</summary>
-    /// <summary>grad may be the logits themselves when T is float.</summary>
+    /// <summary>Labels must be −100 or lie in [0, vocab) (checked by the caller); grad may be the logits themselves when T is float.</summary>
     public static void ForwardBackward<T, S>(KernelSet k, ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int rows, int vocab, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
