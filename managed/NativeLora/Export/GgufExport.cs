@@ -59,6 +59,8 @@ public static class GgufExport
         string arch = c.ModelType == "qwen2" ? "qwen2" : "llama";
         using var files = ShardedSafeTensors.Open(modelDir);
         ModelDirectory.CheckCheckpoint(files, c, modelDir);
+        if (ModelDirectory.HasBnb4BitWeights(files, c))
+            throw new NotSupportedException($"{modelDir}: the weights are bitsandbytes 4-bit; export it with an adapter (merged first into dense weights), or export a model `nativelora merge` wrote");
         var w = new GgufWriter();
         w.Set("general.architecture", arch);
         w.Set("general.name", Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd('/')));

@@ -19,8 +19,9 @@ namespace NativeLora.Export;
 /// the next is read, so peak memory is about one tensor. Several adapters combine as HF PEFT's
 /// add_weighted_adapter(combination_type="linear"): B = Σ √wᵢ·Bᵢ, A = Σ √wᵢ·sᵢ·Aᵢ (same rank
 /// required; the product has cross terms, exactly as PEFT's).
-/// A QLoRA base would be dequantized to the output dtype first: merging into 4-bit weights is not done,
-/// because re-quantizing W0 + ΔW loses the update's small values in NF4's 16 levels.
+/// A QLoRA base saved by transformers (bitsandbytes NF4 weights) is dequantized first and the output is
+/// dense: merging into 4-bit weights is not done, because re-quantizing W0 + ΔW loses the update's small
+/// values in NF4's 16 levels.
 /// </summary>
 public static class LoraMerge
 {
@@ -79,7 +80,7 @@ public static class LoraMerge
         // modules_to_save: the adapter's trained copy replaces the base tensor
         var saved = adapters.FirstOrDefault(a => a.File.Contains("base_model.model." + name));
         if (saved != null) return saved.File.ReadAsFloat32("base_model.model." + name);
-        var w0 = baseFiles.ReadAsFloat32(name);
+        var w0 = ModelDirectory.ReadAsFloat32(device, baseFiles, name, shape);
         var withA = adapters.Where(a => a.File.Contains(LoraAdapter.KeyA(target))).ToList();
         if (withA.Count == 0) return w0;
         int outF = shape[0], inF = shape[1], r = withA[0].Config.R;

@@ -2,6 +2,7 @@ using System.Text.Json;
 using NativeLora.Devices;
 using NativeLora.IO;
 using NativeLora.Kernels;
+using NativeLora.Quantization;
 using NativeLora.SafeTensors;
 using NativeLora.Tensors;
 
@@ -21,6 +22,20 @@ public static class ModelDirectory
     private static bool IsIgnorable(string name, ModelConfig c) =>
         name.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal) ||
         (c.TieWordEmbeddings && name == "lm_head.weight");
+
+    // The companions of a bitsandbytes 4-bit weight "X.weight" (HF's serialization of Params4bit).
+    private static readonly string[] Bnb4BitSuffixes = [".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", Nf4Tensor.QuantStateSuffix];
+
+    /// <summary>True when name is stored as a bitsandbytes NF4 weight (a U8 tensor with a quant_state beside it).</summary>
+    private static bool IsBnb4Bit(ShardedSafeTensors files, string name) =>
+        files.TryGet(name + Nf4Tensor.QuantStateSuffix, out _) && files.TryGet(name, out var info) && info.DType == SafeTensorsDType.U8;
+
+    private static bool IsBnb4BitCompanion(ShardedSafeTensors files, string name)
+    {
+        foreach (var suffix in Bnb4BitSuffixes)
+            if (name.EndsWith(suffix, StringComparison.Ordinal) && IsBnb4Bit(files, name[..^suffix.Length])) return true;
+        return false;
+    }
 
     public static ModelConfig ReadConfig(string dir)
     {
@@ -64,13 +79,14 @@ public static class ModelDirectory
         foreach (var (name, shape) in expected)
         {
             if (!files.TryGet(name, out var info)) { problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]"); continue; }
+            if (IsBnb4Bit(files, name)) continue; // shape and dtype come from its quant_state, checked when it is read
             if (!info.Shape.Select(d => (int)d).SequenceEqual(shape) || info.Shape.Length != shape.Length)
                 problems.Add($"tensor '{name}' in {Path.GetFileName(files.FileOf(name))} has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}]");
             else if (info.DType is not (SafeTensorsDType.F32 or SafeTensorsDType.BF16 or SafeTensorsDType.F16))
                 problems.Add($"tensor '{name}' has dtype {info.DType}, expected F32, BF16 or F16");
         }
         var names = expected.Select(e => e.Name).ToHashSet();
-        foreach (var extra in files.Names.Where(n => !names.Contains(n) && !IsIgnorable(n, config)).OrderBy(n => n))
+        foreach (var extra in files.Names.Where(n => !names.Contains(n) && !IsIgnorable(n, config) && !IsBnb4BitCompanion(files, n)).OrderBy(n => n))
             problems.Add($"unexpected tensor '{extra}' in {Path.GetFileName(files.FileOf(extra))}");
         if (problems.Count > 0)
             throw new InvalidDataException($"{dir}: the checkpoint does not match its {config.ModelType} config.json ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
@@ -78,8 +94,10 @@ public static class ModelDirectory
     }
 
     // Same dtype: bytes straight from the map. Otherwise convert through f32 on the host.
+    // A bitsandbytes NF4 weight (a QLoRA model saved by transformers) is dequantized on the device.
     private static unsafe void Upload(ShardedSafeTensors files, string name, Tensor t)
     {
+        if (IsBnb4Bit(files, name)) { UploadBnb4Bit(files, name, t); return; }
         var info = files.Get(name);
         var fileDType = info.DType switch { SafeTensorsDType.F32 => DType.F32, SafeTensorsDType.BF16 => DType.BF16, _ => DType.F16 };
         if (fileDType == t.DType && info.ByteLength <= int.MaxValue)
@@ -88,6 +106,45 @@ public static class ModelDirectory
             return;
         }
         t.CopyFromFloats(files.ReadAsFloat32(name));
+    }
+
+    /// <summary>
+    /// A checkpoint tensor as f32 on the host: converted from its float dtype, or, for a bitsandbytes NF4
+    /// weight, dequantized on device (the merge reads a QLoRA base this way).
+    /// </summary>
+    public static float[] ReadAsFloat32(ComputeDevice device, ShardedSafeTensors files, string name, int[] shape)
+    {
+        if (!IsBnb4Bit(files, name)) return files.ReadAsFloat32(name);
+        using var t = device.Allocate(DType.F32, shape);
+        UploadBnb4Bit(files, name, t);
+        return t.ToArray<float>();
+    }
+
+    /// <summary>True when any tensor of the checkpoint is a bitsandbytes NF4 weight.</summary>
+    public static bool HasBnb4BitWeights(ShardedSafeTensors files, ModelConfig config) =>
+        CausalLm.ExpectedParameters(config).Any(p => IsBnb4Bit(files, p.Name));
+
+    private static void UploadBnb4Bit(ShardedSafeTensors files, string name, Tensor t)
+    {
+        var state = new Dictionary<string, HostArray>(StringComparer.Ordinal);
+        foreach (var suffix in Bnb4BitSuffixes.Prepend(""))
+        {
+            if (!files.TryGet(name + suffix, out var info)) continue; // FromStateDict names what a state lacks
+            state[name + suffix] = new HostArray(info.DType, info.Shape.ToArray(), files.GetBytes(name + suffix).ToArray());
+        }
+        Nf4Tensor q;
+        try { q = Nf4Tensor.FromStateDict(t.Device, state, name); }
+        catch (Exception e) when (e is InvalidDataException or JsonException or InvalidOperationException or FormatException)
+        {
+            throw new InvalidDataException($"tensor '{name}' in {Path.GetFileName(files.FileOf(name))}: bitsandbytes 4-bit state is unreadable: {e.Message}", e);
+        }
+        using (q)
+        {
+            if (!q.Shape.SequenceEqual(t.Shape))
+                throw new InvalidDataException($"tensor '{name}' in {Path.GetFileName(files.FileOf(name))}: bitsandbytes 4-bit state has shape [{string.Join(", ", q.Shape)}], expected [{string.Join(", ", t.Shape)}]");
+            q.Dequantize(t.Device.Kernels, t);
+            t.Device.Synchronize();
+        }
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using NativeLora.Export;
+using NativeLora.Gguf;
 using NativeLora.Lora;
 using NativeLora.Model;
 using NativeLora.SafeTensors;
@@ -59,6 +60,37 @@ public class MergeTests
         Assert.That(File.Exists(Path.Combine(outDir, ShardedSafeTensors.IndexFileName)), Is.True, "sharded above the size limit");
         using var merged = ModelDirectory.Load(TestDevice.Shared, outDir, DType.F32);
         Check.Close(merged.Logits(tokens), Ref.ToDouble(expected), 1e-5, $"merged {kind}", 0);
+    }
+
+    [Test]
+    public void QloraBaseSavedByTransformersMergesIntoDenseWeights()
+    {
+        var c = GenerationTests.TinyConfig("llama");
+        var baseDir = Path.Combine(_dir, "base");
+        var w = RandomInit.Create(c, 8, 0.08);
+        ModelDirectory.Save(baseDir, c, w, DType.F32);
+        ModelDirectoryTests.WriteBnb4BitCheckpoint(baseDir, c, w); // projections as bitsandbytes NF4
+        var rng = new Random(Check.FreshSeed());
+        var tokens = TokenBatch.FromSequences(new[] { Enumerable.Range(0, 9).Select(_ => rng.Next(c.VocabSize)).ToArray() });
+        float[] expected;
+        var adapterDir = Path.Combine(_dir, "adapter");
+        using (var model = ModelDirectory.Load(TestDevice.Shared, baseDir, DType.F32))
+        {
+            using var adapter = LoraAdapter.Attach(model, new LoraConfig { R = 4, Alpha = 8 }, 3);
+            Randomize(adapter, rng);
+            adapter.SyncCompute(model.Kernels);
+            expected = model.Logits(tokens);
+            adapter.Save(adapterDir);
+        }
+        var outDir = Path.Combine(_dir, "merged");
+        LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, outDir, DType.F32);
+        using (var files = ShardedSafeTensors.Open(outDir))
+            Assert.That(files.Names.Where(n => files.Get(n).DType != SafeTensorsDType.F32), Is.Empty, "merged weights are dense");
+        using var merged = ModelDirectory.Load(TestDevice.Shared, outDir, DType.F32);
+        Check.Close(merged.Logits(tokens), Ref.ToDouble(expected), 1e-5, "merged over an NF4 base", 0);
+
+        var e = Assert.Throws<NotSupportedException>(() => GgufExport.Run(TestDevice.Shared, baseDir, null, Path.Combine(_dir, "base.gguf"), GgufFileType.AllF32))!;
+        Assert.That(e.Message, Does.Contain(baseDir).And.Contain("bitsandbytes 4-bit").And.Contain("adapter"));
     }
 
     [Test]

@@ -1,5 +1,7 @@
 using System.Text.Json.Nodes;
+using NativeLora.Lora;
 using NativeLora.Model;
+using NativeLora.Quantization;
 using NativeLora.SafeTensors;
 using NativeLora.Tensors;
 using NativeLora.Tests.Support;
@@ -100,4 +102,79 @@ public class ModelDirectoryTests
         Assert.That(c.RopeScaling, Is.EqualTo(new NativeLora.Kernels.RopeScaling(NativeLora.Kernels.RopeScalingType.Llama3, 8, 1, 4, 8192)));
         Assert.That((c.HeadDim, c.KvDim, c.EosTokenId), Is.EqualTo((128, 1024, 128001)));
     }
+
+    // A QLoRA base saved by transformers stores each projection as bitsandbytes NF4 (U8 codes plus
+    // absmax, quant_map, nested_* and a quant_state JSON). Loading dequantizes it; every other tensor is read as is.
+    internal static Dictionary<string, float[]> WriteBnb4BitCheckpoint(string dir, ModelConfig c, Dictionary<string, float[]> w, Func<string, string, string>? editState = null)
+    {
+        var restored = new Dictionary<string, float[]>();
+        var writer = new SafeTensorsWriter();
+        foreach (var (name, shape) in CausalLm.ExpectedParameters(c))
+        {
+            bool quantize = LoraConfig.AllTargets.Any(t => name.EndsWith("." + t + ".weight", StringComparison.Ordinal));
+            if (!quantize) { writer.Add(name, SafeTensorsDType.BF16, shape.Select(d => (long)d).ToArray(), ModelDirectory.Encode(w[name], DType.BF16)); continue; }
+            using var dense = TestDevice.Shared.Allocate(DType.F32, shape);
+            dense.CopyFromFloats(w[name]);
+            using var q = Nf4Tensor.Quantize(TestDevice.Shared.Kernels, dense);
+            using var back = TestDevice.Shared.Allocate(DType.F32, shape);
+            q.Dequantize(TestDevice.Shared.Kernels, back);
+            restored[name] = back.ToFloatArray();
+            foreach (var (key, a) in q.ToStateDict(name))
+            {
+                var data = a.Data;
+                if (editState != null && key.EndsWith(Nf4Tensor.QuantStateSuffix)) data = System.Text.Encoding.UTF8.GetBytes(editState(name, System.Text.Encoding.UTF8.GetString(data)));
+                writer.Add(key, a.DType, key.EndsWith(Nf4Tensor.QuantStateSuffix) ? new long[] { data.Length } : a.Shape, data);
+            }
+        }
+        writer.Write(Path.Combine(dir, "model.safetensors"));
+        return restored;
+    }
+
+    [Test]
+    public void BitsAndBytes4BitCheckpointsLoadDequantized([Values("llama", "qwen2")] string type)
+    {
+        var c = GenerationTests.TinyConfig(type, tied: type == "qwen2");
+        var w = RandomInit.Create(c, 7, 0.05);
+        ModelDirectory.Save(_dir, c, w, DType.F32);
+        var restored = WriteBnb4BitCheckpoint(_dir, c, w);
+        Assert.That(restored, Has.Count.EqualTo(7 * c.NumLayers));
+        // transformers also records how the base was quantized; it is read past (the weights say it all)
+        var configPath = Path.Combine(_dir, ModelDirectory.ConfigFileName);
+        var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
+        config["quantization_config"] = new JsonObject
+        {
+            ["quant_method"] = "bitsandbytes", ["load_in_4bit"] = true, ["bnb_4bit_quant_type"] = "nf4",
+            ["bnb_4bit_use_double_quant"] = true, ["bnb_4bit_compute_dtype"] = "bfloat16",
+        };
+        File.WriteAllText(configPath, config.ToJsonString());
+
+        using var model = ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32);
+        foreach (var (name, data) in w)
+        {
+            var got = model.Parameters[name].ToFloatArray();
+            if (restored.TryGetValue(name, out var expected))
+            {
+                Assert.That(got, Is.EqualTo(expected), name);
+                // and NF4 is near the original: RMS error well under the weights' own RMS
+                double err = Math.Sqrt(got.Zip(data, (a, b) => (double)(a - b) * (a - b)).Average());
+                double rms = Math.Sqrt(data.Average(v => (double)v * v));
+                Assert.That(err, Is.LessThan(0.15 * rms), name);
+            }
+            else Assert.That(got, Is.EqualTo(data.Select(v => Ref.Round(DType.BF16, v)).ToArray()), name);
+        }
+    }
+
+    [Test]
+    public void BitsAndBytes4BitStateWithTheWrongShapeNamesTheTensor()
+    {
+        var c = GenerationTests.TinyConfig("llama");
+        var w = RandomInit.Create(c, 2, 0.05);
+        ModelDirectory.Save(_dir, c, w, DType.F32);
+        const string bad = "model.layers.1.self_attn.o_proj.weight";
+        WriteBnb4BitCheckpoint(_dir, c, w, (name, json) =>
+            name == bad ? json.Replace($"\"shape\": [{c.HiddenSize}, {c.HiddenSize}]", $"\"shape\": [{c.HiddenSize / 2}, {c.HiddenSize * 2}]") : json);
+        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32))!;
+        Assert.That(e.Message, Does.Contain(bad).And.Contain("model.safetensors").And.Contain("expected ["));
+    }
 }
+
