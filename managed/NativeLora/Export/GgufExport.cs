@@ -54,9 +54,9 @@ public static class GgufExport
     private static void Write(string modelDir, string outPath, GgufFileType fileType)
     {
         var c = ModelDirectory.ReadConfig(modelDir);
-        if (c.RopeScaling.Type != Kernels.RopeScalingType.None)
-            throw new NotSupportedException($"{modelDir}: exporting rope_scaling ({c.RopeScaling.Type}) to GGUF is not supported yet (llama.cpp needs a rope_freqs tensor)");
         string arch = c.ModelType == "qwen2" ? "qwen2" : "llama";
+        if (c.RopeScaling.Type == Kernels.RopeScalingType.Llama3 && arch != "llama")
+            throw new NotSupportedException($"{modelDir}: llama3 rope_scaling on a {c.ModelType} model has no GGUF form (llama.cpp reads rope_freqs for llama only)");
         using var files = ShardedSafeTensors.Open(modelDir);
         ModelDirectory.CheckCheckpoint(files, c, modelDir);
         if (ModelDirectory.HasBnb4BitWeights(files, c))
@@ -76,9 +76,23 @@ public static class GgufExport
         w.Set($"{arch}.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
         w.Set($"{arch}.rope.freq_base", (float)c.RopeTheta);
         w.Set($"{arch}.rope.dimension_count", (uint)c.HeadDim);
+        if (c.RopeScaling.Type == Kernels.RopeScalingType.Linear)
+        {
+            w.Set($"{arch}.rope.scaling.type", "linear");
+            w.Set($"{arch}.rope.scaling.factor", (float)c.RopeScaling.Factor);
+        }
         if (arch == "llama") w.Set("llama.vocab_size", (uint)c.VocabSize);
         WriteTokenizer(w, modelDir, c);
 
+        if (c.RopeScaling.Type == Kernels.RopeScalingType.Llama3)
+        {
+            // llama.cpp divides each RoPE frequency by rope_freqs[i] (as convert_hf_to_gguf writes it):
+            // the ratio of the plain frequency to the llama3-scaled one.
+            var plain = Kernels.Rope.InverseFrequencies(c.HeadDim, c.RopeTheta, Kernels.RopeScaling.None);
+            var scaled = Kernels.Rope.InverseFrequencies(c.HeadDim, c.RopeTheta, c.RopeScaling);
+            var factors = plain.Zip(scaled, (p, q) => (float)(p / q)).ToArray();
+            w.AddTensor("rope_freqs.weight", GgmlType.F32, new long[] { factors.Length }, () => factors);
+        }
         var mix = GgufQuantMix.Model.ForLlama(c.NumLayers, c.NumHeads, c.NumKvHeads, c.TieWordEmbeddings);
         foreach (var (name, shape) in CausalLm.ExpectedParameters(c))
         {

@@ -101,6 +101,34 @@ public class LlamaCppParityTests
         Assert.That(rel, Is.LessThan(tolerance));
     }
 
+    // Scaling strong enough to show within 12 positions: an original context of 4 makes every pair past the
+    // first few "low frequency" (divided by the factor) or in the smooth band.
+    [TestCase("linear")]
+    [TestCase("llama3")]
+    public void RopeScaledModelsMatch(string kind)
+    {
+        var c = GenerationTests.TinyConfig("llama") with { VocabSize = 300, HiddenSize = 256, IntermediateSize = 512, NumHeads = 4, NumKvHeads = 2, HeadDim = 64 };
+        var scaled = c with
+        {
+            RopeScaling = kind == "linear"
+                ? new NativeLora.Kernels.RopeScaling(NativeLora.Kernels.RopeScalingType.Linear, Factor: 4)
+                : new NativeLora.Kernels.RopeScaling(NativeLora.Kernels.RopeScalingType.Llama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositions: 4),
+        };
+        var w = RandomInit.Create(c, 5, 0.05);
+        var dir = Path.Combine(_dir, kind);
+        ModelDirectory.Save(dir, scaled, w, DType.F32);
+        var plainDir = Path.Combine(_dir, kind + "-plain");
+        ModelDirectory.Save(plainDir, c, w, DType.F32);
+        var tokens = new[] { 1, 17, 200, 45, 3, 99, 250, 7, 8, 150, 60, 61 };
+        var (ours, theirs) = Run(dir, "f32", tokens);
+        var (rel, _, _) = Compare(ours, theirs);
+        using var plain = ModelDirectory.Load(TestDevice.Shared, plainDir, DType.F32);
+        var (unscaledRel, _, _) = Compare(ours, Rows(plain.Logits(TokenBatch.FromSequences(new[] { tokens })), c.VocabSize));
+        TestContext.Progress.WriteLine($"rope {kind}: relative error {rel:E2} (the unscaled model differs by {unscaledRel:E2})");
+        Assert.That(unscaledRel, Is.GreaterThan(100 * 1e-4), "the scaling must change the logits for the check to mean anything");
+        Assert.That(rel, Is.LessThan(1e-4));
+    }
+
     /// <summary>
     /// Quantized files: llama.cpp against our forward of the weights the file actually holds (our blocks
     /// decoded back, Q/K un-permuted), so the check is llama.cpp's reading of our blocks, not the
