@@ -117,14 +117,20 @@ public static class GgufExport
         string[] tokens;
         int[] types;
         string[] merges;
-        int? bos = c.BosTokenId, eos = c.EosTokenId;
+        int? bos = c.BosTokenId, eos = c.EosTokenId, unk = null;
         string pre = "default";
+        bool spm = false, addSpacePrefix = false;
+        static int? vocab0(JsonObject model, string text) => model["vocab"]![text] is JsonNode id ? (int)id : null;
         if (File.Exists(tokPath))
         {
             var json = JsonNode.Parse(File.ReadAllText(tokPath))!.AsObject();
             var model = json["model"]!.AsObject();
-            if ((string?)model["type"] != "BPE" || model["byte_fallback"]?.GetValue<bool>() == true)
-                throw new NotSupportedException($"{tokPath}: only byte-level BPE tokenizers (Llama 3, Qwen2) export to GGUF yet; SentencePiece-style vocabularies need tokenizer.model");
+            if ((string?)model["type"] != "BPE")
+                throw new NotSupportedException($"{tokPath}: only BPE tokenizers (byte-level as Llama 3 and Qwen2, or SentencePiece-style with byte fallback as Llama 2 and Mistral) export to GGUF; this one is {(string?)model["type"]}");
+            spm = model["byte_fallback"]?.GetValue<bool>() == true;
+            unk = model["unk_token"] is JsonValue uv && uv.TryGetValue(out string? unkText) ? (int?)vocab0(model, unkText) : null;
+            addSpacePrefix = spm && (json["normalizer"]?.ToJsonString().Contains("\"Prepend\"") == true
+                || json["pre_tokenizer"]?.ToJsonString() is string pt && pt.Contains("\"Metaspace\"") && !pt.Contains("\"never\""));
             var vocab = model["vocab"]!.AsObject();
             var added = json["added_tokens"]?.AsArray() ?? new JsonArray();
             int size = Math.Max(c.VocabSize, Math.Max(vocab.Select(kv => (int)kv.Value!).DefaultIfEmpty(-1).Max(), added.Select(a => (int)a!["id"]!).DefaultIfEmpty(-1).Max()) + 1);
@@ -174,11 +180,35 @@ public static class GgufExport
             bos ??= 1;
             eos ??= 2;
         }
-        w.Set("tokenizer.ggml.model", "gpt2");
-        w.Set("tokenizer.ggml.pre", pre);
-        w.Set("tokenizer.ggml.tokens", GgufValue.Array(tokens));
-        w.Set("tokenizer.ggml.token_type", GgufValue.Array(types));
-        w.Set("tokenizer.ggml.merges", GgufValue.Array(merges));
+        if (spm)
+        {
+            // llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined piece scores highest,
+            // so a piece made by merge rank r scores −r: the same order as the BPE merges in tokenizer.json.
+            var scores = new float[tokens.Length];
+            var index = new Dictionary<string, int>(StringComparer.Ordinal);
+            for (int i = 0; i < tokens.Length; i++) index.TryAdd(tokens[i], i);
+            for (int i = 0; i < tokens.Length; i++) scores[i] = types[i] == 1 ? -(merges.Length + i) : 0f; // pieces no merge makes
+            for (int r = merges.Length - 1; r >= 0; r--)
+                if (index.TryGetValue(merges[r].Replace(" ", ""), out int id) && types[id] == 1) scores[id] = -r;
+            for (int i = 0; i < tokens.Length; i++)
+                if (types[i] == 1 && tokens[i].Length == 6 && tokens[i].StartsWith("<0x") && tokens[i].EndsWith('>')) types[i] = 6; // byte pieces
+            if (unk is int u) { types[u] = 2; w.Set("tokenizer.ggml.unknown_token_id", (uint)u); }
+            w.Set("tokenizer.ggml.model", "llama");
+            w.Set("tokenizer.ggml.tokens", GgufValue.Array(tokens));
+            w.Set("tokenizer.ggml.scores", GgufValue.Array(scores));
+            w.Set("tokenizer.ggml.token_type", GgufValue.Array(types));
+            w.Set("tokenizer.ggml.add_space_prefix", addSpacePrefix);
+            w.Set("tokenizer.ggml.add_bos_token", true);
+            w.Set("tokenizer.ggml.add_eos_token", false);
+        }
+        else
+        {
+            w.Set("tokenizer.ggml.model", "gpt2");
+            w.Set("tokenizer.ggml.pre", pre);
+            w.Set("tokenizer.ggml.tokens", GgufValue.Array(tokens));
+            w.Set("tokenizer.ggml.token_type", GgufValue.Array(types));
+            w.Set("tokenizer.ggml.merges", GgufValue.Array(merges));
+        }
         if (bos is int b2) w.Set("tokenizer.ggml.bos_token_id", (uint)b2);
         if (eos is int e2) w.Set("tokenizer.ggml.eos_token_id", (uint)e2);
     }

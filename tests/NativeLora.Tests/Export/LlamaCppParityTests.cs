@@ -101,6 +101,36 @@ public class LlamaCppParityTests
         Assert.That(rel, Is.LessThan(tolerance));
     }
 
+    // A SentencePiece-style vocabulary (Mistral's tokenizer.json: BPE with byte fallback, "▁" for spaces)
+    // exported as tokenizer.ggml.model "llama": llama.cpp must cut text into the ids HF's tokenizer gives.
+    [Test]
+    public void SentencePieceVocabularyTokenizesAsHf()
+    {
+        string src = NativeLora.Tests.Text.TokenizerReference.Dir("mistral");
+        var hf = NativeLora.Text.HfTokenizer.Load(src);
+        var c = GenerationTests.TinyConfig("llama") with { VocabSize = 32000 };
+        var dir = Path.Combine(_dir, "spm");
+        ModelDirectory.Save(dir, c, RandomInit.Create(c, 5, 0.05), DType.F32);
+        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(src, f), Path.Combine(dir, f));
+        var gguf = Path.Combine(_dir, "spm.gguf");
+        GgufExport.Run(TestDevice.Shared, dir, null, gguf, GgufFileType.AllF32);
+        using (var file = GgufFile.Open(gguf))
+            Assert.That(file.GetValue("tokenizer.ggml.model").AsString(), Is.EqualTo("llama"));
+        var p = new ModelParams(gguf) { ContextSize = 256, GpuLayerCount = 0 };
+        using var weights = LLamaWeights.LoadFromFile(p);
+        var texts = new[]
+        {
+            "Hello world", "The quick brown fox jumps over the lazy dog.", "  two leading spaces and trailing ",
+            "Numbers 1234567 and symbols #@!$%^&*()", "multi\nline\ttext", "Ünïcödé café naïve", "日本語のテキスト", "emoji 🦙🚀 end",
+        };
+        foreach (var text in texts)
+        {
+            var ours = hf.Encode(text, addSpecialTokens: true);
+            var theirs = weights.Tokenize(text, true, false, System.Text.Encoding.UTF8).Select(t => (int)t).ToArray();
+            Assert.That(theirs, Is.EqualTo(ours), text);
+        }
+    }
+
     // Scaling strong enough to show within 12 positions: an original context of 4 makes every pair past the
     // first few "low frequency" (divided by the factor) or in the smooth band.
     [TestCase("linear")]
