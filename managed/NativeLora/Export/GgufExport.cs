@@ -120,7 +120,6 @@ public static class GgufExport
         int? bos = c.BosTokenId, eos = c.EosTokenId, unk = null;
         string pre = "default";
         bool spm = false, addSpacePrefix = false;
-        static int? vocab0(JsonObject model, string text) => model["vocab"]![text] is JsonNode id ? (int)id : null;
         if (File.Exists(tokPath))
         {
             var json = JsonNode.Parse(File.ReadAllText(tokPath))!.AsObject();
@@ -128,10 +127,10 @@ public static class GgufExport
             if ((string?)model["type"] != "BPE")
                 throw new NotSupportedException($"{tokPath}: only BPE tokenizers (byte-level as Llama 3 and Qwen2, or SentencePiece-style with byte fallback as Llama 2 and Mistral) export to GGUF; this one is {(string?)model["type"]}");
             spm = model["byte_fallback"]?.GetValue<bool>() == true;
-            unk = model["unk_token"] is JsonValue uv && uv.TryGetValue(out string? unkText) ? (int?)vocab0(model, unkText) : null;
             addSpacePrefix = spm && (json["normalizer"]?.ToJsonString().Contains("\"Prepend\"") == true
                 || json["pre_tokenizer"]?.ToJsonString() is string pt && pt.Contains("\"Metaspace\"") && !pt.Contains("\"never\""));
             var vocab = model["vocab"]!.AsObject();
+            if (model["unk_token"] is JsonValue uv && uv.TryGetValue(out string? unkText) && vocab[unkText] is JsonNode unkId) unk = (int)unkId;
             var added = json["added_tokens"]?.AsArray() ?? new JsonArray();
             int size = Math.Max(c.VocabSize, Math.Max(vocab.Select(kv => (int)kv.Value!).DefaultIfEmpty(-1).Max(), added.Select(a => (int)a!["id"]!).DefaultIfEmpty(-1).Max()) + 1);
             tokens = new string[size];
