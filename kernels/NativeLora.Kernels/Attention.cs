@@ -374,15 +374,17 @@ public static class Attention
         ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * seqLen, probs, dp, o, dO, seqLen, heads, headDim, h, scale);
     }
 
-    // ---------------------------------------------------------------- decoding with a KV cache
+    // ---------------------------------------------------------------- decoding with a paged KV cache
 
     /// <summary>
     /// One new query per row against that row's cached keys/values (positions 0..len−1, the new one
-    /// included): q, o [B, H·hd]; kCache, vCache [B·maxT, KV·hd]. One thread per (row, head) with an
-    /// online softmax; decoding is memory-bound and tiny next to the projections.
+    /// included): q, o [B, H·hd]; kCache, vCache [pages·pageSize, KV·hd]. Position t of row b lives in
+    /// cache row pageTable[b·maxPages + t / pageSize]·pageSize + t % pageSize, so rows of different
+    /// lengths share one pool of fixed-size pages (vLLM's PagedAttention layout). One thread per
+    /// (row, head) with an online softmax; decoding is memory-bound and tiny next to the projections.
     /// </summary>
     public static void DecodeKernel<T, S>(Index1D i, ArrayView<T> q, ArrayView<T> kCache, ArrayView<T> vCache, ArrayView<int> lengths,
-        ArrayView<T> o, int heads, int kvHeads, int headDim, int maxT, float scale)
+        ArrayView<int> pageTable, ArrayView<T> o, int heads, int kvHeads, int headDim, int maxPages, int pageSize, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
@@ -396,7 +398,8 @@ public static class Attention
         float m = float.NegativeInfinity, l = 0;
         for (int t = 0; t < len; t++)
         {
-            long kBase = ((long)b * maxT + t) * kvStride + (long)g * headDim;
+            int page = pageTable[(long)b * maxPages + t / pageSize];
+            long kBase = ((long)page * pageSize + t % pageSize) * kvStride + (long)g * headDim;
             float dot = 0;
             for (int d = 0; d < headDim; d++) dot += s.Load(q[qBase + d]) * s.Load(kCache[kBase + d]);
             float sc = dot * scale;
@@ -412,10 +415,10 @@ public static class Attention
     }
 
     public static void Decode<T, S>(KernelSet ks, ArrayView<T> q, ArrayView<T> kCache, ArrayView<T> vCache, ArrayView<int> lengths,
-        ArrayView<T> o, int batch, int heads, int kvHeads, int headDim, int maxT, float scale)
+        ArrayView<int> pageTable, ArrayView<T> o, int batch, int heads, int kvHeads, int headDim, int maxPages, int pageSize, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, int, int, int, int, float> kernel = DecodeKernel<T, S>;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * heads, q, kCache, vCache, lengths, o, heads, kvHeads, headDim, maxT, scale);
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<T>, int, int, int, int, int, float> kernel = DecodeKernel<T, S>;
+        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * heads, q, kCache, vCache, lengths, pageTable, o, heads, kvHeads, headDim, maxPages, pageSize, scale);
     }
 }

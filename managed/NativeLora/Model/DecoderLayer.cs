@@ -53,9 +53,12 @@ public sealed class DecoderLayer
 
     public IEnumerable<Linear> Linears => new[] { QProj, KProj, VProj, OProj, GateProj, UpProj, DownProj };
 
-    /// <summary>Runs the layer on x [N, D] into output [N, D]; the returned activations hold x (not owned).</summary>
+    /// <summary>
+    /// Runs the layer on x [N, D] into output [N, D]; the returned activations hold x (not owned).
+    /// adapterSlots (I32 [N], serving only) picks each row's served adapter, −1 for none.
+    /// </summary>
     public LayerActivations Forward(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output,
-        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape)
+        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape, Tensor? adapterSlots = null)
     {
         int n = x.Dim(0);
         var dt = x.DType;
@@ -66,27 +69,27 @@ public sealed class DecoderLayer
         a.Q = device.Allocate(dt, n, c.QDim);
         a.K = device.Allocate(dt, n, c.KvDim);
         a.V = device.Allocate(dt, n, c.KvDim);
-        a.Lora[0] = QProj.Forward(k, a.Xn, a.Q);
-        a.Lora[1] = KProj.Forward(k, a.Xn, a.K);
-        a.Lora[2] = VProj.Forward(k, a.Xn, a.V);
+        a.Lora[0] = QProj.Forward(k, a.Xn, a.Q, adapterSlots);
+        a.Lora[1] = KProj.Forward(k, a.Xn, a.K, adapterSlots);
+        a.Lora[2] = VProj.Forward(k, a.Xn, a.V, adapterSlots);
         RopeOp.Forward(k, a.Q, a.Q, positions, cos, sin, c.NumHeads, c.HeadDim);
         RopeOp.Forward(k, a.K, a.K, positions, cos, sin, c.NumKvHeads, c.HeadDim);
         a.O = device.Allocate(dt, n, c.QDim);
         a.Lse = device.Allocate(DType.F32, shape.Batch * c.NumHeads * shape.SeqLen);
         AttentionOp.Forward(k, a.Q, a.K, a.V, segments, a.O, a.Lse, shape);
         a.H = device.Allocate(dt, n, c.HiddenSize);
-        a.Lora[3] = OProj.Forward(k, a.O, a.H);
+        a.Lora[3] = OProj.Forward(k, a.O, a.H, adapterSlots);
         ElementwiseOp.AddInto(k, a.H, x);
         a.Hn = device.Allocate(dt, n, c.HiddenSize);
         a.Rstd2 = device.Allocate(DType.F32, n);
         RmsNormOp.Forward(k, a.H, PostNorm, a.Hn, a.Rstd2, (float)c.RmsNormEps);
         a.Gate = device.Allocate(dt, n, c.IntermediateSize);
         a.Up = device.Allocate(dt, n, c.IntermediateSize);
-        a.Lora[4] = GateProj.Forward(k, a.Hn, a.Gate);
-        a.Lora[5] = UpProj.Forward(k, a.Hn, a.Up);
+        a.Lora[4] = GateProj.Forward(k, a.Hn, a.Gate, adapterSlots);
+        a.Lora[5] = UpProj.Forward(k, a.Hn, a.Up, adapterSlots);
         a.M = device.Allocate(dt, n, c.IntermediateSize);
         SwiGluOp.Forward(k, a.Gate, a.Up, a.M);
-        a.Lora[6] = DownProj.Forward(k, a.M, output);
+        a.Lora[6] = DownProj.Forward(k, a.M, output, adapterSlots);
         ElementwiseOp.AddInto(k, output, a.H);
         return a;
     }
@@ -128,11 +131,11 @@ public sealed class DecoderLayer
 
     /// <summary>
     /// One decoding step for B rows: x [B, D] holds each row's newest token; its k/v go into the
-    /// cache at cache row cacheRows[b] (= b·maxT + position) and attention reads the first
-    /// lengths[b] cached positions of row b.
+    /// paged cache at cache row cacheRows[b] and attention reads the first lengths[b] positions of
+    /// row b through its page table (pageTable [B, maxPages]). adapterSlots as in Forward.
     /// </summary>
     public void DecodeStep(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output, Tensor positions,
-        Tensor cacheRows, Tensor lengths, Tensor kCache, Tensor vCache, int maxT, Tensor cos, Tensor sin)
+        Tensor cacheRows, Tensor lengths, Tensor pageTable, Tensor kCache, Tensor vCache, int pageSize, Tensor cos, Tensor sin, Tensor? adapterSlots = null)
     {
         int b = x.Dim(0);
         var dt = x.DType;
@@ -142,26 +145,26 @@ public sealed class DecoderLayer
         using var q = device.Allocate(dt, b, c.QDim);
         using var kk = device.Allocate(dt, b, c.KvDim);
         using var v = device.Allocate(dt, b, c.KvDim);
-        QProj.Forward(k, xn, q)?.Dispose();
-        KProj.Forward(k, xn, kk)?.Dispose();
-        VProj.Forward(k, xn, v)?.Dispose();
+        QProj.Forward(k, xn, q, adapterSlots)?.Dispose();
+        KProj.Forward(k, xn, kk, adapterSlots)?.Dispose();
+        VProj.Forward(k, xn, v, adapterSlots)?.Dispose();
         RopeOp.Forward(k, q, q, positions, cos, sin, c.NumHeads, c.HeadDim);
         RopeOp.Forward(k, kk, kk, positions, cos, sin, c.NumKvHeads, c.HeadDim);
         KvCacheOp.Write(k, kk, kCache, cacheRows);
         KvCacheOp.Write(k, v, vCache, cacheRows);
         using var o = device.Allocate(dt, b, c.QDim);
-        KvCacheOp.Attend(k, q, kCache, vCache, lengths, o, c, maxT);
+        KvCacheOp.Attend(k, q, kCache, vCache, lengths, pageTable, o, c, pageSize);
         using var h = device.Allocate(dt, b, c.HiddenSize);
-        OProj.Forward(k, o, h)?.Dispose();
+        OProj.Forward(k, o, h, adapterSlots)?.Dispose();
         ElementwiseOp.AddInto(k, h, x);
         using var hn = device.Allocate(dt, b, c.HiddenSize);
         RmsNormOp.Forward(k, h, PostNorm, hn, rstd, (float)c.RmsNormEps);
         using var gate = device.Allocate(dt, b, c.IntermediateSize);
         using var up = device.Allocate(dt, b, c.IntermediateSize);
-        GateProj.Forward(k, hn, gate)?.Dispose();
-        UpProj.Forward(k, hn, up)?.Dispose();
+        GateProj.Forward(k, hn, gate, adapterSlots)?.Dispose();
+        UpProj.Forward(k, hn, up, adapterSlots)?.Dispose();
         SwiGluOp.Forward(k, gate, up, gate);
-        DownProj.Forward(k, gate, output)?.Dispose();
+        DownProj.Forward(k, gate, output, adapterSlots)?.Dispose();
         ElementwiseOp.AddInto(k, output, h);
     }
 }

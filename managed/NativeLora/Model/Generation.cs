@@ -3,29 +3,63 @@ using NativeLora.Tensors;
 
 namespace NativeLora.Model;
 
-/// <summary>Per-layer key/value caches for Batch rows of up to MaxTokens positions, and each row's length.</summary>
+/// <summary>
+/// Key/value caches of every layer in one pool of fixed-size pages (vLLM's PagedAttention layout):
+/// a sequence holds a list of pages, position t living in slot t % PageSize of its page t / PageSize.
+/// Sequences of any length share the pool, so the memory budget is in pages, not in rows × context.
+/// Not thread-safe: one owner (the decoding loop) allocates and frees pages.
+/// </summary>
 public sealed class KvCache : IDisposable
 {
-    public int Batch { get; }
-    public int MaxTokens { get; }
-    public int[] Lengths { get; }
+    public int PageSize { get; }
+    public int PageCount { get; }
+    public int FreePages => _free.Count;
+    public int UsedPages => PageCount - _free.Count;
     internal Tensor[] Keys { get; }
     internal Tensor[] Values { get; }
+    private readonly Stack<int> _free;
 
-    public KvCache(CausalLm model, int batch, int maxTokens)
+    public KvCache(CausalLm model, int pageCount, int pageSize = 16)
     {
-        if (maxTokens > model.Config.MaxPositionEmbeddings)
-            throw new ArgumentException($"a cache of {maxTokens} positions exceeds the model's max_position_embeddings ({model.Config.MaxPositionEmbeddings})");
-        Batch = batch;
-        MaxTokens = maxTokens;
-        Lengths = new int[batch];
+        if (pageCount < 1) throw new ArgumentException($"a KV cache needs at least one page, got {pageCount}");
+        if (pageSize < 1) throw new ArgumentException($"the KV page size must be ≥ 1, got {pageSize}");
+        PageSize = pageSize;
+        PageCount = pageCount;
         var c = model.Config;
-        Keys = Enumerable.Range(0, c.NumLayers).Select(_ => model.Device.Allocate(model.DType, batch * maxTokens, c.KvDim)).ToArray();
-        Values = Enumerable.Range(0, c.NumLayers).Select(_ => model.Device.Allocate(model.DType, batch * maxTokens, c.KvDim)).ToArray();
+        Keys = Enumerable.Range(0, c.NumLayers).Select(_ => model.Device.Allocate(model.DType, pageCount * pageSize, c.KvDim)).ToArray();
+        Values = Enumerable.Range(0, c.NumLayers).Select(_ => model.Device.Allocate(model.DType, pageCount * pageSize, c.KvDim)).ToArray();
+        _free = new Stack<int>(Enumerable.Range(0, pageCount).Reverse());
     }
 
-    /// <summary>Forgets row b (its slots are overwritten by the next prefill).</summary>
-    public void Reset(int row) => Lengths[row] = 0;
+    /// <summary>Bytes one page takes over all layers (keys and values).</summary>
+    public static long PageBytes(CausalLm model, int pageSize) => 2L * model.Config.NumLayers * pageSize * model.Config.KvDim * model.DType.SizeOf();
+
+    /// <summary>The largest cache that fits in budgetBytes (at least one page).</summary>
+    public static KvCache ForBudget(CausalLm model, long budgetBytes, int pageSize = 16) =>
+        new(model, (int)Math.Max(1, Math.Min(int.MaxValue / Math.Max(1, pageSize), budgetBytes / PageBytes(model, pageSize))), pageSize);
+
+    public int PagesFor(int tokens) => (tokens + PageSize - 1) / PageSize;
+
+    /// <summary>
+    /// Makes room for seq to hold `tokens` positions in all; false (and nothing taken) when the pool
+    /// has too few free pages.
+    /// </summary>
+    public bool TryReserve(KvSequence seq, int tokens)
+    {
+        int need = PagesFor(tokens) - seq.Pages.Count;
+        if (need <= 0) return true;
+        if (need > _free.Count) return false;
+        for (int i = 0; i < need; i++) seq.Pages.Add(_free.Pop());
+        return true;
+    }
+
+    /// <summary>Returns the sequence's pages to the pool; the sequence is empty afterwards.</summary>
+    public void Release(KvSequence seq)
+    {
+        foreach (var p in seq.Pages) _free.Push(p);
+        seq.Pages.Clear();
+        seq.Length = 0;
+    }
 
     public void Dispose()
     {
@@ -33,9 +67,19 @@ public sealed class KvCache : IDisposable
     }
 }
 
+/// <summary>One sequence in a <see cref="KvCache"/>: its cached length and its pages in position order.</summary>
+public sealed class KvSequence
+{
+    public int Length { get; internal set; }
+    public List<int> Pages { get; } = new();
+    public int Capacity(int pageSize) => Pages.Count * pageSize;
+}
+
 /// <summary>
-/// KV-cached incremental decoding: Prefill runs a row's prompt through the ordinary forward and
-/// keeps its keys/values; Step feeds one new token per row and returns the next-token logits.
+/// KV-cached incremental decoding: Prefill runs a sequence's prompt through the ordinary forward and
+/// keeps its keys/values; Step feeds one new token to each of a batch of sequences and returns the
+/// next-token logits. Each row may name a served adapter slot (see <see cref="Lora.LoraSlots"/>;
+/// −1 = the base model), so requests for different adapters share one batch.
 /// </summary>
 public sealed class Decoder
 {
@@ -43,8 +87,8 @@ public sealed class Decoder
 
     public Decoder(CausalLm model) => _model = model;
 
-    /// <summary>Runs the prompt of one row from position 0; returns the logits of its last position [vocab].</summary>
-    public float[] Prefill(KvCache cache, int row, ReadOnlySpan<int> prompt)
+    /// <summary>Runs the prompt of an empty sequence from position 0; returns the logits of its last position [vocab].</summary>
+    public float[] Prefill(KvCache cache, KvSequence seq, ReadOnlySpan<int> prompt, int adapterSlot = -1)
     {
         var m = _model;
         var c = m.Config;
@@ -52,17 +96,19 @@ public sealed class Decoder
         var dev = m.Device;
         int t = prompt.Length;
         if (t == 0) throw new ArgumentException("the prompt is empty");
-        if (t > cache.MaxTokens) throw new ArgumentException($"the prompt has {t} tokens, the cache holds {cache.MaxTokens}");
+        if (seq.Length != 0) throw new InvalidOperationException("prefill needs an empty sequence");
+        if (!cache.TryReserve(seq, t)) throw new InvalidOperationException($"the KV cache has {cache.FreePages} free pages; the prompt of {t} tokens needs {cache.PagesFor(t)}");
         var batch = TokenBatch.FromSequences(new[] { prompt.ToArray() });
         EmbeddingOp.CheckIds(batch.Ids, c.VocabSize);
         using var ids = dev.Allocate(DType.I32, t);
         using var pos = dev.Allocate(DType.I32, t);
         using var seg = dev.Allocate(DType.I32, t);
         using var rows = dev.Allocate(DType.I32, t);
+        using var slots = AdapterSlots(Enumerable.Repeat(adapterSlot, t).ToArray());
         ids.CopyFrom<int>(batch.Ids);
         pos.CopyFrom<int>(batch.Positions);
         seg.CopyFrom<int>(batch.Segments);
-        rows.CopyFrom<int>(Enumerable.Range(0, t).Select(i => row * cache.MaxTokens + i).ToArray());
+        rows.CopyFrom<int>(Enumerable.Range(0, t).Select(i => CacheRow(cache, seq, i)).ToArray());
         var shape = new AttentionShape(1, t, c.NumHeads, c.NumKvHeads, c.HeadDim);
         var x = dev.Allocate(m.DType, t, c.HiddenSize);
         var y = dev.Allocate(m.DType, t, c.HiddenSize);
@@ -71,14 +117,14 @@ public sealed class Decoder
             EmbeddingOp.Forward(k, ids, batch.Ids, m.Embedding, x);
             for (int l = 0; l < m.Layers.Count; l++)
             {
-                using (var a = m.Layers[l].Forward(dev, k, c, x, y, pos, seg, m.RopeCos, m.RopeSin, shape))
+                using (var a = m.Layers[l].Forward(dev, k, c, x, y, pos, seg, m.RopeCos, m.RopeSin, shape, slots))
                 {
                     KvCacheOp.Write(k, a.K, cache.Keys[l], rows);
                     KvCacheOp.Write(k, a.V, cache.Values[l], rows);
                 }
                 (x, y) = (y, x);
             }
-            cache.Lengths[row] = t;
+            seq.Length = t;
             return LastLogits(x.Slice(t - 1, 1))[0];
         }
         finally
@@ -88,27 +134,42 @@ public sealed class Decoder
         }
     }
 
-    /// <summary>Feeds tokens[b] to every row b at position Lengths[b]; returns logits [B][vocab].</summary>
-    public float[][] Step(KvCache cache, ReadOnlySpan<int> tokens)
+    /// <summary>
+    /// Feeds tokens[b] to sequence b at position Length; returns logits [B][vocab]. adapterSlots[b]
+    /// picks row b's served adapter (null: the base model, or the attached training adapter).
+    /// Reserves a page where a sequence crosses into a new one; throws when the pool is out of pages.
+    /// </summary>
+    public float[][] Step(KvCache cache, IReadOnlyList<KvSequence> seqs, ReadOnlySpan<int> tokens, int[]? adapterSlots = null)
     {
         var m = _model;
         var c = m.Config;
         var k = m.Kernels;
         var dev = m.Device;
-        int b = cache.Batch;
-        if (tokens.Length != b) throw new ArgumentException($"{tokens.Length} tokens for {b} cache rows");
+        int b = seqs.Count;
+        if (tokens.Length != b) throw new ArgumentException($"{tokens.Length} tokens for {b} sequences");
+        if (adapterSlots != null && adapterSlots.Length != b) throw new ArgumentException($"{adapterSlots.Length} adapter slots for {b} sequences");
         EmbeddingOp.CheckIds(tokens, c.VocabSize);
         for (int r = 0; r < b; r++)
-            if (cache.Lengths[r] >= cache.MaxTokens) throw new InvalidOperationException($"cache row {r} is full ({cache.MaxTokens} positions)");
-        var positions = cache.Lengths.ToArray();
+        {
+            if (seqs[r].Length == 0) throw new InvalidOperationException($"sequence {r} has no prompt (prefill it first)");
+            if (seqs[r].Length >= c.MaxPositionEmbeddings) throw new InvalidOperationException($"sequence {r} is at the model's context length ({c.MaxPositionEmbeddings})");
+            if (!cache.TryReserve(seqs[r], seqs[r].Length + 1))
+                throw new InvalidOperationException($"the KV cache is out of pages ({cache.PageCount} pages of {cache.PageSize} positions)");
+        }
+        int maxPages = seqs.Max(s => s.Pages.Count);
+        var table = new int[b * maxPages];
+        for (int r = 0; r < b; r++) seqs[r].Pages.CopyTo(table, r * maxPages);
         using var ids = dev.Allocate(DType.I32, b);
         using var pos = dev.Allocate(DType.I32, b);
         using var rows = dev.Allocate(DType.I32, b);
         using var lens = dev.Allocate(DType.I32, b);
+        using var pages = dev.Allocate(DType.I32, b, maxPages);
+        using var slots = adapterSlots != null ? AdapterSlots(adapterSlots) : null;
         ids.CopyFrom(tokens);
-        pos.CopyFrom<int>(positions);
-        rows.CopyFrom<int>(positions.Select((p, r) => r * cache.MaxTokens + p).ToArray());
-        lens.CopyFrom<int>(positions.Select(p => p + 1).ToArray());
+        pos.CopyFrom<int>(seqs.Select(s => s.Length).ToArray());
+        rows.CopyFrom<int>(seqs.Select(s => CacheRow(cache, s, s.Length)).ToArray());
+        lens.CopyFrom<int>(seqs.Select(s => s.Length + 1).ToArray());
+        pages.CopyFrom<int>(table);
         var x = dev.Allocate(m.DType, b, c.HiddenSize);
         var y = dev.Allocate(m.DType, b, c.HiddenSize);
         try
@@ -116,10 +177,10 @@ public sealed class Decoder
             EmbeddingOp.Forward(k, ids, tokens, m.Embedding, x);
             for (int l = 0; l < m.Layers.Count; l++)
             {
-                m.Layers[l].DecodeStep(dev, k, c, x, y, pos, rows, lens, cache.Keys[l], cache.Values[l], cache.MaxTokens, m.RopeCos, m.RopeSin);
+                m.Layers[l].DecodeStep(dev, k, c, x, y, pos, rows, lens, pages, cache.Keys[l], cache.Values[l], cache.PageSize, m.RopeCos, m.RopeSin, slots);
                 (x, y) = (y, x);
             }
-            for (int r = 0; r < b; r++) cache.Lengths[r]++;
+            foreach (var s in seqs) s.Length++;
             return LastLogits(x);
         }
         finally
@@ -127,6 +188,17 @@ public sealed class Decoder
             x.Dispose();
             y.Dispose();
         }
+    }
+
+    private static int CacheRow(KvCache cache, KvSequence seq, int position) =>
+        seq.Pages[position / cache.PageSize] * cache.PageSize + position % cache.PageSize;
+
+    private Tensor? AdapterSlots(int[] slots)
+    {
+        if (slots.All(s => s < 0)) return null;
+        var t = _model.Device.Allocate(DType.I32, slots.Length);
+        t.CopyFrom<int>(slots);
+        return t;
     }
 
     /// <summary>
@@ -140,17 +212,18 @@ public sealed class Decoder
         if (prompt.Count >= _model.Config.MaxPositionEmbeddings)
             throw new ArgumentException($"the prompt has {prompt.Count} tokens; the model's context is {_model.Config.MaxPositionEmbeddings}");
         using var cache = new KvCache(_model, 1, capacity);
+        var seq = new KvSequence();
         var history = new List<int>(prompt);
         var generated = new List<int>();
-        var logits = Prefill(cache, 0, prompt.ToArray());
+        var logits = Prefill(cache, seq, prompt.ToArray());
         while (generated.Count < maxNewTokens)
         {
             int next = sampler.Next(logits, history);
             generated.Add(next);
             history.Add(next);
             bool go = onToken?.Invoke(next) ?? true;
-            if (!go || stopIds.Contains(next) || cache.Lengths[0] >= capacity) break;
-            logits = Step(cache, new[] { next })[0];
+            if (!go || stopIds.Contains(next) || seq.Length >= capacity) break;
+            logits = Step(cache, new[] { seq }, new[] { next })[0];
         }
         return generated;
     }

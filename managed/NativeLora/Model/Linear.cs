@@ -28,6 +28,9 @@ public sealed class Linear
     /// <summary>The LoRA adapter on this layer, if any (the base weight stays frozen).</summary>
     public LoraModule? Lora { get; set; }
 
+    /// <summary>Served adapters of this layer, selected per row at inference (see <see cref="LoraSlots"/>), or null.</summary>
+    public LinearLoraSlots? ServedAdapters { get; set; }
+
     public Linear(string name, Tensor weight, Tensor? bias)
     {
         Name = name;
@@ -71,8 +74,11 @@ public sealed class Linear
         }
     }
 
-    /// <summary>Returns what the adapter's backward needs besides x, or null without an adapter.</summary>
-    public LoraSaved? Forward(KernelSet k, Tensor x, Tensor y)
+    /// <summary>
+    /// Returns what the adapter's backward needs besides x, or null without an adapter. adapterSlots
+    /// (I32 [N], inference only) adds each row's served adapter, −1 for none.
+    /// </summary>
+    public LoraSaved? Forward(KernelSet k, Tensor x, Tensor y, Tensor? adapterSlots = null)
     {
         using var lease = AcquireWeight(k);
         var weight = lease.Tensor;
@@ -81,6 +87,7 @@ public sealed class Linear
         using var noBias = Bias != null && Lora is { IsDora: true, EffectiveDropout: 0f } ? y.Device.Allocate(y.DType, y.Shape) : null;
         if (noBias != null) y.CopyTo(noBias);
         if (Bias != null) ElementwiseOp.AddBias(k, y, Bias);
+        if (adapterSlots != null && ServedAdapters != null) MultiLoraOp.Forward(k, ServedAdapters, x, y, adapterSlots);
         return Lora == null ? null : LoraOp.Forward(k, Lora, x, y, weight, noBias ?? y);
     }
 

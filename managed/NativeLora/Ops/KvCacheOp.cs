@@ -23,14 +23,20 @@ public static class KvCacheOp
         }
     }
 
-    /// <summary>q, o [B, H·hd]; caches [B·maxT, KV·hd]; lengths I32 [B] (cached positions to attend, the new one included).</summary>
-    public static void Attend(KernelSet k, Tensor q, Tensor kCache, Tensor vCache, Tensor lengths, Tensor o, ModelConfig c, int maxT)
+    /// <summary>
+    /// q, o [B, H·hd]; caches [pages·pageSize, KV·hd]; lengths I32 [B] (cached positions to attend,
+    /// the new one included); pageTable I32 [B, maxPages] (each row's pages in position order).
+    /// </summary>
+    public static void Attend(KernelSet k, Tensor q, Tensor kCache, Tensor vCache, Tensor lengths, Tensor pageTable, Tensor o, ModelConfig c, int pageSize)
     {
+        Require(lengths, DType.I32, "lengths");
+        Require(pageTable, DType.I32, "pageTable");
         int b = (int)lengths.ElementCount;
+        int maxPages = (int)(pageTable.ElementCount / Math.Max(1, b));
         float scale = 1f / MathF.Sqrt(c.HeadDim);
         Run(q.DType,
-            () => Attention.Decode<float, F32>(k, q.View<float>(), kCache.View<float>(), vCache.View<float>(), lengths.View<int>(), o.View<float>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxT, scale),
-            () => Attention.Decode<ushort, Bf16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxT, scale),
-            () => Attention.Decode<ushort, F16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxT, scale));
+            () => Attention.Decode<float, F32>(k, q.View<float>(), kCache.View<float>(), vCache.View<float>(), lengths.View<int>(), pageTable.View<int>(), o.View<float>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale),
+            () => Attention.Decode<ushort, Bf16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), pageTable.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale),
+            () => Attention.Decode<ushort, F16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), pageTable.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
     }
 }

@@ -38,13 +38,14 @@ public class GenerationTests
         model.Kernels = TestDevice.Variant(gpuVariant);
         var rng = new Random(seed);
         var prompts = new[] { Enumerable.Range(0, 5).Select(_ => rng.Next(c.VocabSize)).ToArray(), Enumerable.Range(0, 9).Select(_ => rng.Next(c.VocabSize)).ToArray() };
-        using var cache = new KvCache(model, 2, 32);
+        using var cache = new KvCache(model, pageCount: 8, pageSize: 4); // rows cross pages, pages interleave
         var decoder = new Decoder(model);
+        var kv = new[] { new KvSequence(), new KvSequence() };
         var seqs = prompts.Select(p => p.ToList()).ToArray();
         var next = new int[2];
         for (int r = 0; r < 2; r++)
         {
-            var logits = decoder.Prefill(cache, r, prompts[r]);
+            var logits = decoder.Prefill(cache, kv[r], prompts[r]);
             var full = model.Logits(TokenBatch.FromSequences(new[] { prompts[r] }));
             Check.Close(logits, Ref.ToDouble(full.AsSpan((prompts[r].Length - 1) * c.VocabSize, c.VocabSize).ToArray()), 1e-5, $"prefill row {r}", seed);
             next[r] = Sampler.ArgMax(logits);
@@ -52,7 +53,7 @@ public class GenerationTests
         for (int step = 0; step < 6; step++)
         {
             for (int r = 0; r < 2; r++) seqs[r].Add(next[r]);
-            var logits = decoder.Step(cache, next);
+            var logits = decoder.Step(cache, kv, next);
             for (int r = 0; r < 2; r++)
             {
                 var full = model.Logits(TokenBatch.FromSequences(new[] { seqs[r].ToArray() }));
@@ -61,7 +62,8 @@ public class GenerationTests
                 next[r] = Sampler.ArgMax(logits[r]);
             }
         }
-        Assert.That(cache.Lengths, Is.EqualTo(new[] { 5 + 6, 9 + 6 }));
+        Assert.That(kv.Select(q => q.Length), Is.EqualTo(new[] { 5 + 6, 9 + 6 }));
+        Assert.That(cache.UsedPages, Is.EqualTo(3 + 4));
     }
 
     [Test]

@@ -61,7 +61,7 @@ public class LearningTests
             foreach (var (a, fa) in map)
             {
                 using var cache = new KvCache(model, 1, 16);
-                var logits = decoder.Prefill(cache, 0, new[] { Bos, 75, a, Sep });
+                var logits = decoder.Prefill(cache, new KvSequence(), new[] { Bos, 75, a, Sep });
                 if (Sampler.ArgMax(logits) == fa) correct++;
             }
             Assert.That(correct, Is.GreaterThanOrEqualTo(map.Count - 1), $"{variant}: {correct}/{map.Count} answers right after training");

@@ -1,0 +1,157 @@
+using NativeLora.Model;
+using NativeLora.Tensors;
+
+namespace NativeLora.Lora;
+
+/// <summary>
+/// The served adapters of one linear: banks A [S·rMax, in] and B [S·out, rMax] in the compute dtype
+/// (slot s owns rows s·rMax.. of A and s·out.. of B, zero beyond the adapter's rank) and one f32
+/// scale per slot, 0 where the slot's adapter does not touch this linear. Kernels: MultiLora.cs.
+/// </summary>
+public sealed class LinearLoraSlots : IDisposable
+{
+    public Tensor A { get; }
+    public Tensor B { get; }
+    public Tensor Scales { get; }
+    public int MaxRank { get; }
+    internal readonly float[] HostScales;
+
+    internal LinearLoraSlots(Devices.ComputeDevice device, DType dtype, int slots, int maxRank, int inFeatures, int outFeatures)
+    {
+        MaxRank = maxRank;
+        A = device.Allocate(dtype, slots * maxRank, inFeatures);
+        B = device.Allocate(dtype, slots * outFeatures, maxRank);
+        Scales = device.Allocate(DType.F32, slots);
+        A.FillBytes(0);
+        B.FillBytes(0);
+        HostScales = new float[slots];
+        Scales.CopyFrom<float>(HostScales);
+    }
+
+    public void Dispose()
+    {
+        A.Dispose();
+        B.Dispose();
+        Scales.Dispose();
+    }
+}
+
+/// <summary>
+/// Adapters served side by side on one base model (vLLM's multi-LoRA): a fixed number of slots of a
+/// fixed maximum rank on every projection, filled from PEFT adapter directories and emptied without
+/// touching the base. A request names an adapter; its rows carry the slot index into the batched
+/// LoRA kernels, so requests for different adapters share one batch. A slot whose adapter is
+/// unloaded keeps its weights until the last running request that uses it lets go (reference
+/// counts), so unloading never changes a response in flight. Not thread-safe: one owner (the
+/// serving engine's loop) calls everything.
+/// </summary>
+public sealed class LoraSlots : IDisposable
+{
+    private readonly CausalLm _model;
+    private readonly List<LinearLoraSlots> _banks = new();
+    private readonly Dictionary<string, int> _byName = new(StringComparer.Ordinal);
+    private readonly int[] _refs;
+    private readonly bool[] _loaded;
+
+    public int Capacity { get; }
+    public int MaxRank { get; }
+    public IReadOnlyCollection<string> Names => _byName.Keys;
+
+    public LoraSlots(CausalLm model, int capacity, int maxRank)
+    {
+        if (capacity < 1) throw new ArgumentException($"the number of adapter slots must be ≥ 1, got {capacity}");
+        if (maxRank < 1) throw new ArgumentException($"the maximum adapter rank must be ≥ 1, got {maxRank}");
+        _model = model;
+        Capacity = capacity;
+        MaxRank = maxRank;
+        _refs = new int[capacity];
+        _loaded = new bool[capacity];
+        try
+        {
+            foreach (var lin in model.Layers.SelectMany(l => l.Linears))
+            {
+                if (lin.ServedAdapters != null) throw new InvalidOperationException($"{lin.Name} already serves adapters");
+                var bank = new LinearLoraSlots(model.Device, model.DType, capacity, maxRank, lin.InFeatures, lin.OutFeatures);
+                _banks.Add(bank);
+                lin.ServedAdapters = bank;
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public bool Contains(string name) => _byName.ContainsKey(name);
+
+    /// <summary>
+    /// Loads the PEFT adapter in dir under name into a free slot. Plain LoRA and rsLoRA only: DoRA
+    /// and modules_to_save change more than a low-rank product (merge them instead).
+    /// </summary>
+    public void Load(string name, string dir)
+    {
+        if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("an adapter needs a name");
+        if (_byName.ContainsKey(name)) throw new InvalidOperationException($"an adapter named '{name}' is already loaded");
+        int slot = Enumerable.Range(0, Capacity).FirstOrDefault(s => !_loaded[s] && _refs[s] == 0, -1);
+        if (slot < 0) throw new InvalidOperationException($"all {Capacity} adapter slots are in use; unload one first (or start the server with more --max-loras)");
+        using var adapter = LoraAdapter.Load(_model, dir);
+        var cfg = adapter.Config;
+        if (cfg.UseDora) throw new NotSupportedException($"{dir}: DoRA adapters cannot be served side by side; merge it into the base with `nativelora merge` and serve the result");
+        if (cfg.ModulesToSave.Length > 0) throw new NotSupportedException($"{dir}: adapters with modules_to_save ({string.Join(", ", cfg.ModulesToSave)}) cannot be served side by side; merge it instead");
+        if (cfg.R > MaxRank) throw new NotSupportedException($"{dir}: rank {cfg.R} exceeds the server's maximum adapter rank {MaxRank} (start it with a larger --max-lora-rank)");
+        var byTarget = adapter.Modules.ToDictionary(m => m.Target);
+        foreach (var lin in _model.Layers.SelectMany(l => l.Linears))
+        {
+            var bank = lin.ServedAdapters!;
+            if (byTarget.TryGetValue(lin.Name, out var m))
+            {
+                bank.A.Slice(slot * MaxRank, MaxRank).CopyFromFloats(Pad(m.A.ToFloatArray(), m.Rank, lin.InFeatures, MaxRank, lin.InFeatures));
+                bank.B.Slice(slot * lin.OutFeatures, lin.OutFeatures).CopyFromFloats(Pad(m.B.ToFloatArray(), lin.OutFeatures, m.Rank, lin.OutFeatures, MaxRank));
+                bank.HostScales[slot] = m.Scale;
+            }
+            else bank.HostScales[slot] = 0f;
+            bank.Scales.CopyFrom<float>(bank.HostScales);
+        }
+        _loaded[slot] = true;
+        _byName[name] = slot;
+    }
+
+    /// <summary>Forgets the adapter; its slot is reused once no running request holds it.</summary>
+    public void Unload(string name)
+    {
+        if (!_byName.Remove(name, out int slot)) throw new KeyNotFoundException($"no adapter named '{name}' is loaded");
+        _loaded[slot] = false;
+    }
+
+    /// <summary>The slot of a loaded adapter, held until <see cref="Release"/>.</summary>
+    public int Acquire(string name)
+    {
+        if (!_byName.TryGetValue(name, out int slot)) throw new KeyNotFoundException($"no adapter named '{name}' is loaded");
+        _refs[slot]++;
+        return slot;
+    }
+
+    public void Release(int slot)
+    {
+        if (slot < 0) return;
+        if (_refs[slot] <= 0) throw new InvalidOperationException($"adapter slot {slot} released more often than acquired");
+        _refs[slot]--;
+    }
+
+    // rows×cols row-major into a zeroed paddedRows×paddedCols
+    private static float[] Pad(float[] src, int rows, int cols, int paddedRows, int paddedCols)
+    {
+        var dst = new float[paddedRows * paddedCols];
+        for (int r = 0; r < rows; r++) Array.Copy(src, r * cols, dst, r * paddedCols, cols);
+        return dst;
+    }
+
+    public void Dispose()
+    {
+        foreach (var lin in _model.Layers.SelectMany(l => l.Linears))
+            if (_banks.Contains(lin.ServedAdapters!)) lin.ServedAdapters = null;
+        foreach (var b in _banks) b.Dispose();
+        _banks.Clear();
+    }
+}
