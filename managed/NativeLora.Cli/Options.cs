@@ -226,3 +226,61 @@ public sealed class InspectOptions
     [Option("max-tensors", Default = 50, HelpText = "Tensors to list at most.")]
     public int MaxTensors { get; set; } = 50;
 }
+
+[Verb("serve", HelpText = "Serve a model (and LoRA adapters) over an OpenAI-compatible HTTP API with continuous batching.")]
+public sealed class ServeOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "HF model directory (with tokenizer files).")]
+    public string Model { get; set; } = "";
+
+    [Option("served-model-name", HelpText = "Name of the base model in requests (default: the model directory's name).")]
+    public string? ServedModelName { get; set; }
+
+    [Option("adapter", HelpText = "Adapters to serve from the start, as name=DIR (repeatable: --adapter a=DIR1 --adapter b=DIR2).")]
+    public IEnumerable<string>? Adapters { get; set; }
+
+    [Option("adapter-dir", HelpText = "Directory that POST /v1/load_lora_adapter may load adapters from (off without it).")]
+    public string? AdapterDir { get; set; }
+
+    [Option("host", Default = "127.0.0.1", HelpText = "Address to bind (loopback by default; 0.0.0.0 for every interface).")]
+    public string Host { get; set; } = "127.0.0.1";
+
+    [Option("port", Default = 8000, HelpText = "Port (0 picks a free one).")]
+    public int Port { get; set; } = 8000;
+
+    [Option("api-key-env", HelpText = "Environment variable holding the API key; with it every endpoint but /health needs `Authorization: Bearer KEY`.")]
+    public string? ApiKeyEnv { get; set; }
+
+    [Option("dtype", Default = "auto", HelpText = "Compute dtype: auto (bf16 on CUDA, f32 on CPU), f32, bf16, f16.")]
+    public string DType { get; set; } = "auto";
+
+    [Option("max-batch", Default = 16, HelpText = "Sequences decoded together (1 = continuous batching off).")]
+    public int MaxBatch { get; set; } = 16;
+
+    [Option("max-queue", Default = 64, HelpText = "Requests that may wait for the batch; more get 429 with Retry-After.")]
+    public int MaxQueue { get; set; } = 64;
+
+    [Option("kv-cache-mb", Default = 256, HelpText = "KV-cache memory budget in MiB (paged).")]
+    public int KvCacheMb { get; set; } = 256;
+
+    [Option("kv-page-size", Default = 16, HelpText = "Positions per KV-cache page.")]
+    public int KvPageSize { get; set; } = 16;
+
+    [Option("max-loras", Default = 4, HelpText = "Adapters loaded at once.")]
+    public int MaxLoras { get; set; } = 4;
+
+    [Option("max-lora-rank", Default = 64, HelpText = "Largest adapter rank that can be loaded.")]
+    public int MaxLoraRank { get; set; } = 64;
+
+    [Option("max-body-bytes", Default = 1048576, HelpText = "Largest request body (413 beyond).")]
+    public long MaxBodyBytes { get; set; } = 1 << 20;
+
+    [Option("max-prompt-tokens", Default = 4096, HelpText = "Longest prompt (400 beyond).")]
+    public int MaxPromptTokens { get; set; } = 4096;
+
+    [Option("default-max-tokens", Default = 256, HelpText = "max_tokens of a request that gives none.")]
+    public int DefaultMaxTokens { get; set; } = 256;
+
+    [Option("log-prompts", HelpText = "Put prompt and output text in the request logs (off by default).")]
+    public bool LogPrompts { get; set; }
+}

@@ -1,0 +1,71 @@
+using NativeLora.Serving;
+using Prometheus;
+
+namespace NativeLora.Server;
+
+/// <summary>
+/// The server's Prometheus metrics (prometheus-net), in a registry of its own so that several
+/// servers in one process (tests, an embedding tool) do not mix their counts. Latency histograms
+/// give P50/P95/P99 through histogram_quantile; tokens/s through rate() of the token counters.
+/// </summary>
+public sealed class ServerMetrics
+{
+    public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
+    public Counter Requests { get; }
+    public Counter Errors { get; }
+    public Counter PromptTokens { get; }
+    public Counter GeneratedTokens { get; }
+    public Histogram TimeToFirstToken { get; }
+    public Histogram InterTokenLatency { get; }
+    public Histogram RequestDuration { get; }
+    public Histogram QueueTime { get; }
+    public Histogram DecodeStep { get; }
+    public Histogram DecodeBatchSize { get; }
+    public Gauge DecodeTokensPerSecond { get; }
+
+    public ServerMetrics(InferenceEngine engine)
+    {
+        var f = Metrics.WithCustomRegistry(Registry);
+        var byModel = new[] { "model" };
+        var latency = Histogram.ExponentialBuckets(0.001, 2, 17); // 1 ms .. 65 s
+        Requests = f.CreateCounter("nativelora_requests_total", "HTTP requests by endpoint, model and status code",
+            new CounterConfiguration { LabelNames = new[] { "endpoint", "model", "status" } });
+        Errors = f.CreateCounter("nativelora_request_errors_total", "Requests that ended in an error, by model and error type",
+            new CounterConfiguration { LabelNames = new[] { "model", "type" } });
+        PromptTokens = f.CreateCounter("nativelora_prompt_tokens_total", "Prompt tokens of admitted requests", new CounterConfiguration { LabelNames = byModel });
+        GeneratedTokens = f.CreateCounter("nativelora_generated_tokens_total", "Generated tokens", new CounterConfiguration { LabelNames = byModel });
+        TimeToFirstToken = f.CreateHistogram("nativelora_time_to_first_token_seconds", "From request arrival to the first generated token",
+            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
+        InterTokenLatency = f.CreateHistogram("nativelora_inter_token_latency_seconds", "Between consecutive generated tokens of one request",
+            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
+        RequestDuration = f.CreateHistogram("nativelora_request_duration_seconds", "From request arrival to the last byte of the response (end to end)",
+            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
+        QueueTime = f.CreateHistogram("nativelora_queue_time_seconds", "Time a request waited for a place in the batch",
+            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
+        DecodeStep = f.CreateHistogram("nativelora_decode_step_seconds", "One batched decode step", new HistogramConfiguration { Buckets = latency });
+        DecodeBatchSize = f.CreateHistogram("nativelora_decode_batch_size", "Sequences in one decode step",
+            new HistogramConfiguration { Buckets = Histogram.LinearBuckets(1, 1, 64) });
+        DecodeTokensPerSecond = f.CreateGauge("nativelora_decode_tokens_per_second", "Tokens per second of the most recent decode step (rows / step time)");
+        var queue = f.CreateGauge("nativelora_queue_depth", "Requests waiting for a place in the batch");
+        var running = f.CreateGauge("nativelora_running_requests", "Requests in the decode batch");
+        var kvUsed = f.CreateGauge("nativelora_kv_cache_used_pages", "KV-cache pages in use");
+        var kvTotal = f.CreateGauge("nativelora_kv_cache_pages", "KV-cache pages in all");
+        var kvUsage = f.CreateGauge("nativelora_kv_cache_usage_ratio", "Fraction of the KV cache in use (reserved for running requests)");
+        var adapters = f.CreateGauge("nativelora_loaded_adapters", "LoRA adapters loaded");
+        Registry.AddBeforeCollectCallback(() =>
+        {
+            queue.Set(engine.QueueDepth);
+            running.Set(engine.RunningCount);
+            kvUsed.Set(engine.KvPagesUsed);
+            kvTotal.Set(engine.KvPagesTotal);
+            kvUsage.Set(engine.KvPagesUsed / (double)Math.Max(1, engine.KvPagesTotal));
+            adapters.Set(engine.AdapterNames.Count);
+        });
+        engine.OnStep = (rows, seconds) =>
+        {
+            DecodeStep.Observe(seconds);
+            DecodeBatchSize.Observe(rows);
+            DecodeTokensPerSecond.Set(rows / Math.Max(1e-9, seconds));
+        };
+    }
+}

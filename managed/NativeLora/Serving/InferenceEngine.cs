@@ -1,0 +1,350 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using NativeLora.Lora;
+using NativeLora.Model;
+
+namespace NativeLora.Serving;
+
+/// <summary>How the engine batches and what it holds. One schema for the library, the CLI and the server.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>Most sequences decoded together; 1 turns continuous batching off (requests run one at a time).</summary>
+    public int MaxBatch { get; init; } = 16;
+    /// <summary>Requests waiting for a place in the batch; beyond it Submit throws <see cref="QueueFullException"/>.</summary>
+    public int MaxQueue { get; init; } = 64;
+    /// <summary>KV-cache memory (keys and values of all layers) in bytes, split into pages of PageSize positions.</summary>
+    public long KvCacheBytes { get; init; } = 256L << 20;
+    public int PageSize { get; init; } = 16;
+    /// <summary>Adapters that can be loaded at once, and their largest rank.</summary>
+    public int MaxLoras { get; init; } = 4;
+    public int MaxLoraRank { get; init; } = 64;
+
+    public void Validate()
+    {
+        if (MaxBatch < 1) throw new ArgumentException($"max batch must be ≥ 1, got {MaxBatch}");
+        if (MaxQueue < 0) throw new ArgumentException($"max queue must be ≥ 0, got {MaxQueue}");
+        if (KvCacheBytes < 1) throw new ArgumentException($"the KV-cache budget must be > 0 bytes, got {KvCacheBytes}");
+        if (PageSize < 1) throw new ArgumentException($"the KV page size must be ≥ 1, got {PageSize}");
+        if (MaxLoras < 1 || MaxLoraRank < 1) throw new ArgumentException($"max LoRAs and max LoRA rank must be ≥ 1, got {MaxLoras} and {MaxLoraRank}");
+    }
+}
+
+/// <summary>One generation: prompt ids, which model (null: the base; else a loaded adapter's name), limits, sampling.</summary>
+public sealed record GenerationRequest(int[] Prompt, string? Adapter, int MaxTokens, SamplingOptions Sampling, IReadOnlySet<int> StopIds);
+
+public enum FinishReason { Stop, Length, Cancelled }
+
+/// <summary>A submitted request: its tokens as they come, and how it ended.</summary>
+public sealed class GenerationHandle
+{
+    private readonly Channel<int> _tokens = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+    private readonly TaskCompletionSource<FinishReason> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public ChannelReader<int> Tokens => _tokens.Reader;
+    /// <summary>Ends with the finish reason, or faults with the error that stopped the request.</summary>
+    public Task<FinishReason> Completion => _done.Task;
+    /// <summary>Seconds from Submit until the request entered the batch (its prefill began).</summary>
+    public double QueueSeconds { get; internal set; }
+
+    internal void Emit(int token) => _tokens.Writer.TryWrite(token);
+    internal void Finish(FinishReason reason)
+    {
+        _tokens.Writer.TryComplete();
+        _done.TrySetResult(reason);
+    }
+    internal void Fail(Exception e)
+    {
+        _tokens.Writer.TryComplete(e);
+        _done.TrySetException(e);
+    }
+}
+
+/// <summary>Submit refused because the wait queue is full; retry after RetryAfter.</summary>
+public sealed class QueueFullException(int queued, TimeSpan retryAfter)
+    : Exception($"the server is busy ({queued} requests waiting); retry in {retryAfter.TotalSeconds:F0} s")
+{
+    public TimeSpan RetryAfter { get; } = retryAfter;
+}
+
+/// <summary>
+/// Continuous batching over one model: a single loop owns the device, the paged KV cache and the
+/// adapter slots. Between decode steps it admits waiting requests (prefill, first token) while the
+/// batch has room and the cache has pages for the request's prompt plus max_tokens — reserved up
+/// front, so a running request never waits for memory and nothing is preempted — then feeds every
+/// running sequence one token in one batched step (rows may use different adapters). A request
+/// ends at a stop id, at max_tokens or the context length, or when its CancellationToken fires
+/// (client gone, stop string found); its pages and adapter slot are freed at once.
+/// </summary>
+public sealed class InferenceEngine : IDisposable
+{
+    private readonly CausalLm _model;
+    private readonly Decoder _decoder;
+    private readonly KvCache _cache;
+    private readonly LoraSlots _slots;
+    private readonly EngineOptions _options;
+    private readonly object _lock = new();
+    private readonly LinkedList<Pending> _waiting = new();
+    private readonly Queue<(Action Work, TaskCompletionSource Done)> _commands = new();
+    private readonly List<Running> _running = new();
+    private readonly SemaphoreSlim _wake = new(0);
+    private readonly Thread _loop;
+    private volatile bool _stopping;
+    private HashSet<string> _adapterNames = new(StringComparer.Ordinal);
+    private double _stepSeconds = 0.05; // recent decode step time, for Retry-After
+
+    public EngineOptions Options => _options;
+    public CausalLm Model => _model;
+    public int QueueDepth { get { lock (_lock) return _waiting.Count; } }
+    public int RunningCount => Volatile.Read(ref _runningCount);
+    public int KvPagesTotal => _cache.PageCount;
+    public int KvPagesUsed => Volatile.Read(ref _kvPagesUsed);
+    public int KvPageSize => _cache.PageSize;
+    public IReadOnlySet<string> AdapterNames { get { lock (_lock) return _adapterNames; } }
+    /// <summary>Called on the engine loop after each decode step with (rows, seconds).</summary>
+    public Action<int, double>? OnStep { get; set; }
+
+    private int _runningCount, _kvPagesUsed;
+
+    private sealed record Pending(GenerationRequest Request, GenerationHandle Handle, CancellationToken Cancel, long SubmittedTicks);
+
+    private sealed class Running
+    {
+        public required GenerationRequest Request;
+        public required GenerationHandle Handle;
+        public required CancellationToken Cancel;
+        public required KvSequence Seq;
+        public required Sampler Sampler;
+        public required List<int> History;
+        public int Slot = -1;
+        public int Generated;
+        public int Next;
+    }
+
+    public InferenceEngine(CausalLm model, EngineOptions options)
+    {
+        options.Validate();
+        _model = model;
+        _options = options;
+        _decoder = new Decoder(model);
+        _cache = KvCache.ForBudget(model, options.KvCacheBytes, options.PageSize);
+        try
+        {
+            _slots = new LoraSlots(model, options.MaxLoras, options.MaxLoraRank);
+        }
+        catch
+        {
+            _cache.Dispose();
+            throw;
+        }
+        _loop = new Thread(Loop) { Name = "nativelora-engine", IsBackground = true };
+        _loop.Start();
+    }
+
+    /// <summary>Largest prompt + max_tokens one request can ask for: the context, and what the whole cache holds.</summary>
+    public int MaxSequenceTokens => Math.Min(_model.Config.MaxPositionEmbeddings, _cache.PageCount * _cache.PageSize);
+
+    /// <summary>
+    /// Queues a request. Throws ArgumentException for a request that can never run (empty prompt,
+    /// prompt + max_tokens beyond the context or the cache, unknown adapter) and QueueFullException
+    /// when the wait queue is full.
+    /// </summary>
+    public GenerationHandle Submit(GenerationRequest request, CancellationToken cancel = default)
+    {
+        if (request.Prompt.Length == 0) throw new ArgumentException("the prompt is empty");
+        if (request.MaxTokens < 1) throw new ArgumentException($"max_tokens must be ≥ 1, got {request.MaxTokens}");
+        int total = request.Prompt.Length + request.MaxTokens;
+        if (total > MaxSequenceTokens)
+            throw new ArgumentException($"the prompt ({request.Prompt.Length} tokens) plus max_tokens ({request.MaxTokens}) is {total} tokens; this server holds at most {MaxSequenceTokens} per request");
+        foreach (var id in request.Prompt)
+            if ((uint)id >= (uint)_model.Config.VocabSize) throw new ArgumentException($"token id {id} is outside the vocabulary (0..{_model.Config.VocabSize - 1})");
+        request.Sampling.Validate();
+        var handle = new GenerationHandle();
+        lock (_lock)
+        {
+            if (_stopping) throw new ObjectDisposedException(nameof(InferenceEngine), "the engine is shutting down");
+            if (request.Adapter != null && !_adapterNames.Contains(request.Adapter))
+                throw new KeyNotFoundException($"no model or adapter named '{request.Adapter}' is loaded");
+            if (_waiting.Count >= _options.MaxQueue)
+                throw new QueueFullException(_waiting.Count, RetryAfter());
+            _waiting.AddLast(new Pending(request, handle, cancel, Stopwatch.GetTimestamp()));
+        }
+        _wake.Release();
+        return handle;
+    }
+
+    // a rough wait until a place frees: the queue ahead, one step per token of an average request
+    private TimeSpan RetryAfter() => TimeSpan.FromSeconds(Math.Clamp(Math.Ceiling(_stepSeconds * 16 * (1 + _waiting.Count / (double)_options.MaxBatch)), 1, 60));
+
+    /// <summary>Loads a PEFT adapter under name between steps (the base and other adapters keep serving).</summary>
+    public Task LoadAdapterAsync(string name, string dir) => RunOnLoop(() =>
+    {
+        _slots.Load(name, dir);
+        lock (_lock) _adapterNames = new HashSet<string>(_slots.Names, StringComparer.Ordinal);
+    });
+
+    /// <summary>Drops an adapter; requests already running on it finish with it, new ones are refused.</summary>
+    public Task UnloadAdapterAsync(string name) => RunOnLoop(() =>
+    {
+        _slots.Unload(name);
+        lock (_lock) _adapterNames = new HashSet<string>(_slots.Names, StringComparer.Ordinal);
+    });
+
+    private Task RunOnLoop(Action action)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_lock)
+        {
+            if (_stopping) throw new ObjectDisposedException(nameof(InferenceEngine), "the engine is shutting down");
+            _commands.Enqueue((action, done));
+        }
+        _wake.Release();
+        return done.Task;
+    }
+
+    private void Loop()
+    {
+        _model.Device.Accelerator.Bind(); // the device's context is current on this thread (CUDA)
+        while (true)
+        {
+            try
+            {
+                if (_stopping) break;
+                RunCommands();
+                Admit();
+                if (_running.Count == 0)
+                {
+                    _wake.Wait(TimeSpan.FromMilliseconds(200));
+                    continue;
+                }
+                DecodeStep();
+            }
+            catch (Exception e)
+            {
+                // a failed step fails the requests in it; the engine serves the next ones
+                foreach (var r in _running.ToList()) Finish(r, null, e);
+            }
+        }
+        foreach (var r in _running.ToList()) Finish(r, null, new OperationCanceledException("the engine stopped"));
+        lock (_lock)
+        {
+            foreach (var p in _waiting) p.Handle.Fail(new OperationCanceledException("the engine stopped"));
+            _waiting.Clear();
+            foreach (var (_, done) in _commands) done.TrySetException(new OperationCanceledException("the engine stopped"));
+            _commands.Clear();
+        }
+    }
+
+    private void RunCommands()
+    {
+        while (true)
+        {
+            (Action Work, TaskCompletionSource Done) c;
+            lock (_lock) if (!_commands.TryDequeue(out c)) return;
+            try
+            {
+                c.Work();
+                c.Done.SetResult();
+            }
+            catch (Exception e)
+            {
+                c.Done.SetException(e);
+            }
+        }
+    }
+
+    private void Admit()
+    {
+        while (_running.Count < _options.MaxBatch)
+        {
+            Pending p;
+            lock (_lock)
+            {
+                if (_waiting.First == null) return;
+                p = _waiting.First.Value;
+                if (!p.Cancel.IsCancellationRequested && _cache.PagesFor(p.Request.Prompt.Length + p.Request.MaxTokens) > _cache.FreePages) return; // first come, first served
+                _waiting.RemoveFirst();
+            }
+            p.Handle.QueueSeconds = Stopwatch.GetElapsedTime(p.SubmittedTicks).TotalSeconds;
+            if (p.Cancel.IsCancellationRequested)
+            {
+                p.Handle.Finish(FinishReason.Cancelled);
+                continue;
+            }
+            var req = p.Request;
+            var r = new Running
+            {
+                Request = req, Handle = p.Handle, Cancel = p.Cancel, Seq = new KvSequence(),
+                Sampler = new Sampler(req.Sampling), History = new List<int>(req.Prompt),
+            };
+            try
+            {
+                if (req.Adapter != null) r.Slot = _slots.Acquire(req.Adapter);
+                if (!_cache.TryReserve(r.Seq, req.Prompt.Length + req.MaxTokens)) throw new InvalidOperationException("the KV cache has no room for the request");
+                _running.Add(r);
+                var logits = _decoder.Prefill(_cache, r.Seq, req.Prompt, r.Slot);
+                Accept(r, logits);
+            }
+            catch (Exception e)
+            {
+                if (!_running.Contains(r)) _running.Add(r);
+                Finish(r, null, e);
+            }
+            Publish();
+        }
+    }
+
+    private void DecodeStep()
+    {
+        foreach (var r in _running.Where(r => r.Cancel.IsCancellationRequested).ToList()) Finish(r, FinishReason.Cancelled);
+        if (_running.Count == 0) return;
+        var batch = _running.ToList();
+        var start = Stopwatch.GetTimestamp();
+        var slots = batch.Any(r => r.Slot >= 0) ? batch.Select(r => r.Slot).ToArray() : null;
+        var logits = _decoder.Step(_cache, batch.Select(r => r.Seq).ToList(), batch.Select(r => r.Next).ToArray(), slots);
+        for (int i = 0; i < batch.Count; i++) Accept(batch[i], logits[i]);
+        double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
+        _stepSeconds = 0.9 * _stepSeconds + 0.1 * seconds;
+        OnStep?.Invoke(batch.Count, seconds);
+        Publish();
+    }
+
+    // samples the next token from logits, hands it to the client and ends the request where it should
+    private void Accept(Running r, float[] logits)
+    {
+        int next = r.Sampler.Next(logits, r.History);
+        r.History.Add(next);
+        r.Generated++;
+        r.Next = next;
+        r.Handle.Emit(next);
+        if (r.Request.StopIds.Contains(next)) Finish(r, FinishReason.Stop);
+        else if (r.Generated >= r.Request.MaxTokens || r.Seq.Length >= _model.Config.MaxPositionEmbeddings) Finish(r, FinishReason.Length);
+        else if (r.Cancel.IsCancellationRequested) Finish(r, FinishReason.Cancelled);
+    }
+
+    private void Finish(Running r, FinishReason? reason, Exception? error = null)
+    {
+        _running.Remove(r);
+        _cache.Release(r.Seq);
+        if (r.Slot >= 0) _slots.Release(r.Slot);
+        r.Slot = -1;
+        if (error != null) r.Handle.Fail(error);
+        else r.Handle.Finish(reason!.Value);
+        Publish();
+    }
+
+    private void Publish()
+    {
+        Volatile.Write(ref _runningCount, _running.Count);
+        Volatile.Write(ref _kvPagesUsed, _cache.UsedPages);
+    }
+
+    public void Dispose()
+    {
+        lock (_lock) _stopping = true;
+        _wake.Release();
+        _loop.Join();
+        _slots.Dispose();
+        _cache.Dispose();
+        _wake.Dispose();
+    }
+}
