@@ -314,8 +314,20 @@ public sealed class OpenAiServer : IAsyncDisposable
         long last = arrived;
         double ttft = double.NaN;
         string? finish = null;
-        if (p.Stream) await StartStream(ctx);
-        if (p.Stream && chat) await SendEvent(ctx, Chunk(id, p.Model, chat, new JsonObject { ["role"] = "assistant", ["content"] = "" }, null));
+        // the stream starts with the first token, so that a request failing before it (adapter
+        // unloaded while queued, engine error) still gets a plain HTTP error
+        bool started = false;
+        async Task Send(string piece, bool force = false)
+        {
+            if (!p.Stream || (piece.Length == 0 && !force)) return;
+            if (!started)
+            {
+                started = true;
+                await StartStream(ctx);
+                if (chat) await SendEvent(ctx, Chunk(id, p.Model, chat, new JsonObject { ["role"] = "assistant", ["content"] = "" }, null));
+            }
+            if (piece.Length > 0) await SendEvent(ctx, Chunk(id, p.Model, chat, chat ? new JsonObject { ["content"] = piece } : piece, null));
+        }
         try
         {
             await foreach (var token in handle.Tokens.ReadAllAsync(ctx.RequestAborted))
@@ -325,9 +337,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 else Metrics.InterTokenLatency.WithLabels(p.Model).Observe(Stopwatch.GetElapsedTime(last, now).TotalSeconds);
                 last = now;
                 generated++;
-                var piece = text.Push(decoder.Push(token));
-                if (p.Stream && piece.Length > 0)
-                    await SendEvent(ctx, Chunk(id, p.Model, chat, chat ? new JsonObject { ["content"] = piece } : piece, null));
+                await Send(text.Push(decoder.Push(token)), force: true);
                 if (text.Stopped)
                 {
                     finish = "stop";
@@ -337,18 +347,18 @@ public sealed class OpenAiServer : IAsyncDisposable
             }
             var reason = await handle.Completion;
             finish ??= reason == FinishReason.Length ? "length" : "stop";
-            if (!text.Stopped)
-            {
-                var rest = text.Push(decoder.Flush()) + text.Flush();
-                if (p.Stream && rest.Length > 0) await SendEvent(ctx, Chunk(id, p.Model, chat, chat ? new JsonObject { ["content"] = rest } : rest, null));
-            }
+            if (!text.Stopped) await Send(text.Push(decoder.Flush()) + text.Flush(), force: true);
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
         {
             Log(ctx, p, "cancelled", generated, ttft, arrived, text.Text);
             throw;
         }
-        catch (Exception e) when (e is not ApiException && p.Stream && ctx.Response.HasStarted)
+        catch (KeyNotFoundException e) when (!started)
+        {
+            throw new ApiException(404, e.Message, param: "model", code: "model_not_found");
+        }
+        catch (Exception e) when (e is not ApiException && started)
         {
             await SendEvent(ctx, ErrorBody(new ApiException(500, $"generation failed: {e.Message}", "server_error")));
             throw;
@@ -358,6 +368,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         var usage = new JsonObject { ["prompt_tokens"] = p.Prompt.Length, ["completion_tokens"] = generated, ["total_tokens"] = p.Prompt.Length + generated };
         if (p.Stream)
         {
+            await Send("", force: true);
             await SendEvent(ctx, Chunk(id, p.Model, chat, chat ? new JsonObject() : "", finish));
             if (p.IncludeUsage)
             {
