@@ -584,7 +584,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         return ids;
     }
 
-    /// <summary>Chat prompts from the tokenizer's template; one at a time since the template interpreter keeps state per render.</summary>
+    /// <summary>Chat prompts from the tokenizer's template, one render at a time (the formatter is not documented as thread-safe; a render takes microseconds).</summary>
     private sealed class ExampleFormatterGate(HfTokenizer tokenizer)
     {
         private readonly Data.ExampleFormatter _formatter = new(tokenizer, trainOnPrompt: false);
