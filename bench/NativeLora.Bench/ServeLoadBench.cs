@@ -165,9 +165,7 @@ public static class ServeLoadBench
         var tokDir = Path.Combine(root, "artifacts", "tokenizers", "mistral");
         if (!File.Exists(Path.Combine(tokDir, "tokenizer.json"))) throw new FileNotFoundException($"{tokDir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh (./build.sh does)");
         var dir = Path.Combine(work, "model");
-        Directory.CreateDirectory(dir);
-        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json" })
-            if (File.Exists(Path.Combine(tokDir, f))) File.Copy(Path.Combine(tokDir, f), Path.Combine(dir, f));
+        HfTokenizer.CopyFiles(tokDir, dir);
         using var tok = HfTokenizer.Load(dir);
         var config = ModelConfig.Load(configPath) with { VocabSize = tok.VocabSize, BosTokenId = tok.BosId, EosTokenId = tok.EosId };
         ModelDirectory.Save(dir, config, RandomInit.Create(config, 0), Tensors.DType.F32);

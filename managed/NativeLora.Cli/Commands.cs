@@ -45,9 +45,7 @@ internal static class Commands
         {
             using var tok = Text.HfTokenizer.Load(o.Tokenizer);
             config = config with { VocabSize = tok.VocabSize, BosTokenId = tok.BosId, EosTokenId = tok.EosId };
-            Directory.CreateDirectory(o.Out);
-            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja" })
-                if (File.Exists(Path.Combine(o.Tokenizer, f))) File.Copy(Path.Combine(o.Tokenizer, f), Path.Combine(o.Out, f), overwrite: true);
+            Text.HfTokenizer.CopyFiles(o.Tokenizer, o.Out);
         }
         var dtype = DTypeInfo.Parse(o.DType);
         ModelDirectory.Save(o.Out, config, RandomInit.Create(config, o.Seed), dtype);

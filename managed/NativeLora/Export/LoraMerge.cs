@@ -66,8 +66,7 @@ public static class LoraMerge
                 using var w = new Utf8JsonWriter(s, new JsonWriterOptions { Indented = true });
                 json.WriteTo(w);
             });
-            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json" })
-                if (File.Exists(Path.Combine(modelDir, f))) File.Copy(Path.Combine(modelDir, f), Path.Combine(outDir, f), overwrite: true);
+            Text.HfTokenizer.CopyFiles(modelDir, outDir, "generation_config.json");
         }
         finally
         {

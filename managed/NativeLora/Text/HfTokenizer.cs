@@ -88,6 +88,17 @@ public sealed class HfTokenizer : IDisposable
         return (token, id);
     }
 
+    /// <summary>The files of a tokenizer directory (those present are copied by <see cref="CopyFiles"/>).</summary>
+    public static readonly string[] FileNames = { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja" };
+
+    /// <summary>Copies the tokenizer files that exist in from (plus extra names, e.g. generation_config.json) into to.</summary>
+    public static void CopyFiles(string from, string to, params string[] extra)
+    {
+        System.IO.Directory.CreateDirectory(to);
+        foreach (var f in FileNames.Concat(extra))
+            if (File.Exists(Path.Combine(from, f))) File.Copy(Path.Combine(from, f), Path.Combine(to, f), overwrite: true);
+    }
+
     /// <summary>Loads a tokenizer directory. Missing or malformed files raise exceptions whose message names the file.</summary>
     public static HfTokenizer Load(string modelDir)
     {

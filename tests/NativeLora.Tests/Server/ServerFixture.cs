@@ -32,9 +32,7 @@ public sealed class ServerWorld : IDisposable
         AdapterRoot = Path.Combine(Root, "adapters");
         var tokDir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "mistral");
         Assert.That(File.Exists(Path.Combine(tokDir, "tokenizer.json")), Is.True, $"{tokDir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
-        Directory.CreateDirectory(ModelDir);
-        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json" })
-            if (File.Exists(Path.Combine(tokDir, f))) File.Copy(Path.Combine(tokDir, f), Path.Combine(ModelDir, f));
+        HfTokenizer.CopyFiles(tokDir, ModelDir);
         Tokenizer = HfTokenizer.Load(ModelDir);
         var config = new ModelConfig
         {
