@@ -1,0 +1,44 @@
+using NativeLora.Devices;
+
+namespace NativeLora.Quantization;
+
+/// <summary>
+/// How a QLoRA layer computes its base product x·W0ᵀ (and dy·W0) from the NF4 weight (config key
+/// <c>qlora_matmul</c>):
+/// <list type="bullet">
+/// <item><see cref="Scratch"/>: dequantize the layer into a pooled buffer, then the native GEMM (cuBLAS / OpenBLAS);</item>
+/// <item><see cref="Fused"/>: the Nf4Matmul kernels read the 4-bit codes inside the product, nothing dequantized
+/// is written to global memory (DoRA layers still take the scratch: their column norms need the dense W0);</item>
+/// <item><see cref="Auto"/>: per backend, see <see cref="PicksFused"/>.</item>
+/// </list>
+/// </summary>
+public enum QloraMatmul
+{
+    Auto,
+    Fused,
+    Scratch,
+}
+
+public static class QloraMatmulChoice
+{
+    public static readonly string[] Names = { "auto", "fused", "scratch" };
+
+    public static QloraMatmul Parse(string s) => s switch
+    {
+        "auto" => QloraMatmul.Auto,
+        "fused" => QloraMatmul.Fused,
+        "scratch" => QloraMatmul.Scratch,
+        _ => throw new ArgumentException($"qlora_matmul must be auto, fused or scratch, got '{s}'"),
+    };
+
+    /// <summary>
+    /// Whether <paramref name="mode"/> computes a product of <paramref name="rows"/> rows with the fused kernels on
+    /// <paramref name="device"/>. Auto: TODO after measuring.
+    /// </summary>
+    public static bool PicksFused(QloraMatmul mode, ComputeDevice device, int rows) => mode switch
+    {
+        QloraMatmul.Fused => true,
+        QloraMatmul.Scratch => false,
+        _ => false,
+    };
+}
