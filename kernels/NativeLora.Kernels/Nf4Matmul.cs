@@ -222,6 +222,7 @@ public static class Nf4Matmul
             int g = k.RowGroupSize;
             int colThreads = 1;
             while (colThreads * colThreads < g) colThreads *= 2; // square-ish thread grid: 16×16 for 256, 2×1 for 2
+            if (g % colThreads != 0) throw new ArgumentException($"NF4 matmul needs a power-of-two group size, got {g}");
             int tileRows = g / colThreads * Micro, tileCols = colThreads * Micro;
             long groups = (long)((rows + tileRows - 1) / tileRows) * ((cols + tileCols - 1) / tileCols);
             if (groups > int.MaxValue) throw new ArgumentException($"NF4 matmul of [{rows}, {depth}] by [{depth}, {cols}] needs too many tiles ({groups})");
