@@ -1,6 +1,6 @@
+using NativeLora.Devices;
 using NativeLora.Kernels;
 using NativeLora.Lora;
-using NativeLora.Devices;
 using NativeLora.Ops;
 using NativeLora.Quantization;
 using NativeLora.Tensors;
