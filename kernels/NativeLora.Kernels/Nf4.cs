@@ -227,7 +227,7 @@ public static class Nf4
     }
 
     // a·b rounded on its own: ILGPU emits mul.f32, which ptxas may fuse with a following add into an fma
-    private static float MulRn(float a, float b)
+    internal static float MulRn(float a, float b)
     {
         if (!CudaAsm.IsSupported) return a * b;
         CudaAsm.Emit("mul.rn.f32 %0, %1, %2;", out float r, a, b);

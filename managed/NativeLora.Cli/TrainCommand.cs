@@ -4,6 +4,7 @@ using NativeLora.Data;
 using NativeLora.Devices;
 using NativeLora.Lora;
 using NativeLora.Model;
+using NativeLora.Quantization;
 using NativeLora.Text;
 using NativeLora.Tensors;
 using NativeLora.Training;
@@ -72,8 +73,8 @@ internal static class TrainCommand
         model.CrossEntropyChunkRows = 1024;
         if (c.Method == "qlora")
         {
-            model.QuantizeLinears();
-            Console.WriteLine($"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter");
+            model.QuantizeLinears(QloraMatmulChoice.Parse(c.QloraMatmul));
+            Console.WriteLine($"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter, base product {c.QloraMatmul}");
         }
         using var adapter = LoraAdapter.Attach(model, lora, c.Seed);
         var trainer = new Trainer(c, model, adapter, train, val) { OnMessage = m => Console.Error.WriteLine(m) };

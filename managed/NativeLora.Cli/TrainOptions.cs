@@ -35,6 +35,9 @@ public sealed class TrainOptions
     [Option("method", HelpText = "Config key method.")]
     public string? Method { get; set; }
 
+    [Option("qlora-matmul", HelpText = "Config key qlora_matmul (auto, fused, scratch).")]
+    public string? QloraMatmul { get; set; }
+
     [Option("lora-r", HelpText = "Config key lora_r.")]
     public int? LoraR { get; set; }
 
@@ -159,6 +162,7 @@ public sealed class TrainOptions
         yield return ("eval_data", EvalData == null ? null : JsonValue.Create(EvalData));
         yield return ("output_dir", OutputDir == null ? null : JsonValue.Create(OutputDir));
         yield return ("method", Method == null ? null : JsonValue.Create(Method));
+        yield return ("qlora_matmul", QloraMatmul == null ? null : JsonValue.Create(QloraMatmul));
         yield return ("lora_r", LoraR == null ? null : JsonValue.Create(LoraR));
         yield return ("lora_alpha", LoraAlpha == null ? null : JsonValue.Create(LoraAlpha));
         yield return ("lora_dropout", LoraDropout == null ? null : JsonValue.Create(LoraDropout));

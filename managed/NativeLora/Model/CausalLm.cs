@@ -128,13 +128,15 @@ public sealed class CausalLm : IDisposable
     /// <summary>
     /// QLoRA: stores every decoder projection in NF4 with double quantization (embeddings, norms and
     /// the output layer stay in the compute dtype, as in QLoRA). The full-precision tensors are freed.
+    /// <paramref name="baseMatmul"/> says how their base products are computed (fused from the codes or through a scratch).
     /// </summary>
-    public void QuantizeLinears()
+    public void QuantizeLinears(Quantization.QloraMatmul baseMatmul = Quantization.QloraMatmul.Auto)
     {
         if (_gradients.Count > 0) throw new InvalidOperationException("a model with full-parameter gradients cannot be quantized");
         foreach (var layer in Layers)
             foreach (var lin in layer.Linears)
             {
+                lin.BaseMatmul = baseMatmul;
                 if (lin.Quantized != null) continue;
                 lin.Quantize(Kernels);
                 _parameters.Remove(lin.Name + ".weight");

@@ -1,6 +1,8 @@
+using NativeLora.Devices;
 using NativeLora.Kernels;
 using NativeLora.Lora;
 using NativeLora.Ops;
+using NativeLora.Quantization;
 using NativeLora.Tensors;
 
 namespace NativeLora.Model;
@@ -31,6 +33,9 @@ public sealed class Linear
     /// <summary>Served adapters of this layer, selected per row at inference (see <see cref="LoraSlots"/>), or null.</summary>
     public LinearLoraSlots? ServedAdapters { get; set; }
 
+    /// <summary>How a QLoRA layer computes its base product: fused NF4 kernels or dequantize-then-GEMM (see <see cref="QloraMatmul"/>).</summary>
+    public QloraMatmul BaseMatmul { get; set; } = QloraMatmul.Auto;
+
     public Linear(string name, Tensor weight, Tensor? bias)
     {
         Name = name;
@@ -43,8 +48,9 @@ public sealed class Linear
 
     /// <summary>
     /// QLoRA: replaces the weight by its NF4 form (double-quantized, bitsandbytes' layout) and frees
-    /// it. Compute then dequantizes the layer into a pooled scratch buffer for each GEMM — the
-    /// "dequantize one layer at a time" strategy; the buffer is reused through the device pool.
+    /// it. Compute then either dequantizes the layer into a pooled scratch buffer for each GEMM — the
+    /// "dequantize one layer at a time" strategy — or reads the codes inside fused kernels, as
+    /// <see cref="BaseMatmul"/> says.
     /// </summary>
     public void Quantize(KernelSet k)
     {
@@ -65,6 +71,19 @@ public sealed class Linear
         return new WeightLease(scratch, owned: true);
     }
 
+    /// <summary>
+    /// The base weight for a product of <paramref name="rows"/> rows: null when the fused NF4 kernels compute it from
+    /// the codes, else as <see cref="AcquireWeight"/>. DoRA needs the dense W0 for its column norms, so it never fuses.
+    /// </summary>
+    private WeightLease? AcquireBase(KernelSet k, int rows, ComputeDevice device)
+    {
+        if (Quantized == null || !QloraMatmulChoice.PicksFused(BaseMatmul, device, rows)) return AcquireWeight(k);
+        if (Lora is not { IsDora: true }) return null;
+        if (BaseMatmul == QloraMatmul.Fused)
+            throw new InvalidOperationException($"{Name}: DoRA needs the dense base weight for its norms; use qlora_matmul scratch or auto");
+        return AcquireWeight(k);
+    }
+
     public readonly struct WeightLease(Tensor tensor, bool owned) : IDisposable
     {
         public Tensor Tensor { get; } = tensor;
@@ -80,9 +99,10 @@ public sealed class Linear
     /// </summary>
     public LoraSaved? Forward(KernelSet k, Tensor x, Tensor y, Tensor? adapterSlots = null)
     {
-        using var lease = AcquireWeight(k);
-        var weight = lease.Tensor;
-        Gemm.Run(x, weight, y, transB: true);
+        using var lease = AcquireBase(k, x.Dim(0), x.Device);
+        var weight = lease?.Tensor;
+        if (weight != null) Gemm.Run(x, weight, y, transB: true);
+        else Nf4MatmulOp.Forward(k, Quantized!, x, y);
         // DoRA without dropout reuses x·W0ᵀ before the bias
         using var noBias = Bias != null && Lora is { IsDora: true, EffectiveDropout: 0f } ? y.Device.Allocate(y.DType, y.Shape) : null;
         if (noBias != null) y.CopyTo(noBias);
@@ -94,9 +114,10 @@ public sealed class Linear
     /// <summary>dx is written (accumulate=false) or added to (accumulate=true); null skips it.</summary>
     public void Backward(KernelSet k, Tensor x, LoraSaved? saved, Tensor dy, Tensor? dx, bool accumulate)
     {
-        using var lease = AcquireWeight(k);
-        var weight = lease.Tensor;
-        if (dx != null) Gemm.Run(dy, weight, dx, beta: accumulate ? 1f : 0f);
+        using var lease = AcquireBase(k, dy.Dim(0), dy.Device);
+        var weight = lease?.Tensor;
+        if (dx != null && weight != null) Gemm.Run(dy, weight, dx, beta: accumulate ? 1f : 0f);
+        else if (dx != null) Nf4MatmulOp.BackwardData(k, Quantized!, dy, dx, accumulate);
         if (WeightGrad != null) Gemm.Run(dy, x, WeightGrad, transA: true, beta: 1f);
         if (BiasGrad != null) ElementwiseOp.BiasGrad(k, dy, BiasGrad);
         if (Lora != null) LoraOp.Backward(k, Lora, x, saved ?? throw new InvalidOperationException($"{Name}: the adapter's forward state is missing"), dy, dx, weight);

@@ -32,7 +32,7 @@ public static class LoraOp
     /// y already holds x·W0ᵀ (+ bias); adds the adapter. yNoBias is x·W0ᵀ without the bias, needed
     /// only by DoRA without dropout (pass y itself when there is no bias).
     /// </summary>
-    public static LoraSaved Forward(KernelSet k, LoraModule m, Tensor x, Tensor y, Tensor w0, Tensor yNoBias)
+    public static LoraSaved Forward(KernelSet k, LoraModule m, Tensor x, Tensor y, Tensor? w0, Tensor yNoBias)
     {
         using var _profile = Diagnostics.OpProfiler.Time("lora", x.Device);
         var saved = new LoraSaved();
@@ -47,6 +47,7 @@ public static class LoraOp
                 return saved;
             }
             var dev = x.Device;
+            w0 = DenseBase(m, w0);
             (saved.Norms, saved.G) = DoraScale(k, m, w0);
             saved.Pre = dev.Allocate(x.DType, n, m.OutFeatures);
             Gemm.Run(saved.Z, m.BCompute, saved.Pre, transB: true, alpha: m.Scale); // l = s·z·Bᵀ
@@ -84,7 +85,7 @@ public static class LoraOp
     /// <summary>
     /// Adapter gradients (f32, accumulated) and the adapter's share of dx (added; dx already holds dy·W0).
     /// </summary>
-    public static void Backward(KernelSet k, LoraModule m, Tensor x, LoraSaved saved, Tensor dy, Tensor? dx, Tensor w0)
+    public static void Backward(KernelSet k, LoraModule m, Tensor x, LoraSaved saved, Tensor dy, Tensor? dx, Tensor? w0)
     {
         using var _profile = Diagnostics.OpProfiler.Time("lora.bwd", x.Device);
         if (!m.IsDora)
@@ -92,6 +93,7 @@ public static class LoraOp
             LowRankBackward(k, m, x, saved.Z, dy, dx);
             return;
         }
+        w0 = DenseBase(m, w0);
         var dev = x.Device;
         int n = x.Dim(0), cols = m.OutFeatures;
         float p = m.EffectiveDropout;
@@ -114,6 +116,10 @@ public static class LoraOp
         Gemm.Run(scaled, w0, t);
         DropoutBackward(k, m, t, dx);
     }
+
+    // Plain LoRA never reads W0; DoRA does, so a layer whose base product is fused from NF4 codes passes null only without DoRA.
+    private static Tensor DenseBase(LoraModule m, Tensor? w0) =>
+        w0 ?? throw new InvalidOperationException($"{m.Target}: DoRA needs the dense base weight (QLoRA layers with DoRA use qlora_matmul scratch)");
 
     // z = dropout(x)·Aᵀ
     private static Tensor Down(KernelSet k, LoraModule m, Tensor x)

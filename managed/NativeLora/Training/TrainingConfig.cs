@@ -18,6 +18,8 @@ public sealed record TrainingConfig
     public string? EvalData { get; init; }
     public string OutputDir { get; init; } = "runs/run";
     public string Method { get; init; } = "lora";
+    /// <summary>QLoRA's base product: auto (per backend), fused (NF4 codes read inside the matmul) or scratch (dequantize the layer, then GEMM).</summary>
+    public string QloraMatmul { get; init; } = "auto";
 
     // adapter
     public int LoraR { get; init; } = 16;
@@ -75,6 +77,8 @@ public sealed record TrainingConfig
         void Need(bool ok, string what) { if (!ok) throw new ArgumentException(what); }
         Need(!string.IsNullOrWhiteSpace(Model), "model is required (an HF model directory)");
         Need(Method is "lora" or "qlora", $"method '{Method}' is not supported (supported: lora, qlora)");
+        Need(QloraMatmul is "auto" or "fused" or "scratch", $"qlora_matmul must be auto, fused or scratch, got '{QloraMatmul}'");
+        Need(!(QloraMatmul == "fused" && UseDora), "qlora_matmul fused cannot be used with use_dora: DoRA needs the dense base weight for its norms (use auto or scratch)");
         Need(LearningRate > 0, $"learning_rate must be > 0, got {LearningRate}");
         Need(WarmupRatio >= 0 && WarmupRatio < 1, $"warmup_ratio must be in [0, 1), got {WarmupRatio}");
         Need(LrScheduler is "cosine" or "linear" or "constant", $"lr_scheduler must be cosine, linear or constant, got '{LrScheduler}'");

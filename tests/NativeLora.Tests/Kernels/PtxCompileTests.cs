@@ -93,6 +93,8 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<byte>, ArrayView<float>, long, int, long, long>)Nf4.QuantizeKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<T>, long, int, long, long>)Nf4.DequantizeKernel<T, S>, false);
         yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, int, int, int, int, float>)Attention.FlashBackwardDqKernel<T, S>, true);
+        yield return ((Action<ArrayView<T>, Nf4Weight, ArrayView<T>, int, int, int, long, long, int, int>)Nf4Matmul.TiledKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<T>, Nf4Weight, ArrayView<T>, ArrayView<float>, int, int, int, long, long, int, long, long>)Nf4Matmul.ColumnsKernel<T, S>, false);
         yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, ArrayView<T>, int, int, int, int, float>)Attention.FlashBackwardDkDvKernel<T, S>, true);
     }
 
@@ -117,6 +119,9 @@ public class PtxCompileTests
         if (kernel.Method.DeclaringType == typeof(Nf4) && kernel.Method.Name == nameof(Nf4.DequantizeAbsmaxKernel))
             Assert.That(compiled.PTXAssembly.Split('\n').Where(l => l.Contains(".local .align")).Select(l => l.Trim()),
                 Is.EqualTo(new[] { ".local .align 4 .b8 __local_depot0[4];" }), "only the inline-PTX operand's 4-byte slot in local memory");
+        else if (kernel.Method.DeclaringType == typeof(Nf4Matmul)) // the same absmax restore, inlined at each of its call sites
+            Assert.That(compiled.PTXAssembly.Split('\n').Where(l => l.Contains(".local .align")).Select(l => l.Trim()),
+                Is.All.Matches(@"^\.local \.align 4 \.b8 __local_depot\d+\[4\];$"), "only inline-PTX operands' 4-byte slots in local memory");
         else if (kernel.Method.DeclaringType != typeof(Attention) || !(kernel.Method.Name.StartsWith("Flash") || kernel.Method.Name.StartsWith("Decode")))
             Assert.That(compiled.PTXAssembly, Does.Not.Contain(".local"), "local memory in a kernel that should keep everything in registers");
     }

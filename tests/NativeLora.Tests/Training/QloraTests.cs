@@ -1,5 +1,6 @@
 using NativeLora.Lora;
 using NativeLora.Model;
+using NativeLora.Quantization;
 using NativeLora.Tensors;
 using NativeLora.Tests.Model;
 using NativeLora.Tests.Support;
@@ -60,5 +61,53 @@ public class QloraTests
         Assert.That(qlora, Is.LessThan(lora + 0.25), "QLoRA ends within 0.25 nats of f32 LoRA");
         // (bits/parameter of these small matrices include the two code tables, ~1 KB per tensor; the
         // ≤ 4.13 bound at real sizes is asserted in Nf4Tests)
+    }
+
+    // qlora_matmul changes how the base product is computed, not what is learned: the same f32 weights, summed in another order.
+    [Test]
+    public void FusedAndScratchBaseProductsTrainTheSameLosses()
+    {
+        var (train, val, _) = LearningTests.SyntheticTask(51);
+        List<double> Losses(string mode)
+        {
+            var dir = Directory.CreateTempSubdirectory("nl-qlora-").FullName;
+            try
+            {
+                var cfg = LearningTests.FastConfig(dir) with { Method = "qlora", QloraMatmul = mode, Epochs = 1 };
+                cfg.Validate();
+                using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+                model.QuantizeLinears(QloraMatmulChoice.Parse(cfg.QloraMatmul));
+                Assert.That(model.Layers.SelectMany(l => l.Linears).All(l => l.BaseMatmul == QloraMatmulChoice.Parse(mode)), Is.True);
+                using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+                var trainer = new Trainer(cfg, model, adapter, train, val);
+                NativeLora.Diagnostics.OpProfiler.Reset();
+                NativeLora.Diagnostics.OpProfiler.Enabled = true; // to see which path ran
+                trainer.Run(resume: false);
+                var ops = NativeLora.Diagnostics.OpProfiler.Totals().Select(t => t.Name).ToList();
+                Assert.That(ops, mode == "fused" ? Does.Contain("nf4.matmul").And.Contain("nf4.matmul.bwd").And.Not.Contain("nf4.dequantize")
+                                                 : Does.Contain("nf4.dequantize").And.Not.Contain("nf4.matmul"), mode);
+                return trainer.History.Select(h => h.Loss).Append(trainer.ValidationLoss()).ToList();
+            }
+            finally
+            {
+                NativeLora.Diagnostics.OpProfiler.Enabled = Environment.GetEnvironmentVariable("NATIVELORA_PROFILE") == "1";
+                NativeLora.Diagnostics.OpProfiler.Reset();
+                Directory.Delete(dir, true);
+            }
+        }
+        var fused = Losses("fused");
+        var scratch = Losses("scratch");
+        TestContext.Progress.WriteLine($"fused {string.Join(" ", fused.Select(l => l.ToString("R")))}\nscratch {string.Join(" ", scratch.Select(l => l.ToString("R")))}");
+        Assert.That(fused, Has.Count.EqualTo(scratch.Count).And.Count.GreaterThan(3));
+        for (int i = 0; i < fused.Count; i++) Assert.That(fused[i], Is.EqualTo(scratch[i]).Within(1e-4), $"loss {i}");
+    }
+
+    [Test]
+    public void QloraMatmulIsValidated()
+    {
+        Assert.That(Assert.Throws<ArgumentException>(() => new TrainingConfig { Model = "m", QloraMatmul = "tiled" }.Validate())!.Message, Does.Contain("auto, fused or scratch"));
+        Assert.That(Assert.Throws<ArgumentException>(() => new TrainingConfig { Model = "m", Method = "qlora", QloraMatmul = "fused", UseDora = true }.Validate())!.Message, Does.Contain("DoRA"));
+        Assert.DoesNotThrow(() => new TrainingConfig { Model = "m", Method = "qlora", QloraMatmul = "scratch", UseDora = true }.Validate());
+        Assert.That(QloraMatmulChoice.PicksFused(QloraMatmul.Auto, TestDevice.Shared, 512), Is.False, "auto: scratch (measured on the CPU; expected on CUDA)");
     }
 }
