@@ -37,25 +37,26 @@ public sealed class KernelCheck
     private readonly List<KernelCheckResult> _results = new();
     private string _family = "";
 
-    private KernelCheck(ComputeDevice device, int seed, Action<string, float[]>? tamper)
+    private KernelCheck(ComputeDevice device, KernelSet kernels, int seed, Action<string, float[]>? tamper)
     {
         _dev = device;
-        _k = device.Kernels;
+        _k = kernels;
         _rng = new Random(seed);
         _tamper = tamper;
     }
 
     /// <summary>
-    /// Runs the named families (all by default) with inputs drawn from seed. tamper, for tests, may change an
-    /// output after it is read back and before it is compared (to prove a wrong result is caught).
+    /// Runs the named families (all by default) with inputs drawn from seed, reporting each result as it comes.
+    /// For tests: kernels picks another variant on the same device (the GPU kernels on the CPU accelerator), and
+    /// tamper may change an output after it is read back and before it is compared (a wrong result must be caught).
     /// </summary>
     public static IReadOnlyList<KernelCheckResult> Run(ComputeDevice device, int seed, IEnumerable<string>? families = null,
-        Action<string, float[]>? tamper = null, Action<KernelCheckResult>? onResult = null)
+        Action<KernelCheckResult>? onResult = null, KernelSet? kernels = null, Action<string, float[]>? tamper = null)
     {
         var chosen = (families ?? Families).ToList();
         foreach (var f in chosen)
             if (!Families.Contains(f)) throw new ArgumentException($"unknown kernel family '{f}' (known: {string.Join(", ", Families)})");
-        var check = new KernelCheck(device, seed, tamper);
+        var check = new KernelCheck(device, kernels ?? device.Kernels, seed, tamper);
         foreach (var family in chosen)
         {
             check._family = family;

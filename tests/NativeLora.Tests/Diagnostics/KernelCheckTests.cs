@@ -23,6 +23,17 @@ public class KernelCheckTests
         Assert.That(results.All(r => r.Passed), Is.True, $"seed {seed} (NATIVELORA_SEED={seed} replays):\n{Failures(results)}");
     }
 
+    /// <summary>What a GPU run executes (shared memory, shuffles, flash attention, fused dropout; bf16 everywhere), here on the CPU accelerator.</summary>
+    [Test]
+    public void TheGpuVariantsPassOnTheCpuAccelerator()
+    {
+        int seed = Check.FreshSeed();
+        var results = KernelCheck.Run(TestDevice.Shared, seed, kernels: TestDevice.Variant(gpu: true));
+        Assert.That(results.Select(r => r.Family).Distinct(), Is.EquivalentTo(KernelCheck.Families));
+        Assert.That(results.Where(r => r.Family is "attention" or "lora" or "dora").Select(r => r.Name), Has.Some.Contains("bf16"));
+        Assert.That(results.All(r => r.Passed), Is.True, $"seed {seed} (NATIVELORA_SEED={seed} replays):\n{Failures(results)}");
+    }
+
     [Test]
     public void AWrongOrMissingOutputFails()
     {
@@ -34,7 +45,7 @@ public class KernelCheckTests
             else if (name.StartsWith("backward dq f32")) { for (int i = 0; i < output.Length; i++) output[i] *= 1.01f; tampered.Add(name); } // attention: 1% off
             else if (name.StartsWith("backward dA f32")) { Array.Clear(output, 0, 96); tampered.Add(name); }                 // lora: one row never written
         }
-        var results = KernelCheck.Run(TestDevice.Shared, seed, new[] { "rmsnorm", "attention", "lora" }, Tamper);
+        var results = KernelCheck.Run(TestDevice.Shared, seed, new[] { "rmsnorm", "attention", "lora" }, tamper: Tamper);
         var failed = results.Where(r => !r.Passed).Select(r => r.Name).ToHashSet();
         Assert.That(tampered, Has.Count.GreaterThanOrEqualTo(3));
         Assert.That(failed, Is.EquivalentTo(tampered), $"exactly the tampered outputs fail (seed {seed})");
