@@ -77,16 +77,16 @@ public sealed class KernelCheck
 
     private void RunFamily(string family)
     {
-        // bf16 wherever the device's variant takes it: the CPU attention and LoRA paths compute in f32 only
+        // bf16 wherever the device's variant takes it: the CPU attention variant computes in f32 only
         var floats = new[] { DType.F32, DType.BF16 };
-        var gemmChains = _k.GpuVariants ? floats : new[] { DType.F32 };
+        var attention = _k.GpuVariants ? floats : new[] { DType.F32 };
         switch (family)
         {
             case "embedding": foreach (var t in floats) Embedding(t); break;
             case "rmsnorm": foreach (var t in floats) RmsNorm(t); break;
             case "rope": foreach (var t in floats) Rope(t); break;
             case "attention":
-                foreach (var t in gemmChains) { Attention(t, 2, 77, 4, 2, 64); Attention(t, 1, 40, 2, 1, 128); Decode(t); }
+                foreach (var t in attention) { Attention(t, 2, 77, 4, 2, 64); Attention(t, 1, 40, 2, 1, 128); Decode(t); }
                 break;
             case "swiglu": foreach (var t in floats) SwiGlu(t); break;
             case "elementwise":
@@ -95,10 +95,10 @@ public sealed class KernelCheck
                 break;
             case "cross-entropy": foreach (var t in floats) CrossEntropy(t); break;
             case "lora":
-                foreach (var t in gemmChains) { AdaptedLinear(t, 0f, dora: false, rslora: false, withBias: true); AdaptedLinear(t, 0.15f, dora: false, rslora: true, withBias: false); }
+                foreach (var t in floats) { AdaptedLinear(t, 0f, dora: false, rslora: false, withBias: true); AdaptedLinear(t, 0.15f, dora: false, rslora: true, withBias: false); }
                 break;
             case "dora":
-                foreach (var t in gemmChains) { AdaptedLinear(t, 0f, dora: true, rslora: false, withBias: true); AdaptedLinear(t, 0.2f, dora: true, rslora: false, withBias: false); }
+                foreach (var t in floats) { AdaptedLinear(t, 0f, dora: true, rslora: false, withBias: true); AdaptedLinear(t, 0.2f, dora: true, rslora: false, withBias: false); }
                 break;
             case "nf4": foreach (var t in floats) Nf4(t); break;
             case "adamw": AdamW32(); AdamW8(); break;
@@ -673,9 +673,11 @@ public sealed class KernelCheck
             CompareCodes($"quantize codes {t.Name()}", nibbles, codes);
         }
         using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
-        // double quantization: offset = mean(absmax), per 256 blocks a scale max|a − offset| and 8-bit codes of the signed map
-        double offset = absmax.Average();
-        Compare($"double-quant offset {t.Name()}", new[] { state.Offset }, new[] { offset }, 1e-6);
+        // double quantization: offset = mean(absmax) (an f32 reduction), then per 256 blocks a scale max|a − offset| and
+        // 8-bit codes of the signed map. The scales and codes are checked against the device's f32 offset: a − offset
+        // cancels, so the offset's own rounding would otherwise dominate their error.
+        Compare($"double-quant offset {t.Name()}", new[] { state.Offset }, new[] { absmax.Average() }, 1e-5);
+        double offset = state.Offset;
         int nbs = state.NestedBlockSize, groups = (blocks + nbs - 1) / nbs;
         var scale = new double[groups];
         for (int b = 0; b < blocks; b++) scale[b / nbs] = Math.Max(scale[b / nbs], Math.Abs(absmax[b] - offset));
