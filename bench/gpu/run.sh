@@ -127,6 +127,7 @@ main() {
 
   local filter='*'
   [ $quick = 1 ] && filter='*KernelBenchmarks*'
+  echo "(BenchmarkDotNet asks 'dotnet --version' for an SDK; the bundle has none, so its 'No .NET SDKs were found' is expected)"
   stage "BenchmarkDotNet ($filter, short in-process job)" 200 benchmarkdotnet.log \
     "$dotnet" "$bench" --quick --filter "$filter" --artifacts "$RESULTS/benchmarkdotnet"
 
