@@ -4,6 +4,7 @@
 #   ./build.sh test     ... then run the whole NUnit suite; last line: "N passed, M failed, K skipped"
 #   ./build.sh demo     ... then run the quickstart
 #   ./build.sh bench    ... then run the BenchmarkDotNet benchmarks (bench/RESULTS.md records them)
+#   ./build.sh bundle   ... then make the GPU bundle (bench/gpu/bundle.sh -> artifacts/gpu-bundle/ and .tar)
 # Environment: NL_BACKEND=auto|cuda|cpu picks the native backend (CMake's choice by default).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -102,8 +103,8 @@ run_demo() {
 
 cmd=${1:-build}
 case "$cmd" in
-  build|test|demo|bench) ;;
-  *) echo "usage: ./build.sh [build|test|demo|bench]" >&2; exit 2 ;;
+  build|test|demo|bench|bundle) ;;
+  *) echo "usage: ./build.sh [build|test|demo|bench|bundle]" >&2; exit 2 ;;
 esac
 install_deps
 mkdir -p "$ART"
@@ -114,6 +115,7 @@ bash "$ROOT/scripts/fetch-tokenizers.sh"
 case "$cmd" in
   test) run_tests ;;
   demo) run_demo ;;
+  bundle) bash "$ROOT/bench/gpu/bundle.sh" "${@:2}" ;;
   bench)
     # the CPU peer of `nativelora-bench train --peer torch` is Debian's PyTorch under /usr/bin/python3
     if ! /usr/bin/python3 -c "import torch" 2>/dev/null && [ "$(id -u)" = 0 ]; then

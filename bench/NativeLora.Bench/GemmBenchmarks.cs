@@ -1,7 +1,5 @@
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
-using BenchmarkDotNet.Jobs;
-using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using NativeLora.Devices;
 using NativeLora.Tensors;
 
@@ -18,7 +16,7 @@ public class GemmBenchmarks
     {
         public GemmConfig()
         {
-            AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(8));
+            AddJob(BenchJob.InProcess(warmups: 2, iterations: 8));
             AddColumn(new RateColumn("GFLOP/s", c => 2.0 * Math.Pow((int)RateColumn.Params(c)["N"], 3)));
         }
     }

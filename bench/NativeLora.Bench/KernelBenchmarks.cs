@@ -1,8 +1,6 @@
 using System.Reflection;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
-using BenchmarkDotNet.Jobs;
-using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using BenchmarkDotNet.Running;
 using NativeLora.Devices;
 using NativeLora.Kernels;
@@ -25,7 +23,7 @@ public class KernelBenchmarks
     {
         public KernelConfig()
         {
-            AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(6));
+            AddJob(BenchJob.InProcess(warmups: 2, iterations: 6));
             AddColumn(new RateColumn("GB/s", c => Bytes(c)));
             AddColumn(new RateColumn("GFLOP/s", c => Flops(c)));
         }

@@ -1,7 +1,5 @@
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
-using BenchmarkDotNet.Jobs;
-using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using NativeLora.Devices;
 using NativeLora.Kernels;
 using NativeLora.Quantization;
@@ -21,7 +19,7 @@ public class Nf4Benchmarks
     {
         public Nf4Config()
         {
-            AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(6));
+            AddJob(BenchJob.InProcess(warmups: 2, iterations: 6));
             AddColumn(new RateColumn("GB/s", c => c.Descriptor.WorkloadMethod.Name == nameof(DeviceCopy) ? 2.0 * 4 * Elements : 4.0 * Elements));
         }
     }
@@ -76,7 +74,7 @@ public class Nf4MatmulBenchmarks
     {
         public Nf4MatmulConfig()
         {
-            AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(6));
+            AddJob(BenchJob.InProcess(warmups: 2, iterations: 6));
             AddColumn(new RateColumn("GFLOP/s", c => 2.0 * Dims.Parse((string)RateColumn.Params(c)["Shape"]).Macs));
         }
     }

@@ -33,16 +33,15 @@ public static class TrainBench
         string targets = Arg("targets", "q_proj,v_proj"), peer = Arg("peer", "none"), method = Arg("method", "lora");
         int peerThreads = int.Parse(Arg("peer-threads", Environment.ProcessorCount.ToString())); // torch here defaults to 1 thread
         if (method != "lora") throw new ArgumentException($"--method {method}: only lora is implemented");
+        if (peer is not ("none" or "torch" or "peft")) throw new ArgumentException($"--peer {peer}: expected none, torch (CPU, Debian's PyTorch) or peft (HF transformers + PEFT, e.g. on a GPU)");
 
         using var device = ComputeDevice.Open(ComputeDevice.ParseKind(Arg("device", "auto")));
         var dtype = device.ResolveDType(Arg("dtype", "auto"));
-        var weights = RandomInit.Create(config, 0);
-        var parameters = CausalLm.ExpectedParameters(config).ToDictionary(p => p.Name, p =>
-        {
-            var t = device.Allocate(dtype, p.Shape);
-            t.CopyFromFloats(weights[p.Name]);
-            return t;
-        });
+        var sw0 = Stopwatch.StartNew();
+        var expected = CausalLm.ExpectedParameters(config);
+        var parameters = expected.Select((p, i) => (p.Name, Tensor: RandomTensor(device, dtype, p.Name, p.Shape, i))).ToDictionary(p => p.Name, p => p.Tensor);
+        long paramCount = expected.Sum(p => Tensor.CountElements(p.Shape));
+        Console.Error.WriteLine($"random weights: {paramCount / 1e6:F1}M parameters in {dtype.Name()} on the device in {sw0.Elapsed.TotalSeconds:F1} s");
         using var model = new CausalLm(device, config, parameters) { GradientCheckpointing = false };
         var lora = new LoraConfig { R = r, Alpha = 2 * r, Dropout = 0, TargetModules = targets.Split(',') };
         using var adapter = LoraAdapter.Attach(model, lora, 0);
@@ -95,49 +94,80 @@ public static class TrainBench
         long linearParams = CausalLm.ExpectedParameters(config).Where(p => p.Shape.Length == 2 && p.Name != "model.embed_tokens.weight").Sum(p => (long)p.Shape[0] * p.Shape[1]);
         double tokens = (double)micro * seq;
         double flops = (4.0 * linearParams + 6.0 * adapter.TrainableParameters) * tokens + 3 * 4.0 * micro * config.NumHeads * (double)seq * seq * config.HeadDim * config.NumLayers;
-        double peak = MeasureGemmPeak(device);
+        double peak = MeasureGemmPeak(device, dtype);
         double median = Median(tps);
         double stepMs = micro * seq / median * 1000;
-        Console.WriteLine($"device: {device.Description}; model {modelArg} ({Path.GetFileName(configPath)}), {dtype.Name()}, LoRA r {r} on {targets}, seq {seq} × micro-batch {micro}");
+        Console.WriteLine($"device: {device.Description}; model {modelArg} ({Path.GetFileName(configPath)}, {paramCount / 1e6:F1}M parameters), {dtype.Name()}, LoRA r {r} on {targets}, seq {seq} × micro-batch {micro}");
         Console.WriteLine($"nativelora: {median:F0} tokens/s median of {reps} × {steps} steps (spread {tps.Min():F0}–{tps.Max():F0}); {stepMs:F1} ms/step");
         Console.WriteLine($"  phases per step: data {data / n:F2} ms, forward {fwdMs:F1} ms (separate forward pass), backward {Math.Max(0, fbAvg - fwdMs):F1} ms (forward+backward {fbAvg:F1} minus forward), optimizer {opt / n:F2} ms");
-        Console.WriteLine($"  peak live tensor memory {device.PeakLiveBytes / (1 << 20):F1} MiB; model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured f32 GEMM peak {peak:F0} GFLOP/s");
+        Console.WriteLine($"  peak live tensor memory {device.PeakLiveBytes / (1 << 20):F1} MiB; model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured {dtype.Name()} GEMM peak {peak:F0} GFLOP/s");
         if (Diagnostics.OpProfiler.Enabled) Console.WriteLine("op profile (NATIVELORA_PROFILE=1; synchronising slows the step; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
-        if (peer == "torch")
+        if (peer != "none")
         {
-            var result = RunTorch(root, configPath, seq, micro, steps, warmup, reps, r, targets, peerThreads);
+            var result = peer == "torch"
+                ? RunPeer("/usr/bin/python3", "torch_lora_step.py", "install Debian's python3-torch: apt-get install python3-torch", "--threads", peerThreads.ToString())
+                : RunPeer(Environment.GetEnvironmentVariable("NATIVELORA_PYTHON") ?? "python3", "peft_lora_step.py",
+                    "it needs torch, transformers and peft importable by python3 (or by $NATIVELORA_PYTHON)", "--dtype", dtype.Name(), "--device", device.IsCuda ? "cuda" : "cpu");
             var peerTps = result["tokens_per_s"]!.AsArray().Select(x => (double)x!).ToList();
             double pm = Median(peerTps);
-            Console.WriteLine($"pytorch {result["torch"]} ({result["threads"]} threads): {pm:F0} tokens/s median (spread {peerTps.Min():F0}–{peerTps.Max():F0})");
-            Console.WriteLine($"ratio nativelora / pytorch: {median / pm:F2} (range {tps.Min() / peerTps.Max():F2}–{tps.Max() / peerTps.Min():F2})");
+            string versions = peer == "torch" ? $"pytorch {result["torch"]} ({result["threads"]} threads)" : $"peft {result["peft"]} (transformers {result["transformers"]}, torch {result["torch"]}, {result["device"]}, {result["dtype"]})";
+            Console.WriteLine($"{versions}: {pm:F0} tokens/s median of {reps} × {steps} steps (spread {peerTps.Min():F0}–{peerTps.Max():F0})");
+            Console.WriteLine($"ratio nativelora / {peer}: {median / pm:F2} (range {tps.Min() / peerTps.Max():F2}–{tps.Max() / peerTps.Min():F2})");
         }
         return 0;
+
+        // the peer runs the same shape, LoRA targets, optimizer, sequence length and micro-batch and prints one JSON line
+        JsonObject RunPeer(string python, string script, string hint, params string[] extra)
+        {
+            var psi = new ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { Path.Combine(root, "bench", "peer", script), configPath, "--seq", seq.ToString(), "--micro-batch", micro.ToString(),
+                         "--steps", steps.ToString(), "--warmup", warmup.ToString(), "--reps", reps.ToString(), "--r", r.ToString(), "--alpha", (2 * r).ToString(), "--targets", targets }.Concat(extra))
+                psi.ArgumentList.Add(a);
+            psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
+            using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {python}");
+            var stderrTask = p.StandardError.ReadToEndAsync();
+            var stdout = p.StandardOutput.ReadToEnd();
+            p.WaitForExit();
+            if (p.ExitCode != 0)
+                throw new InvalidOperationException($"the {peer} peer ({python} {script}) failed ({hint}):\n{stderrTask.Result}");
+            return JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
+        }
     }
 
-    private static JsonObject RunTorch(string root, string config, int seq, int micro, int steps, int warmup, int reps, int r, string targets, int threads)
+    /// <summary>
+    /// One weight tensor, filled in parallel chunks and uploaded before the next is made: RandomInit's sequential
+    /// Box–Muller would take minutes and a model-sized host copy for a 1B model. Uniform(±0.02·√3) has
+    /// transformers' std 0.02 for a Llama; norms are ones. A throughput benchmark only needs the right scale.
+    /// </summary>
+    private static Tensor RandomTensor(ComputeDevice device, DType dtype, string name, int[] shape, int index)
     {
-        var psi = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Path.Combine(root, "bench", "peer", "torch_lora_step.py"), config, "--seq", seq.ToString(), "--micro-batch", micro.ToString(),
-                     "--steps", steps.ToString(), "--warmup", warmup.ToString(), "--reps", reps.ToString(), "--r", r.ToString(), "--alpha", (2 * r).ToString(), "--targets", targets, "--threads", threads.ToString() })
-            psi.ArgumentList.Add(a);
-        psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start /usr/bin/python3");
-        var stdout = p.StandardOutput.ReadToEnd();
-        var stderr = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0)
-            throw new InvalidOperationException($"the PyTorch peer failed (install Debian's python3-torch: apt-get install python3-torch):\n{stderr}");
-        return JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
+        long n = Tensor.CountElements(shape);
+        var data = new float[n];
+        if (name.EndsWith("norm.weight", StringComparison.Ordinal)) Array.Fill(data, 1f);
+        else if (!name.EndsWith(".bias", StringComparison.Ordinal))
+        {
+            const long chunk = 1 << 20;
+            float bound = 0.02f * MathF.Sqrt(3);
+            Parallel.For(0, (n + chunk - 1) / chunk, c =>
+            {
+                var rng = new Random(index * 100_003 + (int)c);
+                for (long i = c * chunk; i < Math.Min(n, (c + 1) * chunk); i++) data[i] = (float)(rng.NextDouble() * 2 - 1) * bound;
+            });
+        }
+        var t = device.Allocate(dtype, shape);
+        t.CopyFromFloats(data);
+        return t;
     }
 
-    private static double MeasureGemmPeak(ComputeDevice device)
+    /// <summary>GEMM rate in the training dtype (bf16 on a GPU runs on tensor cores, f32 would understate the peak).</summary>
+    private static double MeasureGemmPeak(ComputeDevice device, DType dtype)
     {
-        const int size = 1024;
-        using var a = device.Allocate(DType.F32, size, size);
-        using var b = device.Allocate(DType.F32, size, size);
-        using var c = device.Allocate(DType.F32, size, size);
-        a.CopyFrom<float>(new float[size * size]);
-        b.CopyFrom<float>(new float[size * size]);
+        int size = device.IsCuda ? 4096 : 1024;
+        using var a = device.Allocate(dtype, size, size);
+        using var b = device.Allocate(dtype, size, size);
+        using var c = device.Allocate(dtype, size, size);
+        a.CopyFromFloats(new float[size * size]);
+        b.CopyFromFloats(new float[size * size]);
         Gemm.Run(a, b, c);
         device.Synchronize();
         var sw = Stopwatch.StartNew();
@@ -152,8 +182,11 @@ public static class TrainBench
         return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
     }
 
+    // the repository (or the GPU bundle, which mirrors its layout): bench/configs and bench/peer live there
     internal static string FindRoot()
     {
+        var env = Environment.GetEnvironmentVariable("NATIVELORA_ROOT");
+        if (!string.IsNullOrEmpty(env)) return env;
         var dir = new DirectoryInfo(AppContext.BaseDirectory);
         while (dir != null && !File.Exists(Path.Combine(dir.FullName, "native", "include", "nativelora.h"))) dir = dir.Parent;
         return dir?.FullName ?? Directory.GetCurrentDirectory();

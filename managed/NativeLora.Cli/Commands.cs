@@ -28,13 +28,28 @@ internal static class Commands
     {
         if (o.Size < 1 || o.Size > 8192) throw new ArgumentException($"--size must be in 1..8192, got {o.Size}");
         using var device = OpenDevice(o);
+        int seed = o.Seed ?? Environment.TickCount & 0x7fffffff;
+        Console.WriteLine($"seed {seed}");
         bool ok = true;
-        foreach (var r in Diagnostics.SelfCheck.RunGemm(device, o.Size))
+        foreach (var r in Diagnostics.SelfCheck.RunGemm(device, o.Size, seed))
         {
             Console.WriteLine($"{(r.Passed ? "ok  " : "FAIL")} {r.Name,-24} rel.err {r.RelativeError:E2} (< {r.Tolerance:E0})  {r.GflopPerSecond,8:F1} GFLOP/s");
             ok &= r.Passed;
         }
-        Console.WriteLine(ok ? "selfcheck passed" : "selfcheck FAILED");
+        int passed = 0, failed = 0;
+        if (o.Kernels)
+        {
+            var families = o.Families?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            KernelCheck.Run(device, seed, families, onResult: r =>
+            {
+                Console.WriteLine($"{(r.Passed ? "ok  " : "FAIL")} {r.Family,-13} {r.Name,-52} {r.Measure} {r.Error:E2} (< {r.Tolerance:E0})");
+                if (r.Passed) passed++; else failed++;
+            });
+            Console.WriteLine($"kernel checks on {device.Description}: {passed} passed, {failed} failed ({sw.Elapsed.TotalSeconds:F1} s)");
+            ok &= failed == 0;
+        }
+        Console.WriteLine(ok ? "selfcheck passed" : $"selfcheck FAILED (rerun with --seed {seed})");
         return ok ? 0 : 1;
     }
 

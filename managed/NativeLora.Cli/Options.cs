@@ -14,11 +14,20 @@ public sealed class InfoOptions : DeviceOptions
 {
 }
 
-[Verb("selfcheck", HelpText = "Check GEMMs in f32/bf16/f16 against a float64 reference on the picked device.")]
+[Verb("selfcheck", HelpText = "Check GEMMs in f32/bf16/f16 (and with --kernels every ILGPU kernel family) against float64 references on the picked device.")]
 public sealed class SelfCheckOptions : DeviceOptions
 {
-    [Option("size", Default = 256, HelpText = "Matrix size of the check.")]
+    [Option("size", Default = 256, HelpText = "Matrix size of the GEMM check.")]
     public int Size { get; set; } = 256;
+
+    [Option("kernels", HelpText = "Also run every kernel family forward and backward (embedding, rmsnorm, rope, attention incl. decode, swiglu, elementwise/casts, cross-entropy, lora, dora, nf4, adamw incl. 8-bit).")]
+    public bool Kernels { get; set; }
+
+    [Option("families", HelpText = "With --kernels: only these families, comma-separated.")]
+    public string? Families { get; set; }
+
+    [Option("seed", HelpText = "Seed of the random inputs (default: a fresh one, printed).")]
+    public int? Seed { get; set; }
 }
 
 [Verb("init-model", HelpText = "Write a randomly initialised model in the HF layout (config.json + model.safetensors).")]

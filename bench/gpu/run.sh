@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# NativeLora GPU bundle runner (the bundle is made by bench/gpu/bundle.sh). Needs no .NET installation and no network.
+#   bash run.sh                 Linux x86-64 with an NVIDIA GPU, its driver (nvidia-smi) and the CUDA toolkit (nvcc, cuBLAS)
+#   bash run.sh --cpu-only      no GPU: OpenBLAS core on the CPU accelerator, a small config (proves the bundle runs)
+# Options: --quick          smoke test: only the kernel benchmarks, the smallest config, 2 timed steps
+#          --budget SECONDS time box of the whole run (default 540); each stage gets at most what is left
+# Stages: unpack the .NET runtime into a temp dir (DOTNET_ROOT); build the native core with CMake (build-native.sh,
+# -DNL_BACKEND=cuda or cpu); then
+#   1. every ILGPU kernel family against float64 references on the device: nativelora selfcheck --kernels
+#   2. BenchmarkDotNet kernel benchmarks, in-process, short job (nativelora-bench --quick)
+#   3. nativelora-bench train on Llama-shaped configs with random weights (GPU: 134M, Llama 3.2 1B, one Llama 3 8B layer)
+#   4. the same LoRA step in HF transformers + PEFT, where python3 imports torch, transformers and peft (GPU: bf16),
+#      and NativeLora tokens/s ÷ PEFT tokens/s (on --cpu-only without PEFT: Debian's PyTorch as the CPU peer)
+# Everything printed also goes to $OUT if set, else ./gpu-results: run.log, summary.md (for bench/RESULTS.md), card.txt,
+# one log per stage and BenchmarkDotNet's reports.
+set -uo pipefail
+BUNDLE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cpu_only=0 quick=0 budget=540
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu-only) cpu_only=1 ;;
+    --quick) quick=1 ;;
+    --budget) budget=${2:?--budget needs seconds}; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option '$1' (run.sh --help lists them)" >&2; exit 2 ;;
+  esac
+  shift
+done
+RESULTS=${OUT:-$PWD/gpu-results}
+mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nativelora-bundle.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+export HOME=${HOME:-$WORK}
+
+statuses=()
+start=$SECONDS
+
+# stage NAME CAP LOG CMD...: runs CMD for at most min(CAP, time left) seconds, its output also in $RESULTS/LOG
+stage() {
+  local name=$1 cap=$2 log=$3
+  shift 3
+  local t=$((budget - (SECONDS - start)))
+  [ "$t" -gt "$cap" ] && t=$cap
+  if [ "$t" -lt 20 ]; then
+    echo "== $name: skipped, the ${budget}s budget is spent"
+    statuses+=("$name: skipped (budget)")
+    return
+  fi
+  echo "== $name (at most ${t}s)"
+  local t0=$SECONDS rc st
+  timeout --kill-after=10 "$t" "$@" 2>&1 | tee "$RESULTS/$log"
+  rc=${PIPESTATUS[0]}
+  case $rc in
+    0) st=ok ;;
+    124|137) st="TIMED OUT after ${t}s" ;;
+    *) st="FAILED (exit $rc)" ;;
+  esac
+  echo "== $name: $st in $((SECONDS - t0))s"
+  statuses+=("$name: $st ($((SECONDS - t0))s)")
+}
+
+unpack() { # unpack ARCHIVE DIR: xz if present, else Python's tarfile (lzma is in its standard library)
+  mkdir -p "$2"
+  if command -v xz >/dev/null; then
+    tar -xJf "$1" -C "$2"
+  elif command -v python3 >/dev/null; then
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$2"
+  else
+    echo "error: cannot unpack $1: install xz-utils (or python3)" >&2
+    return 1
+  fi
+}
+
+# ILGPU opens the driver as "libcuda.so", but some driver installs have only libcuda.so.1: link it in a private folder
+link_libcuda() {
+  local ldc so1 d
+  ldc=$(command -v ldconfig || echo /sbin/ldconfig)
+  "$ldc" -p 2>/dev/null | grep -q 'libcuda\.so (' && return
+  so1=$("$ldc" -p 2>/dev/null | awk '/libcuda\.so\.1 .*x86-64/ {print $NF; exit}')
+  for d in /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/nvidia/lib64 /usr/lib/wsl/lib; do
+    [ -z "$so1" ] && [ -e "$d/libcuda.so.1" ] && so1=$d/libcuda.so.1
+  done
+  if [ -z "$so1" ]; then
+    echo "warning: the CUDA driver library (libcuda.so.1) was not found; ILGPU will not see the GPU" >&2
+    return
+  fi
+  [ -e "$(dirname "$so1")/libcuda.so" ] && return
+  mkdir -p "$WORK/cudalink"
+  ln -sf "$so1" "$WORK/cudalink/libcuda.so"
+  export LD_LIBRARY_PATH="$WORK/cudalink${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "linked $so1 as libcuda.so (ILGPU opens that name)"
+}
+
+main() {
+  echo "NativeLora GPU bundle run, $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -srm)"
+  [ -f "$BUNDLE/MANIFEST" ] && sed 's/^/  /' "$BUNDLE/MANIFEST"
+  local device backend card
+  if [ $cpu_only = 1 ]; then
+    device=cpu backend=cpu card="none (--cpu-only)"
+  else
+    device=cuda backend=cuda
+    if ! card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 1) || [ -z "$card" ]; then
+      echo "error: no NVIDIA GPU found (nvidia-smi failed or is missing); run 'bash run.sh --cpu-only' to exercise the CPU path" >&2
+      return 1
+    fi
+  fi
+  [ $cpu_only = 0 ] && link_libcuda
+  echo "$card" >"$RESULTS/card.txt"
+  echo "card: $card; CPU: $(nproc) threads, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+
+  echo "== unpack the .NET runtime and the apps into $WORK"
+  unpack "$BUNDLE/dotnet-runtime.tar.xz" "$WORK/dotnet" && unpack "$BUNDLE/apps.tar.xz" "$WORK" || return 1
+  export DOTNET_ROOT=$WORK/dotnet DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+  export NATIVELORA_NATIVE_DIR=$WORK/native NATIVELORA_ROOT=$BUNDLE
+  local dotnet=$DOTNET_ROOT/dotnet cli=$WORK/app/cli/NativeLora.Cli.dll bench=$WORK/app/bench/nativelora-bench.dll
+  "$dotnet" --list-runtimes | sed 's/^/  /'
+
+  stage "native core ($backend)" 300 native.log bash "$BUNDLE/build-native.sh" "$BUNDLE" "$WORK/native" "$backend"
+  if [ ! -f "$WORK/native/libnativelora.so" ]; then
+    echo "error: no native core was built; nothing else can run" >&2
+    return 1
+  fi
+  "$dotnet" "$cli" info --device "$device" | sed 's/^/  /'
+
+  stage "kernel checks" 240 kernel-checks.log "$dotnet" "$cli" selfcheck --kernels --device "$device"
+
+  local filter='*'
+  [ $quick = 1 ] && filter='*KernelBenchmarks*'
+  echo "(BenchmarkDotNet asks 'dotnet --version' for an SDK; the bundle has none, so its 'No .NET SDKs were found' is expected)"
+  stage "BenchmarkDotNet ($filter, short in-process job)" 200 benchmarkdotnet.log \
+    "$dotnet" "$bench" --quick --filter "$filter" --artifacts "$RESULTS/benchmarkdotnet"
+
+  # the same step on the peer in the same invocation, back to back
+  local peer=none
+  if python3 -c "import torch, transformers, peft" 2>/dev/null; then
+    peer=peft
+  elif [ $cpu_only = 1 ] && /usr/bin/python3 -c "import torch" 2>/dev/null; then
+    peer=torch
+    echo "HF PEFT is not importable by python3; Debian's PyTorch (/usr/bin/python3) is the CPU peer"
+  else
+    echo "HF PEFT is not importable by python3 (python3 -c 'import torch, transformers, peft' failed): no peer ratio"
+  fi
+  local steps=5 reps=3 configs caps shape
+  [ $quick = 1 ] && steps=2 reps=1
+  if [ $cpu_only = 1 ]; then
+    configs=(tiny-bench) caps=(150) shape=(--seq 128 --micro-batch 4 --targets q_proj,v_proj)
+  else
+    configs=(llama-134m llama3.2-1b llama3-8b-1layer) caps=(150 180 180)
+    [ $quick = 1 ] && configs=(llama-134m)
+    shape=(--seq 512 --micro-batch 4 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)
+  fi
+  local i
+  for i in "${!configs[@]}"; do
+    stage "train ${configs[$i]}" "${caps[$i]}" "train-${configs[$i]}.log" "$dotnet" "$bench" train --model "${configs[$i]}" \
+      "${shape[@]}" --r 16 --steps $steps --warmup 2 --reps $reps --device "$device" --peer $peer
+  done
+  summary "$card" >"$RESULTS/summary.md"
+  echo "== stages"
+  printf '  %s\n' "${statuses[@]}"
+  echo "results in $RESULTS (summary.md is ready for bench/RESULTS.md); $((SECONDS - start))s in all"
+  ! printf '%s\n' "${statuses[@]}" | grep -qv ': ok'
+}
+
+# summary CARD: the run in markdown, from the stage logs
+summary() {
+  echo "## GPU bundle run: $1"
+  echo
+  echo "$(date -u '+%Y-%m-%d'); $(sed -n 's/^commit: //p' "$BUNDLE/MANIFEST" 2>/dev/null); command: \`bash run.sh $([ $cpu_only = 1 ] && echo --cpu-only) $([ $quick = 1 ] && echo --quick)\`"
+  echo
+  printf -- '- %s\n' "${statuses[@]}"
+  echo
+  echo "### Kernel checks (selfcheck --kernels)"
+  echo
+  grep -E '^(seed|kernel checks on|FAIL|selfcheck)' "$RESULTS/kernel-checks.log" 2>/dev/null | sed 's/^/    /'
+  echo
+  echo "### BenchmarkDotNet (short in-process job)"
+  local f
+  for f in "$RESULTS"/benchmarkdotnet/results/*-report-github.md; do
+    [ -f "$f" ] && { echo; cat "$f"; }
+  done
+  echo
+  echo "### nativelora-bench train"
+  for f in "$RESULTS"/train-*.log; do
+    [ -f "$f" ] || continue
+    echo
+    grep -E '^(device:|nativelora:|  phases|  peak|pytorch|peft|ratio|error)' "$f" | sed 's/^/    /'
+  done
+}
+
+main 2>&1 | tee "$RESULTS/run.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,889 @@
+using NativeLora.Devices;
+using NativeLora.Kernels;
+using NativeLora.Lora;
+using NativeLora.Model;
+using NativeLora.Ops;
+using NativeLora.Quantization;
+using NativeLora.Tensors;
+
+namespace NativeLora.Diagnostics;
+
+/// <summary>One compared output of a kernel check: its error against the float64 reference and the bound it must stay under.</summary>
+public readonly record struct KernelCheckResult(string Family, string Name, double Error, double Tolerance, string Measure = "rel.err")
+{
+    /// <summary>NaN compares false and a non-finite output gives +∞, so NaN never passes.</summary>
+    public bool Passed => Error < Tolerance;
+}
+
+/// <summary>
+/// `nativelora selfcheck --kernels`: every ILGPU kernel family, forward and backward, run on the device's
+/// accelerator with the variant that device uses (CUDA: shared-memory, shuffle and flash kernels; CPU:
+/// barrier-free ones) and compared with a float64 reference of the same rounded random inputs. Outputs are
+/// poisoned (NaN) first, so an element a kernel forgets to write fails. Bounds are DESIGN.md's: f32
+/// elementwise and norms 1e-5, f32 chains through GEMMs (attention, LoRA) 1e-4, bf16/f16 operands 1e-2;
+/// discrete outputs (NF4 codes) must match exactly wherever the reference is not within rounding of a tie.
+/// This is a check of the device, not a second test suite: the references are plain transcriptions of the
+/// math, and tests/ holds the finite-difference checks of the derivations.
+/// </summary>
+public sealed class KernelCheck
+{
+    public static readonly string[] Families =
+        { "embedding", "rmsnorm", "rope", "attention", "swiglu", "elementwise", "cross-entropy", "lora", "dora", "multi-lora", "nf4", "nf4-matmul", "adamw" };
+
+    private readonly ComputeDevice _dev;
+    private readonly KernelSet _k;
+    private readonly Random _rng;
+    private readonly Action<string, float[]>? _tamper;
+    private readonly List<KernelCheckResult> _results = new();
+    private string _family = "";
+
+    private KernelCheck(ComputeDevice device, KernelSet kernels, int seed, Action<string, float[]>? tamper)
+    {
+        _dev = device;
+        _k = kernels;
+        _rng = new Random(seed);
+        _tamper = tamper;
+    }
+
+    /// <summary>
+    /// Runs the named families (all by default) with inputs drawn from seed, reporting each result as it comes.
+    /// For tests: kernels picks another variant on the same device (the GPU kernels on the CPU accelerator), and
+    /// tamper may change an output after it is read back and before it is compared (a wrong result must be caught).
+    /// </summary>
+    public static IReadOnlyList<KernelCheckResult> Run(ComputeDevice device, int seed, IEnumerable<string>? families = null,
+        Action<KernelCheckResult>? onResult = null, KernelSet? kernels = null, Action<string, float[]>? tamper = null)
+    {
+        var chosen = (families ?? Families).ToList();
+        foreach (var f in chosen)
+            if (!Families.Contains(f)) throw new ArgumentException($"unknown kernel family '{f}' (known: {string.Join(", ", Families)})");
+        var check = new KernelCheck(device, kernels ?? device.Kernels, seed, tamper);
+        foreach (var family in chosen)
+        {
+            check._family = family;
+            int before = check._results.Count;
+            try
+            {
+                check.RunFamily(family);
+            }
+            catch (Exception e)
+            {
+                // a kernel that fails to compile or launch is a failed check; the other families still run
+                check._results.Add(new KernelCheckResult(family, $"threw {e.GetType().Name}: {e.Message}", double.PositiveInfinity, 0));
+            }
+            for (int i = before; i < check._results.Count; i++) onResult?.Invoke(check._results[i]);
+        }
+        return check._results;
+    }
+
+    private void RunFamily(string family)
+    {
+        // bf16 wherever the device's variant takes it: the CPU attention variant computes in f32 only
+        var floats = new[] { DType.F32, DType.BF16 };
+        var attention = _k.GpuVariants ? floats : new[] { DType.F32 };
+        switch (family)
+        {
+            case "embedding": foreach (var t in floats) Embedding(t); break;
+            case "rmsnorm": foreach (var t in floats) RmsNorm(t); break;
+            case "rope": foreach (var t in floats) Rope(t); break;
+            case "attention":
+                foreach (var t in attention) { Attention(t, 2, 77, 4, 2, 64); Attention(t, 1, 40, 2, 1, 128); Decode(t); }
+                break;
+            case "swiglu": foreach (var t in floats) SwiGlu(t); break;
+            case "elementwise":
+                foreach (var t in new[] { DType.F32, DType.BF16, DType.F16 }) Elementwise(t);
+                Casts();
+                break;
+            case "cross-entropy": foreach (var t in floats) CrossEntropy(t); break;
+            case "lora":
+                foreach (var t in floats) { AdaptedLinear(t, 0f, dora: false, rslora: false, withBias: true); AdaptedLinear(t, 0.15f, dora: false, rslora: true, withBias: false); }
+                break;
+            case "dora":
+                foreach (var t in floats) { AdaptedLinear(t, 0f, dora: true, rslora: false, withBias: true); AdaptedLinear(t, 0.2f, dora: true, rslora: false, withBias: false); }
+                break;
+            case "multi-lora": foreach (var t in floats) MultiLoraRows(t); break;
+            case "nf4": foreach (var t in floats) Nf4(t); break;
+            case "nf4-matmul": foreach (var t in floats) { Nf4Matmul(t, 1, 130, 33); Nf4Matmul(t, 37, 200, 70); } break;
+            case "adamw": AdamW32(); AdamW8(); break;
+        }
+    }
+
+    // ---- comparison and inputs ----
+
+    private static double Tol(DType t, double f32) => t == DType.F32 ? f32 : 1e-2;
+
+    private void Compare(string name, Tensor output, double[] reference, double tolerance) => Compare(name, output.ToFloatArray(), reference, tolerance);
+
+    private void Compare(string name, float[] output, double[] reference, double tolerance)
+    {
+        _tamper?.Invoke(name, output);
+        _results.Add(new KernelCheckResult(_family, name, RelativeError(output, reference), tolerance));
+    }
+
+    /// <summary>‖out − ref‖ / ‖ref‖; +∞ when any output is NaN or infinite.</summary>
+    public static double RelativeError(ReadOnlySpan<float> output, ReadOnlySpan<double> reference)
+    {
+        if (output.Length != reference.Length) throw new ArgumentException($"output has {output.Length} elements, the reference {reference.Length}");
+        double num = 0, den = 0;
+        for (int i = 0; i < output.Length; i++)
+        {
+            if (!float.IsFinite(output[i])) return double.PositiveInfinity;
+            double d = output[i] - reference[i];
+            num += d * d;
+            den += reference[i] * reference[i];
+        }
+        return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
+    }
+
+    private static float Round(DType t, float v) => t switch
+    {
+        DType.BF16 => FloatBits.Bf16ToFloat(FloatBits.FloatToBf16(v)),
+        DType.F16 => FloatBits.HalfToFloat(FloatBits.FloatToHalf(v)),
+        _ => v,
+    };
+
+    /// <summary>Uniform in ±scale, already rounded to t, so the reference sees exactly what the device sees.</summary>
+    private float[] Rand(DType t, long n, double scale = 1)
+    {
+        var a = new float[n];
+        for (long i = 0; i < n; i++) a[i] = Round(t, (float)((_rng.NextDouble() * 2 - 1) * scale));
+        return a;
+    }
+
+    private Tensor Up(DType t, float[] data, params int[] shape)
+    {
+        var x = _dev.Allocate(t, shape);
+        x.CopyFromFloats(data);
+        return x;
+    }
+
+    private Tensor Ints(int[] data)
+    {
+        var x = _dev.Allocate(DType.I32, data.Length);
+        x.CopyFrom<int>(data);
+        return x;
+    }
+
+    private Tensor Poisoned(DType t, params int[] shape)
+    {
+        var x = _dev.Allocate(t, shape);
+        x.Poison();
+        return x;
+    }
+
+    private Tensor Zeros(params int[] shape)
+    {
+        var x = _dev.Allocate(DType.F32, shape);
+        ElementwiseOp.Zero(_k, x);
+        return x;
+    }
+
+    private static double[] D(float[] a) => Array.ConvertAll(a, v => (double)v);
+
+    // ---- families ----
+
+    private void Embedding(DType t)
+    {
+        int vocab = 37, tokens = 61, dim = 1000;
+        var ids = Enumerable.Range(0, tokens).Select(_ => _rng.Next(vocab)).ToArray();
+        ids[3] = ids[7] = ids[40] = 5; // repeated ids must accumulate in the backward
+        var table = Rand(t, vocab * dim);
+        var dOut = Rand(t, tokens * dim);
+        using var tIds = Ints(ids);
+        using var tTable = Up(t, table, vocab, dim);
+        using var tOut = Poisoned(t, tokens, dim);
+        using var tdOut = Up(t, dOut, tokens, dim);
+        using var tdTable = Zeros(vocab, dim);
+        EmbeddingOp.Forward(_k, tIds, ids, tTable, tOut);
+        EmbeddingOp.Backward(_k, tIds, tdOut, tdTable);
+        var outRef = new double[tokens * dim];
+        var dRef = new double[vocab * dim];
+        for (int i = 0; i < tokens; i++)
+            for (int d = 0; d < dim; d++)
+            {
+                outRef[i * dim + d] = table[ids[i] * dim + d];
+                dRef[ids[i] * dim + d] += dOut[i * dim + d];
+            }
+        Compare($"lookup {t.Name()}", tOut, outRef, 1e-7); // an exact copy
+        Compare($"backward scatter-add {t.Name()}", tdTable, dRef, 1e-5);
+    }
+
+    private void RmsNorm(DType t)
+    {
+        int rows = 33, dim = 1031;
+        const float eps = 1e-5f;
+        var x = Rand(t, rows * dim, 2);
+        var w = Rand(t, dim);
+        var dy = Rand(t, rows * dim);
+        using var tx = Up(t, x, rows, dim);
+        using var tw = Up(t, w, dim);
+        using var tdy = Up(t, dy, rows, dim);
+        using var ty = Poisoned(t, rows, dim);
+        using var trstd = Poisoned(DType.F32, rows);
+        using var tdx = Poisoned(t, rows, dim);
+        using var tdw = Zeros(dim);
+        RmsNormOp.Forward(_k, tx, tw, ty, trstd, eps);
+        RmsNormOp.Backward(_k, tx, tw, tdy, trstd, tdx, tdw);
+        // y = x·r·w with r = 1/√(mean x² + eps); dx_j = dy_j·w_j·r − r³·x_j/dim · Σ_k dy_k·w_k·x_k; dw_j = Σ_rows dy_j·x_j·r
+        var y = new double[rows * dim];
+        var rstd = new double[rows];
+        var dx = new double[rows * dim];
+        var dw = new double[dim];
+        for (int r = 0; r < rows; r++)
+        {
+            double ss = 0, dot = 0;
+            for (int j = 0; j < dim; j++) { ss += (double)x[r * dim + j] * x[r * dim + j]; dot += (double)dy[r * dim + j] * w[j] * x[r * dim + j]; }
+            double rs = 1 / Math.Sqrt(ss / dim + eps);
+            rstd[r] = rs;
+            for (int j = 0; j < dim; j++)
+            {
+                int e = r * dim + j;
+                y[e] = x[e] * rs * w[j];
+                dx[e] = dy[e] * w[j] * rs - dot * rs * rs * rs * x[e] / dim;
+                dw[j] += dy[e] * x[e] * rs;
+            }
+        }
+        Compare($"forward y {t.Name()}", ty, y, Tol(t, 1e-5));
+        Compare($"forward rstd {t.Name()}", trstd, rstd, 1e-5);
+        Compare($"backward dx {t.Name()}", tdx, dx, Tol(t, 1e-5));
+        Compare($"backward dw {t.Name()}", tdw, dw, Tol(t, 1e-5));
+    }
+
+    private void Rope(DType t)
+    {
+        int heads = 3, hd = 128, half = hd / 2, maxPos = 64;
+        var pos = new[] { 0, 1, 2, 3, 4, 0, 1, 2, 61, 62, 63, 5, 6 }; // packed sequences restart at 0
+        int tokens = pos.Length;
+        var scaling = new RopeScaling(RopeScalingType.Llama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositions: 16);
+        var (cos, sin) = Kernels.Rope.BuildTable(hd, maxPos, 500000, scaling);
+        var x = Rand(t, tokens * heads * hd);
+        var dy = Rand(t, tokens * heads * hd);
+        using var tcos = Up(DType.F32, cos, maxPos, half);
+        using var tsin = Up(DType.F32, sin, maxPos, half);
+        using var tpos = Ints(pos);
+        using var tx = Up(t, x, tokens, heads * hd);
+        using var tdy = Up(t, dy, tokens, heads * hd);
+        using var ty = Poisoned(t, tokens, heads * hd);
+        using var tdx = Poisoned(t, tokens, heads * hd);
+        RopeOp.Forward(_k, tx, ty, tpos, tcos, tsin, heads, hd);
+        RopeOp.Backward(_k, tdy, tdx, tpos, tcos, tsin, heads, hd);
+        // HF's rotate_half: y = x·cos + rotate_half(x)·sin over the uploaded table; the backward rotates by −angle
+        double[] Rotate(float[] v, double sign)
+        {
+            var o = new double[v.Length];
+            for (int i = 0; i < tokens; i++)
+                for (int h = 0; h < heads; h++)
+                {
+                    int b = (i * heads + h) * hd;
+                    for (int d = 0; d < hd; d++)
+                    {
+                        double c = cos[pos[i] * half + d % half], s = sign * sin[pos[i] * half + d % half];
+                        double rot = d < half ? -v[b + d + half] : v[b + d - half];
+                        o[b + d] = v[b + d] * c + rot * s;
+                    }
+                }
+            return o;
+        }
+        Compare($"forward llama3-scaled {t.Name()}", ty, Rotate(x, 1), Tol(t, 1e-5));
+        Compare($"backward {t.Name()}", tdx, Rotate(dy, -1), Tol(t, 1e-5));
+    }
+
+    private void Attention(DType t, int B, int T, int H, int KV, int hd)
+    {
+        var s = new AttentionShape(B, T, H, KV, hd);
+        // row 0: three packed sequences; row 1: padding (-1) at the end; a single row is plain causal
+        var seg = new int[B * T];
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < T; i++)
+                seg[b * T + i] = B == 1 ? 0 : b == 0 ? (i < T / 3 ? 0 : i < T - 2 ? 1 : 2) : (i < T - 5 ? 0 : -1);
+        var q = Rand(t, (long)B * T * H * hd, 2);
+        var kk = Rand(t, (long)B * T * KV * hd, 2);
+        var v = Rand(t, (long)B * T * KV * hd);
+        var dO = Rand(t, (long)B * T * H * hd);
+        using var tq = Up(t, q, B * T, H * hd);
+        using var tk = Up(t, kk, B * T, KV * hd);
+        using var tv = Up(t, v, B * T, KV * hd);
+        using var tdO = Up(t, dO, B * T, H * hd);
+        using var tseg = Ints(seg);
+        using var to = Poisoned(t, B * T, H * hd);
+        using var tlse = Poisoned(DType.F32, B * H * T);
+        using var tdq = Poisoned(t, B * T, H * hd);
+        using var tdk = Poisoned(t, B * T, KV * hd);
+        using var tdv = Poisoned(t, B * T, KV * hd);
+        AttentionOp.Forward(_k, tq, tk, tv, tseg, to, tlse, s);
+        AttentionOp.Backward(_k, tq, tk, tv, tseg, to, tlse, tdO, tdq, tdk, tdv, s);
+
+        // float64: full score matrix, softmax over allowed keys (causal, same segment, query not padding), and its Jacobian
+        int G = H / KV;
+        double scale = 1 / Math.Sqrt(hd);
+        var o = new double[q.Length];
+        var dq = new double[q.Length];
+        var dk = new double[kk.Length];
+        var dv = new double[v.Length];
+        long Qi(int b, int i, int h) => ((long)(b * T + i) * H + h) * hd;
+        long Ki(int b, int j, int g) => ((long)(b * T + j) * KV + g) * hd;
+        var p = new double[T];
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < T; i++)
+                {
+                    int g = h / G;
+                    double max = double.NegativeInfinity;
+                    for (int j = 0; j < T; j++)
+                    {
+                        p[j] = double.NegativeInfinity;
+                        if (j > i || seg[b * T + i] < 0 || seg[b * T + j] != seg[b * T + i]) continue;
+                        double dot = 0;
+                        for (int d = 0; d < hd; d++) dot += (double)q[Qi(b, i, h) + d] * kk[Ki(b, j, g) + d];
+                        p[j] = dot * scale;
+                        max = Math.Max(max, p[j]);
+                    }
+                    if (double.IsNegativeInfinity(max)) continue; // a padding query attends nothing: output and gradients 0
+                    double sum = 0;
+                    for (int j = 0; j < T; j++) sum += p[j] = double.IsNegativeInfinity(p[j]) ? 0 : Math.Exp(p[j] - max);
+                    double rowDot = 0;
+                    var dP = new double[T];
+                    for (int j = 0; j < T; j++)
+                    {
+                        p[j] /= sum;
+                        for (int d = 0; d < hd; d++)
+                        {
+                            o[Qi(b, i, h) + d] += p[j] * v[Ki(b, j, g) + d];
+                            dP[j] += (double)dO[Qi(b, i, h) + d] * v[Ki(b, j, g) + d];
+                        }
+                        rowDot += p[j] * dP[j];
+                    }
+                    for (int j = 0; j < T; j++)
+                    {
+                        double dS = p[j] * (dP[j] - rowDot) * scale;
+                        for (int d = 0; d < hd; d++)
+                        {
+                            dq[Qi(b, i, h) + d] += dS * kk[Ki(b, j, g) + d];
+                            dk[Ki(b, j, g) + d] += dS * q[Qi(b, i, h) + d];
+                            dv[Ki(b, j, g) + d] += p[j] * dO[Qi(b, i, h) + d];
+                        }
+                    }
+                }
+        string what = $"{t.Name()} B{B} T{T} H{H}/{KV} hd{hd}";
+        Compare($"forward o {what}", to, o, Tol(t, 1e-4));
+        Compare($"backward dq {what}", tdq, dq, Tol(t, 1e-4));
+        Compare($"backward dk {what}", tdk, dk, Tol(t, 1e-4));
+        Compare($"backward dv {what}", tdv, dv, Tol(t, 1e-4));
+    }
+
+    // Generation's path: KV-cache row writes into pages, then one query per sequence against its cached positions
+    // read through its page table (pages scattered over the pool, so a kernel that ignores the table fails).
+    private void Decode(DType t)
+    {
+        int B = 2, maxT = 48, pageSize = 16, maxPages = maxT / pageSize, H = 4, KV = 2, hd = 64, width = KV * hd;
+        var lengths = new[] { 17, maxT };
+        var table = new[] { 4, 1, 5, 0, 3, 2 }; // [B, maxPages]
+        int Slot(int b, int i) => table[b * maxPages + i / pageSize] * pageSize + i % pageSize;
+        var rows = Enumerable.Range(0, B).SelectMany(b => Enumerable.Range(0, lengths[b]).Select(i => Slot(b, i))).Reverse().ToArray();
+        var kSrc = Rand(t, (long)rows.Length * width, 2);
+        var vSrc = Rand(t, (long)rows.Length * width);
+        var q = Rand(t, B * H * hd, 2);
+        // unwritten cache rows stay NaN: a kernel that reads past a sequence's length fails
+        using var kCache = Poisoned(t, B * maxT, width);
+        using var vCache = Poisoned(t, B * maxT, width);
+        using var tRows = Ints(rows);
+        using (var tk = Up(t, kSrc, rows.Length, width)) KvCacheOp.Write(_k, tk, kCache, tRows);
+        using (var tv = Up(t, vSrc, rows.Length, width)) KvCacheOp.Write(_k, tv, vCache, tRows);
+        using var tq = Up(t, q, B, H * hd);
+        using var tLen = Ints(lengths);
+        using var tTableFlat = Ints(table);
+        var tTable = tTableFlat.Reshape(B, maxPages);
+        using var to = Poisoned(t, B, H * hd);
+        var config = new ModelConfig { NumHeads = H, NumKvHeads = KV, HeadDim = hd, HiddenSize = H * hd };
+        KvCacheOp.Attend(_k, tq, kCache, vCache, tLen, tTable, to, config, pageSize);
+
+        var kc = new double[B * maxT * width];
+        var vc = new double[B * maxT * width];
+        for (int r = 0; r < rows.Length; r++)
+            for (int c = 0; c < width; c++) { kc[rows[r] * width + c] = kSrc[r * width + c]; vc[rows[r] * width + c] = vSrc[r * width + c]; }
+        var written = kCache.ToFloatArray();
+        var gathered = new float[rows.Length * width];
+        var expected = new double[rows.Length * width];
+        for (int r = 0; r < rows.Length; r++)
+            for (int c = 0; c < width; c++) { gathered[r * width + c] = written[rows[r] * width + c]; expected[r * width + c] = kSrc[r * width + c]; }
+        Compare($"kv-cache row write {t.Name()}", gathered, expected, 1e-7); // an exact copy
+        var o = new double[B * H * hd];
+        double scale = 1 / Math.Sqrt(hd);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+            {
+                int g = h / (H / KV);
+                var sc = new double[lengths[b]];
+                for (int i = 0; i < lengths[b]; i++)
+                {
+                    for (int d = 0; d < hd; d++) sc[i] += q[(b * H + h) * hd + d] * kc[Slot(b, i) * width + g * hd + d];
+                    sc[i] *= scale;
+                }
+                double max = sc.Max(), sum = sc.Sum(x => Math.Exp(x - max));
+                for (int i = 0; i < lengths[b]; i++)
+                    for (int d = 0; d < hd; d++) o[(b * H + h) * hd + d] += Math.Exp(sc[i] - max) / sum * vc[Slot(b, i) * width + g * hd + d];
+            }
+        Compare($"decode (KV cache) {t.Name()} lengths {lengths[0]},{lengths[1]}", to, o, Tol(t, 1e-5));
+    }
+
+    private void SwiGlu(DType t)
+    {
+        int n = 4099;
+        var g = Rand(t, n, 6);
+        var u = Rand(t, n, 2);
+        var dh = Rand(t, n);
+        using var tg = Up(t, g, n);
+        using var tu = Up(t, u, n);
+        using var tdh = Up(t, dh, n);
+        using var th = Poisoned(t, n);
+        using var tdg = Poisoned(t, n);
+        using var tdu = Poisoned(t, n);
+        SwiGluOp.Forward(_k, tg, tu, th);
+        SwiGluOp.Backward(_k, tg, tu, tdh, tdg, tdu);
+        // h = silu(g)·u; silu'(g) = σ(g)·(1 + g·(1 − σ(g)))
+        var h = new double[n];
+        var dg = new double[n];
+        var du = new double[n];
+        for (int i = 0; i < n; i++)
+        {
+            double sig = 1 / (1 + Math.Exp(-g[i])), silu = g[i] * sig;
+            h[i] = silu * u[i];
+            dg[i] = dh[i] * u[i] * sig * (1 + g[i] * (1 - sig));
+            du[i] = dh[i] * silu;
+        }
+        Compare($"forward {t.Name()}", th, h, Tol(t, 1e-5));
+        Compare($"backward dgate {t.Name()}", tdg, dg, Tol(t, 1e-5));
+        Compare($"backward dup {t.Name()}", tdu, du, Tol(t, 1e-5));
+    }
+
+    private void Elementwise(DType t)
+    {
+        int n = 5003, rows = 13, cols = 257;
+        var a = Rand(t, n);
+        var b = Rand(t, n);
+        using var ta = Up(t, a, n);
+        using var tb = Up(t, b, n);
+        using var tc = Poisoned(t, n);
+        ElementwiseOp.Add(_k, ta, tb, tc);
+        var sum = a.Zip(b, (x, y) => (double)x + y).ToArray();
+        Compare($"add {t.Name()}", tc, sum, Tol(t, 1e-7));
+        ElementwiseOp.AddInto(_k, ta, tb);
+        Compare($"add-into (residual) {t.Name()}", ta, sum, Tol(t, 1e-7));
+        ElementwiseOp.Fill(_k, tc, 0.375f);
+        Compare($"fill {t.Name()}", tc, Enumerable.Repeat(0.375, n).ToArray(), 1e-7);
+
+        var y = Rand(t, rows * cols);
+        var bias = Rand(t, cols);
+        using var ty = Up(t, y, rows, cols);
+        using var tbias = Up(t, bias, cols);
+        using var tdb = Zeros(cols);
+        ElementwiseOp.AddBias(_k, ty, tbias);
+        var yOut = ty.ToFloatArray();
+        ElementwiseOp.BiasGrad(_k, ty, tdb);
+        var yRef = new double[rows * cols];
+        var dbRef = new double[cols];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) { yRef[r * cols + c] = (double)y[r * cols + c] + bias[c]; dbRef[c] += yOut[r * cols + c]; }
+        Compare($"bias add {t.Name()}", yOut, yRef, Tol(t, 1e-7));
+        Compare($"bias grad (column sums) {t.Name()}", tdb, dbRef, 1e-5);
+    }
+
+    private void Casts()
+    {
+        var types = new[] { DType.F32, DType.BF16, DType.F16 };
+        foreach (var from in types)
+            foreach (var to in types)
+            {
+                var x = Rand(from, 1029, 100); // within f16's range
+                using var src = Up(from, x, x.Length);
+                using var dst = Poisoned(to, x.Length);
+                ElementwiseOp.Cast(_k, src, dst);
+                Compare($"cast {from.Name()}->{to.Name()}", dst, x.Select(v => (double)Round(to, v)).ToArray(), 1e-7); // round to nearest even, exactly
+            }
+    }
+
+    private void CrossEntropy(DType t)
+    {
+        int n = 67, d = 64, vocab = 1001, chunkRows = 32;
+        var h = Rand(t, n * d, 3);
+        var w = Rand(t, vocab * d);
+        var labels = Enumerable.Range(0, n).Select(i => i % 5 == 0 ? -100 : _rng.Next(vocab)).ToArray();
+        using var th = Up(t, h, n, d);
+        using var tw = Up(t, w, vocab, d);
+        using var tdh = Poisoned(t, n, d);
+        using var tdw = _dev.Allocate(t, vocab, d);
+        ElementwiseOp.Zero(_k, tdw);
+        var (loss, _) = CrossEntropyOp.ForwardBackward(_k, th, tw, labels, tdh, tdw, chunkRows);
+        // mean over counted rows of lse(h·Wᵀ) − logit[label], and the gradients of that mean
+        int count = labels.Count(y => y != -100);
+        double lossRef = 0;
+        var dh = new double[n * d];
+        var dw = new double[vocab * d];
+        var z = new double[vocab];
+        for (int r = 0; r < n; r++)
+        {
+            if (labels[r] == -100) continue;
+            for (int c = 0; c < vocab; c++) { z[c] = 0; for (int j = 0; j < d; j++) z[c] += (double)h[r * d + j] * w[c * d + j]; }
+            double m = z.Max(), lse = m + Math.Log(z.Sum(x => Math.Exp(x - m)));
+            lossRef += (lse - z[labels[r]]) / count;
+            for (int c = 0; c < vocab; c++)
+            {
+                double g = (Math.Exp(z[c] - lse) - (c == labels[r] ? 1 : 0)) / count;
+                for (int j = 0; j < d; j++) { dh[r * d + j] += g * w[c * d + j]; dw[c * d + j] += g * h[r * d + j]; }
+            }
+        }
+        Compare($"loss {t.Name()}", new[] { (float)loss }, new[] { lossRef }, Tol(t, 1e-5));
+        Compare($"dhidden {t.Name()}", tdh, dh, Tol(t, 1e-5));
+        Compare($"dweight {t.Name()}", tdw, dw, Tol(t, 1e-5));
+    }
+
+    // A linear layer with a LoRA (or DoRA) adapter, forward and backward, with the dropout masks of Kernels.Lora.Keep
+    // (on CUDA the dropout is fused into the low-rank products). DoRA's norm is detached in the backward, as in PEFT.
+    private void AdaptedLinear(DType t, float dropout, bool dora, bool rslora, bool withBias)
+    {
+        int n = 37, inF = 96, outF = 80, r = 8;
+        var cfg = new LoraConfig { R = r, Alpha = 16, Dropout = dropout, UseRslora = rslora, UseDora = dora };
+        double s = cfg.Scale;
+        var x = Rand(t, n * inF);
+        var w0 = Rand(t, outF * inF, 0.3);
+        var bias = withBias ? Rand(t, outF, 0.5) : null;
+        var a = Rand(t, r * inF, 0.5);
+        var bB = Rand(t, outF * r, 0.5); // non-zero B, so every path carries signal
+        var dy = Rand(t, n * outF);
+        var mag = dora ? Rand(DType.F32, outF).Select(v => 1f + Math.Abs(v)).ToArray() : null;
+
+        using var module = new LoraModule(_dev, "check", inF, outF, r, cfg.Scale, dropout, t, dora) { Training = true, DropoutSeed = (ulong)_rng.NextInt64() };
+        module.A.CopyFrom<float>(a);
+        module.B.CopyFrom<float>(bB);
+        if (mag != null) module.Magnitude!.CopyFrom<float>(mag);
+        module.SyncCompute(_k);
+        module.ZeroGradients(_k);
+        using var tw = Up(t, w0, outF, inF);
+        using var tbias = bias != null ? Up(t, bias, outF) : null;
+        var linear = new Linear("check", tw, tbias) { Lora = module };
+        using var tx = Up(t, x, n, inF);
+        using var ty = Poisoned(t, n, outF);
+        using var tdy = Up(t, dy, n, outF);
+        using var tdx = Poisoned(t, n, inF);
+        using (var saved = linear.Forward(_k, tx, ty))
+            linear.Backward(_k, tx, saved, tdy, tdx, accumulate: false);
+
+        ulong seed = module.DropoutSeed;
+        bool Keep(long i) => dropout == 0 || Kernels.Lora.Keep(seed, i, dropout);
+        double[] Mat(double[] lhs, int rows, int k, double[] rhsT, int cols) // lhs [rows, k] · rhsTᵀ ([cols, k])
+        {
+            var o = new double[rows * cols];
+            for (int i = 0; i < rows; i++)
+                for (int j = 0; j < cols; j++) { double acc = 0; for (int q = 0; q < k; q++) acc += lhs[i * k + q] * rhsT[j * k + q]; o[i * cols + j] = acc; }
+            return o;
+        }
+        var u = new double[n * inF];
+        for (int i = 0; i < u.Length; i++) u[i] = Keep(i) ? x[i] / (1 - dropout) : 0;
+        double[] dA = D(a), dBm = D(bB), dW0 = D(w0), dX = D(x);
+        var z = Mat(u, n, inF, dA, r);
+        var l = Mat(z, n, r, dBm, outF).Select(v => v * s).ToArray();
+        var xw = Mat(dX, n, inF, dW0, outF);
+        var g = Enumerable.Repeat(1.0, outF).ToArray();
+        var norms = new double[outF];
+        var bd = xw;
+        if (dora)
+        {
+            for (int o = 0; o < outF; o++)
+            {
+                double ss = 0;
+                for (int i = 0; i < inF; i++) { double ba = 0; for (int q = 0; q < r; q++) ba += dBm[o * r + q] * dA[q * inF + i]; double v = dW0[o * inF + i] + s * ba; ss += v * v; }
+                norms[o] = Math.Sqrt(ss);
+                g[o] = mag![o] / norms[o];
+            }
+            bd = Mat(u, n, inF, dW0, outF);
+        }
+        var y = new double[n * outF];
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < outF; o++)
+            {
+                int e = i * outF + o;
+                y[e] = xw[e] + (bias?[o] ?? 0) + (dora ? (g[o] - 1) * bd[e] + g[o] * l[e] : l[e]);
+            }
+        var dl = new double[n * outF];
+        for (int e = 0; e < dl.Length; e++) dl[e] = g[e % outF] * dy[e];
+        var dBRef = new double[outF * r];
+        var dz = new double[n * r];
+        for (int o = 0; o < outF; o++) for (int q = 0; q < r; q++) { double acc = 0; for (int i = 0; i < n; i++) acc += dl[i * outF + o] * z[i * r + q]; dBRef[o * r + q] = s * acc; }
+        for (int i = 0; i < n; i++) for (int q = 0; q < r; q++) { double acc = 0; for (int o = 0; o < outF; o++) acc += dl[i * outF + o] * dBm[o * r + q]; dz[i * r + q] = s * acc; }
+        var dARef = new double[r * inF];
+        for (int q = 0; q < r; q++) for (int c = 0; c < inF; c++) { double acc = 0; for (int i = 0; i < n; i++) acc += dz[i * r + q] * u[i * inF + c]; dARef[q * inF + c] = acc; }
+        var dxRef = new double[n * inF];
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < inF; c++)
+            {
+                double viaU = 0, viaBase = 0;
+                for (int q = 0; q < r; q++) viaU += dz[i * r + q] * dA[q * inF + c];
+                for (int o = 0; o < outF; o++)
+                {
+                    viaBase += dy[i * outF + o] * dW0[o * inF + c];
+                    if (dora) viaU += (g[o] - 1) * dy[i * outF + o] * dW0[o * inF + c];
+                }
+                int e = i * inF + c;
+                dxRef[e] = viaBase + (Keep(e) ? viaU / (1 - dropout) : 0);
+            }
+        string what = $"{t.Name()} dropout {dropout}{(rslora ? " rslora" : "")}{(withBias ? " bias" : "")}";
+        Compare($"forward y {what}", ty, y, Tol(t, 1e-4));
+        Compare($"backward dx {what}", tdx, dxRef, Tol(t, 1e-4));
+        Compare($"backward dA {what}", module.AGrad.ToArray<float>(), dARef, Tol(t, 1e-4));
+        Compare($"backward dB {what}", module.BGrad.ToArray<float>(), dBRef, Tol(t, 1e-4));
+        if (!dora) return;
+        var dm = new double[outF];
+        for (int o = 0; o < outF; o++) { double acc = 0; for (int i = 0; i < n; i++) acc += dy[i * outF + o] * (bd[i * outF + o] + l[i * outF + o]); dm[o] = acc / norms[o]; }
+        Compare($"backward dmagnitude {what}", module.MagnitudeGrad!.ToArray<float>(), dm, Tol(t, 1e-4));
+    }
+
+    /// <summary>Nearest entry of a table in float64, and whether the runner-up is within rounding (1e-6) of a tie.</summary>
+    private static (int Index, bool Tie) Nearest(float[] table, double x)
+    {
+        int best = 0, second = -1;
+        for (int i = 1; i < table.Length; i++)
+        {
+            if (Math.Abs(table[i] - x) < Math.Abs(table[best] - x)) { second = best; best = i; }
+            else if (second < 0 || Math.Abs(table[i] - x) < Math.Abs(table[second] - x)) second = i;
+        }
+        return (best, Math.Abs(Math.Abs(table[best] - x) - Math.Abs(table[second] - x)) <= 1e-6);
+    }
+
+    /// <summary>Codes must equal the reference's nearest codes, except where the reference is within rounding of a tie.</summary>
+    private void CompareCodes(string name, byte[] codes, (int Index, bool Tie)[] reference)
+    {
+        int wrong = 0, counted = 0;
+        for (int i = 0; i < codes.Length; i++)
+        {
+            if (reference[i].Tie) continue;
+            counted++;
+            if (codes[i] != reference[i].Index) wrong++;
+        }
+        _results.Add(new KernelCheckResult(_family, $"{name} ({codes.Length - counted} ties skipped)", (double)wrong / Math.Max(1, counted), 1e-12, "mismatch"));
+    }
+
+    // bitsandbytes' NF4: blocks of 64, absmax per block, nearest of the 16 codes; double quantization of the absmax vector.
+    // Serving's batched adapters: each row adds its own slot's low-rank product (−1: none, left untouched).
+    private void MultiLoraRows(DType t)
+    {
+        int n = 9, inF = 70, outF = 33, slots = 3, r = 8;
+        var slotOf = new[] { 0, -1, 2, 1, 2, -1, 0, 1, 2 };
+        var scales = new[] { 2f, 0.5f, 0.25f };
+        var x = Rand(t, n * inF);
+        var y0 = Rand(t, n * outF);
+        var a = Rand(t, slots * r * inF);
+        var b = Rand(t, slots * outF * r);
+        using var bank = new LinearLoraSlots(_dev, t, slots, r, inF, outF);
+        bank.A.CopyFromFloats(a);
+        bank.B.CopyFromFloats(b);
+        bank.Scales.CopyFrom<float>(scales);
+        using var tx = Up(t, x, n, inF);
+        using var ty = Up(t, y0, n, outF);
+        using var ts = Ints(slotOf);
+        MultiLoraOp.Forward(_k, bank, tx, ty, ts);
+        var y = new double[n * outF];
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < outF; o++)
+            {
+                double acc = 0;
+                int sl = slotOf[i];
+                if (sl >= 0)
+                    for (int j = 0; j < r; j++)
+                    {
+                        double z = 0;
+                        for (int q = 0; q < inF; q++) z += (double)x[i * inF + q] * a[(sl * r + j) * inF + q];
+                        acc += z * b[(sl * outF + o) * r + j];
+                    }
+                y[i * outF + o] = y0[i * outF + o] + (sl >= 0 ? scales[sl] * acc : 0);
+            }
+        Compare($"per-row adapters {t.Name()} {n}x{inF}->{outF}", ty, y, Tol(t, 1e-5));
+    }
+
+    // QLoRA's fused base product: y = x·dequant(W)ᵀ and dx = dy·dequant(W) straight from the 4-bit state.
+    private void Nf4Matmul(DType t, int n, int inF, int outF)
+    {
+        var w = Rand(t, (long)outF * inF, 0.05);
+        using var tw = Up(t, w, outF, inF);
+        using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
+        using var dense = Poisoned(DType.F32, outF, inF);
+        state.Dequantize(_k, dense);
+        var wq = dense.ToFloatArray(); // the dequantize kernel itself is checked by the nf4 family
+        var x = Rand(t, (long)n * inF);
+        var dy = Rand(t, (long)n * outF);
+        using var tx = Up(t, x, n, inF);
+        using var tdy = Up(t, dy, n, outF);
+        using var ty = Poisoned(t, n, outF);
+        using var tdx = Poisoned(t, n, inF);
+        Nf4MatmulOp.Forward(_k, state, tx, ty);
+        Nf4MatmulOp.BackwardData(_k, state, tdy, tdx, accumulate: false);
+        var y = new double[n * outF];
+        var dx = new double[n * inF];
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < outF; o++)
+                for (int q = 0; q < inF; q++)
+                {
+                    y[i * outF + o] += (double)x[i * inF + q] * wq[o * inF + q];
+                    dx[i * inF + q] += (double)dy[i * outF + o] * wq[o * inF + q];
+                }
+        Compare($"fused forward {t.Name()} {n}x{inF}->{outF}", ty, y, Tol(t, 1e-5));
+        Compare($"fused backward dx {t.Name()} {n}x{inF}->{outF}", tdx, dx, Tol(t, 1e-5));
+    }
+
+    private void Nf4(DType t)
+    {
+        int rows = 97, cols = 97, n = rows * cols, bs = Nf4Tensor.DefaultBlockSize, blocks = (n + bs - 1) / bs;
+        var w = Rand(t, n, 0.05);
+        using var tw = Up(t, w, rows, cols);
+        var absmax = new double[blocks];
+        for (int i = 0; i < n; i++) absmax[i / bs] = Math.Max(absmax[i / bs], Math.Abs((double)w[i]));
+        var codes = new (int, bool)[n];
+        for (int i = 0; i < n; i++) codes[i] = Nearest(Kernels.Nf4.Code, w[i] / absmax[i / bs]);
+        using (var plain = Nf4Tensor.Quantize(_k, tw, doubleQuant: false))
+        {
+            Compare($"quantize absmax {t.Name()}", plain.Absmax.ToArray<float>(), absmax, 1e-7);
+            var packed = plain.Packed.ToArray<byte>();
+            var nibbles = new byte[n];
+            for (int i = 0; i < n; i++) nibbles[i] = (byte)((i & 1) == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15);
+            CompareCodes($"quantize codes {t.Name()}", nibbles, codes);
+        }
+        using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
+        // double quantization: offset = mean(absmax) (an f32 reduction), then per 256 blocks a scale max|a − offset| and
+        // 8-bit codes of the signed map. The scales and codes are checked against the device's f32 offset: a − offset
+        // cancels, so the offset's own rounding would otherwise dominate their error.
+        Compare($"double-quant offset {t.Name()}", new[] { state.Offset }, new[] { absmax.Average() }, 1e-5);
+        double offset = state.Offset;
+        int nbs = state.NestedBlockSize, groups = (blocks + nbs - 1) / nbs;
+        var scale = new double[groups];
+        for (int b = 0; b < blocks; b++) scale[b / nbs] = Math.Max(scale[b / nbs], Math.Abs(absmax[b] - offset));
+        Compare($"double-quant scales {t.Name()}", state.NestedAbsmax!.ToArray<float>(), scale, 1e-6);
+        var map = state.NestedQuantMap!.ToArray<float>();
+        CompareCodes($"double-quant codes {t.Name()}", state.Absmax.ToArray<byte>(), Enumerable.Range(0, blocks).Select(b => Nearest(map, (absmax[b] - offset) / scale[b / nbs])).ToArray());
+        // dequantize from the state the device wrote: w' = code[q]·(map[qa]·scale + offset)
+        var q = state.Packed.ToArray<byte>();
+        var qa = state.Absmax.ToArray<byte>();
+        var sc = state.NestedAbsmax!.ToArray<float>();
+        using var restoredAbsmax = Poisoned(DType.F32, blocks);
+        state.DequantizeAbsmax(_k, restoredAbsmax);
+        var aRef = Enumerable.Range(0, blocks).Select(b => (double)map[qa[b]] * sc[b / nbs] + state.Offset).ToArray();
+        Compare($"dequantize absmax {t.Name()}", restoredAbsmax, aRef, 1e-6);
+        foreach (var outType in new[] { DType.F32, t }.Distinct())
+        {
+            using var output = Poisoned(outType, rows, cols);
+            state.Dequantize(_k, output);
+            var wRef = new double[n];
+            for (int i = 0; i < n; i++) wRef[i] = Kernels.Nf4.Code[(i & 1) == 0 ? q[i / 2] >> 4 : q[i / 2] & 15] * aRef[i / bs];
+            Compare($"dequantize {t.Name()} weight to {outType.Name()}", output, wRef, Tol(outType, 1e-6));
+        }
+    }
+
+    private const float Lr = 1e-2f, Beta1 = 0.9f, Beta2 = 0.999f, Eps = 1e-8f, Wd = 0.01f, GradScale = 0.5f;
+
+    // torch.optim.AdamW, two steps from zero moments, gradients scaled (clipping) and decoupled weight decay;
+    // the update p − p0 is compared, not p, so a wrong step cannot hide under p0.
+    private void AdamW32()
+    {
+        int n = 5001;
+        var p0 = Rand(DType.F32, n, 0.1);
+        var g1 = Rand(DType.F32, n);
+        var g2 = Rand(DType.F32, n);
+        using var tp = Up(DType.F32, p0, n);
+        using var tg = Up(DType.F32, g1, n);
+        using var tm = Zeros(n);
+        using var tv = Zeros(n);
+        using var partial = Poisoned(DType.F32, 4096);
+        int count = Kernels.AdamW.SumOfSquares(_k, tg.View<float>(), partial.View<float>());
+        double sumsq = partial.ToArray<float>().Take(count).Sum(x => (double)x);
+        Compare("gradient sum of squares", new[] { (float)sumsq }, new[] { g1.Sum(x => (double)x * x) }, 1e-5);
+        Kernels.AdamW.Update(_k, tp.View<float>(), tg.View<float>(), tm.View<float>(), tv.View<float>(), Lr, Beta1, Beta2, Eps, Wd, 1, GradScale);
+        tg.CopyFromFloats(g2);
+        Kernels.AdamW.Update(_k, tp.View<float>(), tg.View<float>(), tm.View<float>(), tv.View<float>(), Lr, Beta1, Beta2, Eps, Wd, 2, GradScale);
+        var p = D(p0);
+        var m = new double[n];
+        var v = new double[n];
+        for (int step = 1; step <= 2; step++)
+        {
+            var g = step == 1 ? g1 : g2;
+            double bc1 = 1 - Math.Pow(Beta1, step), bc2 = 1 - Math.Pow(Beta2, step);
+            for (int i = 0; i < n; i++)
+            {
+                double gi = (double)g[i] * GradScale;
+                m[i] = Beta1 * m[i] + (1 - Beta1) * gi;
+                v[i] = Beta2 * v[i] + (1 - Beta2) * gi * gi;
+                p[i] = p[i] * (1 - (double)Lr * Wd) - Lr * (m[i] / bc1) / (Math.Sqrt(v[i] / bc2) + Eps);
+            }
+        }
+        var dp = tp.ToFloatArray().Select((x, i) => x - p0[i]).ToArray();
+        Compare("32-bit update p − p0 (2 steps)", dp, p.Select((x, i) => x - p0[i]).ToArray(), 1e-4);
+        Compare("32-bit first moment", tm, m, 1e-5);
+        Compare("32-bit second moment", tv, v, 1e-5);
+    }
+
+    // bitsandbytes' blockwise 8-bit AdamW: per block of 256, dequantize m (signed map) and v (unsigned map), update in f32,
+    // requantize by nearest code against the new absmax.
+    private void AdamW8()
+    {
+        int n = 1000, bs = AdamW8bit.BlockSize, blocks = (n + bs - 1) / bs;
+        var p0 = Rand(DType.F32, n, 0.1);
+        var g1 = Rand(DType.F32, n);
+        var g2 = Rand(DType.F32, n);
+        var ms = Kernels.Nf4.SignedDynamicMap();
+        var us = Kernels.Nf4.UnsignedDynamicMap();
+        using var tp = Up(DType.F32, p0, n);
+        using var tg = Up(DType.F32, g1, n);
+        using var qm = _dev.Allocate(DType.U8, n);
+        using var qv = _dev.Allocate(DType.U8, n);
+        qm.FillBytes(0);
+        qv.FillBytes(0);
+        using var am = Zeros(blocks);
+        using var av = Zeros(blocks);
+        using var tms = Up(DType.F32, ms, 256);
+        using var tus = Up(DType.F32, us, 256);
+        void Step(int step) => AdamW8bit.Update(_k, tp.View<float>(), tg.View<float>(), qm.View<byte>(), qv.View<byte>(), am.View<float>(), av.View<float>(),
+            tms.View<float>(), tus.View<float>(), Lr, Beta1, Beta2, Eps, Wd, step, GradScale);
+        Step(1);
+        tg.CopyFromFloats(g2);
+        Step(2);
+        var p = D(p0);
+        var cm = new int[n];
+        var cv = new int[n];
+        var codesM = new (int Index, bool Tie)[n];
+        var codesV = new (int Index, bool Tie)[n];
+        var absm = new double[blocks];
+        var absv = new double[blocks];
+        for (int step = 1; step <= 2; step++)
+        {
+            var g = step == 1 ? g1 : g2;
+            double bc1 = 1 - Math.Pow(Beta1, step), bc2 = 1 - Math.Pow(Beta2, step);
+            for (int b = 0; b < blocks; b++)
+            {
+                int s0 = b * bs, s1 = Math.Min(n, s0 + bs);
+                var m = new double[s1 - s0];
+                var v = new double[s1 - s0];
+                double nm = 0, nv = 0;
+                for (int i = s0; i < s1; i++)
+                {
+                    double gi = (double)g[i] * GradScale;
+                    m[i - s0] = Beta1 * ms[cm[i]] * absm[b] + (1 - Beta1) * gi;
+                    v[i - s0] = Beta2 * us[cv[i]] * absv[b] + (1 - Beta2) * gi * gi;
+                    nm = Math.Max(nm, Math.Abs(m[i - s0]));
+                    nv = Math.Max(nv, v[i - s0]);
+                    p[i] = p[i] * (1 - (double)Lr * Wd) - Lr * (m[i - s0] / bc1) / (Math.Sqrt(v[i - s0] / bc2) + Eps);
+                }
+                for (int i = s0; i < s1; i++)
+                {
+                    codesM[i] = Nearest(ms, m[i - s0] / nm);
+                    codesV[i] = Nearest(us, v[i - s0] / nv);
+                    cm[i] = codesM[i].Index;
+                    cv[i] = codesV[i].Index;
+                }
+                absm[b] = nm;
+                absv[b] = nv;
+            }
+        }
+        var dp = tp.ToFloatArray().Select((x, i) => x - p0[i]).ToArray();
+        Compare("8-bit update p − p0 (2 steps)", dp, p.Select((x, i) => x - p0[i]).ToArray(), 1e-4);
+        CompareCodes("8-bit first-moment codes", qm.ToArray<byte>(), codesM);
+        CompareCodes("8-bit second-moment codes", qv.ToArray<byte>(), codesV);
+        Compare("8-bit first-moment absmax", am, absm, 1e-5);
+        Compare("8-bit second-moment absmax", av, absv, 1e-5);
+    }
+}
