@@ -6,6 +6,7 @@
 #   apps.tar.xz            framework-dependent linux-x64 publishes of the CLI (app/cli) and the bench (app/bench)
 #   CMakeLists.txt native/ the native core's sources, built there by build-native.sh (CMake, -DNL_BACKEND=cuda)
 #   bench/configs bench/peer  the train benchmark's model configs and peer scripts (same layout as the repository)
+#   data/demo/tiny-llama.json artifacts/tokenizers/mistral  the serve load test's model config and tokenizer
 #   run.sh build-native.sh MANIFEST
 # Usage: bench/gpu/bundle.sh [OUT_DIR]   (after ./build.sh; needs the .NET SDK, tar and xz). Fails above 60 MB.
 set -euo pipefail
@@ -50,6 +51,10 @@ cp "$runtime" "$OUT/dotnet-runtime.tar.xz"
 
 log "sources, scripts, manifest"
 (cd "$ROOT" && git ls-files CMakeLists.txt native bench/configs bench/peer | tar -cf - -T -) | tar -C "$OUT" -xf -
+[ -f "$ROOT/artifacts/tokenizers/mistral/tokenizer.json" ] || { echo "error: artifacts/tokenizers/mistral is missing: run ./build.sh first" >&2; exit 1; }
+mkdir -p "$OUT/data/demo" "$OUT/artifacts/tokenizers"
+cp "$ROOT/data/demo/tiny-llama.json" "$OUT/data/demo/"
+cp -r "$ROOT/artifacts/tokenizers/mistral" "$OUT/artifacts/tokenizers/"
 cp "$ROOT/bench/gpu/run.sh" "$ROOT/bench/gpu/build-native.sh" "$OUT/"
 chmod +x "$OUT/run.sh" "$OUT/build-native.sh"
 commit=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- . ':!artifacts' || echo "+uncommitted")

@@ -155,6 +155,11 @@ main() {
     stage "train ${configs[$i]}" "${caps[$i]}" "train-${configs[$i]}.log" "$dotnet" "$bench" train --model "${configs[$i]}" \
       "${shape[@]}" --r 16 --steps $steps --warmup 2 --reps $reps --device "$device" --peer $peer
   done
+  # the OpenAI-compatible server under load, continuous batching on then off, every answer checked
+  local serve_s=45
+  [ $quick = 1 ] && serve_s=10
+  stage "serve load (16 clients, batching on vs off)" $((3 * serve_s + 60)) serve.log \
+    "$dotnet" "$bench" serve --clients 16 --duration $serve_s --max-tokens 32 --device "$device"
   summary "$card" >"$RESULTS/summary.md"
   echo "== stages"
   printf '  %s\n' "${statuses[@]}"
@@ -186,6 +191,10 @@ summary() {
     echo
     grep -E '^(device:|nativelora:|  phases|  peak|pytorch|peft|ratio|error)' "$f" | sed 's/^/    /'
   done
+  echo
+  echo "### nativelora-bench serve"
+  echo
+  grep -E '^(# serve|\||throughput|batching)' "$RESULTS/serve.log" 2>/dev/null
 }
 
 main 2>&1 | tee "$RESULTS/run.log"
