@@ -121,6 +121,7 @@ public class KernelBenchmarks
     private void Sync() => _dev.Synchronize();
 
     [Benchmark] public void DeviceCopy() { _x.CopyTo(_y); Sync(); }
+    [Benchmark] public void ZeroFill() { ElementwiseOp.Zero(_k, _y); Sync(); }
     [Benchmark] public void GemmPeak() { Gemm.Run(_a, _b, _c, transB: true); Sync(); }
     [Benchmark] public void RmsNormForward() { RmsNormOp.Forward(_k, _x, _w, _y, _rstd, 1e-5f); Sync(); }
     [Benchmark] public void RmsNormBackward() { RmsNormOp.Backward(_k, _x, _w, _y, _rstd, _dx, null); Sync(); }

@@ -66,7 +66,17 @@ public static class ElementwiseOp
             () => Elementwise.Fill<ushort, F16>(k, x.View<ushort>(), value));
     }
 
-    public static void Zero(KernelSet k, Tensor x) => Fill(k, x, 0f);
+    /// <summary>
+    /// Zeroes x with the accelerator's memset (all-zero bytes are 0 in f32, bf16 and f16) on the device's
+    /// stream, ordered with the kernels and GEMMs around it: a memset runs at copy speed, the fill kernel
+    /// at the CPU accelerator's few ns per element (bench/RESULTS.md, profile-driven changes).
+    /// </summary>
+    public static void Zero(KernelSet k, Tensor x)
+    {
+        using var _ = Diagnostics.OpProfiler.Time("fill", x.Device);
+        if (!x.DType.IsFloat()) throw new ArgumentException($"Zero needs a float tensor (f32, bf16, f16), got {x}");
+        if (x.ElementCount > 0) x.ZeroBytes();
+    }
 
     /// <summary>Copies src into dst converting between f32, bf16 and f16 (same dtype: a plain copy).</summary>
     public static void Cast(KernelSet k, Tensor src, Tensor dst)

@@ -215,6 +215,17 @@ public sealed class Tensor : IDisposable
         Device.Accelerator.Synchronize();
     }
 
+    /// <summary>
+    /// Zeroes every byte, ordered after the kernels before it: on CUDA the memset joins the shared stream (no
+    /// wait); on the CPU queued kernels finish first, as before a native call, and the memset runs here.
+    /// </summary>
+    public void ZeroBytes()
+    {
+        ThrowIfDisposed();
+        Device.BeforeNativeCall();
+        Buffer.AsRawArrayView(ByteOffset, ByteLength).MemSet(0);
+    }
+
     /// <summary>Sets every element to NaN so that unwritten outputs are caught.</summary>
     public void Poison() => FillBytes(0xFF);
 

@@ -7,6 +7,25 @@ namespace NativeLora.Tests.Kernels;
 public class ElementwiseTests
 {
     [Test]
+    public void ZeroClearsExactlyItsViewAfterTheKernelsBeforeIt([Values(DType.F32, DType.BF16, DType.F16)] DType dtype, [Values(false, true)] bool gpuVariant)
+    {
+        var k = TestDevice.Variant(gpuVariant);
+        int seed = Check.FreshSeed();
+        var data = Ref.Random(new Random(seed), dtype, 40 * 33);
+        using var a = Ref.Upload(dtype, data, 40, 33);
+        using var t = Ref.Poisoned(dtype, 40, 33);
+        ElementwiseOp.Add(k, a, a, t); // a queued kernel writes every row; Zero must come after it
+        ElementwiseOp.Zero(k, t.Slice(10, 20));
+        var got = t.ToFloatArray();
+        for (int i = 0; i < got.Length; i++)
+        {
+            int row = i / 33;
+            float expected = row is >= 10 and < 30 ? 0f : Ref.Round(dtype, 2 * data[i]);
+            Assert.That(got[i], Is.EqualTo(expected), $"element {i} (row {row}); seed {seed}");
+        }
+    }
+
+    [Test]
     public void ResidualAddAndAccumulate([Values(DType.F32, DType.BF16, DType.F16)] DType dtype)
     {
         var k = TestDevice.Shared.Kernels;
