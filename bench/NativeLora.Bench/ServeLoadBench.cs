@@ -73,6 +73,7 @@ public static class ServeLoadBench
                 Console.WriteLine($"| {mode} | {s.Requests} | {s.RequestsPerSecond:F2} | {s.TokensPerSecond:F1} | {s.E2e[0]:F0} / {s.E2e[1]:F0} / {s.E2e[2]:F0} | {s.Ttft[0]:F0} / {s.Ttft[1]:F0} / {s.Ttft[2]:F0} | {s.Wrong} |");
             if (results.Count == 2)
                 Console.WriteLine($"\nthroughput batching on / off: {results[0].S.TokensPerSecond / results[1].S.TokensPerSecond:F2}x (generated tokens/s, same run)");
+            if (Diagnostics.OpProfiler.Enabled) Console.WriteLine("op profile (NATIVELORA_PROFILE=1; synchronising slows every op; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
             return results.Any(r => r.S.Wrong > 0) ? 1 : 0;
         }
         finally

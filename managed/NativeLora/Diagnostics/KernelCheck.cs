@@ -668,6 +668,7 @@ public sealed class KernelCheck
         int n = 9, inF = 70, outF = 33, slots = 3, r = 8;
         var slotOf = new[] { 0, -1, 2, 1, 2, -1, 0, 1, 2 };
         var scales = new[] { 2f, 0.5f, 0.25f };
+        var ranks = new[] { r, 5, 2 }; // below the slot size: the (non-zero) padding must be ignored
         var x = Rand(t, n * inF);
         var y0 = Rand(t, n * outF);
         var a = Rand(t, slots * r * inF);
@@ -675,7 +676,9 @@ public sealed class KernelCheck
         using var bank = new LinearLoraSlots(_dev, t, slots, r, inF, outF);
         bank.A.CopyFromFloats(a);
         bank.B.CopyFromFloats(b);
-        bank.Scales.CopyFrom<float>(scales);
+        scales.CopyTo(bank.HostScales, 0);
+        ranks.CopyTo(bank.HostRanks, 0);
+        bank.Upload();
         using var tx = Up(t, x, n, inF);
         using var ty = Up(t, y0, n, outF);
         using var ts = Ints(slotOf);
@@ -687,7 +690,7 @@ public sealed class KernelCheck
                 double acc = 0;
                 int sl = slotOf[i];
                 if (sl >= 0)
-                    for (int j = 0; j < r; j++)
+                    for (int j = 0; j < ranks[sl]; j++)
                     {
                         double z = 0;
                         for (int q = 0; q < inF; q++) z += (double)x[i * inF + q] * a[(sl * r + j) * inF + q];

@@ -5,16 +5,19 @@ namespace NativeLora.Lora;
 
 /// <summary>
 /// The served adapters of one linear: banks A [S·rMax, in] and B [S·out, rMax] in the compute dtype
-/// (slot s owns rows s·rMax.. of A and s·out.. of B, zero beyond the adapter's rank) and one f32
-/// scale per slot, 0 where the slot's adapter does not touch this linear. Kernels: MultiLora.cs.
+/// (slot s owns rows s·rMax.. of A and s·out.. of B, zero beyond the adapter's rank), one f32 scale
+/// and one I32 rank per slot, both 0 where the slot's adapter does not touch this linear (kernels:
+/// MultiLora.cs). HostRanks mirrors the ranks so a batch that touches no slot here skips the kernels.
 /// </summary>
 public sealed class LinearLoraSlots : IDisposable
 {
     public Tensor A { get; }
     public Tensor B { get; }
     public Tensor Scales { get; }
+    public Tensor Ranks { get; }
     public int MaxRank { get; }
     internal readonly float[] HostScales;
+    internal readonly int[] HostRanks;
 
     internal LinearLoraSlots(Devices.ComputeDevice device, DType dtype, int slots, int maxRank, int inFeatures, int outFeatures)
     {
@@ -22,10 +25,26 @@ public sealed class LinearLoraSlots : IDisposable
         A = device.Allocate(dtype, slots * maxRank, inFeatures);
         B = device.Allocate(dtype, slots * outFeatures, maxRank);
         Scales = device.Allocate(DType.F32, slots);
+        Ranks = device.Allocate(DType.I32, slots);
         A.FillBytes(0);
         B.FillBytes(0);
         HostScales = new float[slots];
+        HostRanks = new int[slots];
+        Upload();
+    }
+
+    /// <summary>Whether any of these row slots (−1: none) has an adapter on this linear.</summary>
+    public bool Touches(ReadOnlySpan<int> rowSlots)
+    {
+        foreach (var s in rowSlots)
+            if (s >= 0 && HostRanks[s] > 0) return true;
+        return false;
+    }
+
+    internal void Upload()
+    {
         Scales.CopyFrom<float>(HostScales);
+        Ranks.CopyFrom<int>(HostRanks);
     }
 
     public void Dispose()
@@ -33,7 +52,27 @@ public sealed class LinearLoraSlots : IDisposable
         A.Dispose();
         B.Dispose();
         Scales.Dispose();
+        Ranks.Dispose();
     }
+}
+
+/// <summary>
+/// Each row's served-adapter slot (−1: none): on the device for the kernels, on the host so that a
+/// linear no row's adapter touches skips them.
+/// </summary>
+public sealed class AdapterRows : IDisposable
+{
+    public Tensor Slots { get; }
+    public int[] Host { get; }
+
+    public AdapterRows(Devices.ComputeDevice device, int[] slots)
+    {
+        Host = slots;
+        Slots = device.Allocate(DType.I32, slots.Length);
+        Slots.CopyFrom<int>(slots);
+    }
+
+    public void Dispose() => Slots.Dispose();
 }
 
 /// <summary>
@@ -109,9 +148,14 @@ public sealed class LoraSlots : IDisposable
                 bank.A.Slice(slot * MaxRank, MaxRank).CopyFromFloats(Pad(m.A.ToFloatArray(), m.Rank, lin.InFeatures, MaxRank, lin.InFeatures));
                 bank.B.Slice(slot * lin.OutFeatures, lin.OutFeatures).CopyFromFloats(Pad(m.B.ToFloatArray(), lin.OutFeatures, m.Rank, lin.OutFeatures, MaxRank));
                 bank.HostScales[slot] = m.Scale;
+                bank.HostRanks[slot] = m.Rank;
             }
-            else bank.HostScales[slot] = 0f;
-            bank.Scales.CopyFrom<float>(bank.HostScales);
+            else
+            {
+                bank.HostScales[slot] = 0f;
+                bank.HostRanks[slot] = 0;
+            }
+            bank.Upload();
         }
         _loaded[slot] = true;
         _byName[name] = slot;

@@ -1,5 +1,6 @@
 using NativeLora.Devices;
 using NativeLora.Kernels;
+using NativeLora.Lora;
 using NativeLora.Ops;
 using NativeLora.Tensors;
 
@@ -55,10 +56,10 @@ public sealed class DecoderLayer
 
     /// <summary>
     /// Runs the layer on x [N, D] into output [N, D]; the returned activations hold x (not owned).
-    /// adapterSlots (I32 [N], serving only) picks each row's served adapter, −1 for none.
+    /// adapterSlots (serving only) picks each row's served adapter.
     /// </summary>
     public LayerActivations Forward(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output,
-        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape, Tensor? adapterSlots = null)
+        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape, AdapterRows? adapterSlots = null)
     {
         int n = x.Dim(0);
         var dt = x.DType;
@@ -135,7 +136,7 @@ public sealed class DecoderLayer
     /// row b through its page table (pageTable [B, maxPages]). adapterSlots as in Forward.
     /// </summary>
     public void DecodeStep(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output, Tensor positions,
-        Tensor cacheRows, Tensor lengths, Tensor pageTable, Tensor kCache, Tensor vCache, int pageSize, Tensor cos, Tensor sin, Tensor? adapterSlots = null)
+        Tensor cacheRows, Tensor lengths, Tensor pageTable, Tensor kCache, Tensor vCache, int pageSize, Tensor cos, Tensor sin, AdapterRows? adapterSlots = null)
     {
         int b = x.Dim(0);
         var dt = x.DType;

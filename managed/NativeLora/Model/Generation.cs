@@ -193,13 +193,7 @@ public sealed class Decoder
     private static int CacheRow(KvCache cache, KvSequence seq, int position) =>
         seq.Pages[position / cache.PageSize] * cache.PageSize + position % cache.PageSize;
 
-    private Tensor? AdapterSlots(int[] slots)
-    {
-        if (slots.All(s => s < 0)) return null;
-        var t = _model.Device.Allocate(DType.I32, slots.Length);
-        t.CopyFrom<int>(slots);
-        return t;
-    }
+    private Lora.AdapterRows? AdapterSlots(int[] slots) => slots.All(s => s < 0) ? null : new Lora.AdapterRows(_model.Device, slots);
 
     /// <summary>
     /// Generates up to maxNewTokens after the prompt (one row). Stops after a token in stopIds (it is
@@ -232,6 +226,7 @@ public sealed class Decoder
     private float[][] LastLogits(Tensor hidden)
     {
         var m = _model;
+        using var _profile = Diagnostics.OpProfiler.Time("logits (norm, lm_head, to host)", m.Device);
         int r = hidden.Dim(0), vocab = m.Config.VocabSize;
         using var normed = m.Device.Allocate(m.DType, r, m.Config.HiddenSize);
         using var rstd = m.Device.Allocate(DType.F32, r);

@@ -94,10 +94,10 @@ public sealed class Linear
     }
 
     /// <summary>
-    /// Returns what the adapter's backward needs besides x, or null without an adapter. adapterSlots
-    /// (I32 [N], inference only) adds each row's served adapter, −1 for none.
+    /// Returns what the adapter's backward needs besides x, or null without an adapter. adapterRows
+    /// (inference only) adds each row's served adapter.
     /// </summary>
-    public LoraSaved? Forward(KernelSet k, Tensor x, Tensor y, Tensor? adapterSlots = null)
+    public LoraSaved? Forward(KernelSet k, Tensor x, Tensor y, AdapterRows? adapterRows = null)
     {
         using var lease = AcquireBase(k, x.Dim(0), x.Device);
         var weight = lease?.Tensor;
@@ -107,7 +107,8 @@ public sealed class Linear
         using var noBias = Bias != null && Lora is { IsDora: true, EffectiveDropout: 0f } ? y.Device.Allocate(y.DType, y.Shape) : null;
         if (noBias != null) y.CopyTo(noBias);
         if (Bias != null) ElementwiseOp.AddBias(k, y, Bias);
-        if (adapterSlots != null && ServedAdapters != null) MultiLoraOp.Forward(k, ServedAdapters, x, y, adapterSlots);
+        if (adapterRows != null && ServedAdapters != null && ServedAdapters.Touches(adapterRows.Host))
+            MultiLoraOp.Forward(k, ServedAdapters, x, y, adapterRows.Slots);
         return Lora == null ? null : LoraOp.Forward(k, Lora, x, y, weight, noBias ?? y);
     }
 

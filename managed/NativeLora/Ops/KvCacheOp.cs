@@ -11,6 +11,7 @@ public static class KvCacheOp
     /// <summary>Row i of src [R, width] goes to row rows[i] of the cache [B·maxT, width].</summary>
     public static void Write(KernelSet k, Tensor src, Tensor cache, Tensor rows)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("kv-cache write", src.Device);
         SameDType(cache.DType, (src, "src"));
         Require(rows, DType.I32, "rows");
         int width = cache.Dim(1);
@@ -29,6 +30,7 @@ public static class KvCacheOp
     /// </summary>
     public static void Attend(KernelSet k, Tensor q, Tensor kCache, Tensor vCache, Tensor lengths, Tensor pageTable, Tensor o, ModelConfig c, int pageSize)
     {
+        using var _profile = Diagnostics.OpProfiler.Time("attention.decode", q.Device);
         Require(lengths, DType.I32, "lengths");
         Require(pageTable, DType.I32, "pageTable");
         int b = (int)lengths.ElementCount;

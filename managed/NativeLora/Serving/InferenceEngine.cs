@@ -281,7 +281,8 @@ public sealed class InferenceEngine : IDisposable
                 if (req.Adapter != null) r.Slot = _slots.Acquire(req.Adapter);
                 if (!_cache.TryReserve(r.Seq, req.Prompt.Length + req.MaxTokens)) throw new InvalidOperationException("the KV cache has no room for the request");
                 _running.Add(r);
-                var logits = _decoder.Prefill(_cache, r.Seq, req.Prompt, r.Slot);
+                float[] logits;
+                using (Diagnostics.OpProfiler.Time("prefill", _model.Device)) logits = _decoder.Prefill(_cache, r.Seq, req.Prompt, r.Slot);
                 Accept(r, logits);
             }
             catch (Exception e)
@@ -300,7 +301,9 @@ public sealed class InferenceEngine : IDisposable
         var batch = _running.ToList();
         var start = Stopwatch.GetTimestamp();
         var slots = batch.Any(r => r.Slot >= 0) ? batch.Select(r => r.Slot).ToArray() : null;
-        var logits = _decoder.Step(_cache, batch.Select(r => r.Seq).ToList(), batch.Select(r => r.Next).ToArray(), slots);
+        float[][] logits;
+        using (Diagnostics.OpProfiler.Time("decode step", _model.Device))
+            logits = _decoder.Step(_cache, batch.Select(r => r.Seq).ToList(), batch.Select(r => r.Next).ToArray(), slots);
         for (int i = 0; i < batch.Count; i++) Accept(batch[i], logits[i]);
         double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
         _stepSeconds = 0.9 * _stepSeconds + 0.1 * seconds;
@@ -311,7 +314,8 @@ public sealed class InferenceEngine : IDisposable
     // samples the next token from logits, hands it to the client and ends the request where it should
     private void Accept(Running r, float[] logits)
     {
-        int next = r.Sampler.Next(logits, r.History);
+        int next;
+        using (Diagnostics.OpProfiler.Time("sampling (host)", _model.Device)) next = r.Sampler.Next(logits, r.History);
         r.History.Add(next);
         r.Generated++;
         r.Next = next;

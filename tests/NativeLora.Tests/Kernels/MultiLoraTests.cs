@@ -25,11 +25,12 @@ public class MultiLoraTests
         var y0 = Ref.Random(rng, dtype, n * outF);
         var a = Ref.Random(rng, dtype, slots * rMax * inF);
         var b = Ref.Random(rng, dtype, slots * outF * rMax);
-        var scales = new[] { 0.5f, 2f, 0f };
+        var scales = new[] { 0.5f, 2f, 0.25f };
+        var ranks = new[] { 8, 3, 0 }; // slot 2 does not touch this linear; padding beyond a rank is ignored even if non-zero
         var rowSlot = Enumerable.Range(0, n).Select(i => i == 0 ? 1 : rng.Next(-1, slots)).ToArray();
         using var xt = Ref.Upload(dtype, x, n, inF);
         using var yt = Ref.Upload(dtype, y0, n, outF);
-        using var bank = new TestBank(dtype, a, b, scales, slots, rMax, inF, outF);
+        using var bank = new TestBank(dtype, a, b, scales, ranks, slots, rMax, inF, outF);
         using var st = Ref.UploadInts(rowSlot);
         MultiLoraOp.Forward(k, bank.Bank, xt, yt, st);
         var expected = new double[n * outF];
@@ -39,7 +40,7 @@ public class MultiLoraTests
                 int s = rowSlot[i];
                 double acc = 0;
                 if (s >= 0)
-                    for (int j = 0; j < rMax; j++)
+                    for (int j = 0; j < ranks[s]; j++)
                     {
                         double z = 0;
                         for (int q = 0; q < inF; q++) z += (double)x[i * inF + q] * a[(s * rMax + j) * inF + q];
@@ -188,12 +189,14 @@ public class MultiLoraTests
     private sealed class TestBank : IDisposable
     {
         public LinearLoraSlots Bank { get; }
-        public TestBank(DType dtype, float[] a, float[] b, float[] scales, int slots, int rMax, int inF, int outF)
+        public TestBank(DType dtype, float[] a, float[] b, float[] scales, int[] ranks, int slots, int rMax, int inF, int outF)
         {
             Bank = new LinearLoraSlots(TestDevice.Shared, dtype, slots, rMax, inF, outF);
             Bank.A.CopyFromFloats(a);
             Bank.B.CopyFromFloats(b);
-            Bank.Scales.CopyFrom<float>(scales);
+            scales.CopyTo(Bank.HostScales, 0);
+            ranks.CopyTo(Bank.HostRanks, 0);
+            Bank.Upload();
         }
         public void Dispose() => Bank.Dispose();
     }
