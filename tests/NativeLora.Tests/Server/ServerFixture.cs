@@ -37,7 +37,7 @@ public sealed class ServerWorld : IDisposable
         var config = new ModelConfig
         {
             ModelType = "llama", VocabSize = Tokenizer.VocabSize, HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
-            HeadDim = 16, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositionEmbeddings = 256, TieWordEmbeddings = true,
+            HeadDim = 16, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositionEmbeddings = 1024, TieWordEmbeddings = true,
             BosTokenId = Tokenizer.BosId, EosTokenId = Tokenizer.EosId,
         };
         ModelDirectory.Save(ModelDir, config, RandomInit.Create(config, 3), global::NativeLora.Tensors.DType.F32);

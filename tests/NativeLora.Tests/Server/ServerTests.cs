@@ -375,6 +375,34 @@ public class ServerTests
         Assert.That(MaxBatchSeen(metricsOff), Is.EqualTo(1));
     }
 
+    [Test]
+    public async Task TheLlmJudgeTalksToThisServer()
+    {
+        // eval's judge client against our own endpoint, with a key: auth, the chat request shape and the reply's
+        // shape all work; a random model writes no scores, which the judge reports (after its retries) by name
+        await using var s = await RunningServer.Start(_world, configure: o => o with { ApiKey = "judge-key" });
+        var cache = Directory.CreateTempSubdirectory("nl-judge-").FullName;
+        try
+        {
+            using var judge = new global::NativeLora.Evaluation.LlmJudge(new Uri(s.Server.Address, "/v1"), "tiny", "judge-key", cache, maxRetries: 1)
+            {
+                Delay = (_, _) => Task.CompletedTask,
+            };
+            var e = Assert.ThrowsAsync<global::NativeLora.Evaluation.JudgeException>(() => judge.ScoreAsync(new[] { ("Say hi", "Hi!", "Hello") }, CancellationToken.None));
+            Assert.That(e!.Message, Does.Contain("no relevance/coherence/style scores"), e.Message);
+            var (_, metrics, _) = await s.Get("/metrics", key: "judge-key");
+            Assert.That(metrics, Does.Contain("nativelora_requests_total{endpoint=\"/v1/chat/completions\",model=\"tiny\",status=\"200\"} 2"));
+
+            using var wrongKey = new global::NativeLora.Evaluation.LlmJudge(new Uri(s.Server.Address, "/v1"), "tiny", "nope", cache, maxRetries: 0);
+            var denied = Assert.ThrowsAsync<global::NativeLora.Evaluation.JudgeException>(() => wrongKey.ScoreAsync(new[] { ("a", "b", "c") }, CancellationToken.None));
+            Assert.That(denied!.Message, Does.Contain("401"));
+        }
+        finally
+        {
+            Directory.Delete(cache, true);
+        }
+    }
+
     // largest bucket bound below which no step was seen, from the batch-size histogram
     private static int MaxBatchSeen(string metrics)
     {
