@@ -17,22 +17,9 @@ public static class Check
         return a;
     }
 
-    /// <summary>‖out − ref‖ / ‖ref‖ over all elements; +∞ if any output is NaN or infinite (NaN never passes).</summary>
-    public static double RelativeError(ReadOnlySpan<float> output, ReadOnlySpan<double> reference)
-    {
-        if (output.Length != reference.Length)
-            throw new ArgumentException($"length {output.Length} vs reference {reference.Length}");
-        double num = 0, den = 0;
-        for (int i = 0; i < output.Length; i++)
-        {
-            if (!float.IsFinite(output[i])) return double.PositiveInfinity;
-            double d = output[i] - reference[i];
-            num += d * d;
-            den += reference[i] * reference[i];
-        }
-        if (den == 0) return Math.Sqrt(num);
-        return Math.Sqrt(num / den);
-    }
+    /// <summary>‖out − ref‖ / ‖ref‖ over all elements; +∞ if any output is NaN or infinite (NaN never passes). One definition with selfcheck's.</summary>
+    public static double RelativeError(ReadOnlySpan<float> output, ReadOnlySpan<double> reference) =>
+        global::NativeLora.Diagnostics.KernelCheck.RelativeError(output, reference);
 
     public static void Close(ReadOnlySpan<float> output, ReadOnlySpan<double> reference, double tolerance, string what, int seed)
     {
