@@ -69,6 +69,59 @@ public class CliTests
     }
 
     [Test]
+    public async Task ServeAnswersOverHttpUntilStopped()
+    {
+        var model = Path.Combine(_dir, "m");
+        var (code, _, stderr) = Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        // bad options fail before anything binds, with the reason
+        (code, _, stderr) = RunWithEnv(new Dictionary<string, string> { ["NL_TEST_UNSET_KEY"] = "" }, "serve", "--model", model, "--api-key-env", "NL_TEST_UNSET_KEY");
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(stderr, Does.Contain("error: --api-key-env NL_TEST_UNSET_KEY: the environment variable is not set or empty"));
+        (code, _, stderr) = Run("serve", "--model", model, "--adapter", "noequals");
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(stderr, Does.Contain("expected name=DIR"));
+
+        var psi = new ProcessStartInfo(Path.Combine(Root, "artifacts", "bin", "nativelora")) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Root };
+        foreach (var a in new[] { "serve", "--model", model, "--port", "0", "--api-key-env", "NL_TEST_KEY", "--max-batch", "4" }) psi.ArgumentList.Add(a);
+        psi.Environment["NL_TEST_KEY"] = "k123";
+        using var p = Process.Start(psi)!;
+        var logs = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        p.OutputDataReceived += (_, e) => { if (e.Data != null) logs.Enqueue(e.Data); };
+        p.BeginOutputReadLine();
+        try
+        {
+            string? address = null;
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (address == null && DateTime.UtcNow < deadline && await p.StandardError.ReadLineAsync() is string line)
+            {
+                var m = System.Text.RegularExpressions.Regex.Match(line, @"on (http://127\.0\.0\.1:\d+/)");
+                if (m.Success) address = m.Groups[1].Value;
+            }
+            Assert.That(address, Is.Not.Null, "the server never said where it listens");
+            using var http = new HttpClient { BaseAddress = new Uri(address!) };
+            Assert.That((int)(await http.GetAsync("/health")).StatusCode, Is.EqualTo(200));
+            Assert.That((int)(await http.GetAsync("/v1/models")).StatusCode, Is.EqualTo(401));
+            http.DefaultRequestHeaders.Authorization = new("Bearer", "k123");
+            var resp = await http.PostAsync("/v1/completions", new StringContent("""{"model": "m", "prompt": "Hello", "max_tokens": 3, "temperature": 0}""", System.Text.Encoding.UTF8, "application/json"));
+            var body = await resp.Content.ReadAsStringAsync();
+            Assert.That((int)resp.StatusCode, Is.EqualTo(200), body);
+            Assert.That((int)JsonNode.Parse(body)!["usage"]!["completion_tokens"]!, Is.InRange(1, 3));
+            // the request's log line is written after the response: wait for it
+            var until = DateTime.UtcNow.AddSeconds(20);
+            while (!logs.Any(l => l.Contains("\"Category\":\"NativeLora.Server.Requests\"")) && DateTime.UtcNow < until) await Task.Delay(50);
+            var request = logs.Where(l => l.Contains("\"Category\":\"NativeLora.Server.Requests\"")).ToList();
+            Assert.That(request, Is.Not.Empty, "no JSON request log on stdout:\n" + string.Join("\n", logs));
+            Assert.That(request[0], Does.Contain("\"CompletionTokens\"").And.Not.Contain("Hello"), "request logs are structured and carry no prompt");
+        }
+        finally
+        {
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit(10_000);
+        }
+    }
+
+    [Test]
     public void ErrorsArePrintedWithoutAStackTraceAndExitNonZero()
     {
         var (code, _, stderr) = Run("generate", "--model", Path.Combine(_dir, "nope"), "--prompt-ids", "1");
