@@ -45,6 +45,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly HashSet<int> _stopIds;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly Dictionary<string, string> _adapterPaths = new(StringComparer.Ordinal);
+    private static readonly HashSet<string> Endpoints = new(StringComparer.Ordinal)
+        { "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/load_lora_adapter", "/v1/unload_lora_adapter" };
     private long _requestCounter;
 
     public ServerMetrics Metrics { get; }
@@ -154,9 +156,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         finally
         {
             int status = ctx.Items.TryGetValue("status", out var s) && s is int st ? st : ctx.Response.StatusCode;
+            // label values come only from bounded sets: clients choose paths and model names, and every new
+            // label value would be a new time series kept for the server's life
             var model = (string)ctx.Items["model"]!;
+            if (model.Length > 0 && model != _options.ModelName && !_engine.AdapterNames.Contains(model)) model = "unknown";
             if (path.StartsWith("/v1/", StringComparison.Ordinal))
-                Metrics.Requests.WithLabels(path, model, status.ToString()).Inc();
+                Metrics.Requests.WithLabels(Endpoints.Contains(path) ? path : "other", model, status.ToString()).Inc();
             if (status >= 400) Metrics.Errors.WithLabels(model, ctx.Items.TryGetValue("error", out var et) ? (string)et! : status.ToString()).Inc();
         }
     }

@@ -352,6 +352,12 @@ public class ServerTests
                      "nativelora_generated_tokens_total{model=\"alpha\"}", "nativelora_queue_depth", "nativelora_kv_cache_usage_ratio", "nativelora_decode_step_seconds",
                      "nativelora_decode_tokens_per_second", "nativelora_request_errors_total" })
             Assert.That(text, Does.Contain(name));
+        // clients cannot grow the label sets: unknown paths and model names share one label value each
+        await _s.Post("/v1/random-" + Guid.NewGuid().ToString("N"), new { });
+        await _s.Post("/v1/completions", Completion("model-" + Guid.NewGuid().ToString("N"), "hi"));
+        (_, text, _) = await _s.Get("/metrics");
+        Assert.That(text, Does.Contain("endpoint=\"other\"").And.Contain("model=\"unknown\",status=\"404\""));
+        Assert.That(text, Does.Not.Contain("random-").And.Not.Contain("model-"));
         var lines = _s.Log.Lines.Where(l => l.StartsWith("NativeLora.Server.Requests")).ToList();
         Assert.That(lines.Any(l => l.Contains("model=alpha") && l.Contains("completion_tokens=")), Is.True, string.Join("\n", lines));
         Assert.That(lines.Any(l => l.Contains("zebra")), Is.False, "prompt text logged without --log-prompts");
