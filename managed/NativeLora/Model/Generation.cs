@@ -88,33 +88,52 @@ public sealed class Decoder
     public Decoder(CausalLm model) => _model = model;
 
     /// <summary>Runs the prompt of an empty sequence from position 0; returns the logits of its last position [vocab].</summary>
-    public float[] Prefill(KvCache cache, KvSequence seq, ReadOnlySpan<int> prompt, int adapterSlot = -1)
+    public float[] Prefill(KvCache cache, KvSequence seq, ReadOnlySpan<int> prompt, int adapterSlot = -1) =>
+        Prefill(cache, new[] { seq }, new[] { prompt.ToArray() }, new[] { adapterSlot })[0];
+
+    /// <summary>
+    /// Runs the prompts of several empty sequences in one forward, packed into one row with a segment each
+    /// (attention never crosses them, positions restart at 0), each with its adapter slot (−1: none);
+    /// returns each prompt's last-position logits. Pages are reserved for every prompt first, so a failure
+    /// leaves no sequence half-filled.
+    /// </summary>
+    public float[][] Prefill(KvCache cache, IReadOnlyList<KvSequence> seqs, IReadOnlyList<int[]> prompts, int[] adapterSlots)
     {
         var m = _model;
         var c = m.Config;
         var k = m.Kernels;
         var dev = m.Device;
-        int t = prompt.Length;
-        if (t == 0) throw new ArgumentException("the prompt is empty");
-        if (seq.Length != 0) throw new InvalidOperationException("prefill needs an empty sequence");
-        if (!cache.TryReserve(seq, t)) throw new InvalidOperationException($"the KV cache has {cache.FreePages} free pages; the prompt of {t} tokens needs {cache.PagesFor(t)}");
-        var batch = TokenBatch.FromSequences(new[] { prompt.ToArray() });
-        EmbeddingOp.CheckIds(batch.Ids, c.VocabSize);
+        int n = seqs.Count;
+        if (prompts.Count != n || adapterSlots.Length != n) throw new ArgumentException($"{n} sequences, {prompts.Count} prompts and {adapterSlots.Length} adapter slots");
+        for (int i = 0; i < n; i++)
+        {
+            if (prompts[i].Length == 0) throw new ArgumentException("the prompt is empty");
+            if (seqs[i].Length != 0) throw new InvalidOperationException("prefill needs an empty sequence");
+        }
+        int needed = Enumerable.Range(0, n).Sum(i => Math.Max(0, cache.PagesFor(prompts[i].Length) - seqs[i].Pages.Count));
+        if (needed > cache.FreePages) throw new InvalidOperationException($"the KV cache has {cache.FreePages} free pages; the prompts need {needed}");
+        for (int i = 0; i < n; i++) cache.TryReserve(seqs[i], prompts[i].Length);
+        int t = prompts.Sum(p => p.Length);
+        var idsHost = prompts.SelectMany(p => p).ToArray();
+        EmbeddingOp.CheckIds(idsHost, c.VocabSize);
+        var posHost = prompts.SelectMany(p => Enumerable.Range(0, p.Length)).ToArray();
+        var segHost = prompts.SelectMany((p, i) => Enumerable.Repeat(i, p.Length)).ToArray();
+        var rowHost = Enumerable.Range(0, n).SelectMany(i => Enumerable.Range(0, prompts[i].Length).Select(j => CacheRow(cache, seqs[i], j))).ToArray();
         using var ids = dev.Allocate(DType.I32, t);
         using var pos = dev.Allocate(DType.I32, t);
         using var seg = dev.Allocate(DType.I32, t);
         using var rows = dev.Allocate(DType.I32, t);
-        using var slots = AdapterSlots(Enumerable.Repeat(adapterSlot, t).ToArray());
-        ids.CopyFrom<int>(batch.Ids);
-        pos.CopyFrom<int>(batch.Positions);
-        seg.CopyFrom<int>(batch.Segments);
-        rows.CopyFrom<int>(Enumerable.Range(0, t).Select(i => CacheRow(cache, seq, i)).ToArray());
+        using var slots = AdapterSlots(prompts.SelectMany((p, i) => Enumerable.Repeat(adapterSlots[i], p.Length)).ToArray());
+        ids.CopyFrom<int>(idsHost);
+        pos.CopyFrom<int>(posHost);
+        seg.CopyFrom<int>(segHost);
+        rows.CopyFrom<int>(rowHost);
         var shape = new AttentionShape(1, t, c.NumHeads, c.NumKvHeads, c.HeadDim);
         var x = dev.Allocate(m.DType, t, c.HiddenSize);
         var y = dev.Allocate(m.DType, t, c.HiddenSize);
         try
         {
-            EmbeddingOp.Forward(k, ids, batch.Ids, m.Embedding, x);
+            EmbeddingOp.Forward(k, ids, idsHost, m.Embedding, x);
             for (int l = 0; l < m.Layers.Count; l++)
             {
                 using (var a = m.Layers[l].Forward(dev, k, c, x, y, pos, seg, m.RopeCos, m.RopeSin, shape, slots))
@@ -124,8 +143,15 @@ public sealed class Decoder
                 }
                 (x, y) = (y, x);
             }
-            seq.Length = t;
-            return LastLogits(x.Slice(t - 1, 1))[0];
+            for (int i = 0; i < n; i++) seqs[i].Length = prompts[i].Length;
+            if (n == 1) return LastLogits(x.Slice(t - 1, 1));
+            using var last = dev.Allocate(m.DType, n, c.HiddenSize); // each prompt's last position
+            for (int i = 0, end = 0; i < n; i++)
+            {
+                end += prompts[i].Length;
+                x.Slice(end - 1, 1).CopyTo(last.Slice(i, 1));
+            }
+            return LastLogits(last);
         }
         finally
         {

@@ -68,8 +68,8 @@ public sealed class QueueFullException(int queued, TimeSpan retryAfter)
 
 /// <summary>
 /// Continuous batching over one model: a single loop owns the device, the paged KV cache and the
-/// adapter slots. Between decode steps it admits waiting requests (prefill, first token) while the
-/// batch has room and the cache has pages for the request's prompt plus max_tokens — reserved up
+/// adapter slots. Between decode steps it admits waiting requests (their prompts prefilled together
+/// in one packed forward, each then sampling its first token) while the batch has room and the cache has pages for the request's prompt plus max_tokens — reserved up
 /// front, so a running request never waits for memory and nothing is preempted — then feeds every
 /// running sequence one token in one batched step (rows may use different adapters). A request
 /// ends at a stop id, at max_tokens or the context length, or when its CancellationToken fires
@@ -252,16 +252,19 @@ public sealed class InferenceEngine : IDisposable
         }
     }
 
+    // admits waiting requests (first come, first served) while the batch and the cache have room, then
+    // prefills all of them in one packed forward and hands each its first token
     private void Admit()
     {
-        while (_running.Count < _options.MaxBatch)
+        var admitted = new List<Running>();
+        while (_running.Count + admitted.Count < _options.MaxBatch)
         {
             Pending p;
             lock (_lock)
             {
-                if (_waiting.First == null) return;
+                if (_waiting.First == null) break;
                 p = _waiting.First.Value;
-                if (!p.Cancel.IsCancellationRequested && _cache.PagesFor(p.Request.Prompt.Length + p.Request.MaxTokens) > _cache.FreePages) return; // first come, first served
+                if (!p.Cancel.IsCancellationRequested && _cache.PagesFor(p.Request.Prompt.Length + p.Request.MaxTokens) > _cache.FreePages) break;
                 _waiting.RemoveFirst();
             }
             p.Handle.QueueSeconds = Stopwatch.GetElapsedTime(p.SubmittedTicks).TotalSeconds;
@@ -278,20 +281,30 @@ public sealed class InferenceEngine : IDisposable
             };
             try
             {
-                if (req.Adapter != null) r.Slot = _slots.Acquire(req.Adapter);
+                if (req.Adapter != null) r.Slot = _slots.Acquire(req.Adapter); // unloaded while it waited: KeyNotFound
                 if (!_cache.TryReserve(r.Seq, req.Prompt.Length + req.MaxTokens)) throw new InvalidOperationException("the KV cache has no room for the request");
-                _running.Add(r);
-                float[] logits;
-                using (Diagnostics.OpProfiler.Time("prefill", _model.Device)) logits = _decoder.Prefill(_cache, r.Seq, req.Prompt, r.Slot);
-                Accept(r, logits);
+                admitted.Add(r);
             }
             catch (Exception e)
             {
-                if (!_running.Contains(r)) _running.Add(r);
                 Finish(r, null, e);
             }
-            Publish();
         }
+        if (admitted.Count == 0) return;
+        _running.AddRange(admitted);
+        float[][] logits;
+        try
+        {
+            using (Diagnostics.OpProfiler.Time("prefill", _model.Device))
+                logits = _decoder.Prefill(_cache, admitted.Select(r => r.Seq).ToList(), admitted.Select(r => r.Request.Prompt).ToList(), admitted.Select(r => r.Slot).ToArray());
+        }
+        catch (Exception e)
+        {
+            foreach (var r in admitted) Finish(r, null, e);
+            return;
+        }
+        for (int i = 0; i < admitted.Count; i++) Accept(admitted[i], logits[i]);
+        Publish();
     }
 
     private void DecodeStep()

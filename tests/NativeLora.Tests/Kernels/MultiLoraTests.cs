@@ -173,6 +173,48 @@ public class MultiLoraTests
         }
     }
 
+    [Test]
+    public void PackedPrefillEqualsPrefillsOneByOne([Values(false, true)] bool gpuVariant)
+    {
+        int seed = Check.FreshSeed();
+        var c = GenerationTests.TinyConfig("qwen2");
+        using var model = GenerationTests.TinyModel(c, seed);
+        model.Kernels = TestDevice.Variant(gpuVariant);
+        var root = Path.Combine(Path.GetTempPath(), $"nl-prefill-{Guid.NewGuid():N}");
+        try
+        {
+            var dir = SaveRandomAdapter(model, Path.Combine(root, "a"), new LoraConfig { R = 4, Alpha = 8, TargetModules = new[] { "q_proj", "k_proj", "up_proj" } }, seed + 1);
+            using var slots = new LoraSlots(model, capacity: 1, maxRank: 4);
+            slots.Load("a", dir);
+            int a = slots.Acquire("a");
+            var rng = new Random(seed);
+            var prompts = new[] { 3, 9, 1, 6 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray()).ToArray();
+            var slotOf = new[] { a, -1, a, -1 };
+            var decoder = new Decoder(model);
+            using var one = new KvCache(model, pageCount: 16, pageSize: 4);
+            var alone = prompts.Select((p, i) => decoder.Prefill(one, new KvSequence(), p, slotOf[i])).ToArray();
+            using var packed = new KvCache(model, pageCount: 16, pageSize: 4);
+            var seqs = prompts.Select(_ => new KvSequence()).ToArray();
+            var together = decoder.Prefill(packed, seqs, prompts, slotOf);
+            for (int i = 0; i < prompts.Length; i++) Check.Close(together[i], Ref.ToDouble(alone[i]), 1e-5, $"prompt {i} (length {prompts[i].Length})", seed);
+            Assert.That(seqs.Select(q => q.Length), Is.EqualTo(prompts.Select(p => p.Length)));
+            // the caches they wrote serve the next step alike
+            var next = together.Select(l => Sampler.ArgMax(l)).ToArray();
+            var step = decoder.Step(packed, seqs, next, slotOf);
+            for (int i = 0; i < prompts.Length; i++)
+            {
+                var full = model.Logits(TokenBatch.FromSequences(new[] { prompts[i].Append(next[i]).ToArray() }));
+                if (slotOf[i] >= 0) continue; // the full forward has no served adapters; base rows are compared
+                Check.Close(step[i], Ref.ToDouble(full.AsSpan(prompts[i].Length * c.VocabSize, c.VocabSize).ToArray()), 1e-5, $"step after packed prefill, prompt {i}", seed);
+            }
+            Assert.Throws<InvalidOperationException>(() => decoder.Prefill(packed, new[] { seqs[0] }, new[] { prompts[0] }, new[] { -1 }), "a sequence that already holds tokens");
+        }
+        finally
+        {
+            if (Directory.Exists(root)) Directory.Delete(root, true);
+        }
+    }
+
     internal static string SaveRandomAdapter(CausalLm model, string dir, LoraConfig config, int seed)
     {
         using var adapter = LoraAdapter.Attach(model, config with { Dropout = 0 }, seed);
