@@ -166,10 +166,7 @@ public static class ServeLoadBench
         var tokDir = Path.Combine(root, "artifacts", "tokenizers", "mistral");
         if (!File.Exists(Path.Combine(tokDir, "tokenizer.json"))) throw new FileNotFoundException($"{tokDir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh (./build.sh does)");
         var dir = Path.Combine(work, "model");
-        HfTokenizer.CopyFiles(tokDir, dir);
-        using var tok = HfTokenizer.Load(dir);
-        var config = ModelConfig.Load(configPath) with { VocabSize = tok.VocabSize, BosTokenId = tok.BosId, EosTokenId = tok.EosId };
-        ModelDirectory.Save(dir, config, RandomInit.Create(config, 0), Tensors.DType.F32);
+        RandomInit.SaveModelDirectory(dir, ModelConfig.Load(configPath), tokDir, seed: 0, Tensors.DType.F32);
         return dir;
     }
 

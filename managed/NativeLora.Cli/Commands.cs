@@ -8,7 +8,7 @@ namespace NativeLora.Cli;
 
 internal static class Commands
 {
-    private static ComputeDevice OpenDevice(DeviceOptions o)
+    internal static ComputeDevice OpenDevice(DeviceOptions o)
     {
         var device = ComputeDevice.Open(ComputeDevice.ParseKind(o.Device));
         Console.Error.WriteLine($"device: {device.Description}");
@@ -55,15 +55,8 @@ internal static class Commands
 
     public static int InitModel(InitModelOptions o)
     {
-        var config = ModelConfig.Load(o.Config);
-        if (o.Tokenizer != null)
-        {
-            using var tok = Text.HfTokenizer.Load(o.Tokenizer);
-            config = config with { VocabSize = tok.VocabSize, BosTokenId = tok.BosId, EosTokenId = tok.EosId };
-            Text.HfTokenizer.CopyFiles(o.Tokenizer, o.Out);
-        }
         var dtype = DTypeInfo.Parse(o.DType);
-        ModelDirectory.Save(o.Out, config, RandomInit.Create(config, o.Seed), dtype);
+        var config = RandomInit.SaveModelDirectory(o.Out, ModelConfig.Load(o.Config), o.Tokenizer, o.Seed, dtype);
         long parameters = CausalLm.ExpectedParameters(config).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
         Console.WriteLine($"wrote {o.Out}: {config.ModelType}, {config.NumLayers} layers, hidden {config.HiddenSize}, vocab {config.VocabSize}, {parameters:N0} parameters ({dtype.Name()})");
         return 0;

@@ -1,5 +1,4 @@
 using Microsoft.Extensions.Logging;
-using NativeLora.Devices;
 using NativeLora.Model;
 using NativeLora.Server;
 using NativeLora.Serving;
@@ -37,8 +36,7 @@ public static class ServeCommand
         };
         engineOptions.Validate();
 
-        using var device = ComputeDevice.Open(ComputeDevice.ParseKind(o.Device));
-        Console.Error.WriteLine($"device: {device.Description}");
+        using var device = Commands.OpenDevice(o);
         using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
         using var tokenizer = Text.HfTokenizer.Load(o.Model);
         using var engine = new InferenceEngine(model, engineOptions);

@@ -22,6 +22,22 @@ public static class RandomInit
         return weights;
     }
 
+    /// <summary>
+    /// Writes a model directory with random weights (`init-model`). With a tokenizer directory its files are
+    /// copied in and vocab_size, bos and eos come from it. Returns the config as written.
+    /// </summary>
+    public static ModelConfig SaveModelDirectory(string outDir, ModelConfig config, string? tokenizerDir, int seed, Tensors.DType dtype)
+    {
+        if (tokenizerDir != null)
+        {
+            using var tok = Text.HfTokenizer.Load(tokenizerDir);
+            config = config with { VocabSize = tok.VocabSize, BosTokenId = tok.BosId, EosTokenId = tok.EosId };
+            Text.HfTokenizer.CopyFiles(tokenizerDir, outDir);
+        }
+        ModelDirectory.Save(outDir, config, Create(config, seed), dtype);
+        return config;
+    }
+
     private static double Gaussian(Random rng)
     {
         double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();

@@ -207,23 +207,22 @@ public sealed class Tensor : IDisposable
         }
     }
 
-    /// <summary>Fills every byte; 0xFF makes every f32/bf16/f16 element a NaN (tests poison outputs with it).</summary>
+    /// <summary>Fills every byte and waits for it; 0xFF makes every f32/bf16/f16 element a NaN (tests poison outputs with it).</summary>
     public void FillBytes(byte value)
     {
-        ThrowIfDisposed();
-        Buffer.AsRawArrayView(ByteOffset, ByteLength).MemSet(value);
+        MemSet(value);
         Device.Accelerator.Synchronize();
     }
 
-    /// <summary>
-    /// Zeroes every byte, ordered after the kernels before it: on CUDA the memset joins the shared stream (no
-    /// wait); on the CPU queued kernels finish first, as before a native call, and the memset runs here.
-    /// </summary>
-    public void ZeroBytes()
+    /// <summary>Zeroes every byte without waiting (on CUDA the memset joins the shared stream).</summary>
+    public void ZeroBytes() => MemSet(0);
+
+    // ordered after the kernels queued before it: on the CPU they finish first, as before a native call
+    private void MemSet(byte value)
     {
         ThrowIfDisposed();
         Device.BeforeNativeCall();
-        Buffer.AsRawArrayView(ByteOffset, ByteLength).MemSet(0);
+        Buffer.AsRawArrayView(ByteOffset, ByteLength).MemSet(value);
     }
 
     /// <summary>Sets every element to NaN so that unwritten outputs are caught.</summary>

@@ -32,15 +32,13 @@ public sealed class ServerWorld : IDisposable
         AdapterRoot = Path.Combine(Root, "adapters");
         var tokDir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "mistral");
         Assert.That(File.Exists(Path.Combine(tokDir, "tokenizer.json")), Is.True, $"{tokDir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
-        HfTokenizer.CopyFiles(tokDir, ModelDir);
-        Tokenizer = HfTokenizer.Load(ModelDir);
-        var config = new ModelConfig
+        var config = new ModelConfig // vocabulary, bos and eos come from the tokenizer
         {
-            ModelType = "llama", VocabSize = Tokenizer.VocabSize, HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
+            ModelType = "llama", HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
             HeadDim = 16, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositionEmbeddings = 1024, TieWordEmbeddings = true,
-            BosTokenId = Tokenizer.BosId, EosTokenId = Tokenizer.EosId,
         };
-        ModelDirectory.Save(ModelDir, config, RandomInit.Create(config, 3), global::NativeLora.Tensors.DType.F32);
+        RandomInit.SaveModelDirectory(ModelDir, config, tokDir, seed: 3, global::NativeLora.Tensors.DType.F32);
+        Tokenizer = HfTokenizer.Load(ModelDir);
         _reference = LoadModel();
         MultiLoraTests.SaveRandomAdapter(_reference, Path.Combine(AdapterRoot, "alpha"), new LoraConfig { R = 8, Alpha = 16, TargetModules = new[] { "q_proj", "v_proj", "o_proj" } }, 11);
         MultiLoraTests.SaveRandomAdapter(_reference, Path.Combine(AdapterRoot, "beta"), new LoraConfig { R = 4, Alpha = 8, UseRslora = true }, 12);
