@@ -4,16 +4,30 @@ using static NativeLora.Ops.FloatDispatch;
 
 namespace NativeLora.Ops;
 
-/// <summary>Sizes of one attention call: batch rows of seqLen tokens, heads query heads sharing kvHeads key/value heads.</summary>
-public readonly record struct AttentionShape(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim)
+/// <summary>
+/// Sizes of one attention call: Batch rows, each with Keys key/value positions of which the last SeqLen
+/// are the queries (query i sits at key position Keys − SeqLen + i); Heads query heads share KvHeads
+/// key/value heads. KeyLen 0 means Keys = SeqLen (training, eval, a prefill from position 0). KeyLen &gt;
+/// SeqLen continues after keys that are already there (a prefill after a cached prefix): the caller
+/// gathers the cached keys/values in front of the new ones. Layout: q, o [B·SeqLen, H·hd]; k, v
+/// [B·Keys, KV·hd]; segments I32 [B·Keys] (of the keys; a query's segment is its key position's);
+/// lse f32 [B·H·SeqLen], entry (b·H + h)·SeqLen + i.
+/// </summary>
+public readonly record struct AttentionShape(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim, int KeyLen = 0)
 {
     public int Tokens => Batch * SeqLen;
+    public int Keys => KeyLen == 0 ? SeqLen : KeyLen;
+    /// <summary>Key position of query 0 (the causal offset).</summary>
+    public int QueryOffset => Keys - SeqLen;
+    public int Group => Heads / KvHeads;
     public float Scale => 1f / MathF.Sqrt(HeadDim);
 
     public void Validate()
     {
-        if (Batch < 1 || SeqLen < 1 || Heads < 1 || KvHeads < 1 || HeadDim < 1)
+        if (Batch < 1 || SeqLen < 1 || Heads < 1 || KvHeads < 1 || HeadDim < 1 || KeyLen < 0)
             throw new ArgumentException($"invalid attention shape {this}");
+        if (Keys < SeqLen)
+            throw new ArgumentException($"attention needs at least as many keys as queries, got {Keys} keys for {SeqLen} queries");
         if (Heads % KvHeads != 0)
             throw new ArgumentException($"grouped-query attention needs n_kv_heads to divide n_heads, got {Heads} and {KvHeads}");
         if (HeadDim > Attention.MaxHeadDim)
@@ -101,6 +115,7 @@ public static class AttentionOp
     private static void Check(Tensor q, Tensor key, Tensor v, Tensor segments, Tensor lse, AttentionShape s)
     {
         s.Validate();
+        if (s.Keys != s.SeqLen) throw new NotSupportedException("attention after cached keys (KeyLen > SeqLen) lands with the GEMM attention path");
         RequireElements(q, (long)s.Tokens * s.Heads * s.HeadDim, "q");
         RequireElements(key, (long)s.Tokens * s.KvHeads * s.HeadDim, "k");
         RequireElements(v, key.ElementCount, "v");
