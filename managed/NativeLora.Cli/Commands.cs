@@ -162,7 +162,7 @@ internal static class Commands
         {
             var metrics = Path.Combine(o.Run, "metrics.jsonl");
             if (!File.Exists(metrics)) throw new FileNotFoundException($"{o.Run}: no metrics.jsonl", metrics);
-            var history = File.ReadAllLines(metrics).Select(l => System.Text.Json.JsonSerializer.Deserialize<Training.StepMetrics>(l, Training.Trainer.MetricsJson)!).ToList();
+            var history = Training.StepMetrics.ReadJsonl(metrics);
             var overfit = Evaluation.OverfitReport.Analyze(history);
             Console.WriteLine($"overfitting ({metrics}): {overfit.Summary}");
             json["overfitting"] = overfit.Summary;

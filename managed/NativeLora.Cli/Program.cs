@@ -1,23 +1,34 @@
 using CommandLine;
 using NativeLora.Cli;
 
-// The `nativelora` command: one verb per operation. Errors are printed without a stack trace
-// (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
-return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions, EvalOptions, ExportGgufOptions, InspectOptions, ServeOptions>(args)
-    .MapResult(
-        (InfoOptions o) => Run(() => Commands.Info(o)),
-        (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
-        (InitModelOptions o) => Run(() => Commands.InitModel(o)),
-        (ImportOptions o) => Run(() => Commands.Import(o)),
-        (GenerateOptions o) => Run(() => Commands.Generate(o)),
-        (TrainOptions o) => Run(() => TrainCommand.Run(o)),
-        (MergeOptions o) => Run(() => Commands.Merge(o)),
-        (PlanOptions o) => Run(() => Commands.Plan(o)),
-        (EvalOptions o) => Run(() => Commands.Eval(o)),
-        (ExportGgufOptions o) => Run(() => Commands.ExportGguf(o)),
-        (InspectOptions o) => Run(() => Commands.Inspect(o)),
-        (ServeOptions o) => Run(() => ServeCommand.Run(o)),
-        _ => 2);
+// The `nativelora` command: one verb per operation. Help and version go to stdout with exit 0; usage
+// errors are one `error:` line on stderr with exit 2; a failed command prints `error: <reason>` without a
+// stack trace (set NATIVELORA_DEBUG=1 to see it) and exits 1.
+Type[] verbs =
+[
+    typeof(InfoOptions), typeof(SelfCheckOptions), typeof(InitModelOptions), typeof(ImportOptions), typeof(GenerateOptions), typeof(TrainOptions),
+    typeof(MergeOptions), typeof(PlanOptions), typeof(EvalOptions), typeof(ExportGgufOptions), typeof(InspectOptions), typeof(ServeOptions),
+];
+using var parser = new Parser(s => { s.HelpWriter = null; s.AutoHelp = true; s.AutoVersion = true; });
+var arguments = Usage.Normalize(args);
+var result = parser.ParseArguments(arguments, verbs);
+if (result is not Parsed<object> parsed) return Usage.Report(parser, arguments, (NotParsed<object>)result, verbs, Console.Out, Console.Error);
+return Run(() => parsed.Value switch
+{
+    InfoOptions o => Commands.Info(o),
+    SelfCheckOptions o => Commands.SelfCheck(o),
+    InitModelOptions o => Commands.InitModel(o),
+    ImportOptions o => Commands.Import(o),
+    GenerateOptions o => Commands.Generate(o),
+    TrainOptions o => TrainCommand.Run(o),
+    MergeOptions o => Commands.Merge(o),
+    PlanOptions o => Commands.Plan(o),
+    EvalOptions o => Commands.Eval(o),
+    ExportGgufOptions o => Commands.ExportGguf(o),
+    InspectOptions o => Commands.Inspect(o),
+    ServeOptions o => ServeCommand.Run(o),
+    var o => throw new InvalidOperationException($"no command for {o.GetType().Name}"),
+});
 
 static int Run(Func<int> command)
 {

@@ -9,7 +9,24 @@ namespace NativeLora.Training;
 
 /// <summary>One optimizer step's figures (also one line of metrics.jsonl).</summary>
 public sealed record StepMetrics(int Step, int Epoch, double Loss, double? ValLoss, double Lr, double GradNorm, double TokensPerSecond,
-    long MemoryBytes, int Tokens, bool Skipped, double ElapsedSeconds, int TotalSteps);
+    long MemoryBytes, int Tokens, bool Skipped, double ElapsedSeconds, int TotalSteps)
+{
+    /// <summary>A run's metrics.jsonl, one step per line (empty when the file does not exist yet).</summary>
+    public static List<StepMetrics> ReadJsonl(string path)
+    {
+        if (!File.Exists(path)) return new();
+        var steps = new List<StepMetrics>();
+        int line = 0;
+        foreach (var text in File.ReadLines(path))
+        {
+            line++;
+            if (text.Length == 0) continue;
+            try { steps.Add(JsonSerializer.Deserialize<StepMetrics>(text, Trainer.MetricsJson) ?? throw new JsonException("null")); }
+            catch (JsonException e) { throw new InvalidDataException($"{path}:{line}: not a metrics line ({e.Message})", e); }
+        }
+        return steps;
+    }
+}
 
 /// <summary>Raised when training cannot go on (e.g. too many non-finite losses in a row); the last checkpoint is intact.</summary>
 public sealed class TrainingStoppedException(string message) : Exception(message);
@@ -21,7 +38,7 @@ public sealed class TrainingStoppedException(string message) : Exception(message
 /// checkpoints every save_steps that resume to exactly the same losses, and non-finite steps
 /// skipped and reported. Metrics go to metrics.jsonl in the output directory.
 /// </summary>
-public sealed class Trainer
+public sealed partial class Trainer
 {
     private readonly TrainingConfig _c;
     private readonly CausalLm _model;

@@ -220,3 +220,86 @@ public class CliTests
         Assert.That(stdout + stderr + File.ReadAllText(report), Does.Not.Contain("sk-test-secret"), "the key is never printed");
     }
 }
+
+/// <summary>Help and version on stdout with exit 0; unknown verbs and options named on stderr with a hint and exit 2 (the built launcher).</summary>
+public class CliConventionTests
+{
+    [TestCase("--help")]
+    [TestCase("-h")]
+    [TestCase("help")]
+    public void TopLevelHelpListsTheVerbsOnStdout(string form)
+    {
+        var (code, stdout, stderr) = CliTests.Run(form);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stderr, Is.Empty);
+        Assert.That(stdout, Does.StartWith("nativelora ").And.Contain("usage: nativelora VERB"));
+        foreach (var verb in new[] { "train", "generate", "merge", "export-gguf", "serve", "plan", "eval" })
+            Assert.That(stdout, Does.Match($@"(?m)^\s+{verb}\s"), verb);
+    }
+
+    [TestCase("help", "train")]
+    [TestCase("train", "--help")]
+    [TestCase("train", "-h")]
+    [TestCase("generate", "--model", "m", "--help")]
+    public void VerbHelpListsItsOptionsOnStdout(params string[] args)
+    {
+        var (code, stdout, stderr) = CliTests.Run(args);
+        var verb = args[0] == "help" ? args[1] : args[0];
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stderr, Is.Empty);
+        Assert.That(stdout, Does.Contain($"usage: nativelora {verb} [OPTIONS]"));
+        Assert.That(stdout, Does.Contain(verb == "train" ? "--learning-rate" : "--max-new-tokens"));
+    }
+
+    [TestCase("--version")]
+    [TestCase("version")]
+    public void VersionIsOneLineOnStdout(string form)
+    {
+        var (code, stdout, stderr) = CliTests.Run(form);
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stderr, Is.Empty);
+        Assert.That(stdout, Does.Match(@"^nativelora \d+\.\d+\.\d+\S*\n$"));
+        var props = File.ReadAllText(Path.Combine(Native.BindingCoverageTests.RepoRoot(), "Directory.Build.props"));
+        var version = System.Text.RegularExpressions.Regex.Match(props, "<Version>([^<]+)</Version>").Groups[1].Value;
+        Assert.That(stdout, Does.StartWith($"nativelora {version}"), "the version is the one Directory.Build.props gives every package");
+    }
+
+    [TestCase(new[] { "trian" }, "unknown verb 'trian'", "did you mean 'train'?")]
+    [TestCase(new[] { "genrate", "--model", "m" }, "unknown verb 'genrate'", "did you mean 'generate'?")]
+    [TestCase(new[] { "help", "mrege" }, "unknown verb 'mrege'", "did you mean 'merge'?")]
+    [TestCase(new[] { "train", "--learning-rat", "0.1" }, "train: unknown option '--learning-rat'", "did you mean '--learning-rate'?")]
+    [TestCase(new[] { "generate", "--model", "m", "--max-tokens", "3" }, "generate: unknown option '--max-tokens'", "did you mean '--max-new-tokens'?")]
+    [TestCase(new[] { "plan", "--modle", "x" }, "plan: unknown option '--modle'", "did you mean '--model'?")]
+    [TestCase(new[] { "frobnicate" }, "unknown verb 'frobnicate'", "'nativelora --help' lists the verbs")]
+    public void UnknownVerbsAndOptionsExitTwoWithAHint(string[] args, string reason, string hint)
+    {
+        var (code, stdout, stderr) = CliTests.Run(args);
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(stdout, Is.Empty);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(lines, Has.Length.EqualTo(1), stderr);
+        Assert.That(lines[0], Does.StartWith("error: ").And.Contain(reason).And.Contain(hint));
+    }
+
+    [Test]
+    public void MissingVerbOrValueIsAUsageError()
+    {
+        var (code, stdout, stderr) = CliTests.Run();
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(stdout, Is.Empty);
+        Assert.That(stderr, Does.Contain("train").And.EndWith("error: no verb given\n"));
+        (code, stdout, stderr) = CliTests.Run("generate", "--prompt", "hi");
+        Assert.That(code, Is.EqualTo(2));
+        Assert.That(stderr.Trim(), Does.StartWith("error: generate: ").And.Contain("model"));
+    }
+
+    [TestCase("train", "trian")]
+    [TestCase("--learning-rate", "--learnign-rate")]
+    [TestCase("--max-new-tokens", "--max-new")]
+    public void ClosestNameForgivesTyposAndPrefixes(string expected, string typed)
+    {
+        var known = new[] { "train", "generate", "merge", "--learning-rate", "--lora-r", "--max-new-tokens", "--max-seq-len" };
+        Assert.That(NativeLora.Cli.Usage.Closest(typed, known), Is.EqualTo(expected));
+        Assert.That(NativeLora.Cli.Usage.Closest("zzzzzz", known), Is.Null, "nothing near: no hint");
+    }
+}
