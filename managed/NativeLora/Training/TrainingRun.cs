@@ -53,6 +53,12 @@ public sealed partial class Trainer
     {
         config.Validate();
         using var device = ComputeDevice.Open(ComputeDevice.ParseKind(config.Device));
+        return Run(config, device, progress, resume);
+    }
+
+    /// <summary>The same run on a device the caller has open (the device is process-wide: one at a time); config.device is not consulted.</summary>
+    public static TrainingResult Run(TrainingConfig config, ComputeDevice device, IProgress<TrainingProgress>? progress = null, bool resume = false)
+    {
         var plan = Plan(config, device);
         foreach (var line in plan.ToString().Split('\n')) Info(progress, line);
         var c = config;
