@@ -1,5 +1,3 @@
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using NativeLora.Devices;
 using NativeLora.Training;
 using Spectre.Console;
@@ -9,26 +7,9 @@ namespace NativeLora.Cli;
 /// <summary>`nativelora train`: resolves the config from file and flags, then hands it to <see cref="Trainer.Run(TrainingConfig, IProgress{TrainingProgress}?, bool)"/> with a progress bar.</summary>
 internal static class TrainCommand
 {
-    public static TrainingConfig Resolve(TrainOptions o)
-    {
-        JsonObject json = new();
-        if (o.ConfigFile != null)
-        {
-            if (!File.Exists(o.ConfigFile)) throw new FileNotFoundException($"training config '{o.ConfigFile}' does not exist", o.ConfigFile);
-            try { json = JsonNode.Parse(File.ReadAllText(o.ConfigFile), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject ?? throw new InvalidDataException($"{o.ConfigFile}: the top level must be an object"); }
-            catch (JsonException e) { throw new InvalidDataException($"{o.ConfigFile}: {e.Message}", e); }
-        }
-        var merged = o.Merge(json);
-        TrainingConfig config;
-        try { config = merged.Deserialize<TrainingConfig>(TrainingConfig.Json)!; }
-        catch (JsonException e) { throw new InvalidDataException($"{o.ConfigFile ?? "command line"}: {e.Message}", e); }
-        config.Validate();
-        return config;
-    }
-
     public static int Run(TrainOptions o)
     {
-        var c = Resolve(o);
+        var c = TrainingConfig.Load(o.ConfigFile, o.Overrides());
         if (o.DryRun)
         {
             TrainingPlan plan;

@@ -146,10 +146,10 @@ public sealed class TrainOptions
     [Option("max-consecutive-non-finite", HelpText = "Config key max_consecutive_non_finite.")]
     public int? MaxConsecutiveNonFinite { get; set; }
 
-    /// <summary>The config file's keys with every given flag laid over them.</summary>
-    public JsonObject Merge(JsonObject fromFile)
+    /// <summary>The config keys the given flags set, to lay over the config file's (TrainingConfig.Load).</summary>
+    public JsonObject Overrides()
     {
-        var o = fromFile;
+        var o = new JsonObject();
         foreach (var (key, value) in Flags())
             if (value != null) o[key] = value;
         return o;

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using NativeLora.Lora;
 
@@ -105,17 +106,29 @@ public sealed record TrainingConfig
         AllowTrailingCommas = true,
     };
 
-    public static TrainingConfig Load(string path)
+    /// <summary>
+    /// A run's config: the JSON file's keys (snake_case, comments and trailing commas allowed; null for none)
+    /// with <paramref name="overrides"/> laid over them (what `train` does with its flags), validated.
+    /// </summary>
+    public static TrainingConfig Load(string? path, JsonObject? overrides = null)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"training config '{path}' does not exist", path);
-        try
+        var json = new JsonObject();
+        if (path != null)
         {
-            return JsonSerializer.Deserialize<TrainingConfig>(File.ReadAllText(path), Json) ?? throw new InvalidDataException($"{path}: empty config");
+            if (!File.Exists(path)) throw new FileNotFoundException($"training config '{path}' does not exist", path);
+            try
+            {
+                json = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject
+                    ?? throw new InvalidDataException($"{path}: the top level must be an object");
+            }
+            catch (JsonException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
         }
-        catch (JsonException e)
-        {
-            throw new InvalidDataException($"{path}: {e.Message}", e);
-        }
+        foreach (var (key, value) in overrides ?? new JsonObject()) json[key] = value?.DeepClone();
+        TrainingConfig config;
+        try { config = json.Deserialize<TrainingConfig>(Json) ?? throw new InvalidDataException($"{path}: empty config"); }
+        catch (JsonException e) { throw new InvalidDataException($"{path ?? "command line"}: {e.Message}", e); }
+        config.Validate();
+        return config;
     }
 
     public string ToJson() => JsonSerializer.Serialize(this, Json);
