@@ -5,6 +5,8 @@
 #   ./build.sh demo     ... then run the quickstart
 #   ./build.sh bench    ... then run the BenchmarkDotNet benchmarks (bench/RESULTS.md records them)
 #   ./build.sh bundle   ... then make the GPU bundle (bench/gpu/bundle.sh -> artifacts/gpu-bundle/ and .tar)
+#   ./build.sh pack     ... then the NuGet packages (NativeLora, NativeLora.Kernels, NativeLora.Cli tool, and
+#                       NativeLora.Runtime.Cuda where the CUDA toolkit is) -> artifacts/packages/
 # Environment: NL_BACKEND=auto|cuda|cpu picks the native backend (CMake's choice by default).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -80,6 +82,30 @@ run_tests() {
   [ "$rc" = 0 ] && [ "$failed" = 0 ] && [ "$passed" -gt 0 ]
 }
 
+run_pack() {
+  # NativeLora carries a CPU (OpenBLAS) core whatever this build's backend is; a CUDA core goes into its own package
+  local pack="$ART/native-pack"
+  mkdir -p "$pack"
+  if grep -q "nativelora: CPU backend" "$ART/cmake.log"; then
+    cp "$ART/native/libnativelora.so" "$pack/libnativelora.so"
+  else
+    cp "$ART/native/libnativelora.so" "$pack/libnativelora_cuda.so"
+    log "CPU core for the NativeLora package"
+    cmake -S "$ROOT" -B "$ART/native-build-cpu" -DCMAKE_BUILD_TYPE=Release -DNL_BACKEND=cpu >"$ART/cmake-cpu.log" 2>&1 \
+      || { cat "$ART/cmake-cpu.log" >&2; exit 1; }
+    cmake --build "$ART/native-build-cpu" -j "$(nproc)" >/dev/null
+    cp "$ART/native-build-cpu/libnativelora.so" "$pack/libnativelora.so"
+  fi
+  log "NuGet packages -> artifacts/packages"
+  for p in kernels/NativeLora.Kernels managed/NativeLora managed/NativeLora.Cli; do
+    dotnet pack "$ROOT/$p" -c $CONFIG --no-build -nologo -v:q -o "$ART/packages" -p:NativeLoraCpuCore="$pack/libnativelora.so" >/dev/null
+  done
+  if [ -f "$pack/libnativelora_cuda.so" ]; then
+    dotnet pack "$ROOT/packaging/NativeLora.Runtime.Cuda" -c $CONFIG -nologo -v:q -o "$ART/packages" -p:NativeLoraCudaCore="$pack/libnativelora_cuda.so" >/dev/null
+  fi
+  ls -1 "$ART/packages"/*.nupkg >&2
+}
+
 run_demo() {
   local cli="$ART/bin/nativelora" model="$ROOT/runs/demo-model"
   log "demo 1/4: backend and GEMM self-check"
@@ -103,8 +129,8 @@ run_demo() {
 
 cmd=${1:-build}
 case "$cmd" in
-  build|test|demo|bench|bundle) ;;
-  *) echo "usage: ./build.sh [build|test|demo|bench|bundle]" >&2; exit 2 ;;
+  build|test|demo|bench|bundle|pack) ;;
+  *) echo "usage: ./build.sh [build|test|demo|bench|bundle|pack]" >&2; exit 2 ;;
 esac
 install_deps
 mkdir -p "$ART"
@@ -115,6 +141,7 @@ bash "$ROOT/scripts/fetch-tokenizers.sh"
 case "$cmd" in
   test) run_tests ;;
   demo) run_demo ;;
+  pack) run_pack ;;
   bundle) bash "$ROOT/bench/gpu/bundle.sh" "${@:2}" ;;
   bench)
     # the CPU peer of `nativelora-bench train --peer torch` is Debian's PyTorch under /usr/bin/python3

@@ -17,8 +17,8 @@ internal static class Commands
 
     public static int Info(InfoOptions o)
     {
+        using var device = OpenDevice(o); // first: --device decides which core loads where both are installed
         Console.WriteLine($"native backend: {NativeCore.BackendName} (ABI {NativeCore.AbiVersion})");
-        using var device = OpenDevice(o);
         var (free, total) = device.MemoryInfo();
         Console.WriteLine($"memory: {free / (1 << 20):N0} MiB free of {total / (1 << 20):N0} MiB");
         return 0;

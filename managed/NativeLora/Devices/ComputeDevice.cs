@@ -72,6 +72,8 @@ public sealed class ComputeDevice : IDisposable
         {
             if (s_open != null)
                 throw new InvalidOperationException("a ComputeDevice is already open; dispose it first (the native core is process-global)");
+            // decides which core loads, where both are installed (the first native call loads it)
+            Native.NativeLibraryResolver.PreferCpu = requested == DeviceKind.Cpu;
             var nativeIsCuda = NativeCore.IsCuda;
             var kind = requested;
             if (kind == DeviceKind.Auto)
