@@ -132,7 +132,7 @@ internal static class Commands
         if (!dtype.IsFloat()) throw new ArgumentException($"--dtype must be bf16, f16 or f32, got {o.DType}");
         using var device = OpenDevice(o);
         var weights = o.Weights != null && o.Weights.Any() ? o.Weights.ToList() : null;
-        Export.LoraMerge.Run(device, o.Model, o.Adapters.ToList(), weights, o.Out, dtype, o.MaxShardSize);
+        Export.LoraMerge.Run(device, Hub.ModelSource.Resolve(o.Model), o.Adapters.Select(a => Hub.ModelSource.Resolve(a)).ToList(), weights, o.Out, dtype, o.MaxShardSize);
         Console.WriteLine($"merged {string.Join(" + ", o.Adapters)} into {o.Model} -> {o.Out} ({dtype.Name()})");
         return 0;
     }
@@ -236,13 +236,13 @@ internal static class Commands
         if (o.AdapterOnly)
         {
             if (o.Adapter == null) throw new ArgumentException("--adapter-only needs --adapter");
-            Export.GgufExport.WriteAdapter(o.Model, o.Adapter, o.Out);
+            Export.GgufExport.WriteAdapter(Hub.ModelSource.Resolve(o.Model), Hub.ModelSource.Resolve(o.Adapter), o.Out);
             Console.WriteLine($"wrote {o.Out} (GGUF LoRA adapter, {new FileInfo(o.Out).Length:N0} bytes)");
             return 0;
         }
         var type = Export.GgufExport.ParseType(o.Type);
         using var device = OpenDevice(o);
-        Export.GgufExport.Run(device, o.Model, o.Adapter, o.Out, type);
+        Export.GgufExport.Run(device, Hub.ModelSource.Resolve(o.Model), o.Adapter == null ? null : Hub.ModelSource.Resolve(o.Adapter), o.Out, type);
         Console.WriteLine($"wrote {o.Out} ({o.Type}, {new FileInfo(o.Out).Length:N0} bytes)");
         return 0;
     }

@@ -9,6 +9,7 @@ Type[] verbs =
     typeof(InfoOptions), typeof(SelfCheckOptions), typeof(InitModelOptions), typeof(ImportOptions), typeof(GenerateOptions), typeof(TrainOptions),
     typeof(MergeOptions), typeof(PlanOptions), typeof(EvalOptions), typeof(ExportGgufOptions), typeof(InspectOptions), typeof(ServeOptions),
 ];
+NativeLora.Hub.ModelSource.DownloadProgress = new DownloadBar(Console.Error);
 using var parser = new Parser(s => { s.HelpWriter = null; s.AutoHelp = true; s.AutoVersion = true; });
 var arguments = Usage.Normalize(args);
 var result = parser.ParseArguments(arguments, verbs);

@@ -20,12 +20,12 @@ public static class ServeCommand
         {
             int eq = a.IndexOf('=');
             if (eq <= 0 || eq == a.Length - 1) throw new ArgumentException($"--adapter '{a}': expected name=DIR");
-            return (Name: a[..eq], Dir: a[(eq + 1)..]);
+            return (Name: a[..eq], Dir: Hub.ModelSource.Resolve(a[(eq + 1)..]));
         }).ToList();
         var serverOptions = new ServerOptions
         {
             Host = o.Host, Port = o.Port, ApiKey = apiKey, AdapterDirectory = o.AdapterDir,
-            ModelName = o.ServedModelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(o.Model))),
+            ModelName = o.ServedModelName ?? (!Directory.Exists(o.Model) && Hub.HubId.TryParse(o.Model, out var id) ? id.Repo : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(o.Model)))),
             MaxBodyBytes = o.MaxBodyBytes, MaxPromptTokens = o.MaxPromptTokens, DefaultMaxTokens = o.DefaultMaxTokens, LogPrompts = o.LogPrompts,
         };
         serverOptions.Validate();

@@ -172,6 +172,7 @@ public sealed class LoraAdapter : IDisposable
     /// <summary>Loads a PEFT adapter directory onto the model; every missing, extra or misshapen tensor is reported by name.</summary>
     public static LoraAdapter Load(CausalLm model, string dir)
     {
+        dir = Hub.ModelSource.Resolve(dir);
         var cfgPath = Path.Combine(dir, ConfigFileName);
         if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{dir}: no {ConfigFileName} (expected a PEFT adapter directory)", cfgPath);
         JsonObject json;

@@ -39,6 +39,7 @@ public static class ModelDirectory
 
     public static ModelConfig ReadConfig(string dir)
     {
+        dir = Hub.ModelSource.Resolve(dir);
         if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory '{dir}' does not exist");
         var path = Path.Combine(dir, ConfigFileName);
         if (!File.Exists(path)) throw new FileNotFoundException($"{dir}: no {ConfigFileName} (expected a Hugging Face model directory)", path);
@@ -48,6 +49,7 @@ public static class ModelDirectory
     public static CausalLm Load(ComputeDevice device, string dir, DType computeDType)
     {
         if (!computeDType.IsFloat()) throw new ArgumentException($"compute dtype must be f32, bf16 or f16, got {computeDType.Name()}");
+        dir = Hub.ModelSource.Resolve(dir);
         var config = ReadConfig(dir);
         using var files = ShardedSafeTensors.Open(dir);
         var expected = CausalLm.ExpectedParameters(config);

@@ -102,7 +102,7 @@ public sealed class HfTokenizer : IDisposable
     /// <summary>Loads a tokenizer directory. Missing or malformed files raise exceptions whose message names the file.</summary>
     public static HfTokenizer Load(string modelDir)
     {
-        string dir = Path.GetFullPath(modelDir);
+        string dir = Path.GetFullPath(Hub.ModelSource.Resolve(modelDir));
         if (!System.IO.Directory.Exists(dir))
             throw new DirectoryNotFoundException($"tokenizer directory not found: {dir}");
         string jsonPath = Path.Combine(dir, "tokenizer.json");

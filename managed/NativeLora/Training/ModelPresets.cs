@@ -13,11 +13,11 @@ public static class ModelPresets
         ["mistral-7b"] = """{"model_type":"mistral","vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"max_position_embeddings":32768,"rope_theta":10000.0,"sliding_window":4096}""",
     };
 
-    /// <summary>A preset name or an HF model directory.</summary>
+    /// <summary>A preset name, an HF model directory or a Hub id.</summary>
     public static ModelConfig Resolve(string nameOrDir) =>
         Json.TryGetValue(nameOrDir, out var json)
             ? ModelConfig.FromJson(JsonNode.Parse(json)!.AsObject(), nameOrDir)
-            : Directory.Exists(nameOrDir)
+            : Directory.Exists(nameOrDir) || Hub.HubId.TryParse(nameOrDir, out _)
                 ? ModelDirectory.ReadConfig(nameOrDir)
                 : throw new ArgumentException($"'{nameOrDir}' is neither a model directory nor a preset ({string.Join(", ", Json.Keys)})");
 }
