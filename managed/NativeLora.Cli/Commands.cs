@@ -15,6 +15,10 @@ internal static class Commands
         return device;
     }
 
+    /// <summary>--model, or the base model the (first) adapter names; either may be a Hub id, which the loaders resolve.</summary>
+    internal static string ModelOf(string? model, string? adapter) =>
+        model ?? (adapter != null ? Hub.ModelSource.BaseModelOf(adapter) : throw new ArgumentException("give --model (or an --adapter whose adapter_config.json names its base model)"));
+
     public static int Info(InfoOptions o)
     {
         using var device = OpenDevice(o); // first: --device decides which core loads where both are installed
@@ -77,8 +81,9 @@ internal static class Commands
         sampling.Validate();
         bool hasIds = o.PromptIds != null && o.PromptIds.Any();
         if (hasIds == (o.Prompt != null)) throw new ArgumentException("give exactly one of --prompt or --prompt-ids");
+        var modelDir = ModelOf(o.Model, o.Adapter);
         using var device = OpenDevice(o);
-        using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
+        using var model = ModelDirectory.Load(device, modelDir, device.ResolveDType(o.DType));
         using var adapter = o.Adapter != null ? Lora.LoraAdapter.Load(model, o.Adapter) : null;
         Text.HfTokenizer? tok = null;
         try
@@ -87,7 +92,7 @@ internal static class Commands
             if (hasIds) prompt = o.PromptIds!.ToArray();
             else
             {
-                tok = Text.HfTokenizer.Load(o.Model);
+                tok = Text.HfTokenizer.Load(modelDir);
                 prompt = o.Chat
                     ? new Data.ExampleFormatter(tok, false).PromptIds(ChatOf(o))
                     : tok.Encode(o.Prompt!, addSpecialTokens: true);
@@ -130,10 +135,11 @@ internal static class Commands
     {
         var dtype = DTypeInfo.Parse(o.DType);
         if (!dtype.IsFloat()) throw new ArgumentException($"--dtype must be bf16, f16 or f32, got {o.DType}");
+        var modelDir = ModelOf(o.Model, o.Adapters.FirstOrDefault());
         using var device = OpenDevice(o);
         var weights = o.Weights != null && o.Weights.Any() ? o.Weights.ToList() : null;
-        Export.LoraMerge.Run(device, Hub.ModelSource.Resolve(o.Model), o.Adapters.Select(a => Hub.ModelSource.Resolve(a)).ToList(), weights, o.Out, dtype, o.MaxShardSize);
-        Console.WriteLine($"merged {string.Join(" + ", o.Adapters)} into {o.Model} -> {o.Out} ({dtype.Name()})");
+        Export.LoraMerge.Run(device, Hub.ModelSource.Resolve(modelDir), o.Adapters.Select(a => Hub.ModelSource.Resolve(a)).ToList(), weights, o.Out, dtype, o.MaxShardSize);
+        Console.WriteLine($"merged {string.Join(" + ", o.Adapters)} into {modelDir} -> {o.Out} ({dtype.Name()})");
         return 0;
     }
 
@@ -157,7 +163,8 @@ internal static class Commands
     {
         var tasks = o.Tasks.Where(t => t.Length > 0).Select(Evaluation.EvalTask.Parse).ToList();
         if (tasks.Count == 0 && o.Run == null) throw new ArgumentException("give --tasks (e.g. ppl:val.jsonl,arc:arc.jsonl) or --run DIR");
-        var json = new System.Text.Json.Nodes.JsonObject { ["model"] = o.Model, ["adapter"] = o.Adapter };
+        var modelDir = tasks.Count > 0 ? ModelOf(o.Model, o.Adapter) : o.Model;
+        var json = new System.Text.Json.Nodes.JsonObject { ["model"] = modelDir, ["adapter"] = o.Adapter };
         if (o.Run != null)
         {
             var metrics = Path.Combine(o.Run, "metrics.jsonl");
@@ -170,8 +177,8 @@ internal static class Commands
         if (tasks.Count > 0)
         {
             using var device = OpenDevice(o);
-            using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
-            using var tok = Text.HfTokenizer.Load(o.Model);
+            using var model = ModelDirectory.Load(device, modelDir!, device.ResolveDType(o.DType));
+            using var tok = Text.HfTokenizer.Load(modelDir!);
             using var judge = o.JudgeUrl == null ? null : new Evaluation.LlmJudge(new Uri(o.JudgeUrl),
                 o.JudgeModel ?? throw new ArgumentException("--judge-url needs --judge-model"), Environment.GetEnvironmentVariable(o.JudgeKeyEnv), o.JudgeCache);
             SortedDictionary<string, double>? before = null;
@@ -233,16 +240,17 @@ internal static class Commands
 
     public static int ExportGguf(ExportGgufOptions o)
     {
+        var modelDir = Hub.ModelSource.Resolve(ModelOf(o.Model, o.Adapter));
         if (o.AdapterOnly)
         {
             if (o.Adapter == null) throw new ArgumentException("--adapter-only needs --adapter");
-            Export.GgufExport.WriteAdapter(Hub.ModelSource.Resolve(o.Model), Hub.ModelSource.Resolve(o.Adapter), o.Out);
+            Export.GgufExport.WriteAdapter(modelDir, Hub.ModelSource.Resolve(o.Adapter), o.Out);
             Console.WriteLine($"wrote {o.Out} (GGUF LoRA adapter, {new FileInfo(o.Out).Length:N0} bytes)");
             return 0;
         }
         var type = Export.GgufExport.ParseType(o.Type);
         using var device = OpenDevice(o);
-        Export.GgufExport.Run(device, Hub.ModelSource.Resolve(o.Model), o.Adapter == null ? null : Hub.ModelSource.Resolve(o.Adapter), o.Out, type);
+        Export.GgufExport.Run(device, modelDir, o.Adapter == null ? null : Hub.ModelSource.Resolve(o.Adapter), o.Out, type);
         Console.WriteLine($"wrote {o.Out} ({o.Type}, {new FileInfo(o.Out).Length:N0} bytes)");
         return 0;
     }

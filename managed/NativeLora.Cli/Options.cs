@@ -65,10 +65,10 @@ public sealed class ImportOptions
 [Verb("generate", HelpText = "Generate text (or token ids) with a model and an optional adapter.")]
 public sealed class GenerateOptions : DeviceOptions
 {
-    [Option("model", Required = true, HelpText = "HF model directory.")]
-    public string Model { get; set; } = "";
+    [Option("model", HelpText = "HF model directory or Hub id org/name[@revision] (default: the adapter's base_model_name_or_path).")]
+    public string? Model { get; set; }
 
-    [Option("adapter", HelpText = "PEFT adapter directory to apply.")]
+    [Option("adapter", HelpText = "PEFT adapter directory or Hub id to apply.")]
     public string? Adapter { get; set; }
 
     [Option("prompt", HelpText = "Prompt text (needs tokenizer files in the model directory).")]
@@ -114,10 +114,10 @@ public sealed class GenerateOptions : DeviceOptions
 [Verb("merge", HelpText = "Merge LoRA adapters into the base weights and write an HF model directory.")]
 public sealed class MergeOptions : DeviceOptions
 {
-    [Option("model", Required = true, HelpText = "Base HF model directory.")]
-    public string Model { get; set; } = "";
+    [Option("model", HelpText = "HF model directory or Hub id org/name[@revision] (default: the adapter's base_model_name_or_path).")]
+    public string? Model { get; set; }
 
-    [Option("adapter", Required = true, HelpText = "PEFT adapter directory (repeat for a weighted combination).")]
+    [Option("adapter", Required = true, HelpText = "PEFT adapter directory or Hub id (repeat for a weighted combination).")]
     public IEnumerable<string> Adapters { get; set; } = Array.Empty<string>();
 
     [Option("weights", Separator = ',', HelpText = "Combination weights, one per adapter (PEFT 'linear').")]
@@ -136,7 +136,7 @@ public sealed class MergeOptions : DeviceOptions
 [Verb("plan", HelpText = "Predict peak training memory from a model config or preset.")]
 public sealed class PlanOptions
 {
-    [Option("model", Required = true, HelpText = "Model directory or preset: llama3-8b, llama3-70b, mistral-7b.")]
+    [Option("model", Required = true, HelpText = "Model directory, Hub id org/name[@revision], or preset: llama3-8b, llama3-70b, mistral-7b.")]
     public string Model { get; set; } = "";
 
     [Option("method", Default = "lora", HelpText = "full, lora or qlora.")]
@@ -164,10 +164,10 @@ public sealed class PlanOptions
 [Verb("eval", HelpText = "Evaluate a model (and adapter) on perplexity, BLEU/ROUGE and multiple-choice tasks.")]
 public sealed class EvalOptions : DeviceOptions
 {
-    [Option("model", Required = true, HelpText = "HF model directory.")]
-    public string Model { get; set; } = "";
+    [Option("model", HelpText = "HF model directory or Hub id org/name[@revision] (default: the adapter's base_model_name_or_path).")]
+    public string? Model { get; set; }
 
-    [Option("adapter", HelpText = "PEFT adapter directory.")]
+    [Option("adapter", HelpText = "PEFT adapter directory or Hub id.")]
     public string? Adapter { get; set; }
 
     [Option("tasks", Separator = ',', HelpText = "kind:file list: ppl, bleu, rouge, arc, hellaswag, mmlu (mmlu:test.jsonl@dev.jsonl), truthfulqa.")]
@@ -210,10 +210,10 @@ public sealed class EvalOptions : DeviceOptions
 [Verb("export-gguf", HelpText = "Write a GGUF file (llama.cpp, Ollama) from an HF model directory and an optional adapter.")]
 public sealed class ExportGgufOptions : DeviceOptions
 {
-    [Option("model", Required = true, HelpText = "HF model directory.")]
-    public string Model { get; set; } = "";
+    [Option("model", HelpText = "HF model directory or Hub id org/name[@revision] (default: the adapter's base_model_name_or_path).")]
+    public string? Model { get; set; }
 
-    [Option("adapter", HelpText = "PEFT adapter to merge in first.")]
+    [Option("adapter", HelpText = "PEFT adapter (directory or Hub id) to merge in first.")]
     public string? Adapter { get; set; }
 
     [Option("out", Required = true, HelpText = "Output .gguf path.")]
@@ -239,13 +239,13 @@ public sealed class InspectOptions
 [Verb("serve", HelpText = "Serve a model (and LoRA adapters) over an OpenAI-compatible HTTP API with continuous batching.")]
 public sealed class ServeOptions : DeviceOptions
 {
-    [Option("model", Required = true, HelpText = "HF model directory (with tokenizer files).")]
+    [Option("model", Required = true, HelpText = "HF model directory or Hub id org/name[@revision] (with tokenizer files).")]
     public string Model { get; set; } = "";
 
     [Option("served-model-name", HelpText = "Name of the base model in requests (default: the model directory's name).")]
     public string? ServedModelName { get; set; }
 
-    [Option("adapter", HelpText = "Adapters to serve from the start, as name=DIR (repeatable: --adapter a=DIR1 --adapter b=DIR2).")]
+    [Option("adapter", HelpText = "Adapters to serve from the start, as name=DIR or name=org/repo (repeatable: --adapter a=DIR1 --adapter b=DIR2).")]
     public IEnumerable<string>? Adapters { get; set; }
 
     [Option("adapter-dir", HelpText = "Directory that POST /v1/load_lora_adapter may load adapters from (off without it).")]

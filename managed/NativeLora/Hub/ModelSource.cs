@@ -42,6 +42,23 @@ public static class ModelSource
         return dir;
     }
 
+    /// <summary>
+    /// The base model an adapter names (adapter_config.json's base_model_name_or_path), as PEFT's
+    /// AutoPeftModel reads it: what generate, eval, merge and export-gguf load when no --model is given.
+    /// </summary>
+    public static string BaseModelOf(string adapterPathOrId)
+    {
+        var dir = Resolve(adapterPathOrId);
+        var path = Path.Combine(dir, Lora.LoraAdapter.ConfigFileName);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{adapterPathOrId}: no {Lora.LoraAdapter.ConfigFileName} (expected a PEFT adapter directory)", path);
+        System.Text.Json.Nodes.JsonObject json;
+        try { json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path)) as System.Text.Json.Nodes.JsonObject ?? throw new InvalidDataException($"{path}: the top level must be an object"); }
+        catch (System.Text.Json.JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+        var name = Lora.LoraConfig.FromPeftJson(json, path).BaseModelNameOrPath;
+        if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException($"{path}: base_model_name_or_path is empty; give --model");
+        return name;
+    }
+
     /// <summary>The files a model or adapter needs: configs, tokenizer files and safetensors at the top of the repository (no .bin, .gguf or subfolders).</summary>
     public static bool Wanted(string file) =>
         !file.Contains('/') && Path.GetExtension(file).ToLowerInvariant() is ".json" or ".safetensors" or ".jinja" or ".model" or ".txt" or ".tiktoken";

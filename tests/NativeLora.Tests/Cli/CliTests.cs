@@ -288,9 +288,9 @@ public class CliConventionTests
         Assert.That(code, Is.EqualTo(2));
         Assert.That(stdout, Is.Empty);
         Assert.That(stderr, Does.Contain("train").And.EndWith("error: no verb given\n"));
-        (code, stdout, stderr) = CliTests.Run("generate", "--prompt", "hi");
+        (code, stdout, stderr) = CliTests.Run("init-model", "--out", "x");
         Assert.That(code, Is.EqualTo(2));
-        Assert.That(stderr.Trim(), Does.StartWith("error: generate: ").And.Contain("model"));
+        Assert.That(stderr.Trim(), Does.StartWith("error: init-model: ").And.Contain("config"));
     }
 
     [TestCase("train", "trian")]

@@ -215,6 +215,18 @@ public class HubTests
         (code, stdout, stderr) = Cli.CliTests.RunWithEnv(env, "generate", "--model", "acme/tiny", "--prompt-ids", "1,2,3", "--print-ids", "--max-new-tokens", "2");
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout.Trim(), Does.Match(@"^\d+(,\d+)*$"));
+        var plain = stdout;
+
+        // an adapter that names its base by Hub id: generate without --model loads that base (offline, from the cache)
+        var adapterDir = Path.Combine(_dir, "lora");
+        using (var model = ModelDirectory.Load(Support.TestDevice.Shared, Path.Combine(Repo, "snapshots", C1), global::NativeLora.Tensors.DType.F32))
+            Kernels.MultiLoraTests.SaveRandomAdapter(model, adapterDir, new global::NativeLora.Lora.LoraConfig { R = 4, Alpha = 8, BaseModelNameOrPath = "acme/tiny" }, 7);
+        var withBase = Cli.CliTests.RunWithEnv(env, "generate", "--adapter", adapterDir, "--prompt-ids", "1,2,3", "--print-ids", "--max-new-tokens", "2");
+        var withModel = Cli.CliTests.RunWithEnv(env, "generate", "--model", "acme/tiny", "--adapter", adapterDir, "--prompt-ids", "1,2,3", "--print-ids", "--max-new-tokens", "2");
+        Assert.That(withBase.Code, Is.EqualTo(0), withBase.Err);
+        Assert.That(withBase.Out, Is.EqualTo(withModel.Out), "the adapter's base_model_name_or_path stands for --model");
+        TestContext.Progress.WriteLine($"base {plain.Trim()}, with adapter {withBase.Out.Trim()}");
+
         (code, _, stderr) = Cli.CliTests.RunWithEnv(env, "generate", "--model", "acme/absent", "--prompt-ids", "1");
         Assert.That(code, Is.EqualTo(1));
         Assert.That(stderr.Trim().Split('\n')[^1], Does.StartWith("error: acme/absent: not in the Hugging Face cache"));
