@@ -114,7 +114,7 @@ public sealed partial class Trainer
         long total = CausalLm.ExpectedParameters(modelConfig).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
         long trainable = LoraAdapter.CountTrainable(modelConfig, lora);
         var dtype = device.ResolveDType(config.Dtype);
-        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, config.MicroBatchSize, config.MaxSeqLen, config.GradientCheckpointing, !device.IsCuda, method: config.Method);
+        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, config.MicroBatchSize, config.MaxSeqLen, config.GradientCheckpointing, method: config.Method);
         return new TrainingPlan(config, device.Description, dtype, trainable, total, estimate);
     }
 
