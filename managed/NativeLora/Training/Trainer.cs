@@ -72,7 +72,7 @@ public sealed partial class Trainer
         return Batcher.MakeBatches(order, _c.MaxSeqLen, _c.MicroBatchSize, _c.Packing);
     }
 
-    public int StepsPerEpoch => (EpochBatches(0).Count + _c.GradientAccumulation - 1) / _c.GradientAccumulation;
+    private int StepsPerEpoch => (EpochBatches(0).Count + _c.GradientAccumulation - 1) / _c.GradientAccumulation;
 
     public int TotalSteps => _c.MaxSteps > 0 ? _c.MaxSteps : StepsPerEpoch * _c.Epochs;
 
