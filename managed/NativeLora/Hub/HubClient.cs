@@ -7,7 +7,11 @@ using System.Text.Json.Nodes;
 namespace NativeLora.Hub;
 
 /// <summary>A Hub download failed for a reason the user can act on (gated, not found, offline, corrupted).</summary>
-public sealed class HubException(string message) : Exception(message);
+public sealed class HubException(string message, bool notFound = false) : Exception(message)
+{
+    /// <summary>The repository, revision or file does not exist (as far as this token can see).</summary>
+    public bool NotFound { get; } = notFound;
+}
 
 /// <summary>Bytes of one file received so far (Done) of its size (Total).</summary>
 public sealed record HubDownloadProgress(string Repo, string File, long Done, long Total);
@@ -196,6 +200,7 @@ public sealed class HubClient : IDisposable
         var code = Header(r, "X-Error-Code");
         var message = Header(r, "X-Error-Message");
         var tokenHint = _settings.Token == null ? "set HF_TOKEN (or log in so that $HF_HOME/token exists)" : "check that your token may read it";
+        bool notFound = code is "RepoNotFound" or "RevisionNotFound" or "EntryNotFound" || (code == null && r.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.NotFound);
         return new HubException(code switch
         {
             "GatedRepo" => $"{id}: the repository is gated: accept its conditions at {_settings.Endpoint}{id.Repo} and {tokenHint}",
@@ -204,7 +209,7 @@ public sealed class HubClient : IDisposable
             "EntryNotFound" => $"{id}: file '{file}' not found at revision '{id.Revision}'",
             _ when r.StatusCode == HttpStatusCode.Unauthorized => $"{id}: the Hub answered 401 Unauthorized: the repository does not exist, or it is private or gated ({tokenHint})",
             _ => $"{id}{(file != null ? $": {file}" : "")}: the Hub answered {(int)r.StatusCode} {r.ReasonPhrase}{(message != null ? $": {message}" : "")}",
-        });
+        }, notFound);
     }
 
     // huggingface_hub holds a file lock on .locks/models--org--name/{etag}.lock while it writes the blob; so do we

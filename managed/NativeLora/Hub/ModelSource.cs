@@ -25,17 +25,20 @@ public static class ModelSource
         var s = settings ?? HubSettings.FromEnvironment();
         var cache = new HubCache(s.CacheRoot);
         string dir;
+        // `runs/model` may be a mistyped local path as well as an id: the error says both
+        var noLocal = $"; there is no local directory '{pathOrId}' either";
         if (s.Offline)
             dir = cache.Snapshot(id) ?? throw new HubException(
-                $"{id}: not in the Hugging Face cache ({cache.Root}), and HF_HUB_OFFLINE=1 forbids downloading it");
+                $"{id}: not in the Hugging Face cache ({cache.Root}), and HF_HUB_OFFLINE=1 forbids downloading it{noLocal}", notFound: true);
         else
         {
             using var client = new HubClient(s, cache) { Progress = DownloadProgress };
             try { dir = client.Download(id, Wanted); }
+            catch (HubException e) when (e.NotFound) { throw new HubException(e.Message + noLocal, notFound: true); }
             catch (HttpRequestException e) when (e.StatusCode == null)
             {
                 dir = cache.Snapshot(id) ?? throw new HubException(
-                    $"{id}: the Hub ({s.Endpoint}) cannot be reached ({e.Message}), and the Hugging Face cache ({cache.Root}) does not hold it");
+                    $"{id}: the Hub ({s.Endpoint}) cannot be reached ({e.Message}), and the Hugging Face cache ({cache.Root}) does not hold it{noLocal}");
             }
         }
         if (settings == null) s_resolved[pathOrId] = dir;

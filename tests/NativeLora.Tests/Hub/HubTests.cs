@@ -128,7 +128,7 @@ public class HubTests
             Does.Contain("acme/gated: the repository is gated").And.Contain("HF_TOKEN"));
         Assert.That(ModelSource.Resolve("acme/gated", Settings()), Does.EndWith(C1), "with a token the gated repository downloads");
         Assert.That(Assert.Throws<HubException>(() => ModelSource.Resolve("acme/missing", Settings(token: null)))!.Message,
-            Does.Contain("acme/missing: repository not found").And.Contain("without a token"));
+            Does.Contain("acme/missing: repository not found").And.Contain("without a token").And.EndWith("there is no local directory 'acme/missing' either"));
         Assert.That(Assert.Throws<HubException>(() => ModelSource.Resolve("acme/tiny@nope", Settings()))!.Message,
             Does.Contain("revision 'nope' not found"));
         Assert.That(Assert.Throws<HubException>(() => ModelSource.Resolve("acme/ghost", Settings()))!.Message,
