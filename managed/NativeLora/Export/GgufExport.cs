@@ -245,7 +245,7 @@ public static class GgufExport
         w.Set("general.architecture", arch);
         w.Set("general.type", "adapter");
         w.Set("adapter.type", "lora");
-        w.Set("adapter.lora.alpha", (float)(config.UseRslora ? config.Alpha * Math.Sqrt(config.R) : config.Alpha));
+        w.Set("adapter.lora.alpha", config.Scale * config.R); // llama.cpp scales by alpha/r: give it s·r
         int written = 0;
         foreach (var (target, outF, inF) in file.AdaptedTargets)
         {

@@ -100,8 +100,13 @@ public static class LoraMerge
             var ad = withA[0];
             a.CopyFromFloats(ad.File.ReadA(target));
             b.CopyFromFloats(ad.File.ReadB(target));
-            Gemm.Run(b, a, w, alpha: ad.Config.Scale, beta: 1f);
-            if (ad.Config.UseDora) ApplyDora(device, k, w, ad.File.ReadMagnitude(target));
+            LoraOp.Merge(w, a, b, ad.Config.Scale);
+            if (ad.Config.UseDora)
+            {
+                using var m = device.Allocate(DType.F32, outF);
+                m.CopyFrom<float>(ad.File.ReadMagnitude(target));
+                DoraOp.Merge(k, w, m);
+            }
             return w.ToArray<float>();
         }
         // PEFT 'linear': B = Σ √wᵢ Bᵢ, A = Σ √wᵢ sᵢ Aᵢ, merged with scale 1
@@ -117,19 +122,7 @@ public static class LoraMerge
         }
         a.CopyFrom<float>(aSum);
         b.CopyFrom<float>(bSum);
-        Gemm.Run(b, a, w, beta: 1f);
+        LoraOp.Merge(w, a, b, 1f);
         return w.ToArray<float>();
-    }
-
-    // W' = m/‖W‖_row · W, with W = W0 + sBA already in w
-    private static void ApplyDora(ComputeDevice device, KernelSet k, Tensor w, float[] magnitude)
-    {
-        int rows = w.Dim(0), cols = w.Dim(1);
-        using var norms = LoraOp.BaseRowNorms(k, w);
-        using var m = device.Allocate(DType.F32, rows);
-        m.CopyFrom<float>(magnitude);
-        using var g = device.Allocate(DType.F32, rows);
-        Dora.Ratio(k, m.View<float>(), norms.View<float>(), g.View<float>());
-        Dora.ScaleRows(k, w.View<float>(), g.View<float>(), cols);
     }
 }

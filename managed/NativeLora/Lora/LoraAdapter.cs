@@ -95,12 +95,11 @@ public sealed class LoraAdapter : IDisposable
         foreach (var lin in Targets(model, config))
         {
             var m = adapter.Add(model, lin);
-            m.InitializeLikePeft(rng);
-            if (m.IsDora) // magnitude starts at ‖W0‖ per output row (B = 0)
+            LoraOp.InitializeLikePeft(m, rng);
+            if (m.IsDora)
             {
                 using var w0 = lin.AcquireWeight(model.Kernels);
-                using var norms = LoraOp.BaseRowNorms(model.Kernels, w0.Tensor);
-                norms.CopyTo(m.Magnitude!);
+                DoraOp.InitializeMagnitude(model.Kernels, m, w0.Tensor);
             }
             m.SyncCompute(model.Kernels);
         }
