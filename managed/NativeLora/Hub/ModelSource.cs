@@ -51,14 +51,8 @@ public static class ModelSource
     /// </summary>
     public static string BaseModelOf(string adapterPathOrId)
     {
-        var dir = Resolve(adapterPathOrId);
-        var path = Path.Combine(dir, Lora.LoraAdapter.ConfigFileName);
-        if (!File.Exists(path)) throw new FileNotFoundException($"{adapterPathOrId}: no {Lora.LoraAdapter.ConfigFileName} (expected a PEFT adapter directory)", path);
-        System.Text.Json.Nodes.JsonObject json;
-        try { json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path)) as System.Text.Json.Nodes.JsonObject ?? throw new InvalidDataException($"{path}: the top level must be an object"); }
-        catch (System.Text.Json.JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
-        var name = Lora.LoraConfig.FromPeftJson(json, path).BaseModelNameOrPath;
-        if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException($"{path}: base_model_name_or_path is empty; give --model");
+        var name = Lora.PeftAdapterFile.ReadConfig(adapterPathOrId).BaseModelNameOrPath;
+        if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException($"{adapterPathOrId}: adapter_config.json gives no base_model_name_or_path; give --model");
         return name;
     }
 
