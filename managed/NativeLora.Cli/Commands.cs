@@ -97,7 +97,7 @@ internal static class Commands
                     ? new Data.ExampleFormatter(tok, false).PromptIds(ChatOf(o))
                     : tok.Encode(o.Prompt!, addSpecialTokens: true);
             }
-            var stop = Text.StopRule.For(o.Model, model.Config, tok, o.Stop);
+            var stop = Text.StopRule.For(Hub.ModelSource.Resolve(modelDir), model.Config, tok, o.Stop);
             var stream = tok != null ? new Text.TokenStreamDecoder(tok, skipSpecialTokens: true, context: prompt) : null;
             var text = stop.NewTextMatcher();
             var clock = System.Diagnostics.Stopwatch.StartNew();
