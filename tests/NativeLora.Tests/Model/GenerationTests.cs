@@ -39,7 +39,7 @@ public class GenerationTests
         var rng = new Random(seed);
         var prompts = new[] { Enumerable.Range(0, 5).Select(_ => rng.Next(c.VocabSize)).ToArray(), Enumerable.Range(0, 9).Select(_ => rng.Next(c.VocabSize)).ToArray() };
         using var cache = new KvCache(model, pageCount: 8, pageSize: 4); // rows cross pages, pages interleave
-        var decoder = new Decoder(model);
+        var decoder = new Generator(model);
         var kv = new[] { new KvSequence(), new KvSequence() };
         var seqs = prompts.Select(p => p.ToList()).ToArray();
         var next = new int[2];
