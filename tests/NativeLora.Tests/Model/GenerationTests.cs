@@ -66,6 +66,38 @@ public class GenerationTests
         Assert.That(cache.UsedPages, Is.EqualTo(3 + 4));
     }
 
+    /// <summary>
+    /// A packed prefill hands back the final hidden states (after the final norm) of the positions asked for, equal to
+    /// a full forward's rows; positions outside the prefill are refused before anything runs.
+    /// </summary>
+    [Test]
+    public void PrefillReturnsTheFinalHiddenStatesOfChosenPositions([Values(false, true)] bool gpuVariant)
+    {
+        int seed = Check.FreshSeed();
+        var c = TinyConfig("llama");
+        using var model = TinyModel(c, seed);
+        model.Kernels = TestDevice.Variant(gpuVariant);
+        var rng = new Random(seed);
+        var prompts = new[] { 6, 11 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray()).ToArray();
+        var asked = new[] { new[] { 0, 5, 2 }, new[] { 7, 10 } };
+        using var cache = new KvCache(model, pageCount: 8, pageSize: 4);
+        var seqs = new[] { new KvSequence(), new KvSequence() };
+        Assert.Throws<ArgumentException>(() => new Generator(model).Extend(cache, seqs, prompts, new[] { -1, -1 }, new[] { new[] { 6 }, new[] { 0 } }));
+        Assert.That(cache.UsedPages, Is.Zero, "a refused prefill takes no pages");
+        var result = new Generator(model).Extend(cache, seqs, prompts, new[] { -1, -1 }, asked);
+        for (int i = 0; i < 2; i++)
+        {
+            using var f = ForwardContext.For(model, TokenBatch.FromSequences(new[] { prompts[i] }));
+            using var normed = model.Forward(f);
+            var full = normed.ToFloatArray();
+            Assert.That(result.Hidden![i].Length, Is.EqualTo(asked[i].Length));
+            for (int j = 0; j < asked[i].Length; j++)
+                Check.Close(result.Hidden[i][j], Ref.ToDouble(full.AsSpan(asked[i][j] * c.HiddenSize, c.HiddenSize).ToArray()), 1e-5, $"sequence {i} position {asked[i][j]}", seed);
+            var logits = model.Logits(TokenBatch.FromSequences(new[] { prompts[i] }));
+            Check.Close(result.Logits[i], Ref.ToDouble(logits.AsSpan((prompts[i].Length - 1) * c.VocabSize, c.VocabSize).ToArray()), 1e-5, $"logits {i}", seed);
+        }
+    }
+
     [Test]
     public void SamplerIsGreedyAtZeroTemperatureAndSeededOtherwise()
     {
