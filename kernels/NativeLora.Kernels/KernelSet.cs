@@ -44,9 +44,20 @@ public sealed class KernelSet
         return ((int)((n + chunk - 1) / chunk), chunk);
     }
 
-    /// <summary>Loads (once) the compiled form of <paramref name="kernel"/>.</summary>
-    public TDelegate Load<TDelegate>(Delegate kernel, Func<Accelerator, TDelegate> load) where TDelegate : Delegate =>
-        (TDelegate)_cache.GetOrAdd(kernel.Method, _ => load(Accelerator));
+    private long _launches;
+
+    /// <summary>
+    /// Kernel launches through this set so far. Every launcher calls <see cref="Load"/> once right before it
+    /// launches, so the loads count the launches (the benchmarks report launches per step and per layer).
+    /// </summary>
+    public long Launches => Interlocked.Read(ref _launches);
+
+    /// <summary>Loads (once) the compiled form of <paramref name="kernel"/>, for one launch.</summary>
+    public TDelegate Load<TDelegate>(Delegate kernel, Func<Accelerator, TDelegate> load) where TDelegate : Delegate
+    {
+        Interlocked.Increment(ref _launches);
+        return (TDelegate)_cache.GetOrAdd(kernel.Method, _ => load(Accelerator));
+    }
 
     /// <summary>One group per row with dynamic shared memory for <see cref="GroupReduce"/>.</summary>
     public KernelConfig RowConfig(int rows) =>

@@ -57,6 +57,22 @@ public static class AttentionOp
         return rows >= 64 ? (int)(rows / 64 * 64) : (int)rows;
     }
 
+    /// <summary>
+    /// Device memory Forward (or Backward) allocates for one call besides its arguments: the head-major copies,
+    /// the backward's f32 dK/dV accumulators and rowsums, and one block's scores (f32) and probabilities (dtype).
+    /// The memory planner reads it from here.
+    /// </summary>
+    public static long ScratchBytes(AttentionShape s, DType dtype, bool backward, int blockRows = 0)
+    {
+        long e = dtype.SizeOf();
+        long q = (long)s.Tokens * s.Heads * s.HeadDim, kv = (long)s.Batch * s.Keys * s.KvHeads * s.HeadDim;
+        int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dtype);
+        long block = (long)s.Batch * s.Heads * nb * s.Keys * (4 + e);
+        return backward
+            ? (3 * q + 2 * kv) * e + 2 * kv * 4 + (long)s.Batch * s.Heads * s.SeqLen * 4 + block
+            : (2 * q + 2 * kv) * e + block;
+    }
+
     /// <summary>o and lse are overwritten. blockRows 0: from <see cref="BlockRows"/>.</summary>
     public static void Forward(KernelSet k, Tensor q, Tensor key, Tensor v, Tensor segments, Tensor o, Tensor lse, AttentionShape s, int blockRows = 0)
     {

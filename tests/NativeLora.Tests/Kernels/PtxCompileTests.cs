@@ -60,6 +60,7 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long>)Elementwise.AddKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, long, long>)Elementwise.AddIntoKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, float, long, long>)Elementwise.FillKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ulong, float, long, long>)Elementwise.FillUniformKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, int, long, long>)Bias.AddKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, int, int>)Bias.GradKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int, long, long>)Embedding.ForwardKernel<T>, false);
