@@ -232,33 +232,41 @@ public sealed class CausalLm : IDisposable
         var k = f.Kernels;
         int n = f.Tokens, d = Config.HiddenSize;
         if (f.Ids == null || f.HostIds == null) throw new ArgumentException("a model forward needs the tokens' ids in its context");
-        var x = Device.Allocate(DType, n, d);
+        // without a tape, x (the current input) and y (the tensor being written) are the only hidden states alive
+        Tensor x = Device.Allocate(DType, n, d), y = null!;
+        Tensor? rstd = null;
         try
         {
             tape?.Hidden.Add(x);
             EmbeddingOp.Forward(k, f.Ids, f.HostIds, Embedding, x);
             foreach (var layer in Layers)
             {
-                var y = Device.Allocate(DType, n, d);
-                if (tape != null) tape.Hidden.Add(y);
+                y = Device.Allocate(DType, n, d);
+                tape?.Hidden.Add(y);
                 if (layer.Forward(f, x, y, keep: tape != null && !GradientCheckpointing) is { } a) tape!.Layers.Add(a);
                 if (tape == null) x.Dispose();
-                x = y;
+                (x, y) = (y, null!);
             }
-            var normed = Device.Allocate(DType, n, d);
-            var rstd = Device.Allocate(DType.F32, n);
-            RmsNormOp.Forward(k, x, FinalNorm, normed, rstd, (float)Config.RmsNormEps);
+            y = Device.Allocate(DType, n, d);
+            rstd = Device.Allocate(DType.F32, n);
+            RmsNormOp.Forward(k, x, FinalNorm, y, rstd, (float)Config.RmsNormEps);
             if (tape != null) tape.FinalRstd = rstd;
             else
             {
                 rstd.Dispose();
                 x.Dispose();
             }
-            return normed;
+            return y;
         }
         catch
         {
-            if (tape == null) x.Dispose(); // on the tape it goes with the tape
+            y?.Dispose();
+            if (tape == null) // on the tape they go with the tape
+            {
+                x.Dispose();
+                rstd?.Dispose();
+            }
+            else if (tape.FinalRstd == null) rstd?.Dispose();
             throw;
         }
     }
