@@ -25,7 +25,7 @@ public readonly record struct RopeTables(Tensor Cos, Tensor Sin);
 /// <item>Adapters: each row's served adapter slot (serving), or null.</item>
 /// </list>
 /// Whether a layer keeps its activations for a backward is the caller's argument to the layer forward.
-/// Disposes the tensors it was given through <see cref="Own"/> (those the factories upload).
+/// Disposes what its factories uploaded (a context built by hand owns nothing).
 /// </summary>
 public sealed class ForwardContext : IDisposable
 {
@@ -57,24 +57,10 @@ public sealed class ForwardContext : IDisposable
 
     private readonly List<IDisposable> _owned = new();
 
-    /// <summary>Hands t to this context (disposed with it); returns t.</summary>
-    public T Own<T>(T t) where T : IDisposable
-    {
-        _owned.Add(t);
-        return t;
-    }
-
     public void Dispose()
     {
         foreach (var t in _owned) t.Dispose();
         _owned.Clear();
-    }
-
-    private static Tensor Ints(ComputeDevice device, int[] values)
-    {
-        var t = device.Allocate(DType.I32, values.Length);
-        t.CopyFrom<int>(values);
-        return t;
     }
 
     /// <summary>Training and eval: rows of packed sequences, nothing cached.</summary>
@@ -83,8 +69,8 @@ public sealed class ForwardContext : IDisposable
         batch.Validate();
         EmbeddingOp.CheckIds(batch.Ids, m.Config.VocabSize);
         RopeOp.CheckPositions(batch.Positions, m.Config.MaxPositionEmbeddings);
-        var f = new Context(m, new AttentionShape(batch.Batch, batch.SeqLen, m.Config.NumHeads, m.Config.NumKvHeads, m.Config.HeadDim), batch.Positions, batch.Ids);
-        return f.Build(segments: batch.Segments);
+        var c = m.Config;
+        return Upload(m, new AttentionShape(batch.Batch, batch.SeqLen, c.NumHeads, c.NumKvHeads, c.HeadDim), batch.Ids, batch.Positions, batch.Segments);
     }
 
     /// <summary>
@@ -94,18 +80,17 @@ public sealed class ForwardContext : IDisposable
     public static ForwardContext ForPrefill(CausalLm m, KvCache cache, IReadOnlyList<KvSequence> seqs, IReadOnlyList<int[]> tokens, int[] adapterSlots)
     {
         var c = m.Config;
-        int n = seqs.Count, cached = seqs.Sum(s => s.Length), fresh = tokens.Sum(t => t.Length);
-        var positions = Enumerable.Range(0, n).SelectMany(i => Enumerable.Range(seqs[i].Length, tokens[i].Length)).ToArray();
+        var all = Enumerable.Range(0, seqs.Count);
+        int cached = seqs.Sum(s => s.Length), fresh = tokens.Sum(t => t.Length);
+        var positions = all.SelectMany(i => Enumerable.Range(seqs[i].Length, tokens[i].Length)).ToArray();
         RopeOp.CheckPositions(positions, c.MaxPositionEmbeddings);
         var shape = new AttentionShape(1, fresh, c.NumHeads, c.NumKvHeads, c.HeadDim, cached > 0 ? cached + fresh : 0);
         // keys: every sequence's cached prefix, then every new token; a query's key position is cached + its index
-        var segments = Enumerable.Range(0, n).SelectMany(i => Enumerable.Repeat(i, seqs[i].Length))
-            .Concat(Enumerable.Range(0, n).SelectMany(i => Enumerable.Repeat(i, tokens[i].Length))).ToArray();
-        var prefix = Enumerable.Range(0, n).SelectMany(i => Enumerable.Range(0, seqs[i].Length).Select(p => seqs[i].CacheRow(cache, p))).ToArray();
-        var rows = Enumerable.Range(0, n).SelectMany(i => Enumerable.Range(seqs[i].Length, tokens[i].Length).Select(p => seqs[i].CacheRow(cache, p))).ToArray();
-        var slots = Enumerable.Range(0, n).SelectMany(i => Enumerable.Repeat(adapterSlots[i], tokens[i].Length)).ToArray();
-        return new Context(m, shape, positions, tokens.SelectMany(t => t).ToArray())
-            .Build(segments, cache, rows, cached > 0 ? prefix : null, slots: slots);
+        var segments = all.SelectMany(i => Enumerable.Repeat(i, seqs[i].Length)).Concat(all.SelectMany(i => Enumerable.Repeat(i, tokens[i].Length))).ToArray();
+        var prefix = all.SelectMany(i => Enumerable.Range(0, seqs[i].Length).Select(p => seqs[i].CacheRow(cache, p))).ToArray();
+        var rows = all.SelectMany(i => Enumerable.Range(seqs[i].Length, tokens[i].Length).Select(p => seqs[i].CacheRow(cache, p))).ToArray();
+        var slots = all.SelectMany(i => Enumerable.Repeat(adapterSlots[i], tokens[i].Length)).ToArray();
+        return Upload(m, shape, tokens.SelectMany(t => t).ToArray(), positions, segments, cache, rows, cached > 0 ? prefix : null, slots: slots);
     }
 
     /// <summary>A decode step: tokens[b] is sequence b's next position; attention reads each row's pages.</summary>
@@ -115,39 +100,40 @@ public sealed class ForwardContext : IDisposable
         int b = seqs.Count, maxPages = seqs.Max(s => s.Pages.Count);
         var table = new int[b * maxPages];
         for (int r = 0; r < b; r++) seqs[r].Pages.CopyTo(table, r * maxPages);
-        var ctx = new Context(m, new AttentionShape(b, 1, c.NumHeads, c.NumKvHeads, c.HeadDim), seqs.Select(s => s.Length).ToArray(), tokens);
-        return ctx.Build(null, cache, seqs.Select(s => s.CacheRow(cache, s.Length)).ToArray(), null,
-            seqs.Select(s => s.Length + 1).ToArray(), table, adapterSlots);
+        return Upload(m, new AttentionShape(b, 1, c.NumHeads, c.NumKvHeads, c.HeadDim), tokens, seqs.Select(s => s.Length).ToArray(), null,
+            cache, seqs.Select(s => s.CacheRow(cache, s.Length)).ToArray(), null, seqs.Select(s => s.Length + 1).ToArray(), table, adapterSlots);
     }
 
-    // the uploads the factories share
-    private readonly record struct Context(CausalLm Model, AttentionShape Shape, int[] Positions, int[] Ids)
+    // the uploads the factories share; the context owns them
+    private static ForwardContext Upload(CausalLm m, AttentionShape shape, int[] ids, int[] positions, int[]? segments, KvCache? cache = null,
+        int[]? cacheRows = null, int[]? prefixRows = null, int[]? lengths = null, int[]? pageTable = null, int[]? slots = null)
     {
-        public ForwardContext Build(int[]? segments, KvCache? cache = null, int[]? cacheRows = null, int[]? prefixRows = null,
-            int[]? lengths = null, int[]? pageTable = null, int[]? slots = null)
+        var owned = new List<IDisposable>();
+        Tensor? Up(int[]? v)
         {
-            var dev = Model.Device;
-            var owned = new List<IDisposable>();
-            Tensor? Up(int[]? v) => v == null ? null : Keep(Ints(dev, v));
-            T Keep<T>(T t) where T : IDisposable { owned.Add(t); return t; }
-            try
+            if (v == null) return null;
+            var t = m.Device.Allocate(DType.I32, v.Length);
+            owned.Add(t);
+            t.CopyFrom<int>(v);
+            return t;
+        }
+        try
+        {
+            var f = new ForwardContext
             {
-                var f = new ForwardContext
-                {
-                    Device = dev, Kernels = Model.Kernels, Config = Model.Config, Rope = Model.Rope, Shape = Shape,
-                    Positions = Up(Positions)!, Ids = Up(Ids), HostIds = Ids, Segments = Up(segments),
-                    Cache = cache, CacheRows = Up(cacheRows), PrefixRows = Up(prefixRows), Lengths = Up(lengths),
-                    PageTable = Up(pageTable),
-                    Adapters = slots == null || slots.All(s => s < 0) ? null : Keep(new AdapterRows(dev, slots)),
-                };
-                foreach (var t in owned) f.Own(t);
-                return f;
-            }
-            catch
-            {
-                foreach (var t in owned) t.Dispose();
-                throw;
-            }
+                Device = m.Device, Kernels = m.Kernels, Config = m.Config, Rope = m.Rope, Shape = shape,
+                Ids = Up(ids), HostIds = ids, Positions = Up(positions)!, Segments = Up(segments),
+                Cache = cache, CacheRows = Up(cacheRows), PrefixRows = Up(prefixRows), Lengths = Up(lengths), PageTable = Up(pageTable),
+                Adapters = slots == null || slots.All(s => s < 0) ? null : new AdapterRows(m.Device, slots),
+            };
+            if (f.Adapters != null) owned.Add(f.Adapters);
+            f._owned.AddRange(owned);
+            return f;
+        }
+        catch
+        {
+            foreach (var t in owned) t.Dispose();
+            throw;
         }
     }
 }

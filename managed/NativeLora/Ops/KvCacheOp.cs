@@ -9,27 +9,34 @@ namespace NativeLora.Ops;
 public static class KvCacheOp
 {
     /// <summary>Row i of src [R, width] goes to row rows[i] of the cache [B·maxT, width].</summary>
-    public static void Write(KernelSet k, Tensor src, Tensor cache, Tensor rows) => Rows(k, cache, rows, src, write: true);
-
-    /// <summary>Row rows[i] of the cache [B·maxT, width] goes to row i of dst [R, width] (cached keys in front of new ones).</summary>
-    public static void Read(KernelSet k, Tensor cache, Tensor rows, Tensor dst) => Rows(k, cache, rows, dst, write: false);
-
-    // the cache rows named by rows ↔ the consecutive rows of side
-    private static void Rows(KernelSet k, Tensor cache, Tensor rows, Tensor side, bool write)
+    public static void Write(KernelSet k, Tensor src, Tensor cache, Tensor rows)
     {
-        using var _profile = Diagnostics.OpProfiler.Time(write ? "kv-cache write" : "kv-cache read", side.Device);
-        string name = write ? "src" : "dst";
-        SameDType(cache.DType, (side, name));
+        using var _profile = Diagnostics.OpProfiler.Time("kv-cache write", src.Device);
+        SameDType(cache.DType, (src, "src"));
         Require(rows, DType.I32, "rows");
         int width = cache.Dim(1);
-        RequireElements(side, rows.ElementCount * width, name);
-        switch (side.DType.SizeOf())
+        RequireElements(src, rows.ElementCount * width, "src");
+        switch (src.DType.SizeOf())
         {
-            case 4 when write: RowScatter.Run(k, side.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
-            case 4: RowScatter.Gather(k, cache.View<float>(), side.View<float>(), rows.View<int>(), width); break;
-            case 2 when write: RowScatter.Run(k, side.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
-            case 2: RowScatter.Gather(k, cache.View<ushort>(), side.View<ushort>(), rows.View<int>(), width); break;
-            default: throw new ArgumentException($"KV cache of {side.DType.Name()} is not supported");
+            case 4: RowScatter.Run(k, src.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
+            case 2: RowScatter.Run(k, src.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
+            default: throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
+        }
+    }
+
+    /// <summary>Row rows[i] of the cache [B·maxT, width] goes to row i of dst [R, width] (cached keys in front of new ones).</summary>
+    public static void Read(KernelSet k, Tensor cache, Tensor rows, Tensor dst)
+    {
+        using var _profile = Diagnostics.OpProfiler.Time("kv-cache read", dst.Device);
+        SameDType(cache.DType, (dst, "dst"));
+        Require(rows, DType.I32, "rows");
+        int width = cache.Dim(1);
+        RequireElements(dst, rows.ElementCount * width, "dst");
+        switch (dst.DType.SizeOf())
+        {
+            case 4: RowScatter.Gather(k, cache.View<float>(), dst.View<float>(), rows.View<int>(), width); break;
+            case 2: RowScatter.Gather(k, cache.View<ushort>(), dst.View<ushort>(), rows.View<int>(), width); break;
+            default: throw new ArgumentException($"KV cache of {dst.DType.Name()} is not supported");
         }
     }
 
