@@ -290,6 +290,33 @@ public sealed class ServeOptions : DeviceOptions
     [Option("default-max-tokens", Default = 256, HelpText = "max_tokens of a request that gives none.")]
     public int DefaultMaxTokens { get; set; } = 256;
 
-    [Option("log-prompts", HelpText = "Put prompt and output text in the request logs (off by default).")]
+    [Option("log-prompts", HelpText = "Put prompt and output text in the request logs and the judge log (off by default).")]
     public bool LogPrompts { get; set; }
+
+    [Option("request-timeout", Default = 0.0, HelpText = "Seconds a generation may run before it is stopped and answered 504 (0 = no limit).")]
+    public double RequestTimeout { get; set; }
+
+    [Option("judge-sample-rate", Default = 0.0, HelpText = "Fraction of finished requests scored by an LLM judge off the request path (0 = off); needs --judge-url and --judge-model.")]
+    public double JudgeSampleRate { get; set; }
+
+    [Option("judge-url", HelpText = "OpenAI-compatible chat endpoint of the judge (base URL, with or without /v1).")]
+    public string? JudgeUrl { get; set; }
+
+    [Option("judge-model", HelpText = "Model name sent to the judge.")]
+    public string? JudgeModel { get; set; }
+
+    [Option("judge-key-env", HelpText = "Environment variable holding the judge's API key (never printed).")]
+    public string? JudgeKeyEnv { get; set; }
+
+    [Option("judge-seed", Default = 0L, HelpText = "Seed of the sampling: the same seed picks the same requests in the order they finish.")]
+    public long JudgeSeed { get; set; }
+
+    [Option("judge-log", Default = "judge-scores.jsonl", HelpText = "JSONL the judge's scores are appended to (request id, model, scores; texts only with --log-prompts).")]
+    public string JudgeLog { get; set; } = "judge-scores.jsonl";
+
+    [Option("judge-queue", Default = 64, HelpText = "Picked requests that may wait for the judge; beyond it they are dropped and counted.")]
+    public int JudgeQueue { get; set; } = 64;
+
+    [Option("judge-concurrency", Default = 2, HelpText = "Judge calls in flight at once.")]
+    public int JudgeConcurrency { get; set; } = 2;
 }

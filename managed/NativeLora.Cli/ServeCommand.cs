@@ -22,11 +22,29 @@ public static class ServeCommand
             if (eq <= 0 || eq == a.Length - 1) throw new ArgumentException($"--adapter '{a}': expected name=DIR");
             return (Name: a[..eq], Dir: a[(eq + 1)..]);
         }).ToList();
+        JudgeSamplingOptions? judge = null;
+        if (o.JudgeSampleRate > 0 || o.JudgeUrl != null)
+        {
+            if (o.JudgeUrl == null || !Uri.TryCreate(o.JudgeUrl, UriKind.Absolute, out var judgeUrl))
+                throw new ArgumentException($"--judge-url must be an absolute http(s) URL when --judge-sample-rate is set, got '{o.JudgeUrl}'");
+            string? judgeKey = null;
+            if (o.JudgeKeyEnv != null)
+            {
+                judgeKey = Environment.GetEnvironmentVariable(o.JudgeKeyEnv);
+                if (string.IsNullOrEmpty(judgeKey)) throw new ArgumentException($"--judge-key-env {o.JudgeKeyEnv}: the environment variable is not set or empty");
+            }
+            judge = new JudgeSamplingOptions
+            {
+                SampleRate = o.JudgeSampleRate, Url = judgeUrl, Model = o.JudgeModel ?? "", ApiKey = judgeKey, Seed = unchecked((ulong)o.JudgeSeed),
+                QueueCapacity = o.JudgeQueue, Concurrency = o.JudgeConcurrency, LogPath = o.JudgeLog,
+            };
+        }
         var serverOptions = new ServerOptions
         {
             Host = o.Host, Port = o.Port, ApiKey = apiKey, AdapterDirectory = o.AdapterDir,
             ModelName = o.ServedModelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(o.Model))),
             MaxBodyBytes = o.MaxBodyBytes, MaxPromptTokens = o.MaxPromptTokens, DefaultMaxTokens = o.DefaultMaxTokens, LogPrompts = o.LogPrompts,
+            RequestTimeoutSeconds = o.RequestTimeout, Judge = judge,
         };
         serverOptions.Validate();
         var engineOptions = new EngineOptions

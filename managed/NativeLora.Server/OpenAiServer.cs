@@ -50,6 +50,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private long _requestCounter;
 
     public ServerMetrics Metrics { get; }
+    /// <summary>Live quality sampling (null without --judge-sample-rate).</summary>
+    public QualitySampler? Judge { get; }
     /// <summary>The bound address, e.g. http://127.0.0.1:8000.</summary>
     public Uri Address { get; private set; } = null!;
 
@@ -61,6 +63,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _options = options;
         _chat = new ExampleFormatterGate(tokenizer);
         Metrics = new ServerMetrics(engine);
+        if (options.Judge != null) Judge = new QualitySampler(options.Judge with { LogPrompts = options.LogPrompts }, Metrics.Registry);
         _stopIds = StopIds(tokenizer, engine.Model.Config);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = Array.Empty<string>() });
@@ -115,6 +118,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         await _app.StopAsync();
         await _app.DisposeAsync();
+        if (Judge != null) await Judge.DisposeAsync();
     }
 
     // ------------------------------------------------------------------ middleware: auth, errors, metrics
@@ -162,7 +166,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (model.Length > 0 && model != _options.ModelName && !_engine.AdapterNames.Contains(model)) model = "unknown";
             if (path.StartsWith("/v1/", StringComparison.Ordinal))
                 Metrics.Requests.WithLabels(Endpoints.Contains(path) ? path : "other", model, status.ToString()).Inc();
-            if (status >= 400) Metrics.Errors.WithLabels(model, ctx.Items.TryGetValue("error", out var et) ? (string)et! : status.ToString()).Inc();
+            if (status >= 400) Metrics.Errors.WithLabels(model, ServerMetrics.ErrorKind(status)).Inc();
         }
     }
 
@@ -177,8 +181,11 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private async Task WriteError(HttpContext ctx, ApiException e)
     {
-        ctx.Items["error"] = e.Type;
-        if (ctx.Response.HasStarted) return; // mid-stream: the stream's own error event was sent
+        if (ctx.Response.HasStarted)
+        {
+            ctx.Items["status"] = e.Status; // mid-stream: the stream's own error event was sent; count the error, not the 200
+            return;
+        }
         ctx.Response.Clear();
         if (e.Status == 401) ctx.Response.Headers.WWWAuthenticate = "Bearer";
         if (e.RetryAfter is TimeSpan ra) ctx.Response.Headers.RetryAfter = ((int)Math.Ceiling(ra.TotalSeconds)).ToString();
@@ -293,7 +300,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         var arrived = Stopwatch.GetTimestamp();
         var body = await ReadBody(ctx);
         var p = Parse(ctx, body, chat);
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
+        using var deadline = new CancellationTokenSource();
+        if (_options.RequestTimeoutSeconds > 0) deadline.CancelAfter(TimeSpan.FromSeconds(_options.RequestTimeoutSeconds));
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, deadline.Token);
         GenerationHandle handle;
         try
         {
@@ -351,6 +360,13 @@ public sealed class OpenAiServer : IAsyncDisposable
                 }
             }
             var reason = await handle.Completion;
+            if (reason == FinishReason.Cancelled && deadline.IsCancellationRequested && !text.Stopped && !ctx.RequestAborted.IsCancellationRequested)
+            {
+                var timeout = new ApiException(504, $"the request did not finish within --request-timeout {_options.RequestTimeoutSeconds:0.###} s ({generated} tokens generated)", "timeout_error", code: "request_timeout");
+                Log(ctx, p, "timeout", generated, ttft, arrived, text.Text);
+                if (started) await SendEvent(ctx, ErrorBody(timeout));
+                throw timeout;
+            }
             finish ??= reason == FinishReason.Length ? "length" : "stop";
             if (!text.Stopped) await Send(text.Push(decoder.Flush()) + text.Flush(), force: true);
         }
@@ -403,6 +419,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         Metrics.RequestDuration.WithLabels(p.Model).Observe(Stopwatch.GetElapsedTime(arrived).TotalSeconds);
         Log(ctx, p, finish, generated, ttft, arrived, text.Text);
+        // the response is complete: the judge sees it from here on, off the request's path
+        Judge?.Offer(id, p.Model, () => p.PromptText ?? _tokenizer.Decode(p.Prompt, skipSpecialTokens: true), text.Text);
     }
 
     private void Log(HttpContext ctx, Parsed p, string finish, int generated, double ttft, long arrived, string output)

@@ -99,11 +99,13 @@ public sealed class InferenceEngine : IDisposable
     public int KvPagesTotal => _cache.PageCount;
     public int KvPagesUsed => Volatile.Read(ref _kvPagesUsed);
     public int KvPageSize => _cache.PageSize;
+    public int AdapterSlotsTotal => _slots.Capacity;
+    public int AdapterSlotsUsed => Volatile.Read(ref _adapterSlotsUsed);
     public IReadOnlySet<string> AdapterNames { get { lock (_lock) return _adapterNames; } }
     /// <summary>Called on the engine loop after each decode step with (rows, seconds).</summary>
     public Action<int, double>? OnStep { get; set; }
 
-    private int _runningCount, _kvPagesUsed;
+    private int _runningCount, _kvPagesUsed, _adapterSlotsUsed;
 
     private sealed record Pending(GenerationRequest Request, GenerationHandle Handle, CancellationToken Cancel, long SubmittedTicks);
 
@@ -180,6 +182,7 @@ public sealed class InferenceEngine : IDisposable
     {
         _slots.Load(name, dir);
         lock (_lock) _adapterNames = new HashSet<string>(_slots.Names, StringComparer.Ordinal);
+        Publish();
     });
 
     /// <summary>Drops an adapter; requests already running on it finish with it, new ones are refused.</summary>
@@ -187,6 +190,7 @@ public sealed class InferenceEngine : IDisposable
     {
         _slots.Unload(name);
         lock (_lock) _adapterNames = new HashSet<string>(_slots.Names, StringComparer.Ordinal);
+        Publish();
     });
 
     private Task RunOnLoop(Action action)
@@ -353,6 +357,7 @@ public sealed class InferenceEngine : IDisposable
     {
         Volatile.Write(ref _runningCount, _running.Count);
         Volatile.Write(ref _kvPagesUsed, _cache.UsedPages);
+        Volatile.Write(ref _adapterSlotsUsed, _slots.InUse);
     }
 
     public void Dispose()
