@@ -6,6 +6,7 @@ using NativeLora.Native;
 using NativeLora.Server;
 using NativeLora.Serving;
 using NativeLora.Tests.Evaluation;
+using NativeLora.Tests.Native;
 
 namespace NativeLora.Tests.Server;
 
@@ -71,6 +72,30 @@ public class MonitoringTests
         await s.Engine.UnloadAdapterAsync("alpha");
         (_, text, _) = await s.Get("/metrics");
         Assert.That(Samples(text, "nativelora_adapter_slots_used")[""], Is.EqualTo(0));
+    }
+
+    [Test]
+    public async Task TheDashboardQueriesOnlyMetricsTheServerExports()
+    {
+        // deploy/grafana-dashboard.json and deploy/prometheus.yml parse, and every series the dashboard plots is one the
+        // server exports (judge on; utilisation only exists on CUDA) — the dashboard cannot silently drift from the code
+        var root = BindingCoverageTests.RepoRoot();
+        var dashboard = JsonNode.Parse(File.ReadAllText(Path.Combine(root, "deploy", "grafana-dashboard.json")))!;
+        Assert.That(File.ReadAllText(Path.Combine(root, "deploy", "prometheus.yml")), Does.Contain("metrics_path: /metrics"));
+        var exprs = dashboard["panels"]!.AsArray().Where(p => p!["targets"] != null)
+            .SelectMany(p => p!["targets"]!.AsArray().Select(t => (string)t!["expr"]!)).ToList();
+        Assert.That(exprs, Has.Count.GreaterThan(15));
+        var used = exprs.SelectMany(e => Regex.Matches(e, @"nativelora_[a-z_]+").Select(m => Regex.Replace(m.Value, "_(bucket|sum|count)$", ""))).ToHashSet();
+
+        using var judge = new JudgeTests.Stub((_, _) => Task.FromResult(JudgeTests.Chat("{\"relevance\": 5, \"coherence\": 5, \"style\": 5}")));
+        await using var s = await RunningServer.Start(_world, configure: o => o with { Judge = JudgeOptions(judge.BaseUrl, Path.Combine(_world.Root, $"j-{Guid.NewGuid():N}.jsonl")) });
+        Assert.That((await s.Post("/v1/completions", Completion("tiny", "Hello"))).Status, Is.EqualTo(200));
+        await s.Post("/v1/completions", Completion("tiny", "Hello", maxTokens: 0));
+        var text = await WaitForMetrics(s, t => Samples(t, "nativelora_judge_score_count").Count > 0);
+        var exported = Regex.Matches(text, @"^# TYPE (\S+) ", RegexOptions.Multiline).Select(m => m.Groups[1].Value).ToHashSet();
+        if (!NativeCore.IsCuda) exported.Add("nativelora_device_utilization_ratio");
+        Assert.That(used.Except(exported), Is.Empty, "the dashboard plots series the server does not export");
+        Assert.That(used, Does.Contain("nativelora_request_errors_total").And.Contain("nativelora_judge_score").And.Contain("nativelora_device_memory_used_bytes"));
     }
 
     [Test]
