@@ -99,7 +99,7 @@ internal static class Commands
             var stream = tok != null ? new Text.TokenStreamDecoder(tok, skipSpecialTokens: true, context: prompt) : null;
             var text = new System.Text.StringBuilder();
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            var ids = new Decoder(model).Generate(prompt, o.MaxNewTokens, new Sampler(sampling), stopIds, id =>
+            var ids = new Generator(model).Generate(prompt, o.MaxNewTokens, new Sampler(sampling), stopIds, id =>
             {
                 if (o.PrintIds || stream == null) return true;
                 var piece = stream.Push(id);

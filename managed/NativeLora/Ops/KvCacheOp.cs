@@ -5,22 +5,31 @@ using static NativeLora.Ops.FloatDispatch;
 
 namespace NativeLora.Ops;
 
-/// <summary>KV-cache writes and single-query attention over the cache (kernels: Attention.DecodeKernel, RowScatter).</summary>
+/// <summary>KV-cache writes and reads and single-query attention over the cache (kernels: Attention.DecodeKernel, RowScatter).</summary>
 public static class KvCacheOp
 {
     /// <summary>Row i of src [R, width] goes to row rows[i] of the cache [B·maxT, width].</summary>
-    public static void Write(KernelSet k, Tensor src, Tensor cache, Tensor rows)
+    public static void Write(KernelSet k, Tensor src, Tensor cache, Tensor rows) => Rows(k, cache, rows, src, write: true);
+
+    /// <summary>Row rows[i] of the cache [B·maxT, width] goes to row i of dst [R, width] (cached keys in front of new ones).</summary>
+    public static void Read(KernelSet k, Tensor cache, Tensor rows, Tensor dst) => Rows(k, cache, rows, dst, write: false);
+
+    // the cache rows named by rows ↔ the consecutive rows of side
+    private static void Rows(KernelSet k, Tensor cache, Tensor rows, Tensor side, bool write)
     {
-        using var _profile = Diagnostics.OpProfiler.Time("kv-cache write", src.Device);
-        SameDType(cache.DType, (src, "src"));
+        using var _profile = Diagnostics.OpProfiler.Time(write ? "kv-cache write" : "kv-cache read", side.Device);
+        string name = write ? "src" : "dst";
+        SameDType(cache.DType, (side, name));
         Require(rows, DType.I32, "rows");
         int width = cache.Dim(1);
-        RequireElements(src, rows.ElementCount * width, "src");
-        switch (src.DType.SizeOf())
+        RequireElements(side, rows.ElementCount * width, name);
+        switch (side.DType.SizeOf())
         {
-            case 4: RowScatter.Run(k, src.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
-            case 2: RowScatter.Run(k, src.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
-            default: throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
+            case 4 when write: RowScatter.Run(k, side.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
+            case 4: RowScatter.Gather(k, cache.View<float>(), side.View<float>(), rows.View<int>(), width); break;
+            case 2 when write: RowScatter.Run(k, side.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
+            case 2: RowScatter.Gather(k, cache.View<ushort>(), side.View<ushort>(), rows.View<int>(), width); break;
+            default: throw new ArgumentException($"KV cache of {side.DType.Name()} is not supported");
         }
     }
 

@@ -78,7 +78,7 @@ public sealed class QueueFullException(int queued, TimeSpan retryAfter)
 public sealed class InferenceEngine : IDisposable
 {
     private readonly CausalLm _model;
-    private readonly Decoder _decoder;
+    private readonly Generator _generator;
     private readonly KvCache _cache;
     private readonly LoraSlots _slots;
     private readonly EngineOptions _options;
@@ -127,7 +127,7 @@ public sealed class InferenceEngine : IDisposable
         options.Validate();
         _model = model;
         _options = options;
-        _decoder = new Decoder(model);
+        _generator = new Generator(model);
         _cache = KvCache.ForBudget(model, options.KvCacheBytes, options.PageSize);
         try
         {
@@ -300,7 +300,7 @@ public sealed class InferenceEngine : IDisposable
         try
         {
             using (Diagnostics.OpProfiler.Time("prefill", _model.Device))
-                logits = _decoder.Prefill(_cache, admitted.Select(r => r.Seq).ToList(), admitted.Select(r => r.Request.Prompt).ToList(), admitted.Select(r => r.Slot).ToArray());
+                logits = _generator.Prefill(_cache, admitted.Select(r => r.Seq).ToList(), admitted.Select(r => r.Request.Prompt).ToList(), admitted.Select(r => r.Slot).ToArray());
         }
         catch (Exception e)
         {
@@ -320,7 +320,7 @@ public sealed class InferenceEngine : IDisposable
         var slots = batch.Any(r => r.Slot >= 0) ? batch.Select(r => r.Slot).ToArray() : null;
         float[][] logits;
         using (Diagnostics.OpProfiler.Time("decode step", _model.Device))
-            logits = _decoder.Step(_cache, batch.Select(r => r.Seq).ToList(), batch.Select(r => r.Next).ToArray(), slots);
+            logits = _generator.Step(_cache, batch.Select(r => r.Seq).ToList(), batch.Select(r => r.Next).ToArray(), slots);
         for (int i = 0; i < batch.Count; i++) Accept(batch[i], logits[i]);
         double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
         _stepSeconds = 0.9 * _stepSeconds + 0.1 * seconds;
