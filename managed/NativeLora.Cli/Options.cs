@@ -316,4 +316,38 @@ public sealed class ServeOptions : DeviceOptions
 
     [Option("judge-concurrency", Default = 2, HelpText = "Judge calls in flight at once.")]
     public int JudgeConcurrency { get; set; } = 2;
+
+    [Option("drift-profile", HelpText = "Profile from `nativelora drift-profile`: each prompt's embedding is scored against it (nativelora_prompt_drift_distance, nativelora_prompt_out_of_distribution_total).")]
+    public string? DriftProfile { get; set; }
+
+    [Option("no-prefix-caching", HelpText = "Do not reuse the KV pages of earlier prompts' shared beginnings (prefix caching is on by default).")]
+    public bool NoPrefixCaching { get; set; }
+}
+
+[Verb("drift-profile", HelpText = "Fit the reference distribution of prompt embeddings of a data file, for `serve --drift-profile`.")]
+public sealed class DriftProfileOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "HF model directory (the one that will be served).")]
+    public string Model { get; set; } = "";
+
+    [Option("data", Required = true, HelpText = "Training data (JSON/JSONL: messages, conversations or instruction/output rows).")]
+    public string Data { get; set; } = "";
+
+    [Option("out", Required = true, HelpText = "Profile file to write (safetensors).")]
+    public string Out { get; set; } = "";
+
+    [Option("rank", Default = 32, HelpText = "Principal directions kept (the rest of the covariance is one isotropic variance).")]
+    public int Rank { get; set; } = 32;
+
+    [Option("quantile", Default = 0.99, HelpText = "Out-of-distribution threshold: this quantile of the training rows' own distances.")]
+    public double Quantile { get; set; } = 0.99;
+
+    [Option("max-rows", Default = 5000, HelpText = "Rows embedded at most (the first ones).")]
+    public int MaxRows { get; set; } = 5000;
+
+    [Option("max-seq-len", Default = 2048, HelpText = "Longest prompt embedded; longer ones keep their end.")]
+    public int MaxSeqLen { get; set; } = 2048;
+
+    [Option("dtype", Default = "auto", HelpText = "Compute dtype: auto, f32, bf16, f16 (use the serving one).")]
+    public string DType { get; set; } = "auto";
 }

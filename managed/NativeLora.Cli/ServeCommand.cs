@@ -45,12 +45,13 @@ public static class ServeCommand
             ModelName = o.ServedModelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(o.Model))),
             MaxBodyBytes = o.MaxBodyBytes, MaxPromptTokens = o.MaxPromptTokens, DefaultMaxTokens = o.DefaultMaxTokens, LogPrompts = o.LogPrompts,
             RequestTimeoutSeconds = o.RequestTimeout, Judge = judge,
+            Drift = o.DriftProfile == null ? null : Serving.DriftProfile.Load(o.DriftProfile),
         };
         serverOptions.Validate();
         var engineOptions = new EngineOptions
         {
             MaxBatch = o.MaxBatch, MaxQueue = o.MaxQueue, KvCacheBytes = (long)o.KvCacheMb << 20, PageSize = o.KvPageSize,
-            MaxLoras = o.MaxLoras, MaxLoraRank = o.MaxLoraRank,
+            MaxLoras = o.MaxLoras, MaxLoraRank = o.MaxLoraRank, PrefixCaching = !o.NoPrefixCaching,
         };
         engineOptions.Validate();
 
@@ -70,6 +71,25 @@ public static class ServeCommand
         {
             server.DisposeAsync().AsTask().GetAwaiter().GetResult();
         }
+        return 0;
+    }
+
+    /// <summary>`nativelora drift-profile`: embeds the prompts of a data file as the server will, fits the profile, writes it.</summary>
+    public static int DriftProfile(DriftProfileOptions o)
+    {
+        var (rows, bad) = Data.DatasetReader.ReadPromptsAndReferences(o.Data);
+        foreach (var b in bad.Take(5)) Console.Error.WriteLine($"warning: {b.File}:{b.Line}: {b.Reason}");
+        if (bad.Count > 5) Console.Error.WriteLine($"warning: {bad.Count - 5} more malformed rows skipped");
+        if (rows.Count < 3) throw new ArgumentException($"{o.Data}: {rows.Count} usable rows; a drift profile needs at least 3");
+        using var device = Commands.OpenDevice(o);
+        using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
+        using var tokenizer = Text.HfTokenizer.Load(o.Model);
+        var prompts = rows.Take(o.MaxRows).Select(r => (IReadOnlyList<Text.ChatMessage>)r.Prompt).ToList();
+        var embeddings = Serving.DriftProfile.EmbedPrompts(model, tokenizer, prompts, Math.Min(o.MaxSeqLen, model.Config.MaxPositionEmbeddings));
+        var profile = Serving.DriftProfile.Fit(embeddings, o.Rank, o.Quantile);
+        profile.Save(o.Out, Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(o.Model))));
+        Console.WriteLine($"drift profile of {embeddings.Count} prompts (hidden size {profile.Dim}, {profile.Components.Length} principal directions): " +
+            $"threshold {profile.Threshold:G4} at the {o.Quantile:0.###} quantile -> {o.Out}");
         return 0;
     }
 }

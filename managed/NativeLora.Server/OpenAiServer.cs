@@ -62,7 +62,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _tokenizer = tokenizer;
         _options = options;
         _chat = new ExampleFormatterGate(tokenizer);
-        Metrics = new ServerMetrics(engine);
+        Metrics = new ServerMetrics(engine, options.Drift);
         if (options.Judge != null) Judge = new QualitySampler(options.Judge with { LogPrompts = options.LogPrompts }, Metrics.Registry);
         _stopIds = StopIds(tokenizer, engine.Model.Config);
 
@@ -293,7 +293,11 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     // ------------------------------------------------------------------ completions
 
-    private sealed record Parsed(string Model, string? Adapter, int[] Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stops, bool Stream, bool IncludeUsage, string? PromptText);
+    private sealed record Parsed(string Model, string? Adapter, int[] Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stops, bool Stream, bool IncludeUsage, string? PromptText)
+    {
+        /// <summary>The last user message's token range (the whole prompt for completions): what drift monitoring embeds.</summary>
+        public (int Start, int End) UserSpan { get; init; }
+    }
 
     private async Task Generate(HttpContext ctx, bool chat)
     {
@@ -306,7 +310,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         GenerationHandle handle;
         try
         {
-            handle = _engine.Submit(new GenerationRequest(p.Prompt, p.Adapter, p.MaxTokens, p.Sampling, _stopIds), stop.Token);
+            handle = _engine.Submit(new GenerationRequest(p.Prompt, p.Adapter, p.MaxTokens, p.Sampling, _stopIds)
+                { Embed = _options.Drift != null ? p.UserSpan : null }, stop.Token);
         }
         catch (QueueFullException e)
         {
@@ -360,6 +365,12 @@ public sealed class OpenAiServer : IAsyncDisposable
                 }
             }
             var reason = await handle.Completion;
+            if (_options.Drift != null && handle.PromptEmbedding is { } embedding)
+            {
+                double distance = _options.Drift.Distance(embedding);
+                Metrics.DriftDistance!.WithLabels(p.Model).Observe(distance);
+                if (_options.Drift.IsOutOfDistribution(distance)) Metrics.OutOfDistribution!.WithLabels(p.Model).Inc();
+            }
             if (reason == FinishReason.Cancelled && deadline.IsCancellationRequested && !text.Stopped && !ctx.RequestAborted.IsCancellationRequested)
             {
                 var timeout = new ApiException(504, $"the request did not finish within --request-timeout {_options.RequestTimeoutSeconds:0.###} s ({generated} tokens generated)", "timeout_error", code: "request_timeout");
@@ -452,11 +463,18 @@ public sealed class OpenAiServer : IAsyncDisposable
 
         int[] prompt;
         string? promptText;
+        (int, int)? userSpan = null;
         if (chat)
         {
             var messages = ParseMessages(body);
             promptText = string.Join("\n", messages.Select(m => $"{m.Role}: {m.Content}"));
-            prompt = _chat.PromptIds(messages);
+            if (_options.Drift != null)
+            {
+                int start, end;
+                (prompt, start, end) = _chat.PromptWithLastUserMessage(messages);
+                userSpan = (start, end);
+            }
+            else prompt = _chat.PromptIds(messages);
         }
         else (prompt, promptText) = ParsePrompt(body);
         if (prompt.Length == 0) throw new ApiException(400, "the prompt is empty", param: chat ? "messages" : "prompt");
@@ -486,7 +504,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         };
         bool stream = OptionalBool(body, "stream") ?? false;
         bool includeUsage = body["stream_options"] is JsonObject so && so["include_usage"] is JsonValue iu && iu.TryGetValue(out bool inc) && inc;
-        return new Parsed(model, adapter, prompt, maxTokens, new SamplingOptions((float)temperature, 0, (float)topP, 1f, seed), stops, stream, includeUsage, promptText);
+        return new Parsed(model, adapter, prompt, maxTokens, new SamplingOptions((float)temperature, 0, (float)topP, 1f, seed), stops, stream, includeUsage, promptText)
+            { UserSpan = userSpan ?? (0, prompt.Length) };
     }
 
     private (int[] Ids, string? Text) ParsePrompt(JsonObject body)
@@ -618,6 +637,21 @@ public sealed class OpenAiServer : IAsyncDisposable
                 try
                 {
                     return _formatter.PromptIds(messages);
+                }
+                catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
+                {
+                    throw new ApiException(400, $"the chat template failed on these messages: {e.Message}", param: "messages");
+                }
+            }
+        }
+
+        public (int[] Ids, int Start, int End) PromptWithLastUserMessage(IReadOnlyList<ChatMessage> messages)
+        {
+            lock (_formatter)
+            {
+                try
+                {
+                    return _formatter.PromptWithLastUserMessage(messages);
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
                 {

@@ -23,6 +23,9 @@ public sealed class ServerMetrics
     public Histogram DecodeStep { get; }
     public Histogram DecodeBatchSize { get; }
     public Gauge DecodeTokensPerSecond { get; }
+    /// <summary>Input drift (null without a drift profile).</summary>
+    public Histogram? DriftDistance { get; }
+    public Counter? OutOfDistribution { get; }
 
     /// <summary>The values of nativelora_request_errors_total's `type` label: a fixed set, whatever clients send.</summary>
     public static readonly string[] ErrorKinds =
@@ -44,7 +47,7 @@ public sealed class ServerMetrics
         _ => "client_error",
     };
 
-    public ServerMetrics(InferenceEngine engine)
+    public ServerMetrics(InferenceEngine engine, DriftProfile? drift = null)
     {
         var f = Metrics.WithCustomRegistry(Registry);
         var byModel = new[] { "model" };
@@ -73,6 +76,19 @@ public sealed class ServerMetrics
         var kvTotal = f.CreateGauge("nativelora_kv_cache_pages", "KV-cache pages in all");
         var kvUsage = f.CreateGauge("nativelora_kv_cache_usage_ratio", "Fraction of the KV cache in use (reserved for running requests)");
         var adapters = f.CreateGauge("nativelora_loaded_adapters", "LoRA adapters loaded");
+        var prefixQueries = f.CreateCounter("nativelora_prefix_cache_queries_total", "Prompt tokens of admitted requests looked up in the prefix cache");
+        var prefixHits = f.CreateCounter("nativelora_prefix_cache_hits_total", "Prompt tokens whose keys and values came from the prefix cache (hit rate: hits / queries)");
+        var prefixPages = f.CreateGauge("nativelora_prefix_cache_pages", "KV pages the prefix cache holds (reclaimed least recently used first when requests need them)");
+        var prefixEvicted = f.CreateCounter("nativelora_prefix_cache_evicted_pages_total", "KV pages the prefix cache gave back");
+        if (drift != null)
+        {
+            var t = drift.Threshold;
+            DriftDistance = f.CreateHistogram("nativelora_prompt_drift_distance", "Mahalanobis distance of each prompt's embedding (mean final hidden state over its last user message) to the training data's profile",
+                new HistogramConfiguration { LabelNames = byModel, Buckets = new[] { 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2, 3, 5, 10, 20 }.Select(x => x * t).ToArray() });
+            OutOfDistribution = f.CreateCounter("nativelora_prompt_out_of_distribution_total", $"Prompts farther from the training data than its own {drift.Quantile:0.###} quantile ({t:G4})",
+                new CounterConfiguration { LabelNames = byModel });
+            f.CreateGauge("nativelora_prompt_drift_threshold", "The out-of-distribution threshold of the drift profile").Set(t);
+        }
         var slotsUsed = f.CreateGauge("nativelora_adapter_slots_used", "Adapter slots holding weights (loaded, or unloaded and still used by running requests)");
         var slotsTotal = f.CreateGauge("nativelora_adapter_slots", "Adapter slots in all (--max-loras)");
         // device and process: what the native core measures (NVML on CUDA, host memory on the CPU); a figure the
@@ -89,6 +105,10 @@ public sealed class ServerMetrics
         Registry.AddBeforeCollectCallback(() =>
         {
             slotsUsed.Set(engine.AdapterSlotsUsed);
+            prefixQueries.IncTo(engine.PrefixQueryTokens);
+            prefixHits.IncTo(engine.PrefixHitTokens);
+            prefixPages.Set(engine.PrefixCachedPages);
+            prefixEvicted.IncTo(engine.PrefixEvictedPages);
             slotsTotal.Set(engine.AdapterSlotsTotal);
             DeviceStats? d = null;
             try

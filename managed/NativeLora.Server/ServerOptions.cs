@@ -25,6 +25,8 @@ public sealed record ServerOptions
     public double RequestTimeoutSeconds { get; init; }
     /// <summary>Live quality sampling by an LLM judge; null: off.</summary>
     public JudgeSamplingOptions? Judge { get; init; }
+    /// <summary>Input drift: each prompt's embedding (its last user message) is scored against this profile; null: off.</summary>
+    public Serving.DriftProfile? Drift { get; init; }
 
     public void Validate()
     {
