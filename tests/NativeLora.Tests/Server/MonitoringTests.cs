@@ -88,14 +88,19 @@ public class MonitoringTests
         var used = exprs.SelectMany(e => Regex.Matches(e, @"nativelora_[a-z_]+").Select(m => Regex.Replace(m.Value, "_(bucket|sum|count)$", ""))).ToHashSet();
 
         using var judge = new JudgeTests.Stub((_, _) => Task.FromResult(JudgeTests.Chat("{\"relevance\": 5, \"coherence\": 5, \"style\": 5}")));
-        await using var s = await RunningServer.Start(_world, configure: o => o with { Judge = JudgeOptions(judge.BaseUrl, Path.Combine(_world.Root, $"j-{Guid.NewGuid():N}.jsonl")) });
+        // judge and drift on, so that every series can appear (any profile of the model's width will do)
+        var rng = new Random(1);
+        var drift = DriftProfile.Fit(Enumerable.Range(0, 50).Select(_ => Enumerable.Range(0, 64).Select(_ => (float)rng.NextDouble()).ToArray()).ToList(), rank: 4);
+        await using var s = await RunningServer.Start(_world, configure: o => o with { Judge = JudgeOptions(judge.BaseUrl, Path.Combine(_world.Root, $"j-{Guid.NewGuid():N}.jsonl")), Drift = drift });
+        Assert.That((await s.Post("/v1/completions", Completion("tiny", "Hello"))).Status, Is.EqualTo(200));
         Assert.That((await s.Post("/v1/completions", Completion("tiny", "Hello"))).Status, Is.EqualTo(200));
         await s.Post("/v1/completions", Completion("tiny", "Hello", maxTokens: 0));
         var text = await WaitForMetrics(s, t => Samples(t, "nativelora_judge_score_count").Count > 0);
         var exported = Regex.Matches(text, @"^# TYPE (\S+) ", RegexOptions.Multiline).Select(m => m.Groups[1].Value).ToHashSet();
         if (!NativeCore.IsCuda) exported.Add("nativelora_device_utilization_ratio");
         Assert.That(used.Except(exported), Is.Empty, "the dashboard plots series the server does not export");
-        Assert.That(used, Does.Contain("nativelora_request_errors_total").And.Contain("nativelora_judge_score").And.Contain("nativelora_device_memory_used_bytes"));
+        Assert.That(used, Does.Contain("nativelora_request_errors_total").And.Contain("nativelora_judge_score").And.Contain("nativelora_device_memory_used_bytes")
+            .And.Contain("nativelora_prompt_drift_distance").And.Contain("nativelora_prefix_cache_hits_total"));
     }
 
     [Test]
