@@ -60,6 +60,25 @@ public class DriftTests
         Assert.That(other.Count(_profile.IsOutOfDistribution) / (double)other.Length, Is.GreaterThanOrEqualTo(0.9), Report());
     }
 
+    [Test]
+    public void TheDriftProfileCommandWritesAProfileTheServerCanLoad()
+    {
+        var data = Path.Combine(BindingCoverageTests.RepoRoot(), "data", "demo", "instructions.jsonl");
+        var outFile = Path.Combine(_world.Root, $"profile-{Guid.NewGuid():N}.safetensors");
+        var (code, stdout, stderr) = Cli.CliTests.Run("drift-profile", "--model", _world.ModelDir, "--data", data, "--out", outFile, "--rank", "8", "--max-rows", "60", "--device", "cpu");
+        Assert.That(code, Is.EqualTo(0), stderr);
+        Assert.That(stdout, Does.Contain("drift profile of 60 prompts").And.Contain("threshold"));
+        var profile = DriftProfile.Load(outFile);
+        Assert.That(profile.Dim, Is.EqualTo(64));
+        Assert.That(profile.Components, Has.Length.EqualTo(8));
+        Assert.That(profile.Rows, Is.EqualTo(60));
+
+        (code, _, stderr) = Cli.CliTests.Run("drift-profile", "--model", _world.ModelDir, "--data", Path.Combine(_world.Root, "missing.jsonl"), "--out", outFile, "--device", "cpu");
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(stderr.Trim(), Does.StartWith("error: ").And.Contain("missing.jsonl"));
+        Assert.That(stderr.Trim().Split('\n'), Has.Length.EqualTo(1), "one line, no stack trace");
+    }
+
     private static double Median(double[] v) => v.OrderBy(x => x).ElementAt(v.Length / 2);
 
     [Test]
