@@ -8,6 +8,7 @@ Type[] verbs =
 [
     typeof(InfoOptions), typeof(SelfCheckOptions), typeof(InitModelOptions), typeof(ImportOptions), typeof(GenerateOptions), typeof(TrainOptions),
     typeof(MergeOptions), typeof(PlanOptions), typeof(EvalOptions), typeof(ExportGgufOptions), typeof(InspectOptions), typeof(ServeOptions),
+    typeof(DriftProfileOptions),
 ];
 NativeLora.Hub.ModelSource.DownloadProgress = new DownloadBar(Console.Error);
 using var parser = new Parser(s => { s.HelpWriter = null; s.AutoHelp = true; s.AutoVersion = true; });
@@ -28,6 +29,7 @@ return Run(() => parsed.Value switch
     ExportGgufOptions o => Commands.ExportGguf(o),
     InspectOptions o => Commands.Inspect(o),
     ServeOptions o => ServeCommand.Run(o),
+    DriftProfileOptions o => ServeCommand.DriftProfile(o),
     var o => throw new InvalidOperationException($"no command for {o.GetType().Name}"),
 });
 
