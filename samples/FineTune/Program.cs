@@ -44,9 +44,9 @@ using var model = ModelDirectory.Load(device, config.Model, device.ResolveDType(
 using var adapter = LoraAdapter.Load(model, result.AdapterDir);
 using var tokenizer = HfTokenizer.Load(config.Model);
 var prompt = new ExampleFormatter(tokenizer, trainOnPrompt: false).PromptIds(new List<ChatMessage> { new("user", "What is the capital of France?") });
-var stop = new HashSet<int>();
-if (tokenizer.EosId is int eos) stop.Add(eos);
-var ids = new Decoder(model).Generate(prompt, 24, new Sampler(new SamplingOptions(Temperature: 0)), stop);
+// the ids that end a generation: the tokenizer's EOS, config and generation_config EOS ids, the template's end of turn
+var stop = StopRule.For(tokenizer.Directory, model.Config, tokenizer);
+var ids = new Generator(model).Generate(prompt, 24, new Sampler(new SamplingOptions(Temperature: 0)), stop.Ids);
 Console.WriteLine($"generated {ids.Count} tokens: {tokenizer.Decode(ids.ToArray(), skipSpecialTokens: true)}");
 return 0;
 
