@@ -51,10 +51,11 @@ internal static class TrainCommand
             return 0;
         }
         if (string.IsNullOrWhiteSpace(c.Data)) throw new ArgumentException("data is required (a JSON or JSONL dataset)");
+        var start = RunDirectory.Prepare(c.OutputDir, o.StartMode, m => Console.Error.WriteLine(m));
 
         using var tok = HfTokenizer.Load(c.Model);
         var formatter = new ExampleFormatter(tok, c.TrainOnPrompt);
-        var (all, summary) = DatasetReader.Read(c.Data, formatter, c.MaxSeqLen, c.Dedup, c.Overlong == "truncate", c.MaxBadRowFraction);
+        var (all, summary) = DatasetReader.Read(c.Data, formatter, c.MaxSeqLen, c.Dedup, c.Overlong == "truncate", c.MaxBadRowFraction, c.MaxRowBytes);
         Console.WriteLine($"data {c.Data}: {summary}");
         foreach (var bad in summary.Malformed.Take(10)) Console.Error.WriteLine($"  skipped {bad}");
         if (summary.Malformed.Count > 10) Console.Error.WriteLine($"  ... and {summary.Malformed.Count - 10} more malformed rows");
@@ -62,7 +63,7 @@ internal static class TrainCommand
         if (c.EvalData != null)
         {
             train = all;
-            var (v, vs) = DatasetReader.Read(c.EvalData, formatter, c.MaxSeqLen, c.Dedup, c.Overlong == "truncate", c.MaxBadRowFraction);
+            var (v, vs) = DatasetReader.Read(c.EvalData, formatter, c.MaxSeqLen, c.Dedup, c.Overlong == "truncate", c.MaxBadRowFraction, c.MaxRowBytes);
             val = v;
             Console.WriteLine($"eval data {c.EvalData}: {vs}");
         }
@@ -80,8 +81,10 @@ internal static class TrainCommand
         var trainer = new Trainer(c, model, adapter, train, val) { OnMessage = m => Console.Error.WriteLine(m) };
         Directory.CreateDirectory(c.OutputDir);
         File.WriteAllText(Path.Combine(c.OutputDir, "train_config.json"), c.ToJson());
+        if (!trainer.HasValidationTargets)
+            Console.Error.WriteLine($"no validation loss: the validation set {(val.Count == 0 ? "is empty" : "has no target token")} ({(c.EvalData != null ? $"eval_data {c.EvalData}" : $"val_split {c.ValSplit} of {all.Count} examples")}); no best adapter is kept");
         double before = trainer.ValidationLoss();
-        if (!o.Resume) Console.WriteLine($"validation loss before training: {before:F4}");
+        if (start.Checkpoint == null && trainer.HasValidationTargets) Console.WriteLine($"validation loss before training: {before:F4}");
 
         TrainerState state = null!;
         AnsiConsole.Progress()
@@ -95,7 +98,7 @@ internal static class TrainCommand
                     task.Value = m.Step;
                     task.Description = $"step {m.Step}/{m.TotalSteps} loss {m.Loss:F4}{(m.ValLoss is double v ? $" val {v:F4}" : "")} lr {m.Lr:E2} {m.TokensPerSecond:F0} tok/s";
                 };
-                state = trainer.Run(o.Resume);
+                state = trainer.Run(start);
             });
 
         if (Diagnostics.OpProfiler.Enabled) Console.Error.WriteLine("op profile (NATIVELORA_PROFILE=1; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
@@ -104,7 +107,9 @@ internal static class TrainCommand
         adapter.Save(adapterDir, c.Model);
         var history = ReadHistory(Path.Combine(c.OutputDir, "metrics.jsonl"));
         LossPlot.Write(Path.Combine(c.OutputDir, "loss.png"), history);
-        Console.WriteLine($"validation loss: {before:F4} before, {after:F4} after ({state.GlobalStep} steps; best {state.BestValLoss:F4} at step {state.BestStep})");
+        Console.WriteLine(trainer.HasValidationTargets
+            ? $"validation loss: {before:F4} before, {after:F4} after ({state.GlobalStep} steps; best {(state.BestStep < 0 ? "-" : $"{state.BestValLoss:F4} at step {state.BestStep}")})"
+            : $"{state.GlobalStep} steps; no validation loss");
         Console.WriteLine($"adapter: {adapterDir}   best: {trainer.BestAdapterDir ?? "-"}   metrics: {Path.Combine(c.OutputDir, "metrics.jsonl")}   plot: {Path.Combine(c.OutputDir, "loss.png")}");
         return 0;
     }

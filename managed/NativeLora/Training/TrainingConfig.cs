@@ -58,6 +58,9 @@ public sealed record TrainingConfig
     public string Overlong { get; init; } = "truncate"; // or "drop"
     public double MaxBadRowFraction { get; init; } = 0.05;
     public double ValSplit { get; init; } = 0.1;
+    /// <summary>A data row longer than this (MB of JSON) is reported as malformed and skipped unread.</summary>
+    public double MaxRowMb { get; init; } = 16;
+    [JsonIgnore] public long MaxRowBytes => (long)(MaxRowMb * (1 << 20));
 
     // evaluation, checkpoints, safety
     public int EvalSteps { get; init; } = 50;
@@ -91,6 +94,7 @@ public sealed record TrainingConfig
         Need(ValSplit >= 0 && ValSplit < 1, $"val_split must be in [0, 1), got {ValSplit}");
         Need(Overlong is "truncate" or "drop", $"overlong must be truncate or drop, got '{Overlong}'");
         Need(MaxBadRowFraction >= 0 && MaxBadRowFraction <= 1, "max_bad_row_fraction must be in [0, 1]");
+        Need(MaxRowMb > 0 && MaxRowMb <= 2047, $"max_row_mb must be in (0, 2047], got {MaxRowMb}");
         Need(EvalSteps >= 1 && SaveSteps >= 1 && LoggingSteps >= 1, "eval_steps, save_steps and logging_steps must be ≥ 1");
         Need(MaxConsecutiveNonFinite >= 1, "max_consecutive_non_finite must be ≥ 1");
         ToLoraConfig().Validate();

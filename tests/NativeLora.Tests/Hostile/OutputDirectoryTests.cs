@@ -1,0 +1,135 @@
+using NativeLora.Lora;
+using NativeLora.Tests.Model;
+using NativeLora.Tests.Training;
+using NativeLora.Training;
+
+namespace NativeLora.Tests.Hostile;
+
+/// <summary>
+/// The hostile pass, output directories and resume: a directory holding a run is never silently reused,
+/// --overwrite-output-dir leaves no old checkpoint behind, every checkpoint carries its run's id, and
+/// --resume / --resume-if-exists say what they found (RunDirectory).
+/// </summary>
+public class OutputDirectoryTests
+{
+    private string _dir = null!;
+
+    [SetUp]
+    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-outdir-").FullName;
+
+    [TearDown]
+    public void RemoveDir() => Directory.Delete(_dir, true);
+
+    // a small finished run: checkpoints 2 and 4, adapter, best, metrics
+    private List<StepMetrics> Train(string dir, RunStartMode mode, int maxSteps = 4, Action<Trainer>? before = null)
+    {
+        var (train, val, _) = LearningTests.SyntheticTask(21);
+        using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+        var cfg = LearningTests.FastConfig(dir) with { MaxSteps = maxSteps, SaveSteps = 2, EvalSteps = 2 };
+        using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+        var trainer = new Trainer(cfg, model, adapter, train, val);
+        before?.Invoke(trainer);
+        trainer.Run(RunDirectory.Prepare(dir, mode));
+        adapter.Save(Path.Combine(dir, "adapter"), cfg.Model);
+        return trainer.History;
+    }
+
+    [Test]
+    public void ANewRunInADirectoryHoldingARunIsRefusedAndNothingIsTouched()
+    {
+        Train(_dir, RunStartMode.New);
+        var before = Directory.GetFileSystemEntries(_dir, "*", SearchOption.AllDirectories).Order().ToList();
+        var metrics = File.ReadAllText(Path.Combine(_dir, "metrics.jsonl"));
+        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.New))!;
+        Assert.That(e.Message, Does.Contain(_dir).And.Contain("already holds a run").And.Contain("checkpoint-2").And.Contain("--resume").And.Contain("--overwrite-output-dir"));
+        Assert.That(Directory.GetFileSystemEntries(_dir, "*", SearchOption.AllDirectories).Order(), Is.EqualTo(before));
+        Assert.That(File.ReadAllText(Path.Combine(_dir, "metrics.jsonl")), Is.EqualTo(metrics));
+    }
+
+    [Test]
+    public void OverwriteRemovesTheOldRunsCheckpointsBeforeTheNewRunWrites()
+    {
+        Train(_dir, RunStartMode.New, maxSteps: 6);
+        var oldId = RunDirectory.ReadRunId(_dir);
+        File.WriteAllText(Path.Combine(_dir, "notes.txt"), "mine"); // not the run's: kept
+        var messages = new List<string>();
+        var start = RunDirectory.Prepare(_dir, RunStartMode.Overwrite, messages.Add);
+        Assert.That(messages, Has.One.Contains("removed the previous run"));
+        Assert.That(start.Checkpoint, Is.Null);
+        Assert.That(start.RunId, Is.Not.EqualTo(oldId));
+        Assert.That(RunDirectory.RunContents(_dir), Is.Empty);
+        Assert.That(File.ReadAllText(Path.Combine(_dir, "notes.txt")), Is.EqualTo("mine"));
+
+        Train(_dir, RunStartMode.Overwrite, maxSteps: 2);
+        Assert.That(Directory.GetDirectories(_dir, "checkpoint-*").Select(Path.GetFileName), Is.EqualTo(new[] { "checkpoint-2" }), "no old checkpoint beside the new run's");
+        Assert.That(File.ReadAllLines(Path.Combine(_dir, "metrics.jsonl")), Has.Length.EqualTo(2));
+    }
+
+    [Test]
+    public void EveryCheckpointCarriesTheRunIdAndAResumeRefusesAnotherRunsCheckpoint()
+    {
+        Train(_dir, RunStartMode.New);
+        var id = RunDirectory.ReadRunId(_dir);
+        Assert.That(id, Is.Not.Null.And.Not.Empty);
+        foreach (var ckpt in Directory.GetDirectories(_dir, "checkpoint-*"))
+            Assert.That(Checkpoint.ReadState(ckpt).RunId, Is.EqualTo(id), ckpt);
+        Assert.That(RunDirectory.Prepare(_dir, RunStartMode.Resume).Checkpoint, Does.EndWith("checkpoint-4"));
+
+        // a checkpoint of another run copied in: the resume names both runs and refuses
+        var other = Path.Combine(_dir, "other");
+        Train(other, RunStartMode.New, maxSteps: 6);
+        Directory.Move(Path.Combine(other, "checkpoint-6"), Path.Combine(_dir, "checkpoint-6"));
+        var e = Assert.Throws<InvalidDataException>(() => RunDirectory.Prepare(_dir, RunStartMode.Resume))!;
+        Assert.That(e.Message, Does.Contain("checkpoint-6").And.Contain(id!).And.Contain(RunDirectory.ReadRunId(other)!).And.Contain("refusing to mix"));
+        Assert.Throws<InvalidDataException>(() => RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists));
+    }
+
+    [Test]
+    public void ResumeWithoutACheckpointIsAnErrorNamingTheDirectory()
+    {
+        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.Resume))!;
+        Assert.That(e.Message, Does.Contain("--resume").And.Contain(_dir).And.Contain("no complete checkpoint"));
+        Assert.That(RunDirectory.RunContents(_dir), Is.Empty);
+        // a checkpoint that never completed does not count
+        Directory.CreateDirectory(Path.Combine(_dir, "checkpoint-3.tmp"));
+        Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.Resume));
+    }
+
+    [Test]
+    public void ResumeIfExistsStartsFreshWithALineSayingSoOrResumes()
+    {
+        var messages = new List<string>();
+        var start = RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists, messages.Add);
+        Assert.That(start.Checkpoint, Is.Null);
+        Assert.That(messages, Is.EqualTo(new[] { $"no checkpoint found in '{_dir}': starting a new run" }));
+
+        var full = Train(Path.Combine(_dir, "full"), RunStartMode.New, maxSteps: 6);
+        var run = Path.Combine(_dir, "run");
+        // the same run interrupted after step 4 (its checkpoint written), then the same command again
+        Assert.Throws<IOException>(() => Train(run, RunStartMode.ResumeIfExists, maxSteps: 6,
+            before: t => t.OnStep = m => { if (m.Step == 4) throw new IOException("interrupted"); }));
+        List<StepMetrics> resumed = Train(run, RunStartMode.ResumeIfExists, maxSteps: 6);
+        Assert.That(resumed.Select(m => m.Step), Is.EqualTo(new[] { 5, 6 }), "continued from checkpoint-4");
+        Assert.That(resumed.Select(m => m.Loss), Is.EqualTo(full.Skip(4).Select(m => m.Loss)), "the same losses as one uninterrupted run");
+        Assert.That(File.ReadAllLines(Path.Combine(run, "metrics.jsonl")), Has.Length.EqualTo(6));
+    }
+
+    [Test]
+    public void ResumeIfExistsRefusesAFinishedRunWhoseCheckpointsAreGone()
+    {
+        Train(_dir, RunStartMode.New);
+        foreach (var d in Directory.GetDirectories(_dir, "checkpoint-*")) Directory.Delete(d, true);
+        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists))!;
+        Assert.That(e.Message, Does.Contain("adapter").And.Contain("--overwrite-output-dir"));
+        Assert.That(Directory.Exists(Path.Combine(_dir, "adapter")), Is.True);
+    }
+
+    [Test]
+    public void AnOutputDirThatIsAFileIsRefused()
+    {
+        var file = Path.Combine(_dir, "f");
+        File.WriteAllText(file, "x");
+        foreach (var mode in Enum.GetValues<RunStartMode>())
+            Assert.That(Assert.Throws<IOException>(() => RunDirectory.Prepare(file, mode))!.Message, Does.Contain("is a file"));
+    }
+}
