@@ -21,13 +21,15 @@ internal static class TrainCommand
         if (o.ConfigFile != null)
         {
             if (!File.Exists(o.ConfigFile)) throw new FileNotFoundException($"training config '{o.ConfigFile}' does not exist", o.ConfigFile);
-            try { json = JsonNode.Parse(File.ReadAllText(o.ConfigFile), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject ?? throw new InvalidDataException($"{o.ConfigFile}: the top level must be an object"); }
-            catch (JsonException e) { throw new InvalidDataException($"{o.ConfigFile}: {e.Message}", e); }
+            var text = File.ReadAllText(o.ConfigFile);
+            TrainingConfig.Parse(text, o.ConfigFile); // errors with the file's own line numbers, before flags are laid over it
+            try { json = JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject ?? throw new InvalidDataException($"{o.ConfigFile}: the top level must be an object"); }
+            catch (JsonException e) { throw new InvalidDataException(TrainingConfig.Describe(e, o.ConfigFile), e); }
         }
         var merged = o.Merge(json);
         TrainingConfig config;
         try { config = merged.Deserialize<TrainingConfig>(TrainingConfig.Json)!; }
-        catch (JsonException e) { throw new InvalidDataException($"{o.ConfigFile ?? "command line"}: {e.Message}", e); }
+        catch (JsonException e) { throw new InvalidDataException(TrainingConfig.Describe(e, "command line"), e); }
         config.Validate();
         return config;
     }

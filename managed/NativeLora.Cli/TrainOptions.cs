@@ -167,7 +167,12 @@ public sealed class TrainOptions
     {
         var o = fromFile;
         foreach (var (key, value) in Flags())
+        {
+            // JSON has no NaN or Infinity: say which flag, rather than the serializer's complaint
+            if (value is JsonValue v && v.TryGetValue(out double d) && !double.IsFinite(d))
+                throw new ArgumentException($"--{key.Replace('_', '-')} must be a finite number, got {d}");
             if (value != null) o[key] = value;
+        }
         return o;
     }
 

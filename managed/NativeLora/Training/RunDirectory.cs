@@ -67,9 +67,9 @@ public static class RunDirectory
             contents = RunContents(outputDir); // Latest removed stale .tmp folders
             if (mode == RunStartMode.Resume)
                 throw new InvalidOperationException($"--resume: no complete checkpoint in '{outputDir}' (use --resume-if-exists to start a new run when there is none)");
-            // a run killed before its first checkpoint left only metrics and its id: nothing to lose by starting again;
-            // an adapter without checkpoints is a finished run's result, which only --overwrite-output-dir may replace
-            var results = contents.Where(x => RunDirs.Contains(x) || x.StartsWith("checkpoint-")).ToList();
+            // a run killed before its first checkpoint left only metrics, a best adapter and its id: nothing to lose by
+            // starting again; adapter/ is written when a run ends, so without checkpoints it is a finished run's result
+            var results = contents.Where(x => x == "adapter").ToList();
             if (results.Count > 0)
                 throw new InvalidOperationException($"--resume-if-exists: '{outputDir}' holds a run ({string.Join(", ", results)}) but no complete checkpoint; use --overwrite-output-dir to replace it");
             Remove(outputDir);

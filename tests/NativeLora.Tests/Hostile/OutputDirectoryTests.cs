@@ -125,6 +125,19 @@ public class OutputDirectoryTests
     }
 
     [Test]
+    public void ResumeIfExistsStartsAgainWhenARunWasKilledBeforeItsFirstCheckpoint()
+    {
+        // killed while writing checkpoint-2: metrics, best/ (evaluated first) and a .tmp folder are all it left
+        Assert.Throws<IOException>(() => Train(_dir, RunStartMode.New, before: t => Checkpoint.AfterFileWritten = p => throw new IOException("killed")));
+        Checkpoint.AfterFileWritten = null;
+        Assert.That(Directory.Exists(Path.Combine(_dir, "best")) && Directory.Exists(Path.Combine(_dir, "checkpoint-2.tmp")), Is.True);
+        var messages = new List<string>();
+        Assert.That(RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists, messages.Add).Checkpoint, Is.Null);
+        Assert.That(messages, Has.One.Contains("starting a new run"));
+        Assert.That(RunDirectory.RunContents(_dir), Is.Empty, "the partial run's files are gone");
+    }
+
+    [Test]
     public void AnOutputDirThatIsAFileIsRefused()
     {
         var file = Path.Combine(_dir, "f");
