@@ -181,7 +181,8 @@ public class Nf4MatmulTests
         var dev = TestDevice.Shared;
         var k = dev.Kernels;
         int n = 2, inF = 64, outF = 8, r = 2;
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         using var m = new LoraModule(dev, "t", inF, outF, r, 1f, 0f, DType.F32, dora: true);
         m.A.CopyFrom<float>(Check.RandomFloats(rng, r * inF));
         m.B.CopyFrom<float>(Check.RandomFloats(rng, outF * r));
