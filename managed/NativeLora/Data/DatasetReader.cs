@@ -46,7 +46,8 @@ public static class DatasetReader
         var examples = new List<TrainingExample>();
         var seen = new HashSet<string>();
         // the first maxSeqLen tokens lie within this many characters of text: the rest is never tokenized
-        long charBudget = (long)(maxSeqLen + 1) * formatter.MaxTokenChars;
+        // (int.MaxValue, as evaluation passes to read whole rows, gives a budget no string reaches)
+        long charBudget = ((long)maxSeqLen + 1) * formatter.MaxTokenChars;
         foreach (var (line, json, error) in Rows(path, maxRowBytes))
         {
             summary.Rows++;

@@ -10,15 +10,9 @@ namespace NativeLora.Tests.Hostile;
 /// --overwrite-output-dir leaves no old checkpoint behind, every checkpoint carries its run's id, and
 /// --resume / --resume-if-exists say what they found (RunDirectory).
 /// </summary>
-public class OutputDirectoryTests
+public class OutputDirectoryTests : SafeTensors.TempDirectoryTest
 {
-    private string _dir = null!;
 
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-outdir-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
 
     // a small finished run: checkpoints 2 and 4, adapter, best, metrics
     private List<StepMetrics> Train(string dir, RunStartMode mode, int maxSteps = 4, Action<Trainer>? before = null)
@@ -37,74 +31,74 @@ public class OutputDirectoryTests
     [Test]
     public void ANewRunInADirectoryHoldingARunIsRefusedAndNothingIsTouched()
     {
-        Train(_dir, RunStartMode.New);
-        var before = Directory.GetFileSystemEntries(_dir, "*", SearchOption.AllDirectories).Order().ToList();
-        var metrics = File.ReadAllText(Path.Combine(_dir, "metrics.jsonl"));
-        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.New))!;
-        Assert.That(e.Message, Does.Contain(_dir).And.Contain("already holds a run").And.Contain("checkpoint-2").And.Contain("--resume").And.Contain("--overwrite-output-dir"));
-        Assert.That(Directory.GetFileSystemEntries(_dir, "*", SearchOption.AllDirectories).Order(), Is.EqualTo(before));
-        Assert.That(File.ReadAllText(Path.Combine(_dir, "metrics.jsonl")), Is.EqualTo(metrics));
+        Train(Dir, RunStartMode.New);
+        var before = Directory.GetFileSystemEntries(Dir, "*", SearchOption.AllDirectories).Order().ToList();
+        var metrics = File.ReadAllText(Path.Combine(Dir, "metrics.jsonl"));
+        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(Dir, RunStartMode.New))!;
+        Assert.That(e.Message, Does.Contain(Dir).And.Contain("already holds a run").And.Contain("checkpoint-2").And.Contain("--resume").And.Contain("--overwrite-output-dir"));
+        Assert.That(Directory.GetFileSystemEntries(Dir, "*", SearchOption.AllDirectories).Order(), Is.EqualTo(before));
+        Assert.That(File.ReadAllText(Path.Combine(Dir, "metrics.jsonl")), Is.EqualTo(metrics));
     }
 
     [Test]
     public void OverwriteRemovesTheOldRunsCheckpointsBeforeTheNewRunWrites()
     {
-        Train(_dir, RunStartMode.New, maxSteps: 6);
-        var oldId = RunDirectory.ReadRunId(_dir);
-        File.WriteAllText(Path.Combine(_dir, "notes.txt"), "mine"); // not the run's: kept
+        Train(Dir, RunStartMode.New, maxSteps: 6);
+        var oldId = RunDirectory.ReadRunId(Dir);
+        File.WriteAllText(Path.Combine(Dir, "notes.txt"), "mine"); // not the run's: kept
         var messages = new List<string>();
-        var start = RunDirectory.Prepare(_dir, RunStartMode.Overwrite, messages.Add);
+        var start = RunDirectory.Prepare(Dir, RunStartMode.Overwrite, messages.Add);
         Assert.That(messages, Has.One.Contains("removed the previous run"));
         Assert.That(start.Checkpoint, Is.Null);
         Assert.That(start.RunId, Is.Not.EqualTo(oldId));
-        Assert.That(RunDirectory.RunContents(_dir), Is.Empty);
-        Assert.That(File.ReadAllText(Path.Combine(_dir, "notes.txt")), Is.EqualTo("mine"));
+        Assert.That(RunDirectory.RunContents(Dir), Is.Empty);
+        Assert.That(File.ReadAllText(Path.Combine(Dir, "notes.txt")), Is.EqualTo("mine"));
 
-        Train(_dir, RunStartMode.Overwrite, maxSteps: 2);
-        Assert.That(Directory.GetDirectories(_dir, "checkpoint-*").Select(Path.GetFileName), Is.EqualTo(new[] { "checkpoint-2" }), "no old checkpoint beside the new run's");
-        Assert.That(File.ReadAllLines(Path.Combine(_dir, "metrics.jsonl")), Has.Length.EqualTo(2));
+        Train(Dir, RunStartMode.Overwrite, maxSteps: 2);
+        Assert.That(Directory.GetDirectories(Dir, "checkpoint-*").Select(Path.GetFileName), Is.EqualTo(new[] { "checkpoint-2" }), "no old checkpoint beside the new run's");
+        Assert.That(File.ReadAllLines(Path.Combine(Dir, "metrics.jsonl")), Has.Length.EqualTo(2));
     }
 
     [Test]
     public void EveryCheckpointCarriesTheRunIdAndAResumeRefusesAnotherRunsCheckpoint()
     {
-        Train(_dir, RunStartMode.New);
-        var id = RunDirectory.ReadRunId(_dir);
+        Train(Dir, RunStartMode.New);
+        var id = RunDirectory.ReadRunId(Dir);
         Assert.That(id, Is.Not.Null.And.Not.Empty);
-        foreach (var ckpt in Directory.GetDirectories(_dir, "checkpoint-*"))
+        foreach (var ckpt in Directory.GetDirectories(Dir, "checkpoint-*"))
             Assert.That(Checkpoint.ReadState(ckpt).RunId, Is.EqualTo(id), ckpt);
-        Assert.That(RunDirectory.Prepare(_dir, RunStartMode.Resume).Checkpoint, Does.EndWith("checkpoint-4"));
+        Assert.That(RunDirectory.Prepare(Dir, RunStartMode.Resume).Checkpoint, Does.EndWith("checkpoint-4"));
 
         // a checkpoint of another run copied in: the resume names both runs and refuses
-        var other = Path.Combine(_dir, "other");
+        var other = Path.Combine(Dir, "other");
         Train(other, RunStartMode.New, maxSteps: 6);
-        Directory.Move(Path.Combine(other, "checkpoint-6"), Path.Combine(_dir, "checkpoint-6"));
-        var e = Assert.Throws<InvalidDataException>(() => RunDirectory.Prepare(_dir, RunStartMode.Resume))!;
+        Directory.Move(Path.Combine(other, "checkpoint-6"), Path.Combine(Dir, "checkpoint-6"));
+        var e = Assert.Throws<InvalidDataException>(() => RunDirectory.Prepare(Dir, RunStartMode.Resume))!;
         Assert.That(e.Message, Does.Contain("checkpoint-6").And.Contain(id!).And.Contain(RunDirectory.ReadRunId(other)!).And.Contain("refusing to mix"));
-        Assert.Throws<InvalidDataException>(() => RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists));
+        Assert.Throws<InvalidDataException>(() => RunDirectory.Prepare(Dir, RunStartMode.ResumeIfExists));
     }
 
     [Test]
     public void ResumeWithoutACheckpointIsAnErrorNamingTheDirectory()
     {
-        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.Resume))!;
-        Assert.That(e.Message, Does.Contain("--resume").And.Contain(_dir).And.Contain("no complete checkpoint"));
-        Assert.That(RunDirectory.RunContents(_dir), Is.Empty);
+        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(Dir, RunStartMode.Resume))!;
+        Assert.That(e.Message, Does.Contain("--resume").And.Contain(Dir).And.Contain("no complete checkpoint"));
+        Assert.That(RunDirectory.RunContents(Dir), Is.Empty);
         // a checkpoint that never completed does not count
-        Directory.CreateDirectory(Path.Combine(_dir, "checkpoint-3.tmp"));
-        Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.Resume));
+        Directory.CreateDirectory(Path.Combine(Dir, "checkpoint-3.tmp"));
+        Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(Dir, RunStartMode.Resume));
     }
 
     [Test]
     public void ResumeIfExistsStartsFreshWithALineSayingSoOrResumes()
     {
         var messages = new List<string>();
-        var start = RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists, messages.Add);
+        var start = RunDirectory.Prepare(Dir, RunStartMode.ResumeIfExists, messages.Add);
         Assert.That(start.Checkpoint, Is.Null);
-        Assert.That(messages, Is.EqualTo(new[] { $"no checkpoint found in '{_dir}': starting a new run" }));
+        Assert.That(messages, Is.EqualTo(new[] { $"no checkpoint found in '{Dir}': starting a new run" }));
 
-        var full = Train(Path.Combine(_dir, "full"), RunStartMode.New, maxSteps: 6);
-        var run = Path.Combine(_dir, "run");
+        var full = Train(Path.Combine(Dir, "full"), RunStartMode.New, maxSteps: 6);
+        var run = Path.Combine(Dir, "run");
         // the same run interrupted after step 4 (its checkpoint written), then the same command again
         Assert.Throws<IOException>(() => Train(run, RunStartMode.ResumeIfExists, maxSteps: 6,
             before: t => t.OnStep = m => { if (m.Step == 4) throw new IOException("interrupted"); }));
@@ -117,30 +111,30 @@ public class OutputDirectoryTests
     [Test]
     public void ResumeIfExistsRefusesAFinishedRunWhoseCheckpointsAreGone()
     {
-        Train(_dir, RunStartMode.New);
-        foreach (var d in Directory.GetDirectories(_dir, "checkpoint-*")) Directory.Delete(d, true);
-        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists))!;
+        Train(Dir, RunStartMode.New);
+        foreach (var d in Directory.GetDirectories(Dir, "checkpoint-*")) Directory.Delete(d, true);
+        var e = Assert.Throws<InvalidOperationException>(() => RunDirectory.Prepare(Dir, RunStartMode.ResumeIfExists))!;
         Assert.That(e.Message, Does.Contain("adapter").And.Contain("--overwrite-output-dir"));
-        Assert.That(Directory.Exists(Path.Combine(_dir, "adapter")), Is.True);
+        Assert.That(Directory.Exists(Path.Combine(Dir, "adapter")), Is.True);
     }
 
     [Test]
     public void ResumeIfExistsStartsAgainWhenARunWasKilledBeforeItsFirstCheckpoint()
     {
         // killed while writing checkpoint-2: metrics, best/ (evaluated first) and a .tmp folder are all it left
-        Assert.Throws<IOException>(() => Train(_dir, RunStartMode.New, before: t => Checkpoint.AfterFileWritten = p => throw new IOException("killed")));
+        Assert.Throws<IOException>(() => Train(Dir, RunStartMode.New, before: t => Checkpoint.AfterFileWritten = p => throw new IOException("killed")));
         Checkpoint.AfterFileWritten = null;
-        Assert.That(Directory.Exists(Path.Combine(_dir, "best")) && Directory.Exists(Path.Combine(_dir, "checkpoint-2.tmp")), Is.True);
+        Assert.That(Directory.Exists(Path.Combine(Dir, "best")) && Directory.Exists(Path.Combine(Dir, "checkpoint-2.tmp")), Is.True);
         var messages = new List<string>();
-        Assert.That(RunDirectory.Prepare(_dir, RunStartMode.ResumeIfExists, messages.Add).Checkpoint, Is.Null);
+        Assert.That(RunDirectory.Prepare(Dir, RunStartMode.ResumeIfExists, messages.Add).Checkpoint, Is.Null);
         Assert.That(messages, Has.One.Contains("starting a new run"));
-        Assert.That(RunDirectory.RunContents(_dir), Is.Empty, "the partial run's files are gone");
+        Assert.That(RunDirectory.RunContents(Dir), Is.Empty, "the partial run's files are gone");
     }
 
     [Test]
     public void AnOutputDirThatIsAFileIsRefused()
     {
-        var file = Path.Combine(_dir, "f");
+        var file = Path.Combine(Dir, "f");
         File.WriteAllText(file, "x");
         foreach (var mode in Enum.GetValues<RunStartMode>())
             Assert.That(Assert.Throws<IOException>(() => RunDirectory.Prepare(file, mode))!.Message, Does.Contain("is a file"));

@@ -9,9 +9,8 @@ namespace NativeLora.Tests.Hostile;
 /// what can reach the first max_seq_len tokens), a row over the byte cap is one `file:line:` line, and
 /// truncating a cut row gives exactly the tokens of truncating the whole row.
 /// </summary>
-public class TrainingInputTests
+public class TrainingInputTests : SafeTensors.TempDirectoryTest
 {
-    private string _dir = null!;
     private static HfTokenizer _tok = null!;
 
     [OneTimeSetUp]
@@ -24,12 +23,6 @@ public class TrainingInputTests
 
     [OneTimeTearDown]
     public void DisposeTokenizer() => _tok.Dispose();
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-input-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
 
     private static string Words(int chars, int seed)
     {
@@ -47,7 +40,7 @@ public class TrainingInputTests
     {
         var big = System.Text.Json.JsonSerializer.Serialize(new { text = new string('a', 3 << 20) });
         var small = System.Text.Json.JsonSerializer.Serialize(new { text = "a small row" });
-        var path = Path.Combine(_dir, "d." + format);
+        var path = Path.Combine(Dir, "d." + format);
         File.WriteAllText(path, format == "jsonl" ? $"{small}\n{big}\n{small.Replace("small", "second")}\n" : $"[{small},\n{big},\n{small.Replace("small", "second")}]");
         var f = new ExampleFormatter(_tok, trainOnPrompt: false);
         var (examples, summary) = DatasetReader.Read(path, f, maxSeqLen: 64, dedup: true, truncateOverlong: true, maxBadFraction: 0.5, maxRowBytes: 1 << 20);
@@ -67,7 +60,7 @@ public class TrainingInputTests
             "alpaca" => System.Text.Json.JsonSerializer.Serialize(new { instruction = "Summarise this.", input = huge, output = "A river." }),
             _ => System.Text.Json.JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = "Tell me a story." }, new { role = "assistant", content = huge }, new { role = "user", content = "More." }, new { role = "assistant", content = huge } } }),
         };
-        var path = Path.Combine(_dir, "d.jsonl");
+        var path = Path.Combine(Dir, "d.jsonl");
         File.WriteAllText(path, Row(json) + "\n");
         var f = new ExampleFormatter(_tok, trainOnPrompt: shape == "alpaca"); // alpaca's answer lies past the cut: train on the prompt
         var (examples, summary) = DatasetReader.Read(path, f, maxSeqLen, dedup: true, truncateOverlong: true, maxBadFraction: 0);
@@ -100,7 +93,7 @@ public class TrainingInputTests
     public void AConversationWhoseAnswerLiesPastTheBudgetHasNoTargetRatherThanBeingMalformed()
     {
         var json = System.Text.Json.JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = Words(200_000, 3) }, new { role = "assistant", content = "ok" } } });
-        var path = Path.Combine(_dir, "d.jsonl");
+        var path = Path.Combine(Dir, "d.jsonl");
         File.WriteAllText(path, json + "\n" + System.Text.Json.JsonSerializer.Serialize(new { instruction = "Hi", output = "Hello" }) + "\n");
         var (examples, summary) = DatasetReader.Read(path, new ExampleFormatter(_tok, false), 64, dedup: true, truncateOverlong: true, maxBadFraction: 0);
         Assert.That(examples, Has.Count.EqualTo(1));
@@ -111,8 +104,8 @@ public class TrainingInputTests
     [Test]
     public void ADirectoryGivenAsDataSaysItIsADirectory()
     {
-        var e = Assert.Throws<FileNotFoundException>(() => DatasetReader.Read(_dir, new ExampleFormatter(_tok, false), 64, true, true, 0))!;
-        Assert.That(e.Message, Is.EqualTo($"dataset '{_dir}' is a directory: give a .jsonl or .json file"));
+        var e = Assert.Throws<FileNotFoundException>(() => DatasetReader.Read(Dir, new ExampleFormatter(_tok, false), 64, true, true, 0))!;
+        Assert.That(e.Message, Is.EqualTo($"dataset '{Dir}' is a directory: give a .jsonl or .json file"));
     }
 
     [Test]

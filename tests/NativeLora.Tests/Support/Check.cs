@@ -67,7 +67,7 @@ public static class Check
         var err = RelativeError(output, reference);
         Assert.That(err, Is.LessThan(tolerance), $"{what}: relative error {err:E3} ≥ {tolerance:E1} (seed {seed}; rerun with NATIVELORA_SEED={seed})");
         var (worst, at) = MaxElementError(output, reference);
-        Assert.That(worst, Is.LessThan(ElementFactor * tolerance),
-            $"{what}: element {at} is {output[at]} against {reference[at]:G6}, off by {worst:E3} reference RMS ≥ {ElementFactor * tolerance:E1} (seed {seed}; rerun with NATIVELORA_SEED={seed})");
+        if (worst < ElementFactor * tolerance) return;
+        Assert.Fail($"{what}: element {at} is {output[at]} against {reference[at]:G6}, off by {worst:E3} reference RMS ≥ {ElementFactor * tolerance:E1} (seed {seed}; rerun with NATIVELORA_SEED={seed})");
     }
 }
