@@ -139,6 +139,9 @@ public sealed class LoraSlots : IDisposable
         if (!char.IsAsciiLetterOrDigit(name[0])) throw new ArgumentException($"adapter name '{name}' must start with a letter or digit");
     }
 
+    /// <summary>Slots holding weights: loaded adapters, and unloaded ones that running requests still use.</summary>
+    public int InUse => Enumerable.Range(0, Capacity).Count(s => _loaded[s] || _refs[s] > 0);
+
     /// <summary>
     /// Loads the PEFT adapter in dir under name into a free slot. Plain LoRA and rsLoRA only: DoRA
     /// and modules_to_save change more than a low-rank product (merge them instead).
