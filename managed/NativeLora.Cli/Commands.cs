@@ -254,10 +254,14 @@ internal static class Commands
     {
         if (!File.Exists(o.File)) throw new FileNotFoundException($"'{o.File}' does not exist", o.File);
         using var probe = File.OpenRead(o.File);
-        var magic = new byte[4];
-        int got = probe.Read(magic, 0, 4);
+        var magic = new byte[9];
+        int got = probe.ReadAtLeast(magic, magic.Length, throwOnEndOfStream: false);
         probe.Close();
-        if (got == 4 && magic[0] == 'G' && magic[1] == 'G' && magic[2] == 'U' && magic[3] == 'F')
+        bool gguf = got >= 4 && magic[0] == 'G' && magic[1] == 'G' && magic[2] == 'U' && magic[3] == 'F';
+        // safetensors: a u64 header length, then the JSON header, which starts with '{'
+        if (!gguf && (got < 9 || magic[8] != '{'))
+            throw new InvalidDataException($"'{o.File}': not a GGUF or safetensors file ({(got == 0 ? "it is empty" : $"first bytes {Convert.ToHexString(magic, 0, got)}")})");
+        if (gguf)
         {
             using var g = Gguf.GgufFile.Open(o.File);
             Console.WriteLine($"{o.File}: GGUF v{g.Version}, alignment {g.Alignment}, {g.Metadata.Count} metadata keys, {g.Tensors.Count} tensors, data at byte {g.DataOffset:N0}");

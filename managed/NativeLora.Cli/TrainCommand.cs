@@ -4,7 +4,7 @@ using Spectre.Console;
 
 namespace NativeLora.Cli;
 
-/// <summary>`nativelora train`: resolves the config from file and flags, then hands it to <see cref="Trainer.Run(TrainingConfig, IProgress{TrainingProgress}?, bool)"/> with a progress bar.</summary>
+/// <summary>`nativelora train`: resolves the config from file and flags, then hands it to <see cref="Trainer.Run(TrainingConfig, IProgress{TrainingProgress}?, RunStartMode)"/> with a progress bar.</summary>
 internal static class TrainCommand
 {
     public static int Run(TrainOptions o)
@@ -23,7 +23,7 @@ internal static class TrainCommand
         AnsiConsole.Progress()
             .AutoClear(false)
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
-            .Start(ctx => result = Trainer.Run(c, new ConsoleProgress(ctx), o.Resume));
+            .Start(ctx => result = Trainer.Run(c, new ConsoleProgress(ctx), o.StartMode));
 
         if (Diagnostics.OpProfiler.Enabled) Console.Error.WriteLine("op profile (NATIVELORA_PROFILE=1; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
         var s = result.State;

@@ -17,8 +17,21 @@ public sealed class TrainOptions
     [Option("dry-run", HelpText = "Print the resolved config, trainable parameters and memory estimate, then exit.")]
     public bool DryRun { get; set; }
 
-    [Option("resume", HelpText = "Continue from the newest complete checkpoint in output_dir.")]
+    [Option("resume", HelpText = "Continue from the newest complete checkpoint in output_dir (an error when there is none).")]
     public bool Resume { get; set; }
+
+    [Option("resume-if-exists", HelpText = "Continue from the newest complete checkpoint in output_dir, or start a new run when there is none.")]
+    public bool ResumeIfExists { get; set; }
+
+    [Option("overwrite-output-dir", HelpText = "Remove the run output_dir holds (checkpoints, adapters, metrics) and start a new one.")]
+    public bool OverwriteOutputDir { get; set; }
+
+    /// <summary>What to do with an output directory that holds a run (NativeLora.Training.RunDirectory).</summary>
+    public Training.RunStartMode StartMode =>
+        (Resume ? 1 : 0) + (ResumeIfExists ? 1 : 0) + (OverwriteOutputDir ? 1 : 0) > 1
+            ? throw new ArgumentException("give at most one of --resume, --resume-if-exists and --overwrite-output-dir")
+            : Resume ? Training.RunStartMode.Resume : ResumeIfExists ? Training.RunStartMode.ResumeIfExists
+            : OverwriteOutputDir ? Training.RunStartMode.Overwrite : Training.RunStartMode.New;
 
     [Option("model", HelpText = "Config key model.")]
     public string? Model { get; set; }
@@ -131,6 +144,9 @@ public sealed class TrainOptions
     [Option("val-split", HelpText = "Config key val_split.")]
     public double? ValSplit { get; set; }
 
+    [Option("max-row-mb", HelpText = "Config key max_row_mb.")]
+    public double? MaxRowMb { get; set; }
+
     [Option("eval-steps", HelpText = "Config key eval_steps.")]
     public int? EvalSteps { get; set; }
 
@@ -154,7 +170,12 @@ public sealed class TrainOptions
     {
         var o = new JsonObject();
         foreach (var (key, value) in Flags())
+        {
+            // JSON has no NaN or Infinity: say which flag, rather than the serializer's complaint
+            if (value is JsonValue v && v.TryGetValue(out double d) && !double.IsFinite(d))
+                throw new ArgumentException($"--{key.Replace('_', '-')} must be a finite number, got {d}");
             if (value != null) o[key] = value;
+        }
         return o;
     }
 
@@ -197,6 +218,7 @@ public sealed class TrainOptions
         yield return ("overlong", Overlong == null ? null : JsonValue.Create(Overlong));
         yield return ("max_bad_row_fraction", MaxBadRowFraction == null ? null : JsonValue.Create(MaxBadRowFraction));
         yield return ("val_split", ValSplit == null ? null : JsonValue.Create(ValSplit));
+        yield return ("max_row_mb", MaxRowMb == null ? null : JsonValue.Create(MaxRowMb));
         yield return ("eval_steps", EvalSteps == null ? null : JsonValue.Create(EvalSteps));
         yield return ("save_steps", SaveSteps == null ? null : JsonValue.Create(SaveSteps));
         yield return ("early_stopping_patience", EarlyStoppingPatience == null ? null : JsonValue.Create(EarlyStoppingPatience));

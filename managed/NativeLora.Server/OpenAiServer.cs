@@ -11,6 +11,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using NativeLora.Lora;
 using NativeLora.Model;
 using NativeLora.Serving;
 using NativeLora.Text;
@@ -70,6 +71,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         builder.Logging.ClearProviders();
         logging?.Invoke(builder.Logging);
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        // a failed start (a busy port) is reported once, as the exception StartAsync throws, not as a logged stack trace
+        builder.Logging.AddFilter("Microsoft.Extensions.Hosting", LogLevel.None);
+        builder.Logging.AddFilter("Microsoft.AspNetCore.Hosting.Diagnostics", LogLevel.None);
         builder.WebHost.UseKestrel(k =>
         {
             k.AddServerHeader = false;
@@ -99,7 +103,14 @@ public sealed class OpenAiServer : IAsyncDisposable
     public static async Task<OpenAiServer> StartAsync(InferenceEngine engine, HfTokenizer tokenizer, ServerOptions options, Action<ILoggingBuilder>? logging = null)
     {
         var server = new OpenAiServer(engine, tokenizer, options, logging);
-        await server._app.StartAsync();
+        try { await server._app.StartAsync(); }
+        catch (IOException e)
+        {
+            await server._app.DisposeAsync();
+            var reason = e.InnerException is System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.AddressAlreadyInUse } || e.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase)
+                ? "the port is already in use (choose another with --port)" : e.Message;
+            throw new IOException($"cannot listen on {options.Host}:{options.Port}: {reason}", e);
+        }
         var bound = server._app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         server.Address = new Uri(bound.Replace("[::]", "[::1]").Replace("0.0.0.0", "127.0.0.1"));
         return server;
@@ -250,6 +261,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         var body = await ReadBody(ctx);
         var name = RequiredString(body, "lora_name");
         var path = RequiredString(body, "lora_path");
+        try { LoraSlots.CheckName(name); }
+        catch (ArgumentException e) { throw new ApiException(400, e.Message, param: "lora_name", code: "invalid_adapter_name"); }
         ctx.Items["model"] = name;
         if (_options.AdapterDirectory == null)
             throw new ApiException(403, "runtime adapter loading is off; start the server with --adapter-dir DIR to allow loading adapters from DIR", "permission_error");
@@ -264,8 +277,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             throw new ApiException(404, e.Message, param: "lora_path", code: "adapter_not_found");
         }
-        catch (Exception e) when (e is InvalidDataException or NotSupportedException or InvalidOperationException or ArgumentException)
+        catch (Exception e) when (e is InvalidDataException or NativeLora.SafeTensors.SafeTensorsFormatException or NotSupportedException or InvalidOperationException or ArgumentException or JsonException or EndOfStreamException or OverflowException)
         {
+            // a corrupt adapter file is the request's fault, not the server's
             throw new ApiException(400, e.Message, param: "lora_path", code: "invalid_adapter");
         }
         lock (_adapterPaths) _adapterPaths[name] = dir;

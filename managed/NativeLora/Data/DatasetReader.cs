@@ -35,25 +35,37 @@ public sealed class DatasetSummary
 /// </summary>
 public static class DatasetReader
 {
+    /// <summary>Rows longer than this (bytes of JSON) are reported and skipped rather than read.</summary>
+    public const long DefaultMaxRowBytes = 16L << 20;
+
     public static (List<TrainingExample> Examples, DatasetSummary Summary) Read(string path, ExampleFormatter formatter,
-        int maxSeqLen, bool dedup, bool truncateOverlong, double maxBadFraction)
+        int maxSeqLen, bool dedup, bool truncateOverlong, double maxBadFraction, long maxRowBytes = DefaultMaxRowBytes)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"dataset '{path}' does not exist", path);
+        CheckFile(path);
         var summary = new DatasetSummary();
         var examples = new List<TrainingExample>();
         var seen = new HashSet<string>();
-        foreach (var (line, json, error) in Rows(path))
+        // the first maxSeqLen tokens lie within this many characters of text: the rest is never tokenized
+        // (int.MaxValue, as evaluation passes to read whole rows, gives a budget no string reaches)
+        long charBudget = ((long)maxSeqLen + 1) * formatter.MaxTokenChars;
+        foreach (var (line, json, error) in Rows(path, maxRowBytes))
         {
             summary.Rows++;
             TrainingExample example;
+            bool cut;
             try
             {
                 if (error != null) throw new FormatException(error);
-                example = Format(json!.Value, formatter);
+                (example, cut) = Format(json!.Value, formatter, charBudget);
             }
             catch (Exception e) when (e is FormatException or InvalidOperationException or KeyNotFoundException or ChatTemplateException or JsonException)
             {
                 summary.Malformed.Add(new RejectedRow(path, line, e.Message));
+                continue;
+            }
+            if (cut && !truncateOverlong)
+            {
+                summary.DroppedOverlong++; // a cut row has more than maxSeqLen tokens
                 continue;
             }
             if (dedup && !seen.Add(string.Join(',', example.Ids) + "|" + string.Concat(example.Trainable.Select(t => t ? '1' : '0'))))
@@ -82,58 +94,109 @@ public static class DatasetReader
         return (examples, summary);
     }
 
-    /// <summary>Rows of a .jsonl file (one object per line) or a .json array, with 1-based line numbers.</summary>
-    private static IEnumerable<(int Line, JsonElement? Json, string? Error)> Rows(string path)
+    private static void CheckFile(string path)
     {
-        using var reader = new StreamReader(path);
-        var first = (char)reader.Peek();
-        while (char.IsWhiteSpace(first) && reader.Peek() >= 0) { reader.Read(); first = (char)reader.Peek(); }
+        if (Directory.Exists(path)) throw new FileNotFoundException($"dataset '{path}' is a directory: give a .jsonl or .json file", path);
+        if (!File.Exists(path)) throw new FileNotFoundException($"dataset '{path}' does not exist", path);
+    }
+
+    private static string Mb(long bytes) => $"{bytes / 1048576.0:0.#} MB";
+
+    /// <summary>
+    /// Rows of a .jsonl file (one object per line) or a .json array, with 1-based line numbers, read as a
+    /// stream: one row in memory at a time, and a row over maxRowBytes is skipped unread (an error row).
+    /// </summary>
+    private static IEnumerable<(int Line, JsonElement? Json, string? Error)> Rows(string path, long maxRowBytes = DefaultMaxRowBytes)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        int first;
+        while ((first = stream.ReadByte()) >= 0 && first is ' ' or '\t' or '\r' or '\n' or 0xEF or 0xBB or 0xBF) { } // whitespace, UTF-8 BOM
+        stream.Position = 0;
         if (first == '[')
         {
-            JsonDocument doc;
-            try { doc = JsonDocument.Parse(reader.ReadToEnd()); }
-            catch (JsonException e) { throw new InvalidDataException($"{path}: not a valid JSON array ({e.Message})", e); }
             int i = 0;
-            foreach (var el in doc.RootElement.EnumerateArray()) yield return (++i, el.Clone(), null); // "line" = element index for arrays
+            IEnumerator<JsonElement> elements = JsonSerializer.DeserializeAsyncEnumerable<JsonElement>(stream).ToBlockingEnumerable().GetEnumerator();
+            while (true)
+            {
+                try { if (!elements.MoveNext()) break; }
+                catch (JsonException e) { throw new InvalidDataException($"{path}: not a valid JSON array after element {i} ({e.Message})", e); }
+                i++; // "line" = element index for arrays
+                long size = elements.Current.GetRawText().Length;
+                yield return size > maxRowBytes ? (i, null, $"row is {Mb(size)}, over the {Mb(maxRowBytes)} limit") : (i, elements.Current, null);
+            }
             yield break;
         }
-        reader.BaseStream.Position = 0;
-        reader.DiscardBufferedData();
+        var row = new MemoryStream();
         int n = 0;
-        string? text;
-        while ((text = reader.ReadLine()) != null)
+        while (true)
         {
+            // one line, kept only up to the limit; the rest of a longer one is counted and skipped
+            row.SetLength(0);
+            long length = 0;
+            int b;
+            while ((b = stream.ReadByte()) >= 0 && b != '\n')
+            {
+                if (++length <= maxRowBytes) row.WriteByte((byte)b);
+            }
+            if (b < 0 && length == 0) break;
             n++;
-            if (string.IsNullOrWhiteSpace(text)) continue;
+            if (length > maxRowBytes) { yield return (n, null, $"row is {Mb(length)}, over the {Mb(maxRowBytes)} limit"); continue; }
+            var bytes = new ReadOnlyMemory<byte>(row.GetBuffer(), 0, (int)row.Length);
+            if (bytes.Span.Trim(" \t\r"u8).IsEmpty) continue;
             JsonElement? el = null;
             string? err = null;
-            try { el = JsonDocument.Parse(text).RootElement.Clone(); }
+            try { using var doc = JsonDocument.Parse(bytes); el = doc.RootElement.Clone(); }
             catch (JsonException e) { err = $"not valid JSON ({e.Message})"; }
             yield return (n, el, err);
+            if (b < 0) break;
         }
     }
 
-    private static TrainingExample Format(JsonElement row, ExampleFormatter f)
+    /// <summary>The row as an example and whether its text was cut to the budget (then it is over-long).</summary>
+    private static (TrainingExample Example, bool Cut) Format(JsonElement row, ExampleFormatter f, long charBudget)
     {
         if (row.ValueKind != JsonValueKind.Object) throw new FormatException($"a row must be a JSON object, got {row.ValueKind}");
-        if (row.TryGetProperty("messages", out var msgs)) return f.FromMessages(Messages(msgs, "role", "content", r => r));
-        if (row.TryGetProperty("conversations", out var conv)) return f.FromMessages(Messages(conv, "from", "value", ShareGptRole));
-        if (row.TryGetProperty("instruction", out var ins))
+        List<ChatMessage> messages;
+        if (row.TryGetProperty("messages", out var msgs)) messages = Messages(msgs, "role", "content", r => r);
+        else if (row.TryGetProperty("conversations", out var conv)) messages = Messages(conv, "from", "value", ShareGptRole);
+        else if (row.TryGetProperty("instruction", out var ins))
         {
             var instruction = Str(ins, "instruction");
             var input = row.TryGetProperty("input", out var inp) && inp.ValueKind != JsonValueKind.Null ? Str(inp, "input") : "";
             var output = row.TryGetProperty("output", out var o) ? Str(o, "output") : throw new FormatException("an Alpaca row needs 'output'");
             if (string.IsNullOrWhiteSpace(instruction)) throw new FormatException("'instruction' is empty");
             var user = input.Length > 0 ? instruction + "\n\n" + input : instruction;
-            return f.FromMessages(new[] { new ChatMessage("user", user), new ChatMessage("assistant", output) });
+            messages = new List<ChatMessage> { new("user", user), new("assistant", output) };
         }
-        if (row.TryGetProperty("text", out var txt))
+        else if (row.TryGetProperty("text", out var txt))
         {
             var t = Str(txt, "text");
             if (t.Length == 0) throw new FormatException("'text' is empty");
-            return f.FromText(t);
+            bool cutText = t.Length > charBudget;
+            return (f.FromText(cutText ? t[..(int)charBudget] : t), cutText);
         }
-        throw new FormatException("unrecognised row: expected 'messages', 'conversations', 'instruction'/'output' or 'text'");
+        else throw new FormatException("unrecognised row: expected 'messages', 'conversations', 'instruction'/'output' or 'text'");
+
+        // keep the turns (and the part of a turn) that fit in the budget; later text cannot reach the first maxSeqLen tokens
+        long left = charBudget;
+        bool cut = false;
+        for (int i = 0; i < messages.Count; i++)
+        {
+            var content = messages[i].Content ?? "";
+            if (content.Length > left)
+            {
+                // an answer that lies wholly past the cut stays as an empty turn, so the row keeps its shape
+                // (its targets are past max_seq_len: the summary counts it as having none)
+                var laterAnswer = messages.Skip(i + 1).FirstOrDefault(m => m.Role == "assistant");
+                messages[i] = messages[i] with { Content = content[..(int)left] };
+                messages.RemoveRange(i + 1, messages.Count - i - 1);
+                if (laterAnswer != null && !messages.Any(m => m.Role == "assistant")) messages.Add(laterAnswer with { Content = "" });
+                cut = true;
+                break;
+            }
+            left -= content.Length;
+        }
+        return (f.FromMessages(messages), cut);
     }
 
     private static string ShareGptRole(string from) => from switch
@@ -178,7 +241,7 @@ public static class DatasetReader
     /// </summary>
     public static (List<(List<ChatMessage> Prompt, string Reference)> Rows, List<RejectedRow> Malformed) ReadPromptsAndReferences(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"dataset '{path}' does not exist", path);
+        CheckFile(path);
         var rows = new List<(List<ChatMessage>, string)>();
         var bad = new List<RejectedRow>();
         foreach (var (line, json, error) in Rows(path))

@@ -27,10 +27,22 @@ public sealed class ExampleFormatter
 
     public bool HasChatTemplate => _template != null;
 
+    /// <summary>No token covers more characters of text than this (HfTokenizer.MaxTokenChars).</summary>
+    public int MaxTokenChars => _tok.MaxTokenChars;
+
+    /// <summary>Characters of text handed to the tokenizer so far: the work a row cost (tests bound it).</summary>
+    public long CharactersTokenized { get; private set; }
+
+    private int[] Encode(string text, bool addSpecialTokens)
+    {
+        CharactersTokenized += text.Length;
+        return _tok.Encode(text, addSpecialTokens);
+    }
+
     /// <summary>Continued pre-training: every token is a target; BOS/EOS as the tokenizer adds them, EOS appended.</summary>
     public TrainingExample FromText(string text)
     {
-        var ids = _tok.Encode(text, addSpecialTokens: true).ToList();
+        var ids = Encode(text, addSpecialTokens: true).ToList();
         if (_tok.EosId is int eos && (ids.Count == 0 || ids[^1] != eos)) ids.Add(eos);
         return new TrainingExample(ids.ToArray(), Enumerable.Repeat(true, ids.Count).ToArray());
     }
@@ -53,7 +65,7 @@ public sealed class ExampleFormatter
         void Append(string piece, bool trainable)
         {
             if (piece.Length == 0) return;
-            var t = _tok.Encode(piece, addSpecialTokens: false);
+            var t = Encode(piece, addSpecialTokens: false);
             ids.AddRange(t);
             mask.AddRange(Enumerable.Repeat(trainable || TrainOnPrompt, t.Length));
         }
@@ -68,7 +80,7 @@ public sealed class ExampleFormatter
             while (end < upTo.Length && end < final.Length && upTo[end] == final[end]) end++;
             if (end <= prompt.Length) throw new FormatException($"assistant turn {i + 1} renders as nothing");
             Append(final[pos..prompt.Length], trainable: false);
-            var span = _tok.Encode(final[prompt.Length..end], addSpecialTokens: false);
+            var span = Encode(final[prompt.Length..end], addSpecialTokens: false);
             int cut = span.Length;
             for (int k = 1; k < span.Length; k++)
                 if (IsSpecial(span[k])) { cut = k + 1; break; }
@@ -120,8 +132,8 @@ public sealed class ExampleFormatter
         var user = string.Join("\n\n", messages.TakeWhile(m => m.Role != "assistant").Where(m => m.Role == "user").Select(m => m.Content));
         var answer = messages.First(m => m.Role == "assistant").Content ?? "";
         var prompt = string.Format(AlpacaPrompt, (system.Length > 0 ? system + "\n\n" : "") + user);
-        var p = _tok.Encode(prompt, addSpecialTokens: true);
-        var r = _tok.Encode(answer, addSpecialTokens: false).ToList();
+        var p = Encode(prompt, addSpecialTokens: true);
+        var r = Encode(answer, addSpecialTokens: false).ToList();
         if (_tok.EosId is int eos) r.Add(eos);
         return new TrainingExample(p.Concat(r).ToArray(), Enumerable.Repeat(TrainOnPrompt, p.Length).Concat(Enumerable.Repeat(true, r.Count)).ToArray());
     }
@@ -169,10 +181,10 @@ public sealed class ExampleFormatter
         if (_template == null)
         {
             var user = string.Join("\n\n", messages.Where(m => m.Role == "user").Select(m => m.Content));
-            return _tok.Encode(string.Format(AlpacaPrompt, user), addSpecialTokens: true);
+            return Encode(string.Format(AlpacaPrompt, user), addSpecialTokens: true);
         }
         var text = _template.Render(messages, addGenerationPrompt: true, _tok.BosToken, _tok.EosToken);
-        var ids = _tok.Encode(text, addSpecialTokens: false).ToList();
+        var ids = Encode(text, addSpecialTokens: false).ToList();
         if (_tok.BosId is int bos && _tok.AddBosToken == true && (ids.Count == 0 || ids[0] != bos)) ids.Insert(0, bos);
         return ids.ToArray();
     }

@@ -124,6 +124,21 @@ public sealed class LoraSlots : IDisposable
 
     public bool Contains(string name) => _byName.ContainsKey(name);
 
+    public const int MaxNameLength = 128;
+
+    /// <summary>
+    /// Adapter names are model ids in requests, metrics labels and log lines: 1 to 128 characters of ASCII
+    /// letters, digits and . _ - : + , starting with a letter or digit (no path separators, spaces or control characters).
+    /// </summary>
+    public static void CheckName(string name)
+    {
+        if (string.IsNullOrEmpty(name)) throw new ArgumentException("an adapter needs a name");
+        if (name.Length > MaxNameLength) throw new ArgumentException($"adapter name is {name.Length} characters, over the {MaxNameLength}-character limit");
+        int bad = name.AsSpan().IndexOfAnyExcept("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:+");
+        if (bad >= 0) throw new ArgumentException($"adapter name has {(char.IsControl(name[bad]) ? $"control character U+{(int)name[bad]:X4}" : $"'{name[bad]}'")} at position {bad + 1}; names use ASCII letters, digits and . _ - : +");
+        if (!char.IsAsciiLetterOrDigit(name[0])) throw new ArgumentException($"adapter name '{name}' must start with a letter or digit");
+    }
+
     /// <summary>Slots holding weights: loaded adapters, and unloaded ones that running requests still use.</summary>
     public int InUse => Enumerable.Range(0, Capacity).Count(s => _loaded[s] || _refs[s] > 0);
 
@@ -133,9 +148,12 @@ public sealed class LoraSlots : IDisposable
     /// </summary>
     public void Load(string name, string dir)
     {
-        if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("an adapter needs a name");
+        CheckName(name);
         if (_byName.ContainsKey(name)) throw new InvalidOperationException($"an adapter named '{name}' is already loaded");
         int slot = Enumerable.Range(0, Capacity).FirstOrDefault(s => !_loaded[s] && _refs[s] == 0, -1);
+        int draining = Enumerable.Range(0, Capacity).Count(s => !_loaded[s] && _refs[s] > 0);
+        if (slot < 0 && draining > 0)
+            throw new InvalidOperationException($"all {Capacity} adapter slots are taken: {_byName.Count} by loaded adapters and {draining} by unloaded ones that running requests still use; such a slot frees when those requests finish, so retry then (or unload another adapter)");
         if (slot < 0) throw new InvalidOperationException($"all {Capacity} adapter slots are in use; unload one first (or start the server with more --max-loras)");
         using var adapter = LoraAdapter.Load(_model, dir);
         var cfg = adapter.Config;

@@ -209,6 +209,14 @@ public sealed class HfTokenizer : IDisposable
     /// <summary>The token string of an id (as stored in tokenizer.json), or null if there is none.</summary>
     public string? IdToToken(int id) => (uint)id < (uint)_idToToken.Length ? _idToToken[id] : null;
 
+    /// <summary>
+    /// The longest token string of the vocabulary: no token covers more input characters (a byte-level
+    /// token's string has a character per byte; a SentencePiece piece one per character), so the first
+    /// n tokens of a text lie within its first n·MaxTokenChars characters.
+    /// </summary>
+    public int MaxTokenChars => _maxTokenChars ??= Math.Max(1, _idToToken.Max(t => t?.Length ?? 0));
+    private int? _maxTokenChars;
+
     public void Dispose()
     {
         if (_disposed) return;

@@ -16,6 +16,8 @@ public sealed record TrainerState
     public int EvalsWithoutImprovement { get; init; }
     public int ConsecutiveNonFinite { get; init; }
     public int Seed { get; init; }
+    /// <summary>The run this checkpoint belongs to (RunDirectory): a resume never continues another run's checkpoint.</summary>
+    public string? RunId { get; init; }
 }
 
 /// <summary>
@@ -31,6 +33,26 @@ public static class Checkpoint
     /// <summary>Test hook: called after each file of a checkpoint is written (a throw simulates a crash).</summary>
     internal static Action<string>? AfterFileWritten;
 
+    /// <summary>
+    /// Fault injection for crash-consistency tests: NATIVELORA_CRASH_AT=STEP:POINT kills the process (SIGKILL,
+    /// as kill -9: nothing is flushed) at that point of optimizer step STEP. Points: the checkpoint's files
+    /// as each is written (adapter_model.safetensors, optimizer.safetensors, trainer_state.json), `renamed`
+    /// (the checkpoint complete) and `metrics` (the step's metrics line written, no checkpoint involved).
+    /// </summary>
+    public const string CrashAtVariable = "NATIVELORA_CRASH_AT";
+    private static readonly string? CrashAt = Environment.GetEnvironmentVariable(CrashAtVariable);
+
+    internal static void FaultPoint(int step, string point)
+    {
+        if (CrashAt != null && CrashAt == $"{step}:{point}") System.Diagnostics.Process.GetCurrentProcess().Kill();
+    }
+
+    private static void Written(int step, string path)
+    {
+        AfterFileWritten?.Invoke(path);
+        FaultPoint(step, Path.GetFileName(path));
+    }
+
     private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     public static string Save(string outputDir, TrainerState state, LoraAdapter adapter, AdamWOptimizer optimizer, string baseModel)
@@ -40,15 +62,16 @@ public static class Checkpoint
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         Directory.CreateDirectory(tmp);
         adapter.Save(tmp, baseModel);
-        AfterFileWritten?.Invoke(Path.Combine(tmp, LoraAdapter.WeightsFileName));
+        Written(state.GlobalStep, Path.Combine(tmp, LoraAdapter.WeightsFileName));
         var w = new SafeTensorsWriter();
         optimizer.SaveState(w);
         w.Write(Path.Combine(tmp, OptimizerFile));
-        AfterFileWritten?.Invoke(Path.Combine(tmp, OptimizerFile));
+        Written(state.GlobalStep, Path.Combine(tmp, OptimizerFile));
         AtomicFile.Write(Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json));
-        AfterFileWritten?.Invoke(Path.Combine(tmp, StateFile));
+        Written(state.GlobalStep, Path.Combine(tmp, StateFile));
         if (Directory.Exists(final)) Directory.Delete(final, true);
         Directory.Move(tmp, final);
+        FaultPoint(state.GlobalStep, "renamed");
         return final;
     }
 

@@ -76,7 +76,10 @@ public sealed partial class Trainer
 
     public int TotalSteps => _c.MaxSteps > 0 ? _c.MaxSteps : StepsPerEpoch * _c.Epochs;
 
-    /// <summary>Mean loss over all counted validation tokens (adapter in eval mode: no dropout).</summary>
+    /// <summary>Whether any validation example has a target token (else there is no validation loss, and no best adapter).</summary>
+    public bool HasValidationTargets => _val.Any(e => e.TrainableTargets > 0);
+
+    /// <summary>Mean loss over all counted validation tokens (adapter in eval mode: no dropout); NaN without validation targets.</summary>
     public double ValidationLoss()
     {
         if (_val.Count == 0) return double.NaN;
@@ -93,18 +96,21 @@ public sealed partial class Trainer
         return count == 0 ? double.NaN : sum / count;
     }
 
-    /// <summary>Runs (or resumes, from the newest complete checkpoint in the output directory) to the end.</summary>
-    public TrainerState Run(bool resume)
+    /// <summary>Runs (or resumes, from the newest complete checkpoint in the output directory) to the end, under RunDirectory's policy.</summary>
+    public TrainerState Run(bool resume) => Run(RunDirectory.Prepare(_c.OutputDir, resume ? RunStartMode.Resume : RunStartMode.New, OnMessage));
+
+    /// <summary>Runs from where RunDirectory.Prepare says: a new run, or the checkpoint it found.</summary>
+    public TrainerState Run(RunStart start)
     {
         Directory.CreateDirectory(_c.OutputDir);
         _model.GradientCheckpointing = _c.GradientCheckpointing;
         var trainables = _adapter.Trainables().ToList();
         using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay, paged: _c.Optim.StartsWith("paged_"), eightBit: _c.Optim.EndsWith("_8bit"), minEightBitElements: MinEightBitElements);
-        var state = new TrainerState { Seed = _c.Seed };
+        var state = new TrainerState { Seed = _c.Seed, RunId = start.RunId };
         var metricsPath = Path.Combine(_c.OutputDir, "metrics.jsonl");
-        if (resume && Checkpoint.Latest(_c.OutputDir) is string ckpt)
+        if (start.Checkpoint is string ckpt)
         {
-            state = Checkpoint.ReadState(ckpt);
+            state = Checkpoint.ReadState(ckpt) with { RunId = start.RunId };
             if (state.Seed != _c.Seed) throw new InvalidDataException($"{ckpt}: written with seed {state.Seed}, this run has seed {_c.Seed}");
             _adapter.LoadWeights(ckpt);
             using (var f = SafeTensorsFile.Open(Path.Combine(ckpt, Checkpoint.OptimizerFile))) optimizer.LoadState(f);
@@ -188,6 +194,7 @@ public sealed partial class Trainer
                     metrics.Flush();
                     tensorBoard?.WriteStep(sm);
                 }
+                Checkpoint.FaultPoint(state.GlobalStep, "metrics");
 
                 // no checkpoint during a non-finite streak: the last one written stays the last good one
                 if ((state.GlobalStep % _c.SaveSteps == 0 || state.GlobalStep == total) && state.ConsecutiveNonFinite == 0)

@@ -59,6 +59,9 @@ public sealed record TrainingConfig
     public string Overlong { get; init; } = "truncate"; // or "drop"
     public double MaxBadRowFraction { get; init; } = 0.05;
     public double ValSplit { get; init; } = 0.1;
+    /// <summary>A data row longer than this (MB of JSON) is reported as malformed and skipped unread.</summary>
+    public double MaxRowMb { get; init; } = 16;
+    [JsonIgnore] public long MaxRowBytes => (long)(MaxRowMb * (1 << 20));
 
     // evaluation, checkpoints, safety
     public int EvalSteps { get; init; } = 50;
@@ -82,7 +85,13 @@ public sealed record TrainingConfig
         Need(Method is "lora" or "qlora", $"method '{Method}' is not supported (supported: lora, qlora)");
         Need(QloraMatmul is "auto" or "fused" or "scratch", $"qlora_matmul must be auto, fused or scratch, got '{QloraMatmul}'");
         Need(!(QloraMatmul == "fused" && UseDora), "qlora_matmul fused cannot be used with use_dora: DoRA needs the dense base weight for its norms (use auto or scratch)");
+        foreach (var (key, value) in new[] { ("learning_rate", LearningRate), ("lora_alpha", LoraAlpha), ("lora_dropout", LoraDropout), ("warmup_ratio", WarmupRatio),
+                     ("max_grad_norm", MaxGradNorm), ("weight_decay", WeightDecay), ("adam_beta1", AdamBeta1), ("adam_beta2", AdamBeta2), ("adam_epsilon", AdamEpsilon),
+                     ("max_bad_row_fraction", MaxBadRowFraction), ("val_split", ValSplit), ("max_row_mb", MaxRowMb) })
+            Need(double.IsFinite(value), $"{key} must be a finite number, got {value}");
         Need(LearningRate > 0, $"learning_rate must be > 0, got {LearningRate}");
+        Need(Dtype.ToLowerInvariant() is "auto" or "f32" or "float32" or "fp32" or "bf16" or "bfloat16" or "f16" or "float16" or "fp16", $"dtype must be auto, f32, bf16 or f16, got '{Dtype}'");
+        Need(Device is "auto" or "cpu" or "cuda", $"device must be auto, cpu or cuda, got '{Device}'");
         Need(WarmupRatio >= 0 && WarmupRatio < 1, $"warmup_ratio must be in [0, 1), got {WarmupRatio}");
         Need(LrScheduler is "cosine" or "linear" or "constant", $"lr_scheduler must be cosine, linear or constant, got '{LrScheduler}'");
         Need(Epochs >= 1 || MaxSteps > 0, "epochs must be ≥ 1 (or set max_steps)");
@@ -94,6 +103,7 @@ public sealed record TrainingConfig
         Need(ValSplit >= 0 && ValSplit < 1, $"val_split must be in [0, 1), got {ValSplit}");
         Need(Overlong is "truncate" or "drop", $"overlong must be truncate or drop, got '{Overlong}'");
         Need(MaxBadRowFraction >= 0 && MaxBadRowFraction <= 1, "max_bad_row_fraction must be in [0, 1]");
+        Need(MaxRowMb > 0 && MaxRowMb <= 2047, $"max_row_mb must be in (0, 2047], got {MaxRowMb}");
         Need(EvalSteps >= 1 && SaveSteps >= 1 && LoggingSteps >= 1, "eval_steps, save_steps and logging_steps must be ≥ 1");
         Need(Logging is "jsonl" or "tensorboard", $"logging must be jsonl or tensorboard, got '{Logging}'");
         Need(MaxConsecutiveNonFinite >= 1, "max_consecutive_non_finite must be ≥ 1");
@@ -119,19 +129,49 @@ public sealed record TrainingConfig
         if (path != null)
         {
             if (!File.Exists(path)) throw new FileNotFoundException($"training config '{path}' does not exist", path);
+            var text = File.ReadAllText(path);
+            Parse(text, path); // the file alone first: its errors name the file's own line and key, before flags are laid over it
             try
             {
-                json = JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject
+                json = JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }) as JsonObject
                     ?? throw new InvalidDataException($"{path}: the top level must be an object");
             }
-            catch (JsonException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
+            catch (JsonException e) { throw new InvalidDataException(Describe(e, path), e); }
         }
         foreach (var (key, value) in overrides ?? new JsonObject()) json[key] = value?.DeepClone();
         TrainingConfig config;
         try { config = json.Deserialize<TrainingConfig>(Json) ?? throw new InvalidDataException($"{path}: empty config"); }
-        catch (JsonException e) { throw new InvalidDataException($"{path ?? "command line"}: {e.Message}", e); }
+        catch (JsonException e) { throw new InvalidDataException(Describe(e, "command line"), e); }
         config.Validate();
         return config;
+    }
+
+    /// <summary>A config from JSON text; errors name the source, the line in that text and the key, in one line.</summary>
+    public static TrainingConfig Parse(string json, string source)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<TrainingConfig>(json, Json) ?? throw new InvalidDataException($"{source}: the top level must be an object");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException(Describe(e, source), e);
+        }
+    }
+
+    /// <summary>"source:line: key: reason" from System.Text.Json's message (which appends its own path and position).</summary>
+    public static string Describe(JsonException e, string source)
+    {
+        var reason = e.Message;
+        int cut = reason.IndexOf(" Path: ", StringComparison.Ordinal);
+        if (cut < 0) cut = reason.IndexOf(" LineNumber: ", StringComparison.Ordinal);
+        if (cut >= 0) reason = reason[..cut];
+        var key = e.Path is { Length: > 2 } p ? p.TrimStart('$', '.') : null;
+        var unmapped = System.Text.RegularExpressions.Regex.Match(reason, "The JSON property '([^']*)' could not be mapped");
+        if (unmapped.Success) return $"{source}:{(e.LineNumber is long n ? n + 1 : 1)}: unknown key '{unmapped.Groups[1].Value}'";
+        reason = reason.Replace("System.Int32", "an integer").Replace("System.Double", "a number").Replace("System.String[]", "a list of strings")
+            .Replace("System.String", "a string").Replace("System.Boolean", "true or false");
+        return $"{source}:{(e.LineNumber is long l ? l + 1 : 1)}: {(key != null ? key + ": " : "")}{reason}";
     }
 
     public string ToJson() => JsonSerializer.Serialize(this, Json);

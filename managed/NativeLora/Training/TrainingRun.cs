@@ -20,7 +20,7 @@ public enum TrainingProgressKind
     Step,
 }
 
-/// <summary>One report of a running <see cref="Trainer.Run(TrainingConfig, IProgress{TrainingProgress}?, bool)"/>: a line of text, or a step's metrics.</summary>
+/// <summary>One report of a running <see cref="Trainer.Run(TrainingConfig, IProgress{TrainingProgress}?, RunStartMode)"/>: a line of text, or a step's metrics.</summary>
 public sealed record TrainingProgress(TrainingProgressKind Kind, string Message, StepMetrics? Step = null);
 
 /// <summary>What a run will train and how much memory it is predicted to take (what `train --dry-run` prints).</summary>
@@ -43,26 +43,29 @@ public sealed partial class Trainer
     /// <summary>
     /// The library's one call for a fine-tuning run, and what `nativelora train` wraps: opens the device the
     /// config names, reads and splits the data, loads the model (NF4 for qlora), attaches the adapter, trains
-    /// (or resumes from the newest checkpoint in output_dir), and writes the adapter, best adapter,
+    /// (or, as <paramref name="start"/> says, resumes from the newest checkpoint in output_dir or replaces the run
+    /// there: <see cref="RunDirectory"/>), and writes the adapter, best adapter,
     /// metrics.jsonl and loss.png there. Reports go to <paramref name="progress"/> from the calling thread,
     /// in order (a <see cref="Progress{T}"/> posts them to its synchronization context instead).
     /// </summary>
     /// <exception cref="ArgumentException">The config is invalid (the message names the key).</exception>
     /// <exception cref="TrainingStoppedException">Too many non-finite steps in a row; the last checkpoint is intact.</exception>
-    public static TrainingResult Run(TrainingConfig config, IProgress<TrainingProgress>? progress = null, bool resume = false)
+    public static TrainingResult Run(TrainingConfig config, IProgress<TrainingProgress>? progress = null, RunStartMode start = RunStartMode.New)
     {
         config.Validate();
         using var device = ComputeDevice.Open(ComputeDevice.ParseKind(config.Device));
-        return Run(config, device, progress, resume);
+        return Run(config, device, progress, start);
     }
 
     /// <summary>The same run on a device the caller has open (the device is process-wide: one at a time); config.device is not consulted.</summary>
-    public static TrainingResult Run(TrainingConfig config, ComputeDevice device, IProgress<TrainingProgress>? progress = null, bool resume = false)
+    public static TrainingResult Run(TrainingConfig config, ComputeDevice device, IProgress<TrainingProgress>? progress = null, RunStartMode start = RunStartMode.New)
     {
         var plan = Plan(config, device);
         foreach (var line in plan.ToString().Split('\n')) Info(progress, line);
         var c = config;
         if (string.IsNullOrWhiteSpace(c.Data)) throw new ArgumentException("data is required (a JSON or JSONL dataset)");
+        // the output directory's policy first: a run that would be refused costs no data reading or weight loading
+        var runStart = RunDirectory.Prepare(c.OutputDir, start, m => progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, m)));
 
         using var tok = HfTokenizer.Load(c.Model);
         var formatter = new ExampleFormatter(tok, c.TrainOnPrompt);
@@ -92,9 +95,9 @@ public sealed partial class Trainer
         Directory.CreateDirectory(c.OutputDir);
         File.WriteAllText(Path.Combine(c.OutputDir, "train_config.json"), c.ToJson());
         double before = trainer.ValidationLoss();
-        if (!resume) Info(progress, $"validation loss before training: {before:F4}");
+        if (runStart.Checkpoint == null) Info(progress, $"validation loss before training: {before:F4}");
 
-        var state = trainer.Run(resume);
+        var state = trainer.Run(runStart);
         double after = trainer.ValidationLoss();
         var adapterDir = Path.Combine(c.OutputDir, "adapter");
         adapter.Save(adapterDir, c.Model);
@@ -120,7 +123,7 @@ public sealed partial class Trainer
 
     private static (List<TrainingExample> Examples, DatasetSummary Summary) Read(string path, string what, ExampleFormatter formatter, TrainingConfig c, IProgress<TrainingProgress>? progress)
     {
-        var (examples, summary) = DatasetReader.Read(path, formatter, c.MaxSeqLen, c.Dedup, c.Overlong == "truncate", c.MaxBadRowFraction);
+        var (examples, summary) = DatasetReader.Read(path, formatter, c.MaxSeqLen, c.Dedup, c.Overlong == "truncate", c.MaxBadRowFraction, c.MaxRowBytes);
         Info(progress, $"{what} {path}: {summary}");
         foreach (var bad in summary.Malformed.Take(10)) progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, $"  skipped {bad}"));
         if (summary.Malformed.Count > 10) progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, $"  ... and {summary.Malformed.Count - 10} more malformed rows"));

@@ -242,9 +242,14 @@ public class JudgeTests
     [Test]
     public async Task Concurrency_never_exceeds_the_bound()
     {
+        // a gate, not a delay: the first requests wait until three are in flight at once, which only a judge
+        // that really runs three in parallel can reach (a serial one times out here and fails)
+        var three = new TaskCompletionSource();
+        int arrived = 0;
         using var stub = new Stub(async (_, _) =>
         {
-            await Task.Delay(60);
+            if (Interlocked.Increment(ref arrived) >= 3) three.TrySetResult();
+            await three.Task.WaitAsync(TimeSpan.FromSeconds(60));
             return Chat("{\"relevance\": 6, \"coherence\": 6, \"style\": 6}");
         });
         using var judge = Judge(stub.BaseUrl, maxConcurrency: 3);
@@ -254,7 +259,7 @@ public class JudgeTests
         Assert.That(scores, Has.Count.EqualTo(12));
         Assert.That(stub.Requests, Has.Count.EqualTo(12));
         Assert.That(stub.MaxInFlight, Is.LessThanOrEqualTo(3));
-        Assert.That(stub.MaxInFlight, Is.GreaterThan(1), "the batch should actually run in parallel");
+        Assert.That(stub.MaxInFlight, Is.EqualTo(3), "the batch runs three requests in parallel");
     }
 
     [Test]

@@ -203,7 +203,8 @@ public class LlamaCppParityTests
         // llama.cpp quantizes the activations to 8 bits inside these matmuls; on stories260K (dim 64,
         // peaked trained distributions) that alone gives a KL of ~0.03, on the random model ~3e-4
         Assert.That(top1, Is.GreaterThanOrEqualTo(0.9));
-        Assert.That(kl, Is.LessThan(0.05));
+        // bounds a few times the measured values (random: 1e-4 to 3e-4; stories260K ~0.03), so a real regression shows
+        Assert.That(kl, Is.LessThan(source == "random" ? 1.5e-3 : 0.05));
     }
 
     // inverse of the HF → GGUF row permutation, from its per-row source index

@@ -38,7 +38,8 @@ public class MergeTests
         var c = GenerationTests.TinyConfig("qwen2"); // q/k/v biases too
         var baseDir = Path.Combine(_dir, "base");
         ModelDirectory.Save(baseDir, c, RandomInit.Create(c, 8, 0.08), DType.F32);
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         var tokens = TokenBatch.FromSequences(new[] { Enumerable.Range(0, 11).Select(_ => rng.Next(c.VocabSize)).ToArray() });
         float[] expected;
         var adapterDir = Path.Combine(_dir, "adapter");
@@ -59,7 +60,7 @@ public class MergeTests
         LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, outDir, DType.F32, maxShardBytes: 30_000);
         Assert.That(File.Exists(Path.Combine(outDir, ShardedSafeTensors.IndexFileName)), Is.True, "sharded above the size limit");
         using var merged = ModelDirectory.Load(TestDevice.Shared, outDir, DType.F32);
-        Check.Close(merged.Logits(tokens), Ref.ToDouble(expected), 1e-5, $"merged {kind}", 0);
+        Check.Close(merged.Logits(tokens), Ref.ToDouble(expected), 1e-5, $"merged {kind}", seed);
     }
 
     [Test]
@@ -70,7 +71,8 @@ public class MergeTests
         var w = RandomInit.Create(c, 8, 0.08);
         ModelDirectory.Save(baseDir, c, w, DType.F32);
         ModelDirectoryTests.WriteBnb4BitCheckpoint(baseDir, c, w); // projections as bitsandbytes NF4
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         var tokens = TokenBatch.FromSequences(new[] { Enumerable.Range(0, 9).Select(_ => rng.Next(c.VocabSize)).ToArray() });
         float[] expected;
         var adapterDir = Path.Combine(_dir, "adapter");
@@ -87,7 +89,7 @@ public class MergeTests
         using (var files = ShardedSafeTensors.Open(outDir))
             Assert.That(files.Names.Where(n => files.Get(n).DType != SafeTensorsDType.F32), Is.Empty, "merged weights are dense");
         using var merged = ModelDirectory.Load(TestDevice.Shared, outDir, DType.F32);
-        Check.Close(merged.Logits(tokens), Ref.ToDouble(expected), 1e-5, "merged over an NF4 base", 0);
+        Check.Close(merged.Logits(tokens), Ref.ToDouble(expected), 1e-5, "merged over an NF4 base", seed);
 
         var e = Assert.Throws<NotSupportedException>(() => GgufExport.Run(TestDevice.Shared, baseDir, null, Path.Combine(_dir, "base.gguf"), GgufFileType.AllF32))!;
         Assert.That(e.Message, Does.Contain(baseDir).And.Contain("bitsandbytes 4-bit").And.Contain("adapter"));
@@ -100,7 +102,8 @@ public class MergeTests
         var baseDir = Path.Combine(_dir, "base");
         var w = RandomInit.Create(c, 8, 0.08);
         ModelDirectory.Save(baseDir, c, w, DType.F32);
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         var dirs = new[] { Path.Combine(_dir, "a1"), Path.Combine(_dir, "a2") };
         var factors = new List<(float[] A, float[] B, float Scale)>();
         string target = "model.layers.1.mlp.down_proj";
@@ -136,7 +139,7 @@ public class MergeTests
                 expected[o * inF + i] = w[target + ".weight"][o * inF + i] + d;
             }
         using var f = ShardedSafeTensors.Open(outDir);
-        Check.Close(f.ReadAsFloat32(target + ".weight"), expected, 1e-6, "weighted merge", 0);
+        Check.Close(f.ReadAsFloat32(target + ".weight"), expected, 1e-6, "weighted merge", seed);
         Assert.That(f.ReadAsFloat32("model.layers.1.mlp.up_proj.weight"), Is.EqualTo(w["model.layers.1.mlp.up_proj.weight"]), "unadapted tensors are copied");
     }
 

@@ -8,12 +8,11 @@ namespace NativeLora.Tests.Gguf;
 /// Seeded random mutations of valid GGUF files. Every open must either succeed with every tensor
 /// inside the file and readable, or throw GgufFormatException naming the file; anything else is a bug.
 /// The seed comes from the clock unless NATIVELORA_FUZZ_SEED is set, and is printed. Bounded to a
-/// fixed number of files and a few seconds.
+/// fixed number of files.
 /// </summary>
 public class GgufFuzzTests : TempDirectoryTest
 {
-    const int Iterations = 4000;
-    static readonly TimeSpan Budget = TimeSpan.FromSeconds(8);
+    const int Iterations = 600; // a fixed count, not a time budget: the same seed checks the same files on any machine
 
     static int Seed()
     {
@@ -141,7 +140,7 @@ public class GgufFuzzTests : TempDirectoryTest
         }
         int opened = 0, rejected = 0, i = 0;
         var clock = Stopwatch.StartNew();
-        for (; i < Iterations && clock.Elapsed < Budget; i++)
+        for (; i < Iterations; i++)
         {
             var bytes = Mutate(rng, bases[rng.Next(bases.Count)], out string what);
             File.WriteAllBytes(path, bytes);
@@ -163,7 +162,6 @@ public class GgufFuzzTests : TempDirectoryTest
             }
         }
         TestContext.Out.WriteLine($"{i} mutated files in {clock.Elapsed.TotalSeconds:F1} s: {opened} opened, {rejected} rejected");
-        Assert.That(i, Is.GreaterThan(200), "the time budget allowed only a few files");
         Assert.That(rejected, Is.GreaterThan(i / 10), "mutations should mostly break files");
         Assert.That(opened, Is.GreaterThan(0), "some mutations (data bytes, trailing bytes) leave files valid");
     }

@@ -59,7 +59,8 @@ public class CrossEntropyTests
     [Test]
     public void ReferenceGradientsMatchFiniteDifferences()
     {
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         int n = 3, d = 4, vocab = 5;
         var h = Ref.ToDouble(Check.RandomFloats(rng, n * d));
         var w = Ref.ToDouble(Check.RandomFloats(rng, vocab * d));

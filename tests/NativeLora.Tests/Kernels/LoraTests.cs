@@ -183,7 +183,8 @@ public class LoraTests
     [Test]
     public void ReferenceMatchesFiniteDifferences([Values(false, true)] bool dora)
     {
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         int n = 2, inF = 3, outF = 4, r = 2;
         double s = 1.5, p = 0.0;
         double[] R(int len) => Ref.ToDouble(Check.RandomFloats(rng, len));

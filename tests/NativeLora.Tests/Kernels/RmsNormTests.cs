@@ -80,7 +80,8 @@ public class RmsNormTests
     [Test]
     public void BackwardReferenceMatchesFiniteDifferences()
     {
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         int rows = 2, dim = 5;
         var x = Ref.ToDouble(Check.RandomFloats(rng, rows * dim));
         var w = Ref.ToDouble(Check.RandomFloats(rng, dim));

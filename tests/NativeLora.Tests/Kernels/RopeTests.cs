@@ -81,7 +81,8 @@ public class RopeTests
     public void BackwardIsTheGradientOfTheForward()
     {
         // the backward reference (rotation by −angle) against central differences of the forward
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         int tokens = 3, heads = 2, hd = 4;
         var pos = new[] { 0, 5, 2 };
         var inv = ReferenceInverseFrequencies(hd, 10000, RopeScaling.None);

@@ -1,4 +1,5 @@
 using NativeLora.Native;
+using NativeLora.Tensors;
 
 namespace NativeLora.Tests.Native;
 
@@ -106,12 +107,22 @@ public class NativeCoreTests
         var end = NativeCore.EventCreate();
         try
         {
-            NativeCore.EventRecord(start, stream);
-            Thread.Sleep(20);
-            NativeCore.EventRecord(end, stream);
+            // a GEMM queued between the events (not a host sleep, which a device event does not see): the time must be > 0
+            var device = Support.TestDevice.Shared;
+            const int n = 384;
+            using var a = device.Allocate(DType.F32, n, n);
+            using var b = device.Allocate(DType.F32, n, n);
+            using var c = device.Allocate(DType.F32, n, n);
+            a.CopyFrom<float>(Support.Check.RandomFloats(new Random(1), n * n));
+            b.CopyFrom<float>(Support.Check.RandomFloats(new Random(2), n * n));
+            var work = device.IsCuda ? ((ILGPU.Runtime.Cuda.CudaStream)device.Accelerator.DefaultStream).StreamPtr : stream;
+            device.Synchronize();
+            NativeCore.EventRecord(start, work);
+            NativeCore.Gemm(NlDType.F32, NlDType.F32, false, false, n, n, n, 1f, a.DataPointer, n, b.DataPointer, n, 0f, c.DataPointer, n);
+            NativeCore.EventRecord(end, work);
             NativeCore.EventSynchronize(end);
             NativeCore.StreamSynchronize(stream);
-            Assert.That(NativeCore.EventElapsedMs(start, end), Is.GreaterThanOrEqualTo(0f));
+            Assert.That(NativeCore.EventElapsedMs(start, end), Is.GreaterThan(0f));
         }
         finally
         {

@@ -340,7 +340,8 @@ public class Nf4Tests
     [Test]
     public void BitsPerParameterOfA4096SquareIsAbout4Point127()
     {
-        var rng = new Random(Check.FreshSeed());
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
         const int d = 4096;
         var bits = new ushort[d * d];
         for (int i = 0; i < bits.Length; i++) bits[i] = FloatBits.FloatToBf16((float)(rng.NextDouble() - 0.5) * 0.04f);

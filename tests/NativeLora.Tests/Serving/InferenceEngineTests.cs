@@ -20,11 +20,14 @@ public class InferenceEngineTests
         using var engine = new InferenceEngine(model, options);
         Assert.That(engine.KvPagesTotal, Is.EqualTo(2 * pagesPerRequest));
         int widest = 0;
-        engine.OnStep = (rows, _) => { lock (engine) widest = Math.Max(widest, rows); };
+        // the loop waits after its first step until every request is submitted (a gate, not timing): two must then run together
+        using var submitted = new ManualResetEventSlim();
+        engine.OnStep = (rows, _) => { lock (engine) widest = Math.Max(widest, rows); submitted.Wait(TimeSpan.FromSeconds(60)); };
         var rng = new Random(seed);
         var prompts = Enumerable.Range(0, 5).Select(_ => Enumerable.Range(0, prompt).Select(_ => rng.Next(c.VocabSize)).ToArray()).ToArray();
         var none = new HashSet<int>();
         var handles = prompts.Select(p => engine.Submit(new GenerationRequest(p, null, max, new SamplingOptions(), none))).ToList();
+        submitted.Set();
         var outputs = new List<int>[handles.Count];
         for (int i = 0; i < handles.Count; i++)
         {

@@ -94,8 +94,9 @@ public class EightBitOptimizerTests
         var paged = Run("paged_adamw_8bit");
         double maxDiff = full.Losses.Zip(eight.Losses, (a, b) => Math.Abs(a - b)).Max();
         TestContext.Progress.WriteLine($"8-bit vs 32-bit AdamW over {full.Losses.Count} steps: max |Δloss| {maxDiff:F4}; validation {full.Val:F4} vs {eight.Val:F4}");
-        Assert.That(maxDiff, Is.LessThan(0.25));
-        Assert.That(Math.Abs(eight.Val - full.Val), Is.LessThan(0.15));
+        // measured 0.007 and 0.0016: bounds a few times those, so a broken 8-bit state cannot hide
+        Assert.That(maxDiff, Is.LessThan(0.03));
+        Assert.That(Math.Abs(eight.Val - full.Val), Is.LessThan(0.008));
         Assert.That(paged.Losses, Is.EqualTo(eight.Losses), "paging only moves memory");
     }
 }
