@@ -793,12 +793,11 @@ public sealed class KernelCheck
         using var tm = Zeros(n);
         using var tv = Zeros(n);
         using var partial = Poisoned(DType.F32, 4096);
-        int count = Kernels.AdamW.SumOfSquares(_k, tg.View<float>(), partial.View<float>());
-        double sumsq = partial.ToArray<float>().Take(count).Sum(x => (double)x);
+        double sumsq = AdamWOp.SumOfSquares(_k, tg, partial);
         Compare("gradient sum of squares", new[] { (float)sumsq }, new[] { g1.Sum(x => (double)x * x) }, 1e-5);
-        Kernels.AdamW.Update(_k, tp.View<float>(), tg.View<float>(), tm.View<float>(), tv.View<float>(), Lr, Beta1, Beta2, Eps, Wd, 1, GradScale);
+        AdamWOp.Update(_k, tp, tg, tm, tv, Lr, Beta1, Beta2, Eps, Wd, 1, GradScale);
         tg.CopyFromFloats(g2);
-        Kernels.AdamW.Update(_k, tp.View<float>(), tg.View<float>(), tm.View<float>(), tv.View<float>(), Lr, Beta1, Beta2, Eps, Wd, 2, GradScale);
+        AdamWOp.Update(_k, tp, tg, tm, tv, Lr, Beta1, Beta2, Eps, Wd, 2, GradScale);
         var p = D(p0);
         var m = new double[n];
         var v = new double[n];

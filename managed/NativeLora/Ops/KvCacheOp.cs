@@ -36,9 +36,14 @@ public static class KvCacheOp
         int b = (int)lengths.ElementCount;
         int maxPages = (int)(pageTable.ElementCount / Math.Max(1, b));
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        Run(q.DType,
-            () => Attention.Decode<float, F32>(k, q.View<float>(), kCache.View<float>(), vCache.View<float>(), lengths.View<int>(), pageTable.View<int>(), o.View<float>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale),
-            () => Attention.Decode<ushort, Bf16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), pageTable.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale),
-            () => Attention.Decode<ushort, F16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), pageTable.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
+        Run(q.DType, new DecodeCall(k, q, kCache, vCache, lengths, pageTable, o, b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
+    }
+
+    private readonly record struct DecodeCall(KernelSet K, Tensor Q, Tensor KCache, Tensor VCache, Tensor Lengths, Tensor PageTable, Tensor O,
+        int Batch, int Heads, int KvHeads, int HeadDim, int MaxPages, int PageSize, float Scale) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Attention.Decode<T, S>(K, Q.View<T>(), KCache.View<T>(), VCache.View<T>(), Lengths.View<int>(), PageTable.View<int>(), O.View<T>(),
+                Batch, Heads, KvHeads, HeadDim, MaxPages, PageSize, Scale);
     }
 }

@@ -62,12 +62,8 @@ public static class LoraOp
                     Gemm.Run(u, w0, bdOwned, transB: true);
                     bd = bdOwned;
                 }
-                var g = saved.G.View<float>();
                 int cols = m.OutFeatures;
-                Run(x.DType,
-                    () => Dora.Combine<float, F32>(k, y.View<float>(), bd.View<float>(), saved.Pre.View<float>(), g, cols),
-                    () => Dora.Combine<ushort, Bf16>(k, y.View<ushort>(), bd.View<ushort>(), saved.Pre.View<ushort>(), g, cols),
-                    () => Dora.Combine<ushort, F16>(k, y.View<ushort>(), bd.View<ushort>(), saved.Pre.View<ushort>(), g, cols));
+                Run(x.DType, new CombineCall(k, y, bd, saved.Pre, saved.G, cols));
             }
             finally
             {
@@ -97,11 +93,8 @@ public static class LoraOp
         var dev = x.Device;
         int n = x.Dim(0), cols = m.OutFeatures;
         float p = m.EffectiveDropout;
-        var g = saved.G!.View<float>();
-        Run(x.DType,
-            () => Dora.MagnitudeGrad<float, F32>(k, dy.View<float>(), saved.Pre!.View<float>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols),
-            () => Dora.MagnitudeGrad<ushort, Bf16>(k, dy.View<ushort>(), saved.Pre!.View<ushort>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols),
-            () => Dora.MagnitudeGrad<ushort, F16>(k, dy.View<ushort>(), saved.Pre!.View<ushort>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols));
+        var g = saved.G!;
+        Run(x.DType, new MagnitudeGradCall(k, dy, saved.Pre!, saved.Norms!, m.MagnitudeGrad!, n, cols));
         using var scaled = dev.Allocate(x.DType, n, cols);
         ScaleColumns(k, dy, scaled, g, 0f, cols);                 // g·dy feeds the low-rank factors
         LowRankBackward(k, m, x, saved.Z, scaled, dx);
@@ -131,10 +124,7 @@ public static class LoraOp
         {
             if (p == 0f) Gemm.Run(x, m.ACompute, z, transB: true);
             else if (k.GpuVariants)
-                Run(x.DType,
-                    () => Kernels.Lora.FusedDown<float, F32>(k, x.View<float>(), m.ACompute.View<float>(), z.View<float>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                    () => Kernels.Lora.FusedDown<ushort, Bf16>(k, x.View<ushort>(), m.ACompute.View<ushort>(), z.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                    () => Kernels.Lora.FusedDown<ushort, F16>(k, x.View<ushort>(), m.ACompute.View<ushort>(), z.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p));
+                Run(x.DType, new FusedDownCall(k, x, m.ACompute, z, n, m.InFeatures, m.Rank, m.DropoutSeed, p));
             else
             {
                 using var u = DropoutOf(k, m, x);
@@ -167,10 +157,7 @@ public static class LoraOp
         if (dx == null) return;
         if (k.GpuVariants)
         {
-            Run(x.DType,
-                () => Kernels.Lora.FusedDx<float, F32>(k, dz.View<float>(), m.ACompute.View<float>(), dx.View<float>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                () => Kernels.Lora.FusedDx<ushort, Bf16>(k, dz.View<ushort>(), m.ACompute.View<ushort>(), dx.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                () => Kernels.Lora.FusedDx<ushort, F16>(k, dz.View<ushort>(), m.ACompute.View<ushort>(), dx.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p));
+            Run(x.DType, new FusedDxCall(k, dz, m.ACompute, dx, n, m.InFeatures, m.Rank, m.DropoutSeed, p));
             return;
         }
         using var gIn = x.Device.Allocate(x.DType, n, m.InFeatures);
@@ -186,10 +173,7 @@ public static class LoraOp
         w0.CopyTo(merged);
         Gemm.Run(m.BCompute, m.ACompute, merged, alpha: m.Scale, beta: 1f);
         var norms = dev.Allocate(DType.F32, m.OutFeatures);
-        Run(w0.DType,
-            () => Dora.RowNorms<float, F32>(k, merged.View<float>(), norms.View<float>(), m.OutFeatures, m.InFeatures),
-            () => Dora.RowNorms<ushort, Bf16>(k, merged.View<ushort>(), norms.View<float>(), m.OutFeatures, m.InFeatures),
-            () => Dora.RowNorms<ushort, F16>(k, merged.View<ushort>(), norms.View<float>(), m.OutFeatures, m.InFeatures));
+        Run(w0.DType, new RowNormsCall(k, merged, norms, m.OutFeatures, m.InFeatures));
         var g = dev.Allocate(DType.F32, m.OutFeatures);
         Dora.Ratio(k, m.Magnitude!.View<float>(), norms.View<float>(), g.View<float>());
         return (norms, g);
@@ -200,36 +184,68 @@ public static class LoraOp
     {
         int rows = w0.Dim(0), cols = w0.Dim(1);
         var norms = w0.Device.Allocate(DType.F32, rows);
-        Run(w0.DType,
-            () => Dora.RowNorms<float, F32>(k, w0.View<float>(), norms.View<float>(), rows, cols),
-            () => Dora.RowNorms<ushort, Bf16>(k, w0.View<ushort>(), norms.View<float>(), rows, cols),
-            () => Dora.RowNorms<ushort, F16>(k, w0.View<ushort>(), norms.View<float>(), rows, cols));
+        Run(w0.DType, new RowNormsCall(k, w0, norms, rows, cols));
         return norms;
     }
 
-    private static void ScaleColumns(KernelSet k, Tensor src, Tensor dst, ILGPU.ArrayView<float> g, float offset, int cols) =>
-        Run(src.DType,
-            () => Dora.ScaleColumns<float, F32>(k, src.View<float>(), dst.View<float>(), g, offset, cols),
-            () => Dora.ScaleColumns<ushort, Bf16>(k, src.View<ushort>(), dst.View<ushort>(), g, offset, cols),
-            () => Dora.ScaleColumns<ushort, F16>(k, src.View<ushort>(), dst.View<ushort>(), g, offset, cols));
+    private static void ScaleColumns(KernelSet k, Tensor src, Tensor dst, Tensor g, float offset, int cols) =>
+        Run(src.DType, new ScaleColumnsCall(k, src, dst, g, offset, cols));
 
     private static Tensor DropoutOf(KernelSet k, LoraModule m, Tensor x)
     {
         var u = x.Device.Allocate(x.DType, x.Shape);
         float p = m.EffectiveDropout;
-        Run(x.DType,
-            () => Kernels.Lora.Dropout<float, F32>(k, x.View<float>(), u.View<float>(), m.DropoutSeed, p),
-            () => Kernels.Lora.Dropout<ushort, Bf16>(k, x.View<ushort>(), u.View<ushort>(), m.DropoutSeed, p),
-            () => Kernels.Lora.Dropout<ushort, F16>(k, x.View<ushort>(), u.View<ushort>(), m.DropoutSeed, p));
+        Run(x.DType, new DropoutCall(k, x, u, m.DropoutSeed, p, Backward: false));
         return u;
     }
 
     private static void DropoutBackward(KernelSet k, LoraModule m, Tensor g, Tensor dx)
     {
         float p = m.EffectiveDropout;
-        Run(g.DType,
-            () => Kernels.Lora.DropoutBackward<float, F32>(k, g.View<float>(), dx.View<float>(), m.DropoutSeed, p),
-            () => Kernels.Lora.DropoutBackward<ushort, Bf16>(k, g.View<ushort>(), dx.View<ushort>(), m.DropoutSeed, p),
-            () => Kernels.Lora.DropoutBackward<ushort, F16>(k, g.View<ushort>(), dx.View<ushort>(), m.DropoutSeed, p));
+        Run(g.DType, new DropoutCall(k, g, dx, m.DropoutSeed, p, Backward: true));
+    }
+
+    // ---- each kernel call written once for f32, bf16 and f16 (ILGPU kernels on every device) ----
+
+    private readonly record struct CombineCall(KernelSet K, Tensor Y, Tensor Bd, Tensor Pre, Tensor G, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> => Dora.Combine<T, S>(K, Y.View<T>(), Bd.View<T>(), Pre.View<T>(), G.View<float>(), Cols);
+    }
+
+    private readonly record struct MagnitudeGradCall(KernelSet K, Tensor Dy, Tensor Pre, Tensor Norms, Tensor DMagnitude, int Rows, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Dora.MagnitudeGrad<T, S>(K, Dy.View<T>(), Pre.View<T>(), Norms.View<float>(), DMagnitude.View<float>(), Rows, Cols);
+    }
+
+    private readonly record struct RowNormsCall(KernelSet K, Tensor W, Tensor Norms, int Rows, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> => Dora.RowNorms<T, S>(K, W.View<T>(), Norms.View<float>(), Rows, Cols);
+    }
+
+    private readonly record struct ScaleColumnsCall(KernelSet K, Tensor Src, Tensor Dst, Tensor G, float Offset, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> => Dora.ScaleColumns<T, S>(K, Src.View<T>(), Dst.View<T>(), G.View<float>(), Offset, Cols);
+    }
+
+    private readonly record struct FusedDownCall(KernelSet K, Tensor X, Tensor A, Tensor Z, int Rows, int InFeatures, int Rank, ulong Seed, float P) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Kernels.Lora.FusedDown<T, S>(K, X.View<T>(), A.View<T>(), Z.View<T>(), Rows, InFeatures, Rank, Seed, P);
+    }
+
+    private readonly record struct FusedDxCall(KernelSet K, Tensor Dz, Tensor A, Tensor Dx, int Rows, int InFeatures, int Rank, ulong Seed, float P) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Kernels.Lora.FusedDx<T, S>(K, Dz.View<T>(), A.View<T>(), Dx.View<T>(), Rows, InFeatures, Rank, Seed, P);
+    }
+
+    private readonly record struct DropoutCall(KernelSet K, Tensor Src, Tensor Dst, ulong Seed, float P, bool Backward) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        {
+            if (Backward) Kernels.Lora.DropoutBackward<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
+            else Kernels.Lora.Dropout<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
+        }
     }
 }

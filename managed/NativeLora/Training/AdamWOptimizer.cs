@@ -107,9 +107,7 @@ public sealed class AdamWOptimizer : IDisposable
         double total = 0;
         foreach (var s in _slots)
         {
-            int count = AdamW.SumOfSquares(_k, s.Grad.View<float>(), _partial.View<float>());
-            var partial = _partial.ToArray<float>();
-            for (int i = 0; i < count; i++) total += partial[i];
+            total += AdamWOp.SumOfSquares(_k, s.Grad, _partial);
         }
         return Math.Sqrt(total);
     }
@@ -128,8 +126,7 @@ public sealed class AdamWOptimizer : IDisposable
                     _mapSigned!.View<float>(), _mapUnsigned!.View<float>(), lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
                 continue;
             }
-            AdamW.Update(_k, s.Param.View<float>(), s.Grad.View<float>(), s.M!.View<float>(), s.V!.View<float>(),
-                lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
+            AdamWOp.Update(_k, s.Param, s.Grad, s.M!, s.V!, lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
         }
     }
 
