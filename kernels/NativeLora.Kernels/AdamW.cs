@@ -121,6 +121,23 @@ public static class AdamW
         foreach (var x in partial) total += x;
         return total;
     }
+
+    /// <summary>The float64 reference of one step (torch.optim.AdamW), in place on p, m, v.</summary>
+    public static class Reference
+    {
+        public static void Step(double[] p, double[] g, double[] m, double[] v, double lr, double beta1, double beta2, double eps, double weightDecay, int step, double gradScale)
+        {
+            double bc1 = 1 - Math.Pow(beta1, step), bc2 = 1 - Math.Pow(beta2, step);
+            for (int i = 0; i < p.Length; i++)
+            {
+                double gi = g[i] * gradScale;
+                p[i] *= 1 - lr * weightDecay;
+                m[i] = beta1 * m[i] + (1 - beta1) * gi;
+                v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
+                p[i] -= lr * (m[i] / bc1) / (Math.Sqrt(v[i] / bc2) + eps);
+            }
+        }
+    }
 }
 
 /// <summary>

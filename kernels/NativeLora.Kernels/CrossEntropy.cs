@@ -88,4 +88,31 @@ public static class CrossEntropy
             }
         });
     }
+
+    /// <summary>The float64 reference of the whole op: logits = h·Wᵀ, loss = mean over counted rows of lse − logit[y], gradients of that mean.</summary>
+    public static class Reference
+    {
+        public static (double Loss, double[] Dh, double[] Dw) Run(double[] h, double[] w, int[] labels, int n, int d, int vocab)
+        {
+            int count = labels.Count(y => y != IgnoreIndex);
+            double loss = 0;
+            var dh = new double[n * d];
+            var dw = new double[vocab * d];
+            var z = new double[vocab];
+            for (int r = 0; r < n; r++)
+            {
+                if (labels[r] == IgnoreIndex) continue;
+                for (int c = 0; c < vocab; c++) { z[c] = 0; for (int j = 0; j < d; j++) z[c] += h[r * d + j] * w[c * d + j]; }
+                double m = z.Max();
+                double lse = m + Math.Log(z.Sum(x => Math.Exp(x - m)));
+                loss += (lse - z[labels[r]]) / count;
+                for (int c = 0; c < vocab; c++)
+                {
+                    double g = (Math.Exp(z[c] - lse) - (c == labels[r] ? 1 : 0)) / count;
+                    for (int j = 0; j < d; j++) { dh[r * d + j] += g * w[c * d + j]; dw[c * d + j] += g * h[r * d + j]; }
+                }
+            }
+            return (loss, dh, dw);
+        }
+    }
 }

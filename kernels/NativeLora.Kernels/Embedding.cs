@@ -74,4 +74,21 @@ public static class Embedding
             }
         });
     }
+
+    /// <summary>The float64 reference: a gather of rows and its transpose, a scatter-add (repeated ids add up).</summary>
+    public static class Reference
+    {
+        public static (double[] Output, double[] DTable) Run(int[] ids, double[] table, double[] dOut, int vocab, int dim)
+        {
+            var output = new double[ids.Length * dim];
+            var dTable = new double[vocab * dim];
+            for (int i = 0; i < ids.Length; i++)
+                for (int d = 0; d < dim; d++)
+                {
+                    output[i * dim + d] = table[ids[i] * dim + d];
+                    dTable[ids[i] * dim + d] += dOut[i * dim + d];
+                }
+            return (output, dTable);
+        }
+    }
 }

@@ -139,4 +139,44 @@ public static class RmsNorm
             }
         });
     }
+
+    /// <summary>The float64 reference (tests check it against finite differences; tests and selfcheck compare both variants with it).</summary>
+    public static class Reference
+    {
+        /// <summary>y = x·r·w, r = 1/sqrt(mean(x²)+eps); rstd (if given) receives r per row.</summary>
+        public static double[] Forward(double[] x, double[] w, int rows, int dim, double eps, double[]? rstd = null)
+        {
+            var y = new double[x.Length];
+            for (int r = 0; r < rows; r++)
+            {
+                double ss = 0;
+                for (int j = 0; j < dim; j++) ss += x[r * dim + j] * x[r * dim + j];
+                double rs = 1 / Math.Sqrt(ss / dim + eps);
+                if (rstd != null) rstd[r] = rs;
+                for (int j = 0; j < dim; j++) y[r * dim + j] = x[r * dim + j] * rs * w[j];
+            }
+            return y;
+        }
+
+        /// <summary>dx_j = Σ_k dy_k ∂y_k/∂x_j with ∂r/∂x_j = −r³·x_j/dim; dw_j = Σ_rows dy_j·x_j·r.</summary>
+        public static (double[] Dx, double[] Dw) Backward(double[] x, double[] w, double[] dy, int rows, int dim, double eps)
+        {
+            var dx = new double[x.Length];
+            var dw = new double[dim];
+            for (int r = 0; r < rows; r++)
+            {
+                double ss = 0;
+                for (int j = 0; j < dim; j++) ss += x[r * dim + j] * x[r * dim + j];
+                double rs = 1 / Math.Sqrt(ss / dim + eps);
+                double sumDyWX = 0;
+                for (int kk = 0; kk < dim; kk++) sumDyWX += dy[r * dim + kk] * w[kk] * x[r * dim + kk];
+                for (int j = 0; j < dim; j++)
+                {
+                    dx[r * dim + j] = dy[r * dim + j] * w[j] * rs - sumDyWX * rs * rs * rs * x[r * dim + j] / dim;
+                    dw[j] += dy[r * dim + j] * x[r * dim + j] * rs;
+                }
+            }
+            return (dx, dw);
+        }
+    }
 }

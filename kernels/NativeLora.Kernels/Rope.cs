@@ -161,4 +161,27 @@ public static class Rope
             }
         });
     }
+
+    /// <summary>The float64 reference, written from HF's definition: emb = cat(freqs, freqs); y = x·cos + rotate_half(x)·sin.</summary>
+    public static class Reference
+    {
+        /// <summary>Rotates every head of x [tokens, heads·hd] by pos·invFreq (by −angle when inverse: the backward).</summary>
+        public static double[] Rotate(double[] x, int[] pos, int tokens, int heads, int hd, double[] invFreq, bool inverse)
+        {
+            var y = new double[x.Length];
+            var rotated = new double[hd];
+            for (int t = 0; t < tokens; t++)
+                for (int h = 0; h < heads; h++)
+                {
+                    int b = (t * heads + h) * hd;
+                    for (int d = 0; d < hd; d++) rotated[d] = d < hd / 2 ? -x[b + d + hd / 2] : x[b + d - hd / 2];
+                    for (int d = 0; d < hd; d++)
+                    {
+                        double a = pos[t] * invFreq[d % (hd / 2)] * (inverse ? -1 : 1);
+                        y[b + d] = x[b + d] * Math.Cos(a) + rotated[d] * Math.Sin(a);
+                    }
+                }
+            return y;
+        }
+    }
 }

@@ -113,4 +113,31 @@ public static class SwiGlu
             }
         });
     }
+
+    /// <summary>The float64 reference: h = silu(g)·u and its gradients (tests check silu' by finite differences).</summary>
+    public static class Reference
+    {
+        public static double Silu(double g) => g / (1 + Math.Exp(-g));
+
+        public static double[] Forward(double[] g, double[] u)
+        {
+            var h = new double[g.Length];
+            for (int i = 0; i < g.Length; i++) h[i] = Silu(g[i]) * u[i];
+            return h;
+        }
+
+        /// <summary>dg = dh·u·σ·(1 + g·(1 − σ)), du = dh·silu(g).</summary>
+        public static (double[] Dg, double[] Du) Backward(double[] g, double[] u, double[] dh)
+        {
+            var dg = new double[g.Length];
+            var du = new double[g.Length];
+            for (int i = 0; i < g.Length; i++)
+            {
+                double sig = 1 / (1 + Math.Exp(-g[i]));
+                dg[i] = dh[i] * u[i] * sig * (1 + g[i] * (1 - sig));
+                du[i] = dh[i] * g[i] * sig;
+            }
+            return (dg, du);
+        }
+    }
 }
