@@ -183,11 +183,19 @@ public static class RowScatter
         }
     }
 
-    public static void Run<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
+    public static void RunGpu<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(src.Length);
         if (threads == 0) return;
         Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = ScatterKernel<T>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, src.Length, chunk);
+    }
+
+    public static void RunCpu<T>(HostView<T> src, HostView<T> dst, HostView<int> rows, int width) where T : unmanaged
+    {
+        HostLoop.For(rows.Length, Math.Max(1, 65536 / width), (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++) src.Slice(r * width, width).CopyTo(dst.Slice(rows.Span[(int)r] * (long)width, width));
+        });
     }
 }

@@ -16,12 +16,8 @@ public static class KvCacheOp
         Require(rows, DType.I32, "rows");
         int width = cache.Dim(1);
         RequireElements(src, rows.ElementCount * width, "src");
-        switch (src.DType.SizeOf())
-        {
-            case 4: RowScatter.Run(k, src.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
-            case 2: RowScatter.Run(k, src.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
-            default: throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
-        }
+        if (!src.DType.IsFloat()) throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
+        Run(k, src.DType, new WriteCall(k, src, cache, rows, width));
     }
 
     /// <summary>
@@ -37,6 +33,12 @@ public static class KvCacheOp
         int maxPages = (int)(pageTable.ElementCount / Math.Max(1, b));
         float scale = 1f / MathF.Sqrt(c.HeadDim);
         Run(q.DType, new DecodeCall(k, q, kCache, vCache, lengths, pageTable, o, b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
+    }
+
+    private readonly record struct WriteCall(KernelSet K, Tensor Src, Tensor Cache, Tensor Rows, int Width) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.RunGpu(K, Src.View<T>(), Cache.View<T>(), Rows.View<int>(), Width);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.RunCpu(Src.Host<T>(), Cache.Host<T>(), Rows.Host<int>(), Width);
     }
 
     private readonly record struct DecodeCall(KernelSet K, Tensor Q, Tensor KCache, Tensor VCache, Tensor Lengths, Tensor PageTable, Tensor O,

@@ -195,17 +195,17 @@ public static class LoraOp
     {
         var u = x.Device.Allocate(x.DType, x.Shape);
         float p = m.EffectiveDropout;
-        Run(x.DType, new DropoutCall(k, x, u, m.DropoutSeed, p, Backward: false));
+        Run(k, x.DType, new DropoutCall(k, x, u, m.DropoutSeed, p, Backward: false));
         return u;
     }
 
     private static void DropoutBackward(KernelSet k, LoraModule m, Tensor g, Tensor dx)
     {
         float p = m.EffectiveDropout;
-        Run(g.DType, new DropoutCall(k, g, dx, m.DropoutSeed, p, Backward: true));
+        Run(k, g.DType, new DropoutCall(k, g, dx, m.DropoutSeed, p, Backward: true));
     }
 
-    // ---- each kernel call written once for f32, bf16 and f16 (ILGPU kernels on every device) ----
+    // ---- each kernel call written once for f32, bf16 and f16 (DoRA and the fused products: ILGPU kernels on every device) ----
 
     private readonly record struct CombineCall(KernelSet K, Tensor Y, Tensor Bd, Tensor Pre, Tensor G, int Cols) : IFloatOp
     {
@@ -240,12 +240,18 @@ public static class LoraOp
             Kernels.Lora.FusedDx<T, S>(K, Dz.View<T>(), A.View<T>(), Dx.View<T>(), Rows, InFeatures, Rank, Seed, P);
     }
 
-    private readonly record struct DropoutCall(KernelSet K, Tensor Src, Tensor Dst, ulong Seed, float P, bool Backward) : IFloatOp
+    private readonly record struct DropoutCall(KernelSet K, Tensor Src, Tensor Dst, ulong Seed, float P, bool Backward) : IVariantOp
     {
-        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
         {
-            if (Backward) Kernels.Lora.DropoutBackward<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
-            else Kernels.Lora.Dropout<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
+            if (Backward) Kernels.Lora.DropoutBackwardGpu<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
+            else Kernels.Lora.DropoutGpu<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
+        }
+
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        {
+            if (Backward) Kernels.Lora.DropoutBackwardCpu<T, S>(Src.Host<T>(), Dst.Host<T>(), Seed, P);
+            else Kernels.Lora.DropoutCpu<T, S>(Src.Host<T>(), Dst.Host<T>(), Seed, P);
         }
     }
 }
