@@ -17,7 +17,7 @@ public readonly record struct KernelCheckResult(string Family, string Name, doub
 
 /// <summary>
 /// `nativelora selfcheck --kernels`: every kernel family, forward and backward, run on the device with the
-/// variant that device uses (CUDA: the ILGPU shared-memory, shuffle and flash kernels; CPU: the host SIMD
+/// variant that device uses (CUDA: the ILGPU shared-memory and shuffle kernels; CPU: the host SIMD
 /// kernels, and ILGPU's barrier-free ones where a family has no host kernel yet) and compared with a float64
 /// reference of the same rounded random inputs. Outputs are poisoned (NaN) first, so an element a kernel
 /// forgets to write fails. Bounds are DESIGN.md's: f32 elementwise and norms 1e-5, f32 chains through GEMMs

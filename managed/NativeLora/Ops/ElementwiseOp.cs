@@ -49,6 +49,13 @@ public static class ElementwiseOp
         Run(k, x.DType, new FillCall(k, x, value));
     }
 
+    /// <summary>x = uniform(−bound, bound), element i drawn from (seed, i): the same values on every device.</summary>
+    public static void FillUniform(KernelSet k, Tensor x, ulong seed, float bound)
+    {
+        using var _ = Diagnostics.OpProfiler.Time("fill", x.Device);
+        Run(k, x.DType, new FillUniformCall(k, x, seed, bound));
+    }
+
     /// <summary>
     /// Zeroes x with the accelerator's memset (all-zero bytes are 0 in f32, bf16 and f16) on the device's
     /// stream, ordered with the kernels and GEMMs around it: a memset runs at copy speed, the fill kernel
@@ -85,6 +92,12 @@ public static class ElementwiseOp
     {
         public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillGpu<T, S>(K, X.View<T>(), Value);
         public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillCpu<T, S>(X.Host<T>(), Value);
+    }
+
+    private readonly record struct FillUniformCall(KernelSet K, Tensor X, ulong Seed, float Bound) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillUniformGpu<T, S>(K, X.View<T>(), Seed, Bound);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillUniformCpu<T, S>(X.Host<T>(), Seed, Bound);
     }
 
     private readonly record struct BiasCall(KernelSet K, Tensor Y, Tensor Bias, int Cols) : IVariantOp
