@@ -47,18 +47,6 @@ internal static class FloatDispatch
         }
     }
 
-    /// <summary>The form AttentionOp still uses (one action per dtype); new code writes its call once as an <see cref="IFloatOp"/>.</summary>
-    public static void Run(DType dtype, Action f32, Action bf16, Action f16)
-    {
-        switch (dtype)
-        {
-            case DType.F32: f32(); break;
-            case DType.BF16: bf16(); break;
-            case DType.F16: f16(); break;
-            default: throw NotFloat(dtype);
-        }
-    }
-
     private static ArgumentException NotFloat(DType dtype) => new($"this op needs a float tensor (f32, bf16, f16), got {dtype.Name()}");
 
     public static void Require(Tensor t, DType dtype, string name)

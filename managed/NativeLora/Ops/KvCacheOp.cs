@@ -32,7 +32,7 @@ public static class KvCacheOp
         int b = (int)lengths.ElementCount;
         int maxPages = (int)(pageTable.ElementCount / Math.Max(1, b));
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        Run(q.DType, new DecodeCall(k, q, kCache, vCache, lengths, pageTable, o, b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
+        Run(k, q.DType, new DecodeCall(k, q, kCache, vCache, lengths, pageTable, o, b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
     }
 
     private readonly record struct WriteCall(KernelSet K, Tensor Src, Tensor Cache, Tensor Rows, int Width) : IVariantOp
@@ -42,10 +42,13 @@ public static class KvCacheOp
     }
 
     private readonly record struct DecodeCall(KernelSet K, Tensor Q, Tensor KCache, Tensor VCache, Tensor Lengths, Tensor PageTable, Tensor O,
-        int Batch, int Heads, int KvHeads, int HeadDim, int MaxPages, int PageSize, float Scale) : IFloatOp
+        int Batch, int Heads, int KvHeads, int HeadDim, int MaxPages, int PageSize, float Scale) : IVariantOp
     {
-        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
             Attention.Decode<T, S>(K, Q.View<T>(), KCache.View<T>(), VCache.View<T>(), Lengths.View<int>(), PageTable.View<int>(), O.View<T>(),
+                Batch, Heads, KvHeads, HeadDim, MaxPages, PageSize, Scale);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            AttentionCpu.Decode<T, S>(Q.Host<T>(), KCache.Host<T>(), VCache.Host<T>(), Lengths.Host<int>(), PageTable.Host<int>(), O.Host<T>(),
                 Batch, Heads, KvHeads, HeadDim, MaxPages, PageSize, Scale);
     }
 }
