@@ -55,50 +55,16 @@ public static class AttentionCpu
 
     /// <summary>probs = masked softmax(τ·scores) over the block's rows; writes lse of its queries (as <see cref="Attention.Softmax{T,S}"/>).</summary>
     public static void Softmax<T, S>(HostView<float> scores, HostView<T> probs, HostView<int> seg, HostView<float> lse, Attention.Block blk, int batch)
-        where T : unmanaged where S : struct, IStorage<T>
-    {
-        var starts = RunStarts(seg.Span, batch, blk.Keys);
-        int width = blk.KeyEnd;
-        HostLoop.For(blk.ScoreRows(batch), Math.Max(1, 16384 / width), (r0, r1) =>
-        {
-            var e = HostScratch.Floats(0, width);
-            var segs = seg.Span;
-            for (long row = r0; row < r1; row++)
-            {
-                Attention.Locate(blk, row, out int b, out int h, out int i, out int p);
-                long keyBase = (long)b * blk.Keys;
-                int segI = segs[(int)(keyBase + p)];
-                var sc = scores.Slice(row * width, width);
-                e.Clear();
-                float rowLse = 0f;
-                int lo = segI < 0 ? -1 : starts[keyBase + p];
-                if (lo >= 0)
-                {
-                    var run = e[lo..(p + 1)];
-                    TensorPrimitives.Multiply(sc[lo..(p + 1)], blk.Scale, run);
-                    float m = TensorPrimitives.Max(run);
-                    TensorPrimitives.Subtract(run, m, run);
-                    TensorPrimitives.Exp(run, run);
-                    float sum = TensorPrimitives.Sum(run);
-                    rowLse = m + MathF.Log(sum);
-                    TensorPrimitives.Multiply(run, 1f / sum, run);
-                }
-                else if (segI >= 0)
-                {
-                    float m = float.NegativeInfinity, sum = 0;
-                    for (int j = 0; j <= p; j++) if (segs[(int)(keyBase + j)] == segI) m = MathF.Max(m, sc[j] * blk.Scale);
-                    for (int j = 0; j <= p; j++) if (segs[(int)(keyBase + j)] == segI) sum += MathF.Exp(sc[j] * blk.Scale - m);
-                    rowLse = m + MathF.Log(sum);
-                    for (int j = 0; j <= p; j++) if (segs[(int)(keyBase + j)] == segI) e[j] = MathF.Exp(sc[j] * blk.Scale - rowLse);
-                }
-                HostFloats.Narrow<T, S>(e, probs.Slice(row * width, width));
-                lse.Span[(int)Attention.LseIndex(blk, b, h, i)] = rowLse;
-            }
-        });
-    }
+        where T : unmanaged where S : struct, IStorage<T> =>
+        MaskedExp<T, S>(scores, probs, seg, lse, blk, batch, recompute: false);
 
     /// <summary>P = exp(τ·S − lse), masked (as <see cref="Attention.RecomputeProbs{T,S}"/>).</summary>
     public static void RecomputeProbs<T, S>(HostView<float> scores, HostView<T> probs, HostView<int> seg, HostView<float> lse, Attention.Block blk, int batch)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        MaskedExp<T, S>(scores, probs, seg, lse, blk, batch, recompute: true);
+
+    // P = exp(τ·S − lse) over each row's allowed keys, 0 elsewhere; the forward finds lse (and writes it), the backward reads it
+    private static void MaskedExp<T, S>(HostView<float> scores, HostView<T> probs, HostView<int> seg, HostView<float> lse, Attention.Block blk, int batch, bool recompute)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var starts = RunStarts(seg.Span, batch, blk.Keys);
@@ -112,21 +78,43 @@ public static class AttentionCpu
                 Attention.Locate(blk, row, out int b, out int h, out int i, out int p);
                 long keyBase = (long)b * blk.Keys;
                 int segI = segs[(int)(keyBase + p)];
-                float rowLse = lse.Span[(int)Attention.LseIndex(blk, b, h, i)];
+                long lseAt = Attention.LseIndex(blk, b, h, i);
                 var sc = scores.Slice(row * width, width);
                 e.Clear();
+                float rowLse = recompute ? lse.Span[(int)lseAt] : 0f;
                 int lo = segI < 0 ? -1 : starts[keyBase + p];
                 if (lo >= 0)
                 {
                     var run = e[lo..(p + 1)];
                     TensorPrimitives.Multiply(sc[lo..(p + 1)], blk.Scale, run);
-                    TensorPrimitives.Subtract(run, rowLse, run);
-                    TensorPrimitives.Exp(run, run);
+                    if (!recompute)
+                    {
+                        float m = TensorPrimitives.Max(run);
+                        TensorPrimitives.Subtract(run, m, run);
+                        TensorPrimitives.Exp(run, run);
+                        float sum = TensorPrimitives.Sum(run);
+                        rowLse = m + MathF.Log(sum);
+                        TensorPrimitives.Multiply(run, 1f / sum, run);
+                    }
+                    else
+                    {
+                        TensorPrimitives.Subtract(run, rowLse, run);
+                        TensorPrimitives.Exp(run, run);
+                    }
                 }
-                else
-                    for (int j = 0; j <= p; j++)
-                        if (Allowed(segs, keyBase, segI, j, p)) e[j] = MathF.Exp(sc[j] * blk.Scale - rowLse);
+                else if (segI >= 0)
+                {
+                    if (!recompute)
+                    {
+                        float m = float.NegativeInfinity, sum = 0;
+                        for (int j = 0; j <= p; j++) if (Allowed(segs, keyBase, segI, j, p)) m = MathF.Max(m, sc[j] * blk.Scale);
+                        for (int j = 0; j <= p; j++) if (Allowed(segs, keyBase, segI, j, p)) sum += MathF.Exp(sc[j] * blk.Scale - m);
+                        rowLse = m + MathF.Log(sum);
+                    }
+                    for (int j = 0; j <= p; j++) if (Allowed(segs, keyBase, segI, j, p)) e[j] = MathF.Exp(sc[j] * blk.Scale - rowLse);
+                }
                 HostFloats.Narrow<T, S>(e, probs.Slice(row * width, width));
+                if (!recompute) lse.Span[(int)lseAt] = rowLse;
             }
         });
     }
