@@ -75,7 +75,7 @@ public static class AttentionCpu
             var segs = seg.Span;
             for (long row = r0; row < r1; row++)
             {
-                Attention.Locate(blk, row, out int b, out int h, out int i, out int p);
+                Attention.Locate(blk, (int)row, out int b, out int h, out int i, out int p);
                 long keyBase = (long)b * blk.Keys;
                 int segI = segs[(int)(keyBase + p)];
                 long lseAt = Attention.LseIndex(blk, b, h, i);
@@ -130,7 +130,7 @@ public static class AttentionCpu
             var t = HostScratch.Floats(1, width);
             for (long row = r0; row < r1; row++)
             {
-                Attention.Locate(blk, row, out int b, out int h, out int i, out _);
+                Attention.Locate(blk, (int)row, out int b, out int h, out int i, out _);
                 float d = dRow.Span[(int)Attention.LseIndex(blk, b, h, i)];
                 var pr = probs.Slice(row * width, width);
                 var ps = HostFloats.Read<T, S>(pr, pBuf);

@@ -729,7 +729,7 @@ public sealed class KernelCheck
         using var tm = Zeros(n);
         using var tv = Zeros(n);
         using var partial = Poisoned(DType.F32, 4096);
-        double sumsq = AdamWOp.SumOfSquares(_k, tg, partial);
+        double sumsq = AdamWOp.SumOfSquares(_k, new[] { tg }, partial, (int)partial.ElementCount);
         Compare("gradient sum of squares", new[] { (float)sumsq }, new[] { g1.Sum(x => (double)x * x) }, 1e-5);
         AdamWOp.Update(_k, tp, tg, tm, tv, Lr, Beta1, Beta2, Eps, Wd, 1, GradScale);
         tg.CopyFromFloats(g2);

@@ -7,15 +7,29 @@ namespace NativeLora.Ops;
 /// <summary>The 32-bit AdamW update and the gradient's sum of squares on f32 tensors (kernels: Kernels/AdamW.cs), GPU or CPU variant.</summary>
 public static class AdamWOp
 {
-    /// <summary>Σ g² of one gradient; partial (f32) holds the GPU variant's per-thread sums, added here in a fixed order.</summary>
-    public static double SumOfSquares(KernelSet k, Tensor grad, Tensor partial)
+    /// <summary>
+    /// Σ g² over every gradient (f32), deterministic. GPU variant: per-thread partial sums of gradient i go to
+    /// partial[i·partialsPerTensor ..], all read back in one transfer and added in a fixed order on the host.
+    /// CPU variant: host SIMD sums, added in the same fixed order.
+    /// </summary>
+    public static double SumOfSquares(KernelSet k, IReadOnlyList<Tensor> grads, Tensor partial, int partialsPerTensor)
     {
-        Require(grad, DType.F32, "gradient");
-        if (!k.GpuVariants) return AdamW.SumOfSquaresCpu(grad.Host<float>());
-        int count = AdamW.SumOfSquaresGpu(k, grad.View<float>(), partial.View<float>());
-        var sums = partial.ToArray<float>();
+        foreach (var g in grads) Require(g, DType.F32, "gradient");
         double total = 0;
-        for (int i = 0; i < count; i++) total += sums[i];
+        if (!k.GpuVariants)
+        {
+            foreach (var g in grads) total += AdamW.SumOfSquaresCpu(g.Host<float>());
+            return total;
+        }
+        Require(partial, DType.F32, "partial sums");
+        if (partial.ElementCount < (long)grads.Count * partialsPerTensor)
+            throw new ArgumentException($"partial sums {partial} hold fewer than {grads.Count} × {partialsPerTensor}");
+        var counts = new int[grads.Count];
+        for (int i = 0; i < grads.Count; i++)
+            counts[i] = AdamW.SumOfSquaresGpu(k, grads[i].View<float>(), partial.View<float>().SubView((long)i * partialsPerTensor, partialsPerTensor));
+        var sums = partial.ToArray<float>();
+        for (int i = 0; i < grads.Count; i++)
+            for (int j = 0; j < counts[i]; j++) total += sums[(long)i * partialsPerTensor + j];
         return total;
     }
 

@@ -49,6 +49,8 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long>)Nf4.AbsmaxSumKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, float, int, long, long>)Nf4.QuantizeAbsmaxKernel, false);
         yield return ((Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, int, long, long>)Nf4.DequantizeAbsmaxKernel, false);
+        yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<Bf16>, false);
+        yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<F16>, false);
     }
 
     private static IEnumerable<(Delegate, bool)> Instances<T, S>() where T : unmanaged where S : struct, IStorage<T>
@@ -78,13 +80,18 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, long, long>)CastKernels.CastKernel<T, S, float, F32>, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, long, long>)CastKernels.CastKernel<float, F32, T, S>, false);
         yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.GroupKernel<T, S>, true);
-        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, int>)Attention.SoftmaxGroupKernel<T, S>, true);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, int>)Attention.SoftmaxRowKernel<T, S>, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, long, long>)Attention.RecomputeProbsKernel<T, S>, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<float>, Attention.Block, long, long>)Attention.GradScoresKernel<T, S>, false);
-        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int, long, long>)Attention.RowDotKernel<T, S>, false);
-        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, int, int, int, long, long>)Attention.PermuteKernel<T, S, T, S>, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, int, int, int, long, long>)Attention.PermuteKernel<float, F32, T, S>, false);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.SoftmaxGroupKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.SoftmaxRowKernel<T, S>, false);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.RecomputeProbsGroupKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.RecomputeProbsRowKernel<T, S>, false);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Attention.Block>)Attention.GradScoresGroupKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<float>, Attention.Block>)Attention.GradScoresRowKernel<T, S>, false);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int>)Attention.RowDotGroupKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int>)Attention.RowDotRowKernel<T, S>, false);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, int, int, int>)Attention.PermuteGroupKernel<T, S, T, S>, true);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, int, int, int>)Attention.PermuteRowKernel<T, S, T, S>, false);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, int, int, int>)Attention.PermuteGroupKernel<float, F32, T, S>, true);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, int, int, int>)Attention.PermuteRowKernel<float, F32, T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<T>, int, int, int, int, int, float>)Attention.DecodeKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long>)RowScatter.ScatterKernel<T>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, long, long>)MultiLora.ShrinkKernel<T, S>, false);
@@ -113,7 +120,7 @@ public class PtxCompileTests
         // Only the decode attention kernel keeps per-thread rows (q, accumulators) in local memory by
         // design; anything else using .local has spilled. Exception: ILGPU passes an inline-PTX output operand
         // (CudaAsm.Emit with out) through one 4-byte local slot, which ptxas turns back into a register.
-        if (kernel.Method.DeclaringType == typeof(Nf4) && kernel.Method.Name == nameof(Nf4.DequantizeAbsmaxKernel))
+        if (kernel.Method.DeclaringType == typeof(Nf4) && kernel.Method.Name is nameof(Nf4.DequantizeAbsmaxKernel) or nameof(Nf4.DequantizeWordsKernel))
             Assert.That(compiled.PTXAssembly.Split('\n').Where(l => l.Contains(".local .align")).Select(l => l.Trim()),
                 Is.EqualTo(new[] { ".local .align 4 .b8 __local_depot0[4];" }), "only the inline-PTX operand's 4-byte slot in local memory");
         else if (kernel.Method.DeclaringType == typeof(Nf4Matmul)) // the same absmax restore, inlined at each of its call sites
