@@ -5,7 +5,7 @@ using static NativeLora.Ops.FloatDispatch;
 
 namespace NativeLora.Ops;
 
-/// <summary>KV-cache writes and single-query attention over the cache (kernels: Attention.DecodeKernel, RowScatter).</summary>
+/// <summary>KV-cache writes and reads and single-query attention over the cache (kernels: Attention.DecodeKernel, RowScatter).</summary>
 public static class KvCacheOp
 {
     /// <summary>Row i of src [R, width] goes to row rows[i] of the cache [B·maxT, width].</summary>
@@ -18,6 +18,18 @@ public static class KvCacheOp
         RequireElements(src, rows.ElementCount * width, "src");
         if (!src.DType.IsFloat()) throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
         Run(k, src.DType, new WriteCall(k, src, cache, rows, width));
+    }
+
+    /// <summary>Row rows[i] of the cache [B·maxT, width] goes to row i of dst [R, width] (cached keys in front of new ones).</summary>
+    public static void Read(KernelSet k, Tensor cache, Tensor rows, Tensor dst)
+    {
+        using var _profile = Diagnostics.OpProfiler.Time("kv-cache read", dst.Device);
+        SameDType(cache.DType, (dst, "dst"));
+        Require(rows, DType.I32, "rows");
+        int width = cache.Dim(1);
+        RequireElements(dst, rows.ElementCount * width, "dst");
+        if (!dst.DType.IsFloat()) throw new ArgumentException($"KV cache of {dst.DType.Name()} is not supported");
+        Run(k, dst.DType, new ReadCall(k, cache, rows, dst, width));
     }
 
     /// <summary>
@@ -39,6 +51,12 @@ public static class KvCacheOp
     {
         public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.RunGpu(K, Src.View<T>(), Cache.View<T>(), Rows.View<int>(), Width);
         public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.RunCpu(Src.Host<T>(), Cache.Host<T>(), Rows.Host<int>(), Width);
+    }
+
+    private readonly record struct ReadCall(KernelSet K, Tensor Cache, Tensor Rows, Tensor Dst, int Width) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.GatherGpu(K, Cache.View<T>(), Dst.View<T>(), Rows.View<int>(), Width);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.GatherCpu(Cache.Host<T>(), Dst.Host<T>(), Rows.Host<int>(), Width);
     }
 
     private readonly record struct DecodeCall(KernelSet K, Tensor Q, Tensor KCache, Tensor VCache, Tensor Lengths, Tensor PageTable, Tensor O,
