@@ -1,5 +1,7 @@
 using ILGPU;
 using ILGPU.Runtime;
+using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace NativeLora.Kernels;
 
@@ -37,7 +39,7 @@ public static class AdamW
         partial[t] = acc;
     }
 
-    public static void Update(KernelSet k, ArrayView<float> p, ArrayView<float> g, ArrayView<float> m, ArrayView<float> v,
+    public static void UpdateGpu(KernelSet k, ArrayView<float> p, ArrayView<float> g, ArrayView<float> m, ArrayView<float> v,
         float lr, float beta1, float beta2, float eps, float weightDecay, int step, float gradScale)
     {
         var (threads, chunk) = k.ElementLaunch(p.Length);
@@ -48,7 +50,7 @@ public static class AdamW
     }
 
     /// <summary>Writes per-thread partial sums of g² into partial (at least as long as the thread count) and returns that count.</summary>
-    public static int SumOfSquares(KernelSet k, ArrayView<float> g, ArrayView<float> partial)
+    public static int SumOfSquaresGpu(KernelSet k, ArrayView<float> g, ArrayView<float> partial)
     {
         var (threads, chunk) = k.ElementLaunch(g.Length);
         if (threads == 0) return 0;
@@ -60,6 +62,81 @@ public static class AdamW
         Action<Index1D, ArrayView<float>, ArrayView<float>, long, long> kernel = SumOfSquaresKernel;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, g, partial, g.Length, chunk);
         return threads;
+    }
+
+    // ---- CPU: host SIMD kernels ----
+
+    /// <summary>The update above, eight lanes at a time, blocks over cores.</summary>
+    public static void UpdateCpu(HostView<float> p, HostView<float> g, HostView<float> m, HostView<float> v,
+        float lr, float beta1, float beta2, float eps, float weightDecay, int step, float gradScale)
+    {
+        float bc1 = 1f - MathF.Pow(beta1, step), bc2 = 1f - MathF.Pow(beta2, step);
+        HostLoop.For(p.Length, 16384, (i0, i1) =>
+        {
+            int n = (int)(i1 - i0);
+            var ps = p.Slice(i0, n); var gs = g.Slice(i0, n); var ms = m.Slice(i0, n); var vs = v.Slice(i0, n);
+            int i = 0;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var vScale = Vector256.Create(gradScale); var vDecay = Vector256.Create(1f - lr * weightDecay);
+                var vB1 = Vector256.Create(beta1); var vB1c = Vector256.Create(1f - beta1);
+                var vB2 = Vector256.Create(beta2); var vB2c = Vector256.Create(1f - beta2);
+                var vLr = Vector256.Create(lr / bc1); var vBc2 = Vector256.Create(1f / bc2); var vEps = Vector256.Create(eps);
+                for (; i <= n - 8; i += 8)
+                {
+                    var gi = Vector256.Create(gs.Slice(i, 8)) * vScale;
+                    var mi = vB1 * Vector256.Create(ms.Slice(i, 8)) + vB1c * gi;
+                    var vi = vB2 * Vector256.Create(vs.Slice(i, 8)) + vB2c * gi * gi;
+                    mi.CopyTo(ms.Slice(i, 8));
+                    vi.CopyTo(vs.Slice(i, 8));
+                    var pi = Vector256.Create(ps.Slice(i, 8)) * vDecay - vLr * mi / (Vector256.Sqrt(vi * vBc2) + vEps);
+                    pi.CopyTo(ps.Slice(i, 8));
+                }
+            }
+            for (; i < n; i++)
+            {
+                float gi = gs[i] * gradScale;
+                float pi = ps[i] * (1f - lr * weightDecay);
+                float mi = beta1 * ms[i] + (1f - beta1) * gi;
+                float vi = beta2 * vs[i] + (1f - beta2) * gi * gi;
+                ms[i] = mi;
+                vs[i] = vi;
+                ps[i] = pi - lr * (mi / bc1) / (MathF.Sqrt(vi / bc2) + eps);
+            }
+        });
+    }
+
+    /// <summary>Σ g² in blocks of a fixed size (f32 SIMD within a block), the blocks added in order in float64: deterministic on any core count.</summary>
+    public static double SumOfSquaresCpu(HostView<float> g)
+    {
+        const int block = 16384;
+        int blocks = (g.Length + block - 1) / block;
+        var partial = new double[blocks];
+        HostLoop.For(blocks, 4, (b0, b1) =>
+        {
+            for (long b = b0; b < b1; b++)
+                partial[b] = TensorPrimitives.SumOfSquares(g.Slice(b * block, (int)Math.Min(block, g.Length - b * block)));
+        });
+        double total = 0;
+        foreach (var x in partial) total += x;
+        return total;
+    }
+
+    /// <summary>The float64 reference of one step (torch.optim.AdamW), in place on p, m, v.</summary>
+    public static class Reference
+    {
+        public static void Step(double[] p, double[] g, double[] m, double[] v, double lr, double beta1, double beta2, double eps, double weightDecay, int step, double gradScale)
+        {
+            double bc1 = 1 - Math.Pow(beta1, step), bc2 = 1 - Math.Pow(beta2, step);
+            for (int i = 0; i < p.Length; i++)
+            {
+                double gi = g[i] * gradScale;
+                p[i] *= 1 - lr * weightDecay;
+                m[i] = beta1 * m[i] + (1 - beta1) * gi;
+                v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
+                p[i] -= lr * (m[i] / bc1) / (Math.Sqrt(v[i] / bc2) + eps);
+            }
+        }
     }
 }
 

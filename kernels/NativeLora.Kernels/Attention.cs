@@ -50,7 +50,7 @@ public static class Attention
     }
 
     /// <summary>Where score row <paramref name="row"/> of a block points: batch row b, head h, query i, and i's key position.</summary>
-    private static void Locate(Block blk, int row, out int b, out int h, out int i, out int keyPos)
+    internal static void Locate(Block blk, int row, out int b, out int h, out int i, out int keyPos)
     {
         int g0 = blk.Group;
         int perBg = blk.Rows * g0;
@@ -63,7 +63,7 @@ public static class Attention
         keyPos = blk.QueryOffset + i;
     }
 
-    private static long LseIndex(Block blk, int b, int h, int i) => ((long)b * blk.Heads + h) * blk.Queries + i;
+    internal static long LseIndex(Block blk, int b, int h, int i) => ((long)b * blk.Heads + h) * blk.Queries + i;
 
     // ---------------------------------------------------------------- reductions: a group's, or one thread's
 

@@ -64,51 +64,42 @@ public static class FloatBits
     }
 }
 
-/// <summary>Elementwise casts between f32, bf16 and f16 (no backward: a cast's gradient is the opposite cast). (n, chunk) as in Elementwise.</summary>
+/// <summary>
+/// Elementwise casts between f32, bf16 and f16 through f32 (no backward: a cast's gradient is the opposite
+/// cast). One generic kernel over the source and destination storages; (n, chunk) as in Elementwise.
+/// </summary>
 public static class CastKernels
 {
-    public static void F32ToBf16(Index1D t, ArrayView<float> src, ArrayView<ushort> dst, long n, long chunk)
+    public static void CastKernel<TS, SS, TD, SD>(Index1D t, ArrayView<TS> src, ArrayView<TD> dst, long n, long chunk)
+        where TS : unmanaged where SS : struct, IStorage<TS> where TD : unmanaged where SD : struct, IStorage<TD>
     {
+        SS ss = default;
+        SD sd = default;
         long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToBf16(src[i]);
+        for (long i = t * chunk; i < end; i++) dst[i] = sd.Store(ss.Load(src[i]));
     }
 
-    public static void Bf16ToF32(Index1D t, ArrayView<ushort> src, ArrayView<float> dst, long n, long chunk)
-    {
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.Bf16ToFloat(src[i]);
-    }
-
-    public static void F32ToF16(Index1D t, ArrayView<float> src, ArrayView<ushort> dst, long n, long chunk)
-    {
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToHalf(src[i]);
-    }
-
-    public static void F16ToF32(Index1D t, ArrayView<ushort> src, ArrayView<float> dst, long n, long chunk)
-    {
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.HalfToFloat(src[i]);
-    }
-
-    public static void Bf16ToF16(Index1D t, ArrayView<ushort> src, ArrayView<ushort> dst, long n, long chunk)
-    {
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToHalf(FloatBits.Bf16ToFloat(src[i]));
-    }
-
-    public static void F16ToBf16(Index1D t, ArrayView<ushort> src, ArrayView<ushort> dst, long n, long chunk)
-    {
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) dst[i] = FloatBits.FloatToBf16(FloatBits.HalfToFloat(src[i]));
-    }
-
-    /// <summary>Runs one of the casts above over every element.</summary>
-    public static void Run<TS, TD>(KernelSet k, Action<Index1D, ArrayView<TS>, ArrayView<TD>, long, long> kernel, ArrayView<TS> src, ArrayView<TD> dst)
-        where TS : unmanaged where TD : unmanaged
+    public static void RunGpu<TS, SS, TD, SD>(KernelSet k, ArrayView<TS> src, ArrayView<TD> dst)
+        where TS : unmanaged where SS : struct, IStorage<TS> where TD : unmanaged where SD : struct, IStorage<TD>
     {
         var (threads, chunk) = k.ElementLaunch(src.Length);
         if (threads == 0) return;
+        Action<Index1D, ArrayView<TS>, ArrayView<TD>, long, long> kernel = CastKernel<TS, SS, TD, SD>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, src.Length, chunk);
+    }
+
+    /// <summary>The CPU variant: vectorised widening to f32 and narrowing from it, blocks over cores.</summary>
+    public static void RunCpu<TS, SS, TD, SD>(HostView<TS> src, HostView<TD> dst)
+        where TS : unmanaged where SS : struct, IStorage<TS> where TD : unmanaged where SD : struct, IStorage<TD>
+    {
+        HostLoop.For(src.Length, 32768, (i0, i1) =>
+        {
+            Span<float> buf = stackalloc float[HostFloats.Block];
+            for (long i = i0; i < i1; i += HostFloats.Block)
+            {
+                int n = (int)Math.Min(HostFloats.Block, i1 - i);
+                HostFloats.Narrow<TD, SD>(HostFloats.Read<TS, SS>(src.Slice(i, n), buf), dst.Slice(i, n));
+            }
+        });
     }
 }

@@ -1,6 +1,7 @@
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
+using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
 
@@ -16,41 +17,6 @@ namespace NativeLora.Kernels;
 public static class CrossEntropy
 {
     public const int IgnoreIndex = -100;
-
-    public static void RowKernel<T, S>(Index1D row, ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int vocab, float scale)
-        where T : unmanaged where S : struct, IStorage<T>
-    {
-        S s = default;
-        long o = row * (long)vocab;
-        int y = labels[row];
-        if (y == IgnoreIndex)
-        {
-            losses[row] = 0;
-            for (int j = 0; j < vocab; j++) grad[o + j] = s.Store(0);
-            return;
-        }
-        // exp is the expensive part on the CPU accelerator: take it once per element. Pass 1: max (and
-        // the label's logit); pass 2: e = exp(l − m) kept in the f32 logits buffer, summed; pass 3:
-        // the gradient from e (grad may alias logits when T is float: same element, read then written).
-        float m = float.NegativeInfinity;
-        for (int j = 0; j < vocab; j++) m = XMath.Max(m, logits[o + j]);
-        float ly = logits[o + y];
-        float sum = 0;
-        for (int j = 0; j < vocab; j++)
-        {
-            float e = XMath.Exp(logits[o + j] - m);
-            logits[o + j] = e;
-            sum += e;
-        }
-        float lse = m + XMath.Log(sum);
-        losses[row] = lse - ly;
-        float inv = 1f / sum;
-        for (int j = 0; j < vocab; j++)
-        {
-            float p = logits[o + j] * inv;
-            grad[o + j] = s.Store(scale * (j == y ? p - 1f : p));
-        }
-    }
 
     public static void GroupKernel<T, S>(ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int vocab, float scale)
         where T : unmanaged where S : struct, IStorage<T>
@@ -82,18 +48,71 @@ public static class CrossEntropy
     }
 
     /// <summary>Labels must be −100 or lie in [0, vocab) (checked by the caller); grad may be the logits themselves when T is float.</summary>
-    public static void ForwardBackward<T, S>(KernelSet k, ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int rows, int vocab, float scale)
+    public static void ForwardBackwardGpu<T, S>(KernelSet k, ArrayView<float> logits, ArrayView<T> grad, ArrayView<int> labels, ArrayView<float> losses, int rows, int vocab, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        if (k.GpuVariants)
+        Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float> kernel = GroupKernel<T, S>;
+        k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), logits, grad, labels, losses, vocab, scale);
+    }
+
+    /// <summary>
+    /// The CPU variant: rows over cores, each row in three SIMD passes (max; e = exp(l − m) kept in the f32
+    /// logits, summed; the gradient from e), so exp is taken once per element. grad may alias logits.
+    /// </summary>
+    public static void ForwardBackwardCpu<T, S>(HostView<float> logits, HostView<T> grad, HostView<int> labels, HostView<float> losses, int rows, int vocab, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        HostLoop.For(rows, Math.Max(1, 16384 / vocab), (r0, r1) =>
         {
-            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float> kernel = GroupKernel<T, S>;
-            k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), logits, grad, labels, losses, vocab, scale);
-        }
-        else
+            for (long r = r0; r < r1; r++)
+            {
+                var l = logits.Slice(r * vocab, vocab);
+                var g = grad.Slice(r * vocab, vocab);
+                int y = labels.Span[(int)r];
+                if (y == IgnoreIndex)
+                {
+                    losses.Span[(int)r] = 0;
+                    g.Clear();
+                    continue;
+                }
+                float m = TensorPrimitives.Max(l);
+                float ly = l[y];
+                TensorPrimitives.Subtract(l, m, l);
+                TensorPrimitives.Exp(l, l);
+                float sum = TensorPrimitives.Sum(l);
+                losses.Span[(int)r] = m + MathF.Log(sum) - ly;
+                var gs = HostFloats.Target(g, l);                  // f32: into grad; else in place, then narrowed
+                TensorPrimitives.Multiply(l, scale / sum, gs);
+                gs[y] -= scale;
+                HostFloats.Write<T, S>(gs, g);
+            }
+        });
+    }
+
+    /// <summary>The float64 reference of the whole op: logits = h·Wᵀ, loss = mean over counted rows of lse − logit[y], gradients of that mean.</summary>
+    public static class Reference
+    {
+        public static (double Loss, double[] Dh, double[] Dw) Run(double[] h, double[] w, int[] labels, int n, int d, int vocab)
         {
-            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float> kernel = RowKernel<T, S>;
-            k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, logits, grad, labels, losses, vocab, scale);
+            int count = labels.Count(y => y != IgnoreIndex);
+            double loss = 0;
+            var dh = new double[n * d];
+            var dw = new double[vocab * d];
+            var z = new double[vocab];
+            for (int r = 0; r < n; r++)
+            {
+                if (labels[r] == IgnoreIndex) continue;
+                for (int c = 0; c < vocab; c++) { z[c] = 0; for (int j = 0; j < d; j++) z[c] += h[r * d + j] * w[c * d + j]; }
+                double m = z.Max();
+                double lse = m + Math.Log(z.Sum(x => Math.Exp(x - m)));
+                loss += (lse - z[labels[r]]) / count;
+                for (int c = 0; c < vocab; c++)
+                {
+                    double g = (Math.Exp(z[c] - lse) - (c == labels[r] ? 1 : 0)) / count;
+                    for (int j = 0; j < d; j++) { dh[r * d + j] += g * w[c * d + j]; dw[c * d + j] += g * h[r * d + j]; }
+                }
+            }
+            return (loss, dh, dw);
         }
     }
 }

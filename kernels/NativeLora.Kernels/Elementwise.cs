@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
 
@@ -57,7 +58,7 @@ public static class Elementwise
         for (long i = t * chunk; i < end; i++) x[i] = s.Store((2f * Uniform01(seed, i) - 1f) * bound);
     }
 
-    public static void FillUniform<T, S>(KernelSet k, ArrayView<T> x, ulong seed, float bound)
+    public static void FillUniformGpu<T, S>(KernelSet k, ArrayView<T> x, ulong seed, float bound)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
@@ -66,7 +67,7 @@ public static class Elementwise
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, seed, bound, x.Length, chunk);
     }
 
-    public static void Add<T, S>(KernelSet k, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output)
+    public static void AddGpu<T, S>(KernelSet k, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(output.Length);
@@ -75,7 +76,7 @@ public static class Elementwise
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, a, b, output, output.Length, chunk);
     }
 
-    public static void AddInto<T, S>(KernelSet k, ArrayView<T> acc, ArrayView<T> x)
+    public static void AddIntoGpu<T, S>(KernelSet k, ArrayView<T> acc, ArrayView<T> x)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(acc.Length);
@@ -84,13 +85,52 @@ public static class Elementwise
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, acc, x, acc.Length, chunk);
     }
 
-    public static void Fill<T, S>(KernelSet k, ArrayView<T> x, float value)
+    public static void FillGpu<T, S>(KernelSet k, ArrayView<T> x, float value)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
         if (threads == 0) return;
         Action<Index1D, ArrayView<T>, float, long, long> kernel = FillKernel<T, S>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, value, x.Length, chunk);
+    }
+
+    // ---- CPU: host SIMD kernels, blocks of elements over cores ----
+
+    public static void AddCpu<T, S>(HostView<T> a, HostView<T> b, HostView<T> output)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        HostLoop.For(output.Length, 32768, (i0, i1) =>
+        {
+            Span<float> ab = stackalloc float[HostFloats.Block], bb = stackalloc float[HostFloats.Block], ob = stackalloc float[HostFloats.Block];
+            for (long i = i0; i < i1; i += HostFloats.Block)
+            {
+                int n = (int)Math.Min(HostFloats.Block, i1 - i);
+                var o = HostFloats.Target(output.Slice(i, n), ob);
+                TensorPrimitives.Add(HostFloats.Read<T, S>(a.Slice(i, n), ab), HostFloats.Read<T, S>(b.Slice(i, n), bb), o);
+                HostFloats.Write<T, S>(o, output.Slice(i, n));
+            }
+        });
+    }
+
+    public static void FillUniformCpu<T, S>(HostView<T> x, ulong seed, float bound)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        HostLoop.For(x.Length, 16384, (i0, i1) =>
+        {
+            S s = default;
+            var xs = x.Span;
+            for (long i = i0; i < i1; i++) xs[(int)i] = s.Store((2f * Uniform01(seed, i) - 1f) * bound);
+        });
+    }
+
+    public static void AddIntoCpu<T, S>(HostView<T> acc, HostView<T> x)
+        where T : unmanaged where S : struct, IStorage<T> => AddCpu<T, S>(acc, x, acc);
+
+    public static void FillCpu<T, S>(HostView<T> x, float value)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        T v = default(S).Store(value);
+        HostLoop.For(x.Length, 65536, (i0, i1) => x.Slice(i0, (int)(i1 - i0)).Fill(v));
     }
 }
 
@@ -117,7 +157,7 @@ public static class Bias
         dBias[c] += acc;
     }
 
-    public static void Forward<T, S>(KernelSet k, ArrayView<T> y, ArrayView<T> bias, int cols)
+    public static void ForwardGpu<T, S>(KernelSet k, ArrayView<T> y, ArrayView<T> bias, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(y.Length);
@@ -127,11 +167,44 @@ public static class Bias
     }
 
     /// <summary>Accumulates into dBias (f32).</summary>
-    public static void Backward<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<float> dBias, int rows, int cols)
+    public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<float> dBias, int rows, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
         Action<Index1D, ArrayView<T>, ArrayView<float>, int, int> kernel = GradKernel<T, S>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(cols, dy, dBias, rows, cols);
+    }
+
+    public static void ForwardCpu<T, S>(HostView<T> y, HostView<T> bias, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        var bf = new float[cols];
+        HostFloats.Widen<T, S>(bias.Span, bf);
+        long rows = y.Length / cols;
+        HostLoop.For(rows, Math.Max(1, 16384 / cols), (r0, r1) =>
+        {
+            var buf = HostScratch.Floats(0, cols);
+            for (long r = r0; r < r1; r++)
+            {
+                var row = y.Slice(r * cols, cols);
+                var ys = HostFloats.Read<T, S>(row, buf);
+                var o = HostFloats.Target(row, buf);
+                TensorPrimitives.Add(ys, bf, o);
+                HostFloats.Write<T, S>(o, row);
+            }
+        });
+    }
+
+    /// <summary>Columns over cores, rows in order: deterministic.</summary>
+    public static void BackwardCpu<T, S>(HostView<T> dy, HostView<float> dBias, int rows, int cols)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        HostLoop.For(cols, 64, (c0, c1) =>
+        {
+            int width = (int)(c1 - c0);
+            var buf = HostScratch.Floats(0, width);
+            var acc = dBias.Slice(c0, width);
+            for (long r = 0; r < rows; r++) TensorPrimitives.Add(acc, HostFloats.Read<T, S>(dy.Slice(r * cols + c0, width), buf), acc);
+        });
     }
 }
 
@@ -152,7 +225,7 @@ public static class RowScatter
         }
     }
 
-    public static void Run<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
+    public static void RunGpu<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(src.Length);
         if (threads == 0) return;
@@ -171,11 +244,27 @@ public static class RowScatter
         }
     }
 
-    public static void Gather<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
+    public static void GatherGpu<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(dst.Length);
         if (threads == 0) return;
         Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = GatherKernel<T>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, dst.Length, chunk);
+    }
+
+    public static void GatherCpu<T>(HostView<T> src, HostView<T> dst, HostView<int> rows, int width) where T : unmanaged
+    {
+        HostLoop.For(rows.Length, Math.Max(1, 65536 / width), (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++) src.Slice(rows.Span[(int)r] * (long)width, width).CopyTo(dst.Slice(r * width, width));
+        });
+    }
+
+    public static void RunCpu<T>(HostView<T> src, HostView<T> dst, HostView<int> rows, int width) where T : unmanaged
+    {
+        HostLoop.For(rows.Length, Math.Max(1, 65536 / width), (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++) src.Slice(r * width, width).CopyTo(dst.Slice(rows.Span[(int)r] * (long)width, width));
+        });
     }
 }

@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
 
@@ -31,7 +32,7 @@ public static class Embedding
     }
 
     /// <summary>ids must already be checked to lie in [0, vocab) (the caller does, on the host).</summary>
-    public static void Forward<T>(KernelSet k, ArrayView<int> ids, ArrayView<T> table, ArrayView<T> output, int dim)
+    public static void ForwardGpu<T>(KernelSet k, ArrayView<int> ids, ArrayView<T> table, ArrayView<T> output, int dim)
         where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(output.Length);
@@ -41,10 +42,53 @@ public static class Embedding
     }
 
     /// <summary>Accumulates into dTable (f32); zero it first for a fresh gradient.</summary>
-    public static void Backward<T, S>(KernelSet k, ArrayView<int> ids, ArrayView<T> dOutput, ArrayView<float> dTable, int tokens, int dim)
+    public static void BackwardGpu<T, S>(KernelSet k, ArrayView<int> ids, ArrayView<T> dOutput, ArrayView<float> dTable, int tokens, int dim)
         where T : unmanaged where S : struct, IStorage<T>
     {
         Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int> kernel = BackwardKernel<T, S>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(dim, ids, dOutput, dTable, tokens, dim);
+    }
+
+    // ---- CPU: host kernels ----
+
+    public static void ForwardCpu<T>(HostView<int> ids, HostView<T> table, HostView<T> output, int dim) where T : unmanaged
+    {
+        HostLoop.For(ids.Length, Math.Max(1, 65536 / dim), (t0, t1) =>
+        {
+            for (long t = t0; t < t1; t++) table.Slice(ids.Span[(int)t] * (long)dim, dim).CopyTo(output.Slice(t * dim, dim));
+        });
+    }
+
+    /// <summary>Columns over cores, tokens in order within a column: repeated ids add up in a fixed order.</summary>
+    public static void BackwardCpu<T, S>(HostView<int> ids, HostView<T> dOutput, HostView<float> dTable, int tokens, int dim)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        HostLoop.For(dim, 64, (c0, c1) =>
+        {
+            int width = (int)(c1 - c0);
+            var buf = HostScratch.Floats(0, width);
+            for (long t = 0; t < tokens; t++)
+            {
+                var acc = dTable.Slice(ids.Span[(int)t] * (long)dim + c0, width);
+                TensorPrimitives.Add(acc, HostFloats.Read<T, S>(dOutput.Slice(t * dim + c0, width), buf), acc);
+            }
+        });
+    }
+
+    /// <summary>The float64 reference: a gather of rows and its transpose, a scatter-add (repeated ids add up).</summary>
+    public static class Reference
+    {
+        public static (double[] Output, double[] DTable) Run(int[] ids, double[] table, double[] dOut, int vocab, int dim)
+        {
+            var output = new double[ids.Length * dim];
+            var dTable = new double[vocab * dim];
+            for (int i = 0; i < ids.Length; i++)
+                for (int d = 0; d < dim; d++)
+                {
+                    output[i * dim + d] = table[ids[i] * dim + d];
+                    dTable[ids[i] * dim + d] += dOut[i * dim + d];
+                }
+            return (output, dTable);
+        }
     }
 }

@@ -6,11 +6,12 @@ using ILGPU.Runtime;
 namespace NativeLora.Kernels;
 
 /// <summary>
-/// Kernels of one accelerator, compiled once and cached, plus the variant switch: GPU variants
-/// (one group per row, shared memory, warp shuffles) or barrier-free CPU
-/// variants (one thread per row or element; ILGPU's CPU accelerator emulates barriers at ~100×
-/// their cost). The device picks the variant; tests also run the GPU variants on the CPU
-/// accelerator at small sizes so both pass the same checks.
+/// Kernels of one accelerator, compiled once and cached, plus the variant switch the Ops read
+/// (FloatDispatch): GPU variants (ILGPU kernels: one group per row, shared memory, warp shuffles,
+/// flash attention) or CPU variants (host SIMD kernels over the CPU accelerator's host memory, and
+/// ILGPU's barrier-free kernels where a family has no host kernel; ILGPU's CPU accelerator emulates
+/// barriers at ~100× their cost). The device picks the variant; tests also run the GPU variants on
+/// the CPU accelerator at small sizes so both pass the same checks.
 /// </summary>
 public sealed class KernelSet
 {
@@ -24,6 +25,8 @@ public sealed class KernelSet
 
     public KernelSet(Accelerator accelerator, bool gpuVariants)
     {
+        if (!gpuVariants && accelerator.AcceleratorType != AcceleratorType.CPU)
+            throw new ArgumentException($"the CPU variants run on host memory: they need ILGPU's CPU accelerator, not {accelerator.Name}");
         Accelerator = accelerator;
         GpuVariants = gpuVariants;
         int warp = accelerator.WarpSize;

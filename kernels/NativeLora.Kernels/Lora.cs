@@ -65,7 +65,7 @@ public static class Lora
         dx[e] = s.Store(s.Load(dx[e]) + acc * scale);
     }
 
-    public static void Dropout<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> u, ulong seed, float p)
+    public static void DropoutGpu<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> u, ulong seed, float p)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
@@ -74,7 +74,7 @@ public static class Lora
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, u, seed, p, x.Length, chunk);
     }
 
-    public static void DropoutBackward<T, S>(KernelSet k, ArrayView<T> g, ArrayView<T> dx, ulong seed, float p)
+    public static void DropoutBackwardGpu<T, S>(KernelSet k, ArrayView<T> g, ArrayView<T> dx, ulong seed, float p)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(g.Length);
@@ -95,5 +95,34 @@ public static class Lora
     {
         Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float> kernel = FusedDxKernel<T, S>;
         k.Load(kernel, acc => acc.LoadAutoGroupedStreamKernel(kernel))(rows * inFeatures, dz, a, dx, inFeatures, rank, seed, p);
+    }
+
+    // ---- CPU: host kernels (the same masks: Keep is a pure function of seed and index) ----
+
+    public static void DropoutCpu<T, S>(HostView<T> x, HostView<T> u, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        float scale = 1f / (1f - p);
+        HostLoop.For(x.Length, 16384, (i0, i1) =>
+        {
+            S s = default;
+            var xs = x.Span;
+            var us = u.Span;
+            for (long i = i0; i < i1; i++) us[(int)i] = Keep(seed, i, p) ? s.Store(s.Load(xs[(int)i]) * scale) : s.Store(0f);
+        });
+    }
+
+    public static void DropoutBackwardCpu<T, S>(HostView<T> g, HostView<T> dx, ulong seed, float p)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        float scale = 1f / (1f - p);
+        HostLoop.For(g.Length, 16384, (i0, i1) =>
+        {
+            S s = default;
+            var gs = g.Span;
+            var ds = dx.Span;
+            for (long i = i0; i < i1; i++)
+                if (Keep(seed, i, p)) ds[(int)i] = s.Store(s.Load(ds[(int)i]) + s.Load(gs[(int)i]) * scale);
+        });
     }
 }

@@ -210,28 +210,32 @@ public static class Nf4Matmul
 
     /// <summary>
     /// C[rows, cols] (+)= A[rows, depth]·B with B[d, c] = W at flat c·colStride + d·depthStride (see the class
-    /// summary for the two directions). scratch is used by the CPU variant only (<see cref="CpuScratchLength"/>).
+    /// summary for the two directions): the GPU variant, shared-memory tiles.
     /// </summary>
-    public static void Run<T, S>(KernelSet k, ArrayView<T> a, Nf4Weight w, ArrayView<T> c, ArrayView<float> scratch,
+    public static void RunGpu<T, S>(KernelSet k, ArrayView<T> a, Nf4Weight w, ArrayView<T> c,
         int rows, int depth, int cols, long colStride, long depthStride, bool accumulate)
         where T : unmanaged where S : struct, IStorage<T>
     {
         if (rows == 0 || cols == 0) return;
-        if (k.GpuVariants)
-        {
-            int g = k.RowGroupSize;
-            int colThreads = 1;
-            while (colThreads * colThreads < g) colThreads *= 2; // square-ish thread grid: 16×16 for 256, 2×1 for 2
-            if (g % colThreads != 0) throw new ArgumentException($"NF4 matmul needs a power-of-two group size, got {g}");
-            int tileRows = g / colThreads * Micro, tileCols = colThreads * Micro;
-            long groups = (long)((rows + tileRows - 1) / tileRows) * ((cols + tileCols - 1) / tileCols);
-            if (groups > int.MaxValue) throw new ArgumentException($"NF4 matmul of [{rows}, {depth}] by [{depth}, {cols}] needs too many tiles ({groups})");
-            var config = new KernelConfig((int)groups, g,
-                SharedMemoryConfig.RequestDynamic<float>(TileDepth * (tileRows + 1 + tileCols + 1)));
-            Action<ArrayView<T>, Nf4Weight, ArrayView<T>, int, int, int, long, long, int, int> kernel = TiledKernel<T, S>;
-            k.Load(kernel, acc => acc.LoadStreamKernel(kernel))(config, a, w, c, rows, depth, cols, colStride, depthStride, colThreads, accumulate ? 1 : 0);
-            return;
-        }
+        int g = k.RowGroupSize;
+        int colThreads = 1;
+        while (colThreads * colThreads < g) colThreads *= 2; // square-ish thread grid: 16×16 for 256, 2×1 for 2
+        if (g % colThreads != 0) throw new ArgumentException($"NF4 matmul needs a power-of-two group size, got {g}");
+        int tileRows = g / colThreads * Micro, tileCols = colThreads * Micro;
+        long groups = (long)((rows + tileRows - 1) / tileRows) * ((cols + tileCols - 1) / tileCols);
+        if (groups > int.MaxValue) throw new ArgumentException($"NF4 matmul of [{rows}, {depth}] by [{depth}, {cols}] needs too many tiles ({groups})");
+        var config = new KernelConfig((int)groups, g,
+            SharedMemoryConfig.RequestDynamic<float>(TileDepth * (tileRows + 1 + tileCols + 1)));
+        Action<ArrayView<T>, Nf4Weight, ArrayView<T>, int, int, int, long, long, int, int> kernel = TiledKernel<T, S>;
+        k.Load(kernel, acc => acc.LoadStreamKernel(kernel))(config, a, w, c, rows, depth, cols, colStride, depthStride, colThreads, accumulate ? 1 : 0);
+    }
+
+    /// <summary>The same product, barrier-free (columns per thread) for the CPU accelerator; scratch as <see cref="CpuScratchLength"/>.</summary>
+    public static void RunColumns<T, S>(KernelSet k, ArrayView<T> a, Nf4Weight w, ArrayView<T> c, ArrayView<float> scratch,
+        int rows, int depth, int cols, long colStride, long depthStride, bool accumulate)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        if (rows == 0 || cols == 0) return;
         long items = (cols + CpuColumns - 1) / CpuColumns;
         var (threads, chunk) = k.ElementLaunch(items);
         if (scratch.Length < (long)threads * depth * CpuColumns)

@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
 
@@ -115,13 +116,72 @@ public static class Rope
     }
 
     /// <summary>Positions must lie in [0, maxPositions) of the table (checked by the caller).</summary>
-    public static void Forward<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
+    public static void ForwardGpu<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
         ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim)
         where T : unmanaged where S : struct, IStorage<T> =>
         Rotate<T, S>(k, x, y, positions, cos, sin, tokens, heads, headDim, 1f);
 
-    public static void Backward<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<T> dx, ArrayView<int> positions,
+    public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<T> dx, ArrayView<int> positions,
         ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim)
         where T : unmanaged where S : struct, IStorage<T> =>
         Rotate<T, S>(k, dy, dx, positions, cos, sin, tokens, heads, headDim, -1f);
+
+    /// <summary>The CPU variant: tokens over cores, each head's two halves rotated with SIMD; sign −1 is the backward. y may alias x.</summary>
+    public static void RotateCpu<T, S>(HostView<T> x, HostView<T> y, HostView<int> positions, HostView<float> cos, HostView<float> sin,
+        int tokens, int heads, int headDim, float sign)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        int half = headDim / 2;
+        HostLoop.For(tokens, Math.Max(1, 16384 / (heads * headDim)), (t0, t1) =>
+        {
+            var x1b = HostScratch.Floats(0, half);
+            var x2b = HostScratch.Floats(1, half);
+            var y1 = HostScratch.Floats(2, half);
+            var y2 = HostScratch.Floats(3, half);
+            var sn = HostScratch.Floats(4, half);
+            var tmp = HostScratch.Floats(5, half);
+            for (long t = t0; t < t1; t++)
+            {
+                long tab = positions.Span[(int)t] * (long)half;
+                var c = cos.Slice(tab, half);
+                TensorPrimitives.Multiply(sin.Slice(tab, half), sign, sn);
+                for (int h = 0; h < heads; h++)
+                {
+                    long b = (t * heads + h) * headDim;
+                    var x1 = HostFloats.Read<T, S>(x.Slice(b, half), x1b);
+                    var x2 = HostFloats.Read<T, S>(x.Slice(b + half, half), x2b);
+                    TensorPrimitives.Multiply(x1, c, y1);                 // y1 = x1·cos − x2·sin
+                    TensorPrimitives.Multiply(x2, sn, tmp);
+                    TensorPrimitives.Subtract(y1, tmp, y1);
+                    TensorPrimitives.Multiply(x2, c, y2);                 // y2 = x2·cos + x1·sin
+                    TensorPrimitives.MultiplyAdd(x1, sn, y2, y2);
+                    HostFloats.Narrow<T, S>(y1, y.Slice(b, half));
+                    HostFloats.Narrow<T, S>(y2, y.Slice(b + half, half));
+                }
+            }
+        });
+    }
+
+    /// <summary>The float64 reference, written from HF's definition: emb = cat(freqs, freqs); y = x·cos + rotate_half(x)·sin.</summary>
+    public static class Reference
+    {
+        /// <summary>Rotates every head of x [tokens, heads·hd] by pos·invFreq (by −angle when inverse: the backward).</summary>
+        public static double[] Rotate(double[] x, int[] pos, int tokens, int heads, int hd, double[] invFreq, bool inverse)
+        {
+            var y = new double[x.Length];
+            var rotated = new double[hd];
+            for (int t = 0; t < tokens; t++)
+                for (int h = 0; h < heads; h++)
+                {
+                    int b = (t * heads + h) * hd;
+                    for (int d = 0; d < hd; d++) rotated[d] = d < hd / 2 ? -x[b + d + hd / 2] : x[b + d - hd / 2];
+                    for (int d = 0; d < hd; d++)
+                    {
+                        double a = pos[t] * invFreq[d % (hd / 2)] * (inverse ? -1 : 1);
+                        y[b + d] = x[b + d] * Math.Cos(a) + rotated[d] * Math.Sin(a);
+                    }
+                }
+            return y;
+        }
+    }
 }

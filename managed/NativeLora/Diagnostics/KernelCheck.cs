@@ -16,14 +16,15 @@ public readonly record struct KernelCheckResult(string Family, string Name, doub
 }
 
 /// <summary>
-/// `nativelora selfcheck --kernels`: every ILGPU kernel family, forward and backward, run on the device's
-/// accelerator with the variant that device uses (CUDA: shared-memory and shuffle kernels; CPU:
-/// barrier-free ones) and compared with a float64 reference of the same rounded random inputs. Outputs are
-/// poisoned (NaN) first, so an element a kernel forgets to write fails. Bounds are DESIGN.md's: f32
-/// elementwise and norms 1e-5, f32 chains through GEMMs (attention, LoRA) 1e-4, bf16/f16 operands 1e-2;
-/// discrete outputs (NF4 codes) must match exactly wherever the reference is not within rounding of a tie.
-/// This is a check of the device, not a second test suite: the references are plain transcriptions of the
-/// math, and tests/ holds the finite-difference checks of the derivations.
+/// `nativelora selfcheck --kernels`: every kernel family, forward and backward, run on the device with the
+/// variant that device uses (CUDA: the ILGPU shared-memory and shuffle kernels; CPU: the host SIMD
+/// kernels, and ILGPU's barrier-free ones where a family has no host kernel yet) and compared with a float64
+/// reference of the same rounded random inputs. Outputs are poisoned (NaN) first, so an element a kernel
+/// forgets to write fails. Bounds are DESIGN.md's: f32 elementwise and norms 1e-5, f32 chains through GEMMs
+/// (attention, LoRA) 1e-4, bf16/f16 operands 1e-2; discrete outputs (NF4 codes) must match exactly wherever the
+/// reference is not within rounding of a tie. The references of embedding, RMSNorm, RoPE, SwiGLU, cross-entropy
+/// and AdamW are the kernel families' own (<c>Kernels.X.Reference</c>), which tests/ checks against finite
+/// differences; the others are still transcribed here.
 /// </summary>
 public sealed class KernelCheck
 {
@@ -195,14 +196,7 @@ public sealed class KernelCheck
         using var tdTable = Zeros(vocab, dim);
         EmbeddingOp.Forward(_k, tIds, ids, tTable, tOut);
         EmbeddingOp.Backward(_k, tIds, tdOut, tdTable);
-        var outRef = new double[tokens * dim];
-        var dRef = new double[vocab * dim];
-        for (int i = 0; i < tokens; i++)
-            for (int d = 0; d < dim; d++)
-            {
-                outRef[i * dim + d] = table[ids[i] * dim + d];
-                dRef[ids[i] * dim + d] += dOut[i * dim + d];
-            }
+        var (outRef, dRef) = Kernels.Embedding.Reference.Run(ids, D(table), D(dOut), vocab, dim);
         Compare($"lookup {t.Name()}", tOut, outRef, 1e-7); // an exact copy
         Compare($"backward scatter-add {t.Name()}", tdTable, dRef, 1e-5);
     }
@@ -223,25 +217,9 @@ public sealed class KernelCheck
         using var tdw = Zeros(dim);
         RmsNormOp.Forward(_k, tx, tw, ty, trstd, eps);
         RmsNormOp.Backward(_k, tx, tw, tdy, trstd, tdx, tdw);
-        // y = x·r·w with r = 1/√(mean x² + eps); dx_j = dy_j·w_j·r − r³·x_j/dim · Σ_k dy_k·w_k·x_k; dw_j = Σ_rows dy_j·x_j·r
-        var y = new double[rows * dim];
         var rstd = new double[rows];
-        var dx = new double[rows * dim];
-        var dw = new double[dim];
-        for (int r = 0; r < rows; r++)
-        {
-            double ss = 0, dot = 0;
-            for (int j = 0; j < dim; j++) { ss += (double)x[r * dim + j] * x[r * dim + j]; dot += (double)dy[r * dim + j] * w[j] * x[r * dim + j]; }
-            double rs = 1 / Math.Sqrt(ss / dim + eps);
-            rstd[r] = rs;
-            for (int j = 0; j < dim; j++)
-            {
-                int e = r * dim + j;
-                y[e] = x[e] * rs * w[j];
-                dx[e] = dy[e] * w[j] * rs - dot * rs * rs * rs * x[e] / dim;
-                dw[j] += dy[e] * x[e] * rs;
-            }
-        }
+        var y = Kernels.RmsNorm.Reference.Forward(D(x), D(w), rows, dim, eps, rstd);
+        var (dx, dw) = Kernels.RmsNorm.Reference.Backward(D(x), D(w), D(dy), rows, dim, eps);
         Compare($"forward y {t.Name()}", ty, y, Tol(t, 1e-5));
         Compare($"forward rstd {t.Name()}", trstd, rstd, 1e-5);
         Compare($"backward dx {t.Name()}", tdx, dx, Tol(t, 1e-5));
@@ -266,25 +244,9 @@ public sealed class KernelCheck
         using var tdx = Poisoned(t, tokens, heads * hd);
         RopeOp.Forward(_k, tx, ty, tpos, tcos, tsin, heads, hd);
         RopeOp.Backward(_k, tdy, tdx, tpos, tcos, tsin, heads, hd);
-        // HF's rotate_half: y = x·cos + rotate_half(x)·sin over the uploaded table; the backward rotates by −angle
-        double[] Rotate(float[] v, double sign)
-        {
-            var o = new double[v.Length];
-            for (int i = 0; i < tokens; i++)
-                for (int h = 0; h < heads; h++)
-                {
-                    int b = (i * heads + h) * hd;
-                    for (int d = 0; d < hd; d++)
-                    {
-                        double c = cos[pos[i] * half + d % half], s = sign * sin[pos[i] * half + d % half];
-                        double rot = d < half ? -v[b + d + half] : v[b + d - half];
-                        o[b + d] = v[b + d] * c + rot * s;
-                    }
-                }
-            return o;
-        }
-        Compare($"forward llama3-scaled {t.Name()}", ty, Rotate(x, 1), Tol(t, 1e-5));
-        Compare($"backward {t.Name()}", tdx, Rotate(dy, -1), Tol(t, 1e-5));
+        var inv = Kernels.Rope.InverseFrequencies(hd, 500000, scaling);
+        Compare($"forward llama3-scaled {t.Name()}", ty, Kernels.Rope.Reference.Rotate(D(x), pos, tokens, heads, hd, inv, inverse: false), Tol(t, 1e-5));
+        Compare($"backward {t.Name()}", tdx, Kernels.Rope.Reference.Rotate(D(dy), pos, tokens, heads, hd, inv, inverse: true), Tol(t, 1e-5));
     }
 
     private void Attention(DType t, int B, int T, int H, int KV, int hd)
@@ -439,17 +401,8 @@ public sealed class KernelCheck
         using var tdu = Poisoned(t, n);
         SwiGluOp.Forward(_k, tg, tu, th);
         SwiGluOp.Backward(_k, tg, tu, tdh, tdg, tdu);
-        // h = silu(g)·u; silu'(g) = σ(g)·(1 + g·(1 − σ(g)))
-        var h = new double[n];
-        var dg = new double[n];
-        var du = new double[n];
-        for (int i = 0; i < n; i++)
-        {
-            double sig = 1 / (1 + Math.Exp(-g[i])), silu = g[i] * sig;
-            h[i] = silu * u[i];
-            dg[i] = dh[i] * u[i] * sig * (1 + g[i] * (1 - sig));
-            du[i] = dh[i] * silu;
-        }
+        var h = Kernels.SwiGlu.Reference.Forward(D(g), D(u));
+        var (dg, du) = Kernels.SwiGlu.Reference.Backward(D(g), D(u), D(dh));
         Compare($"forward {t.Name()}", th, h, Tol(t, 1e-5));
         Compare($"backward dgate {t.Name()}", tdg, dg, Tol(t, 1e-5));
         Compare($"backward dup {t.Name()}", tdu, du, Tol(t, 1e-5));
@@ -513,24 +466,7 @@ public sealed class KernelCheck
         using var tdw = _dev.Allocate(t, vocab, d);
         ElementwiseOp.Zero(_k, tdw);
         var (loss, _) = CrossEntropyOp.ForwardBackward(_k, th, tw, labels, tdh, tdw, chunkRows);
-        // mean over counted rows of lse(h·Wᵀ) − logit[label], and the gradients of that mean
-        int count = labels.Count(y => y != -100);
-        double lossRef = 0;
-        var dh = new double[n * d];
-        var dw = new double[vocab * d];
-        var z = new double[vocab];
-        for (int r = 0; r < n; r++)
-        {
-            if (labels[r] == -100) continue;
-            for (int c = 0; c < vocab; c++) { z[c] = 0; for (int j = 0; j < d; j++) z[c] += (double)h[r * d + j] * w[c * d + j]; }
-            double m = z.Max(), lse = m + Math.Log(z.Sum(x => Math.Exp(x - m)));
-            lossRef += (lse - z[labels[r]]) / count;
-            for (int c = 0; c < vocab; c++)
-            {
-                double g = (Math.Exp(z[c] - lse) - (c == labels[r] ? 1 : 0)) / count;
-                for (int j = 0; j < d; j++) { dh[r * d + j] += g * w[c * d + j]; dw[c * d + j] += g * h[r * d + j]; }
-            }
-        }
+        var (lossRef, dh, dw) = Kernels.CrossEntropy.Reference.Run(D(h), D(w), labels, n, d, vocab);
         Compare($"loss {t.Name()}", new[] { (float)loss }, new[] { lossRef }, Tol(t, 1e-5));
         Compare($"dhidden {t.Name()}", tdh, dh, Tol(t, 1e-5));
         Compare($"dweight {t.Name()}", tdw, dw, Tol(t, 1e-5));
@@ -793,27 +729,16 @@ public sealed class KernelCheck
         using var tm = Zeros(n);
         using var tv = Zeros(n);
         using var partial = Poisoned(DType.F32, 4096);
-        int count = Kernels.AdamW.SumOfSquares(_k, tg.View<float>(), partial.View<float>());
-        double sumsq = partial.ToArray<float>().Take(count).Sum(x => (double)x);
+        double sumsq = AdamWOp.SumOfSquares(_k, new[] { tg }, partial, (int)partial.ElementCount);
         Compare("gradient sum of squares", new[] { (float)sumsq }, new[] { g1.Sum(x => (double)x * x) }, 1e-5);
-        Kernels.AdamW.Update(_k, tp.View<float>(), tg.View<float>(), tm.View<float>(), tv.View<float>(), Lr, Beta1, Beta2, Eps, Wd, 1, GradScale);
+        AdamWOp.Update(_k, tp, tg, tm, tv, Lr, Beta1, Beta2, Eps, Wd, 1, GradScale);
         tg.CopyFromFloats(g2);
-        Kernels.AdamW.Update(_k, tp.View<float>(), tg.View<float>(), tm.View<float>(), tv.View<float>(), Lr, Beta1, Beta2, Eps, Wd, 2, GradScale);
+        AdamWOp.Update(_k, tp, tg, tm, tv, Lr, Beta1, Beta2, Eps, Wd, 2, GradScale);
         var p = D(p0);
         var m = new double[n];
         var v = new double[n];
         for (int step = 1; step <= 2; step++)
-        {
-            var g = step == 1 ? g1 : g2;
-            double bc1 = 1 - Math.Pow(Beta1, step), bc2 = 1 - Math.Pow(Beta2, step);
-            for (int i = 0; i < n; i++)
-            {
-                double gi = (double)g[i] * GradScale;
-                m[i] = Beta1 * m[i] + (1 - Beta1) * gi;
-                v[i] = Beta2 * v[i] + (1 - Beta2) * gi * gi;
-                p[i] = p[i] * (1 - (double)Lr * Wd) - Lr * (m[i] / bc1) / (Math.Sqrt(v[i] / bc2) + Eps);
-            }
-        }
+            Kernels.AdamW.Reference.Step(p, D(step == 1 ? g1 : g2), m, v, Lr, Beta1, Beta2, Eps, Wd, step, GradScale);
         var dp = tp.ToFloatArray().Select((x, i) => x - p0[i]).ToArray();
         Compare("32-bit update p − p0 (2 steps)", dp, p.Select((x, i) => x - p0[i]).ToArray(), 1e-4);
         Compare("32-bit first moment", tm, m, 1e-5);

@@ -97,10 +97,7 @@ public static class AttentionOp
             var blk = Block(s, i0, Math.Min(nb, s.SeqLen - i0));
             var m = new BlockMatrices(s, blk);
             GemmStrided.Run(m.QueryRows(qp), m.KeyRows(kp), m.Scores(scores), m.Batch, transB: true);
-            Run(dt,
-                () => Attention.Softmax<float, F32>(k, scores.View<float>(), probs.View<float>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
-                () => Attention.Softmax<ushort, Bf16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
-                () => Attention.Softmax<ushort, F16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch));
+            Run(k, dt, new SoftmaxCall(k, scores, probs, segments, lse, blk, s.Batch));
             GemmStrided.Run(m.Scores(probs), m.KeyRows(vp), m.QueryRows(op), m.Batch);
         }
         FromHeadMajor(k, op, o, s, s.SeqLen, s.Group);
@@ -122,10 +119,7 @@ public static class AttentionOp
         var dt = q.DType;
         int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dt);
         using var dRow = Flat(dev, DType.F32, lse.ElementCount);
-        Run(dt,
-            () => Attention.RowDot<float, F32>(k, dO.View<float>(), o.View<float>(), dRow.View<float>(), s.Batch, s.SeqLen, s.Heads, s.HeadDim),
-            () => Attention.RowDot<ushort, Bf16>(k, dO.View<ushort>(), o.View<ushort>(), dRow.View<float>(), s.Batch, s.SeqLen, s.Heads, s.HeadDim),
-            () => Attention.RowDot<ushort, F16>(k, dO.View<ushort>(), o.View<ushort>(), dRow.View<float>(), s.Batch, s.SeqLen, s.Heads, s.HeadDim));
+        Run(k, dt, new RowDotCall(k, dO, o, dRow, s));
         using var qp = Flat(dev, dt, q.ElementCount);
         using var kp = Flat(dev, dt, key.ElementCount);
         using var vp = Flat(dev, dt, v.ElementCount);
@@ -146,16 +140,10 @@ public static class AttentionOp
             var blk = Block(s, i0, Math.Min(nb, s.SeqLen - i0));
             var m = new BlockMatrices(s, blk);
             GemmStrided.Run(m.QueryRows(qp), m.KeyRows(kp), m.Scores(scores), m.Batch, transB: true);
-            Run(dt,
-                () => Attention.RecomputeProbs<float, F32>(k, scores.View<float>(), probs.View<float>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
-                () => Attention.RecomputeProbs<ushort, Bf16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
-                () => Attention.RecomputeProbs<ushort, F16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch));
+            Run(k, dt, new RecomputeProbsCall(k, scores, probs, segments, lse, blk, s.Batch));
             GemmStrided.Run(m.Scores(probs), m.QueryRows(dOp), m.KeyRows(dvp), m.Batch, transA: true, beta: 1f);    // dV += Pᵀ·dO
             GemmStrided.Run(m.QueryRows(dOp), m.KeyRows(vp), m.Scores(scores), m.Batch, transB: true);             // dP = dO·Vᵀ
-            Run(dt,
-                () => Attention.GradScores<float, F32>(k, scores.View<float>(), probs.View<float>(), dRow.View<float>(), blk, s.Batch),
-                () => Attention.GradScores<ushort, Bf16>(k, scores.View<float>(), probs.View<ushort>(), dRow.View<float>(), blk, s.Batch),
-                () => Attention.GradScores<ushort, F16>(k, scores.View<float>(), probs.View<ushort>(), dRow.View<float>(), blk, s.Batch));
+            Run(k, dt, new GradScoresCall(k, scores, probs, dRow, blk, s.Batch));
             GemmStrided.Run(m.Scores(probs), m.KeyRows(kp), m.QueryRows(dqp), m.Batch);                            // dQ = τ·dS·K
             GemmStrided.Run(m.Scores(probs), m.QueryRows(qp), m.KeyRows(dkp), m.Batch, transA: true, beta: 1f);    // dK += τ·dSᵀ·Q
         }
@@ -204,17 +192,55 @@ public static class AttentionOp
     {
         RequireElements(dst, (long)batch * x * y * c, "permute output");
         RequireElements(src, dst.ElementCount, "permute input");
-        if (src.DType == dst.DType)
-            Run(dst.DType,
-                () => Attention.Permute<float, F32, float, F32>(k, src.View<float>(), dst.View<float>(), x, y, c),
-                () => Attention.Permute<ushort, Bf16, ushort, Bf16>(k, src.View<ushort>(), dst.View<ushort>(), x, y, c),
-                () => Attention.Permute<ushort, F16, ushort, F16>(k, src.View<ushort>(), dst.View<ushort>(), x, y, c));
-        else if (src.DType == DType.F32)
-            Run(dst.DType,
-                () => throw new InvalidOperationException("unreachable: same dtypes handled above"),
-                () => Attention.Permute<float, F32, ushort, Bf16>(k, src.View<float>(), dst.View<ushort>(), x, y, c),
-                () => Attention.Permute<float, F32, ushort, F16>(k, src.View<float>(), dst.View<ushort>(), x, y, c));
-        else throw new ArgumentException($"attention permute from {src.DType.Name()} to {dst.DType.Name()} is not supported");
+        if (src.DType != dst.DType && src.DType != DType.F32)
+            throw new ArgumentException($"attention permute from {src.DType.Name()} to {dst.DType.Name()} is not supported");
+        Run(src.DType, new PermuteFrom(k, src, dst, x, y, c));
+    }
+
+    // ---- each row kernel call written once; the variant (GPU: ILGPU kernels, CPU: Kernels/AttentionCpu.cs) is chosen by FloatDispatch
+
+    private readonly record struct SoftmaxCall(KernelSet K, Tensor Scores, Tensor Probs, Tensor Seg, Tensor Lse, Attention.Block Blk, int Batch) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Attention.Softmax<T, S>(K, Scores.View<float>(), Probs.View<T>(), Seg.View<int>(), Lse.View<float>(), Blk, Batch);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            AttentionCpu.Softmax<T, S>(Scores.Host<float>(), Probs.Host<T>(), Seg.Host<int>(), Lse.Host<float>(), Blk, Batch);
+    }
+
+    private readonly record struct RecomputeProbsCall(KernelSet K, Tensor Scores, Tensor Probs, Tensor Seg, Tensor Lse, Attention.Block Blk, int Batch) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Attention.RecomputeProbs<T, S>(K, Scores.View<float>(), Probs.View<T>(), Seg.View<int>(), Lse.View<float>(), Blk, Batch);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            AttentionCpu.RecomputeProbs<T, S>(Scores.Host<float>(), Probs.Host<T>(), Seg.Host<int>(), Lse.Host<float>(), Blk, Batch);
+    }
+
+    private readonly record struct GradScoresCall(KernelSet K, Tensor Dp, Tensor Probs, Tensor DRow, Attention.Block Blk, int Batch) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Attention.GradScores<T, S>(K, Dp.View<float>(), Probs.View<T>(), DRow.View<float>(), Blk, Batch);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            AttentionCpu.GradScores<T, S>(Dp.Host<float>(), Probs.Host<T>(), DRow.Host<float>(), Blk, Batch);
+    }
+
+    private readonly record struct RowDotCall(KernelSet K, Tensor DO, Tensor O, Tensor DRow, AttentionShape S) : IVariantOp
+    {
+        public void Gpu<T, TS>() where T : unmanaged where TS : struct, IStorage<T> =>
+            Attention.RowDot<T, TS>(K, DO.View<T>(), O.View<T>(), DRow.View<float>(), S.Batch, S.SeqLen, S.Heads, S.HeadDim);
+        public void Cpu<T, TS>() where T : unmanaged where TS : struct, IStorage<T> =>
+            AttentionCpu.RowDot<T, TS>(DO.Host<T>(), O.Host<T>(), DRow.Host<float>(), S.Batch, S.SeqLen, S.Heads, S.HeadDim);
+    }
+
+    // a permute dispatches twice: on the source's dtype, then on the destination's
+    private readonly record struct PermuteFrom(KernelSet K, Tensor Src, Tensor Dst, int X, int Y, int C) : IFloatOp
+    {
+        public void Run<TI, SI>() where TI : unmanaged where SI : struct, IStorage<TI> => FloatDispatch.Run(K, Dst.DType, new PermuteInto<TI, SI>(K, Src, Dst, X, Y, C));
+    }
+
+    private readonly record struct PermuteInto<TI, SI>(KernelSet K, Tensor Src, Tensor Dst, int X, int Y, int C) : IVariantOp where TI : unmanaged where SI : struct, IStorage<TI>
+    {
+        public void Gpu<TO, SO>() where TO : unmanaged where SO : struct, IStorage<TO> => Attention.Permute<TI, SI, TO, SO>(K, Src.View<TI>(), Dst.View<TO>(), X, Y, C);
+        public void Cpu<TO, SO>() where TO : unmanaged where SO : struct, IStorage<TO> => AttentionCpu.Permute<TI, SI, TO, SO>(Src.Host<TI>(), Dst.Host<TO>(), X, Y, C);
     }
 
     private static void Check(Tensor q, Tensor key, Tensor v, Tensor segments, Tensor lse, AttentionShape s)

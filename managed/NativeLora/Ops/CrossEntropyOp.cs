@@ -62,14 +62,19 @@ public static class CrossEntropyOp
             Gemm.Run(h, weight, lg, transB: true);
             var lbl = labelsDev.Slice(r0, rows);
             var ls = losses.Slice(0, rows);
-            Run(hidden.DType,
-                () => CrossEntropy.ForwardBackward<float, F32>(k, lg.View<float>(), gr.View<float>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
-                () => CrossEntropy.ForwardBackward<ushort, Bf16>(k, lg.View<float>(), gr.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale),
-                () => CrossEntropy.ForwardBackward<ushort, F16>(k, lg.View<float>(), gr.View<ushort>(), lbl.View<int>(), ls.View<float>(), rows, vocab, scale));
+            Run(k, hidden.DType, new RowsCall(k, lg, gr, lbl, ls, rows, vocab, scale));
             if (dHidden != null) Gemm.Run(gr, weight, dHidden.Slice(r0, rows));
             if (dWeight != null) Gemm.Run(gr, h, dWeight, transA: true, beta: 1f);
             foreach (var l in ls.ToArray<float>()) total += l; // summed in double on the host: deterministic
         }
         return (total / count, count);
+    }
+
+    private readonly record struct RowsCall(KernelSet K, Tensor Logits, Tensor Grad, Tensor Labels, Tensor Losses, int Rows, int Vocab, float Scale) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            CrossEntropy.ForwardBackwardGpu<T, S>(K, Logits.View<float>(), Grad.View<T>(), Labels.View<int>(), Losses.View<float>(), Rows, Vocab, Scale);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            CrossEntropy.ForwardBackwardCpu<T, S>(Logits.Host<float>(), Grad.Host<T>(), Labels.Host<int>(), Losses.Host<float>(), Rows, Vocab, Scale);
     }
 }

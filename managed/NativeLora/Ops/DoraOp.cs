@@ -36,10 +36,7 @@ public static class DoraOp
     {
         int rows = w.Dim(0), cols = w.Dim(1);
         var norms = w.Device.Allocate(DType.F32, rows);
-        Run(w.DType,
-            () => Dora.RowNorms<float, F32>(k, w.View<float>(), norms.View<float>(), rows, cols),
-            () => Dora.RowNorms<ushort, Bf16>(k, w.View<ushort>(), norms.View<float>(), rows, cols),
-            () => Dora.RowNorms<ushort, F16>(k, w.View<ushort>(), norms.View<float>(), rows, cols));
+        Run(w.DType, new RowNormsCall(k, w, norms, rows, cols));
         return norms;
     }
 
@@ -78,11 +75,7 @@ public static class DoraOp
                 Gemm.Run(u, w0, bdOwned, transB: true);
                 bd = bdOwned;
             }
-            var g = saved.G.View<float>();
-            Run(x.DType, // y += (g − 1)·bd + g·l;  Pre ← bd + l
-                () => Dora.Combine<float, F32>(k, y.View<float>(), bd.View<float>(), saved.Pre.View<float>(), g, cols),
-                () => Dora.Combine<ushort, Bf16>(k, y.View<ushort>(), bd.View<ushort>(), saved.Pre.View<ushort>(), g, cols),
-                () => Dora.Combine<ushort, F16>(k, y.View<ushort>(), bd.View<ushort>(), saved.Pre.View<ushort>(), g, cols));
+            Run(x.DType, new CombineCall(k, y, bd, saved.Pre, saved.G, cols)); // y += (g − 1)·bd + g·l;  Pre ← bd + l
         }
         finally
         {
@@ -96,11 +89,8 @@ public static class DoraOp
         var dev = x.Device;
         int n = x.Dim(0), cols = m.OutFeatures;
         float p = m.EffectiveDropout;
-        var g = saved.G!.View<float>();
-        Run(x.DType,
-            () => Dora.MagnitudeGrad<float, F32>(k, dy.View<float>(), saved.Pre!.View<float>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols),
-            () => Dora.MagnitudeGrad<ushort, Bf16>(k, dy.View<ushort>(), saved.Pre!.View<ushort>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols),
-            () => Dora.MagnitudeGrad<ushort, F16>(k, dy.View<ushort>(), saved.Pre!.View<ushort>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols));
+        var g = saved.G!;
+        Run(x.DType, new MagnitudeGradCall(k, dy, saved.Pre!, saved.Norms!, m.MagnitudeGrad!, n, cols));
         using var scaled = dev.Allocate(x.DType, n, cols);
         ScaleColumns(k, dy, scaled, g, 0f, cols);                 // g·dy feeds the low-rank factors
         LoraOp.LowRankBackward(k, m, x, saved.Z, scaled, dx);
@@ -126,9 +116,29 @@ public static class DoraOp
     }
 
     // dst[n,o] = (g[o] + offset)·src[n,o]
-    private static void ScaleColumns(KernelSet k, Tensor src, Tensor dst, ILGPU.ArrayView<float> g, float offset, int cols) =>
-        Run(src.DType,
-            () => Dora.ScaleColumns<float, F32>(k, src.View<float>(), dst.View<float>(), g, offset, cols),
-            () => Dora.ScaleColumns<ushort, Bf16>(k, src.View<ushort>(), dst.View<ushort>(), g, offset, cols),
-            () => Dora.ScaleColumns<ushort, F16>(k, src.View<ushort>(), dst.View<ushort>(), g, offset, cols));
+    private static void ScaleColumns(KernelSet k, Tensor src, Tensor dst, Tensor g, float offset, int cols) =>
+        Run(src.DType, new ScaleColumnsCall(k, src, dst, g, offset, cols));
+
+    // ---- each kernel call written once for f32, bf16 and f16 (ILGPU kernels on every device) ----
+
+    private readonly record struct CombineCall(KernelSet K, Tensor Y, Tensor Bd, Tensor Pre, Tensor G, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> => Dora.Combine<T, S>(K, Y.View<T>(), Bd.View<T>(), Pre.View<T>(), G.View<float>(), Cols);
+    }
+
+    private readonly record struct MagnitudeGradCall(KernelSet K, Tensor Dy, Tensor Pre, Tensor Norms, Tensor DMagnitude, int Rows, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Dora.MagnitudeGrad<T, S>(K, Dy.View<T>(), Pre.View<T>(), Norms.View<float>(), DMagnitude.View<float>(), Rows, Cols);
+    }
+
+    private readonly record struct RowNormsCall(KernelSet K, Tensor W, Tensor Norms, int Rows, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> => Dora.RowNorms<T, S>(K, W.View<T>(), Norms.View<float>(), Rows, Cols);
+    }
+
+    private readonly record struct ScaleColumnsCall(KernelSet K, Tensor Src, Tensor Dst, Tensor G, float Offset, int Cols) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> => Dora.ScaleColumns<T, S>(K, Src.View<T>(), Dst.View<T>(), G.View<float>(), Offset, Cols);
+    }
 }

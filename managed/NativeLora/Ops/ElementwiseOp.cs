@@ -1,5 +1,3 @@
-using ILGPU;
-using ILGPU.Runtime;
 using NativeLora.Kernels;
 using NativeLora.Tensors;
 using static NativeLora.Ops.FloatDispatch;
@@ -14,10 +12,7 @@ public static class ElementwiseOp
         SameDType(output.DType, (a, "a"), (b, "b"));
         RequireElements(a, output.ElementCount, "a");
         RequireElements(b, output.ElementCount, "b");
-        Run(output.DType,
-            () => Elementwise.Add<float, F32>(k, a.View<float>(), b.View<float>(), output.View<float>()),
-            () => Elementwise.Add<ushort, Bf16>(k, a.View<ushort>(), b.View<ushort>(), output.View<ushort>()),
-            () => Elementwise.Add<ushort, F16>(k, a.View<ushort>(), b.View<ushort>(), output.View<ushort>()));
+        Run(k, output.DType, new AddCall(k, a, b, output));
     }
 
     /// <summary>acc += x (the residual add's backward: gradients of both inputs are the output's).</summary>
@@ -26,10 +21,7 @@ public static class ElementwiseOp
         using var _profile = Diagnostics.OpProfiler.Time("residual add", acc.Device);
         SameDType(acc.DType, (x, "x"));
         RequireElements(x, acc.ElementCount, "x");
-        Run(acc.DType,
-            () => Elementwise.AddInto<float, F32>(k, acc.View<float>(), x.View<float>()),
-            () => Elementwise.AddInto<ushort, Bf16>(k, acc.View<ushort>(), x.View<ushort>()),
-            () => Elementwise.AddInto<ushort, F16>(k, acc.View<ushort>(), x.View<ushort>()));
+        Run(k, acc.DType, new AddCall(k, acc, x, acc));
     }
 
     /// <summary>y [rows, cols] += bias [cols] broadcast over rows.</summary>
@@ -38,10 +30,7 @@ public static class ElementwiseOp
         SameDType(y.DType, (bias, "bias"));
         int cols = (int)bias.ElementCount;
         if (y.ElementCount % cols != 0) throw new ArgumentException($"bias {bias} does not match the rows of {y}");
-        Run(y.DType,
-            () => Bias.Forward<float, F32>(k, y.View<float>(), bias.View<float>(), cols),
-            () => Bias.Forward<ushort, Bf16>(k, y.View<ushort>(), bias.View<ushort>(), cols),
-            () => Bias.Forward<ushort, F16>(k, y.View<ushort>(), bias.View<ushort>(), cols));
+        Run(k, y.DType, new BiasCall(k, y, bias, cols));
     }
 
     /// <summary>dBias (f32 [cols]) += column sums of dy [rows, cols].</summary>
@@ -51,29 +40,20 @@ public static class ElementwiseOp
         int cols = (int)dBias.ElementCount;
         int rows = (int)(dy.ElementCount / cols);
         RequireElements(dy, (long)rows * cols, "dy");
-        Run(dy.DType,
-            () => Bias.Backward<float, F32>(k, dy.View<float>(), dBias.View<float>(), rows, cols),
-            () => Bias.Backward<ushort, Bf16>(k, dy.View<ushort>(), dBias.View<float>(), rows, cols),
-            () => Bias.Backward<ushort, F16>(k, dy.View<ushort>(), dBias.View<float>(), rows, cols));
+        Run(k, dy.DType, new BiasGradCall(k, dy, dBias, rows, cols));
     }
 
     public static void Fill(KernelSet k, Tensor x, float value)
     {
         using var _ = Diagnostics.OpProfiler.Time("fill", x.Device);
-        Run(x.DType,
-            () => Elementwise.Fill<float, F32>(k, x.View<float>(), value),
-            () => Elementwise.Fill<ushort, Bf16>(k, x.View<ushort>(), value),
-            () => Elementwise.Fill<ushort, F16>(k, x.View<ushort>(), value));
+        Run(k, x.DType, new FillCall(k, x, value));
     }
 
     /// <summary>x = uniform(−bound, bound), element i drawn from (seed, i): the same values on every device.</summary>
     public static void FillUniform(KernelSet k, Tensor x, ulong seed, float bound)
     {
         using var _ = Diagnostics.OpProfiler.Time("fill", x.Device);
-        Run(x.DType,
-            () => Elementwise.FillUniform<float, F32>(k, x.View<float>(), seed, bound),
-            () => Elementwise.FillUniform<ushort, Bf16>(k, x.View<ushort>(), seed, bound),
-            () => Elementwise.FillUniform<ushort, F16>(k, x.View<ushort>(), seed, bound));
+        Run(k, x.DType, new FillUniformCall(k, x, seed, bound));
     }
 
     /// <summary>
@@ -93,18 +73,54 @@ public static class ElementwiseOp
     {
         RequireElements(dst, src.ElementCount, "dst");
         if (src.ElementCount == 0) return;
-        switch (src.DType, dst.DType)
+        if (src.DType == dst.DType) { src.CopyTo(dst); return; }
+        if (!src.DType.IsFloat() || !dst.DType.IsFloat()) throw new ArgumentException($"no cast from {src} to {dst}");
+        Run(src.DType, new CastFrom(k, src, dst));
+    }
+
+    private readonly record struct AddCall(KernelSet K, Tensor A, Tensor B, Tensor Output) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
         {
-            case var (a, b) when a == b:
-                src.CopyTo(dst);
-                break;
-            case (DType.F32, DType.BF16): CastKernels.Run<float, ushort>(k, CastKernels.F32ToBf16, src.View<float>(), dst.View<ushort>()); break;
-            case (DType.BF16, DType.F32): CastKernels.Run<ushort, float>(k, CastKernels.Bf16ToF32, src.View<ushort>(), dst.View<float>()); break;
-            case (DType.F32, DType.F16): CastKernels.Run<float, ushort>(k, CastKernels.F32ToF16, src.View<float>(), dst.View<ushort>()); break;
-            case (DType.F16, DType.F32): CastKernels.Run<ushort, float>(k, CastKernels.F16ToF32, src.View<ushort>(), dst.View<float>()); break;
-            case (DType.BF16, DType.F16): CastKernels.Run<ushort, ushort>(k, CastKernels.Bf16ToF16, src.View<ushort>(), dst.View<ushort>()); break;
-            case (DType.F16, DType.BF16): CastKernels.Run<ushort, ushort>(k, CastKernels.F16ToBf16, src.View<ushort>(), dst.View<ushort>()); break;
-            default: throw new ArgumentException($"no cast from {src} to {dst}");
+            if (ReferenceEquals(A, Output)) Elementwise.AddIntoGpu<T, S>(K, A.View<T>(), B.View<T>());
+            else Elementwise.AddGpu<T, S>(K, A.View<T>(), B.View<T>(), Output.View<T>());
         }
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.AddCpu<T, S>(A.Host<T>(), B.Host<T>(), Output.Host<T>());
+    }
+
+    private readonly record struct FillCall(KernelSet K, Tensor X, float Value) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillGpu<T, S>(K, X.View<T>(), Value);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillCpu<T, S>(X.Host<T>(), Value);
+    }
+
+    private readonly record struct FillUniformCall(KernelSet K, Tensor X, ulong Seed, float Bound) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillUniformGpu<T, S>(K, X.View<T>(), Seed, Bound);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.FillUniformCpu<T, S>(X.Host<T>(), Seed, Bound);
+    }
+
+    private readonly record struct BiasCall(KernelSet K, Tensor Y, Tensor Bias, int Cols) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Kernels.Bias.ForwardGpu<T, S>(K, Y.View<T>(), Bias.View<T>(), Cols);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Kernels.Bias.ForwardCpu<T, S>(Y.Host<T>(), Bias.Host<T>(), Cols);
+    }
+
+    private readonly record struct BiasGradCall(KernelSet K, Tensor Dy, Tensor DBias, int Rows, int Cols) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Kernels.Bias.BackwardGpu<T, S>(K, Dy.View<T>(), DBias.View<float>(), Rows, Cols);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Kernels.Bias.BackwardCpu<T, S>(Dy.Host<T>(), DBias.Host<float>(), Rows, Cols);
+    }
+
+    // a cast dispatches twice: on the source's dtype, then on the destination's
+    private readonly record struct CastFrom(KernelSet K, Tensor Src, Tensor Dst) : IFloatOp
+    {
+        public void Run<TS, SS>() where TS : unmanaged where SS : struct, IStorage<TS> => FloatDispatch.Run(K, Dst.DType, new CastInto<TS, SS>(K, Src, Dst));
+    }
+
+    private readonly record struct CastInto<TS, SS>(KernelSet K, Tensor Src, Tensor Dst) : IVariantOp where TS : unmanaged where SS : struct, IStorage<TS>
+    {
+        public void Gpu<TD, SD>() where TD : unmanaged where SD : struct, IStorage<TD> => CastKernels.RunGpu<TS, SS, TD, SD>(K, Src.View<TS>(), Dst.View<TD>());
+        public void Cpu<TD, SD>() where TD : unmanaged where SD : struct, IStorage<TD> => CastKernels.RunCpu<TS, SS, TD, SD>(Src.Host<TS>(), Dst.Host<TD>());
     }
 }

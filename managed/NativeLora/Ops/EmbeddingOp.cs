@@ -17,10 +17,7 @@ public static class EmbeddingOp
         RequireElements(ids, hostIds.Length, "ids");
         RequireElements(output, (long)hostIds.Length * dim, "output");
         SameDType(table.DType, (output, "output"));
-        Run(table.DType,
-            () => Embedding.Forward(k, ids.View<int>(), table.View<float>(), output.View<float>(), dim),
-            () => Embedding.Forward(k, ids.View<int>(), table.View<ushort>(), output.View<ushort>(), dim),
-            () => Embedding.Forward(k, ids.View<int>(), table.View<ushort>(), output.View<ushort>(), dim));
+        Run(k, table.DType, new ForwardCall(k, ids, table, output, dim));
     }
 
     /// <summary>Accumulates dOutput into dTable (f32 [vocab, dim]).</summary>
@@ -30,10 +27,7 @@ public static class EmbeddingOp
         int dim = dTable.Dim(1);
         int tokens = (int)ids.ElementCount;
         RequireElements(dOutput, (long)tokens * dim, "dOutput");
-        Run(dOutput.DType,
-            () => Embedding.Backward<float, F32>(k, ids.View<int>(), dOutput.View<float>(), dTable.View<float>(), tokens, dim),
-            () => Embedding.Backward<ushort, Bf16>(k, ids.View<int>(), dOutput.View<ushort>(), dTable.View<float>(), tokens, dim),
-            () => Embedding.Backward<ushort, F16>(k, ids.View<int>(), dOutput.View<ushort>(), dTable.View<float>(), tokens, dim));
+        Run(k, dOutput.DType, new BackwardCall(k, ids, dOutput, dTable, tokens, dim));
     }
 
     public static void CheckIds(ReadOnlySpan<int> ids, int vocab)
@@ -41,5 +35,19 @@ public static class EmbeddingOp
         for (int i = 0; i < ids.Length; i++)
             if ((uint)ids[i] >= (uint)vocab)
                 throw new ArgumentOutOfRangeException(nameof(ids), $"token id {ids[i]} at position {i} is outside the vocabulary [0, {vocab})");
+    }
+
+    private readonly record struct ForwardCall(KernelSet K, Tensor Ids, Tensor Table, Tensor Output, int Dim) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Embedding.ForwardGpu(K, Ids.View<int>(), Table.View<T>(), Output.View<T>(), Dim);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Embedding.ForwardCpu(Ids.Host<int>(), Table.Host<T>(), Output.Host<T>(), Dim);
+    }
+
+    private readonly record struct BackwardCall(KernelSet K, Tensor Ids, Tensor DOutput, Tensor DTable, int Tokens, int Dim) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Embedding.BackwardGpu<T, S>(K, Ids.View<int>(), DOutput.View<T>(), DTable.View<float>(), Tokens, Dim);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Embedding.BackwardCpu<T, S>(Ids.Host<int>(), DOutput.Host<T>(), DTable.Host<float>(), Tokens, Dim);
     }
 }

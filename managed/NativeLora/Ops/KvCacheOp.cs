@@ -16,12 +16,8 @@ public static class KvCacheOp
         Require(rows, DType.I32, "rows");
         int width = cache.Dim(1);
         RequireElements(src, rows.ElementCount * width, "src");
-        switch (src.DType.SizeOf())
-        {
-            case 4: RowScatter.Run(k, src.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
-            case 2: RowScatter.Run(k, src.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
-            default: throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
-        }
+        if (!src.DType.IsFloat()) throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
+        Run(k, src.DType, new WriteCall(k, src, cache, rows, width));
     }
 
     /// <summary>Row rows[i] of the cache [B·maxT, width] goes to row i of dst [R, width] (cached keys in front of new ones).</summary>
@@ -32,12 +28,8 @@ public static class KvCacheOp
         Require(rows, DType.I32, "rows");
         int width = cache.Dim(1);
         RequireElements(dst, rows.ElementCount * width, "dst");
-        switch (dst.DType.SizeOf())
-        {
-            case 4: RowScatter.Gather(k, cache.View<float>(), dst.View<float>(), rows.View<int>(), width); break;
-            case 2: RowScatter.Gather(k, cache.View<ushort>(), dst.View<ushort>(), rows.View<int>(), width); break;
-            default: throw new ArgumentException($"KV cache of {dst.DType.Name()} is not supported");
-        }
+        if (!dst.DType.IsFloat()) throw new ArgumentException($"KV cache of {dst.DType.Name()} is not supported");
+        Run(k, dst.DType, new ReadCall(k, cache, rows, dst, width));
     }
 
     /// <summary>
@@ -52,9 +44,29 @@ public static class KvCacheOp
         int b = (int)lengths.ElementCount;
         int maxPages = (int)(pageTable.ElementCount / Math.Max(1, b));
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        Run(q.DType,
-            () => Attention.Decode<float, F32>(k, q.View<float>(), kCache.View<float>(), vCache.View<float>(), lengths.View<int>(), pageTable.View<int>(), o.View<float>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale),
-            () => Attention.Decode<ushort, Bf16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), pageTable.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale),
-            () => Attention.Decode<ushort, F16>(k, q.View<ushort>(), kCache.View<ushort>(), vCache.View<ushort>(), lengths.View<int>(), pageTable.View<int>(), o.View<ushort>(), b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
+        Run(k, q.DType, new DecodeCall(k, q, kCache, vCache, lengths, pageTable, o, b, c.NumHeads, c.NumKvHeads, c.HeadDim, maxPages, pageSize, scale));
+    }
+
+    private readonly record struct WriteCall(KernelSet K, Tensor Src, Tensor Cache, Tensor Rows, int Width) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.RunGpu(K, Src.View<T>(), Cache.View<T>(), Rows.View<int>(), Width);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.RunCpu(Src.Host<T>(), Cache.Host<T>(), Rows.Host<int>(), Width);
+    }
+
+    private readonly record struct ReadCall(KernelSet K, Tensor Cache, Tensor Rows, Tensor Dst, int Width) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.GatherGpu(K, Cache.View<T>(), Dst.View<T>(), Rows.View<int>(), Width);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.GatherCpu(Cache.Host<T>(), Dst.Host<T>(), Rows.Host<int>(), Width);
+    }
+
+    private readonly record struct DecodeCall(KernelSet K, Tensor Q, Tensor KCache, Tensor VCache, Tensor Lengths, Tensor PageTable, Tensor O,
+        int Batch, int Heads, int KvHeads, int HeadDim, int MaxPages, int PageSize, float Scale) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Attention.Decode<T, S>(K, Q.View<T>(), KCache.View<T>(), VCache.View<T>(), Lengths.View<int>(), PageTable.View<int>(), O.View<T>(),
+                Batch, Heads, KvHeads, HeadDim, MaxPages, PageSize, Scale);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            AttentionCpu.Decode<T, S>(Q.Host<T>(), KCache.Host<T>(), VCache.Host<T>(), Lengths.Host<int>(), PageTable.Host<int>(), O.Host<T>(),
+                Batch, Heads, KvHeads, HeadDim, MaxPages, PageSize, Scale);
     }
 }

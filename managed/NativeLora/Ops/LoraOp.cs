@@ -110,10 +110,7 @@ public static class LoraOp
         {
             if (p == 0f) Gemm.Run(x, m.ACompute, z, transB: true);
             else if (k.GpuVariants)
-                Run(x.DType,
-                    () => Kernels.Lora.FusedDown<float, F32>(k, x.View<float>(), m.ACompute.View<float>(), z.View<float>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                    () => Kernels.Lora.FusedDown<ushort, Bf16>(k, x.View<ushort>(), m.ACompute.View<ushort>(), z.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                    () => Kernels.Lora.FusedDown<ushort, F16>(k, x.View<ushort>(), m.ACompute.View<ushort>(), z.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p));
+                Run(x.DType, new FusedDownCall(k, x, m.ACompute, z, n, m.InFeatures, m.Rank, m.DropoutSeed, p));
             else
             {
                 using var u = DropoutOf(k, m, x);
@@ -146,10 +143,7 @@ public static class LoraOp
         if (dx == null) return;
         if (k.GpuVariants)
         {
-            Run(x.DType,
-                () => Kernels.Lora.FusedDx<float, F32>(k, dz.View<float>(), m.ACompute.View<float>(), dx.View<float>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                () => Kernels.Lora.FusedDx<ushort, Bf16>(k, dz.View<ushort>(), m.ACompute.View<ushort>(), dx.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p),
-                () => Kernels.Lora.FusedDx<ushort, F16>(k, dz.View<ushort>(), m.ACompute.View<ushort>(), dx.View<ushort>(), n, m.InFeatures, m.Rank, m.DropoutSeed, p));
+            Run(x.DType, new FusedDxCall(k, dz, m.ACompute, dx, n, m.InFeatures, m.Rank, m.DropoutSeed, p));
             return;
         }
         using var gIn = x.Device.Allocate(x.DType, n, m.InFeatures);
@@ -161,19 +155,42 @@ public static class LoraOp
     {
         var u = x.Device.Allocate(x.DType, x.Shape);
         float p = m.EffectiveDropout;
-        Run(x.DType,
-            () => Kernels.Lora.Dropout<float, F32>(k, x.View<float>(), u.View<float>(), m.DropoutSeed, p),
-            () => Kernels.Lora.Dropout<ushort, Bf16>(k, x.View<ushort>(), u.View<ushort>(), m.DropoutSeed, p),
-            () => Kernels.Lora.Dropout<ushort, F16>(k, x.View<ushort>(), u.View<ushort>(), m.DropoutSeed, p));
+        Run(k, x.DType, new DropoutCall(k, x, u, m.DropoutSeed, p, Backward: false));
         return u;
     }
 
     internal static void DropoutBackward(KernelSet k, LoraModule m, Tensor g, Tensor dx)
     {
         float p = m.EffectiveDropout;
-        Run(g.DType,
-            () => Kernels.Lora.DropoutBackward<float, F32>(k, g.View<float>(), dx.View<float>(), m.DropoutSeed, p),
-            () => Kernels.Lora.DropoutBackward<ushort, Bf16>(k, g.View<ushort>(), dx.View<ushort>(), m.DropoutSeed, p),
-            () => Kernels.Lora.DropoutBackward<ushort, F16>(k, g.View<ushort>(), dx.View<ushort>(), m.DropoutSeed, p));
+        Run(k, g.DType, new DropoutCall(k, g, dx, m.DropoutSeed, p, Backward: true));
+    }
+
+    // ---- each kernel call written once for f32, bf16 and f16 (the fused products: ILGPU kernels on every device) ----
+
+    private readonly record struct FusedDownCall(KernelSet K, Tensor X, Tensor A, Tensor Z, int Rows, int InFeatures, int Rank, ulong Seed, float P) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Kernels.Lora.FusedDown<T, S>(K, X.View<T>(), A.View<T>(), Z.View<T>(), Rows, InFeatures, Rank, Seed, P);
+    }
+
+    private readonly record struct FusedDxCall(KernelSet K, Tensor Dz, Tensor A, Tensor Dx, int Rows, int InFeatures, int Rank, ulong Seed, float P) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Kernels.Lora.FusedDx<T, S>(K, Dz.View<T>(), A.View<T>(), Dx.View<T>(), Rows, InFeatures, Rank, Seed, P);
+    }
+
+    private readonly record struct DropoutCall(KernelSet K, Tensor Src, Tensor Dst, ulong Seed, float P, bool Backward) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        {
+            if (Backward) Kernels.Lora.DropoutBackwardGpu<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
+            else Kernels.Lora.DropoutGpu<T, S>(K, Src.View<T>(), Dst.View<T>(), Seed, P);
+        }
+
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        {
+            if (Backward) Kernels.Lora.DropoutBackwardCpu<T, S>(Src.Host<T>(), Dst.Host<T>(), Seed, P);
+            else Kernels.Lora.DropoutCpu<T, S>(Src.Host<T>(), Dst.Host<T>(), Seed, P);
+        }
     }
 }

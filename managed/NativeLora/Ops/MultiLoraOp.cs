@@ -17,12 +17,15 @@ public static class MultiLoraOp
         int n = x.Dim(0), inFeatures = x.Dim(1), outFeatures = y.Dim(1), r = bank.MaxRank;
         if (slots.ElementCount != n) throw new ArgumentException($"{slots.ElementCount} adapter slots for {n} rows");
         using var z = x.Device.Allocate(DType.F32, n, r);
-        Run(x.DType,
-            () => { MultiLora.Shrink<float, F32>(k, x.View<float>(), bank.A.View<float>(), slots.View<int>(), bank.Ranks.View<int>(), z.View<float>(), n, inFeatures, r);
-                    MultiLora.Expand<float, F32>(k, z.View<float>(), bank.B.View<float>(), slots.View<int>(), bank.Ranks.View<int>(), bank.Scales.View<float>(), y.View<float>(), n, outFeatures, r); },
-            () => { MultiLora.Shrink<ushort, Bf16>(k, x.View<ushort>(), bank.A.View<ushort>(), slots.View<int>(), bank.Ranks.View<int>(), z.View<float>(), n, inFeatures, r);
-                    MultiLora.Expand<ushort, Bf16>(k, z.View<float>(), bank.B.View<ushort>(), slots.View<int>(), bank.Ranks.View<int>(), bank.Scales.View<float>(), y.View<ushort>(), n, outFeatures, r); },
-            () => { MultiLora.Shrink<ushort, F16>(k, x.View<ushort>(), bank.A.View<ushort>(), slots.View<int>(), bank.Ranks.View<int>(), z.View<float>(), n, inFeatures, r);
-                    MultiLora.Expand<ushort, F16>(k, z.View<float>(), bank.B.View<ushort>(), slots.View<int>(), bank.Ranks.View<int>(), bank.Scales.View<float>(), y.View<ushort>(), n, outFeatures, r); });
+        Run(x.DType, new Call(k, bank, x, y, slots, z, n, inFeatures, outFeatures, r));
+    }
+
+    private readonly record struct Call(KernelSet K, LinearLoraSlots Bank, Tensor X, Tensor Y, Tensor Slots, Tensor Z, int Rows, int InFeatures, int OutFeatures, int MaxRank) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        {
+            MultiLora.Shrink<T, S>(K, X.View<T>(), Bank.A.View<T>(), Slots.View<int>(), Bank.Ranks.View<int>(), Z.View<float>(), Rows, InFeatures, MaxRank);
+            MultiLora.Expand<T, S>(K, Z.View<float>(), Bank.B.View<T>(), Slots.View<int>(), Bank.Ranks.View<int>(), Bank.Scales.View<float>(), Y.View<T>(), Rows, OutFeatures, MaxRank);
+        }
     }
 }

@@ -21,7 +21,7 @@ public static class Nf4MatmulOp
         if (y.Dim(0) != x.Dim(0)) throw new ArgumentException($"NF4 matmul: y {y} needs as many rows as x {x}");
         SameDType(x.DType, (y, "y"));
         using var _profile = Diagnostics.OpProfiler.Time("nf4.matmul", x.Device);
-        Run(k, w, x, y, depth: inF, cols: outF, colStride: inF, depthStride: 1, accumulate: false);
+        Product(k, w, x, y, depth: inF, cols: outF, colStride: inF, depthStride: 1, accumulate: false);
     }
 
     /// <summary>dx [N, in] = dy [N, out]·dequant(W), or dx += that with accumulate. No gradient reaches W (frozen).</summary>
@@ -33,20 +33,27 @@ public static class Nf4MatmulOp
         if (dx.Dim(0) != dy.Dim(0)) throw new ArgumentException($"NF4 matmul: dx {dx} needs as many rows as dy {dy}");
         SameDType(dy.DType, (dx, "dx"));
         using var _profile = Diagnostics.OpProfiler.Time("nf4.matmul.bwd", dy.Device);
-        Run(k, w, dy, dx, depth: outF, cols: inF, colStride: 1, depthStride: inF, accumulate);
+        Product(k, w, dy, dx, depth: outF, cols: inF, colStride: 1, depthStride: inF, accumulate);
     }
 
-    private static void Run(KernelSet k, Nf4Tensor w, Tensor a, Tensor c, int depth, int cols, long colStride, long depthStride, bool accumulate)
+    private static void Product(KernelSet k, Nf4Tensor w, Tensor a, Tensor c, int depth, int cols, long colStride, long depthStride, bool accumulate)
     {
         int rows = a.Dim(0);
         var view = KernelView(w);
-        using var scratch = k.GpuVariants ? null : a.Device.Allocate(DType.F32, checked((int)Nf4Matmul.CpuScratchLength(k, depth, cols)));
-        var sv = (scratch ?? w.QuantMap).View<float>(); // the GPU variant ignores it
-        FloatDispatch.Run(a.DType,
-            () => Nf4Matmul.Run<float, F32>(k, a.View<float>(), view, c.View<float>(), sv, rows, depth, cols, colStride, depthStride, accumulate),
-            () => Nf4Matmul.Run<ushort, Bf16>(k, a.View<ushort>(), view, c.View<ushort>(), sv, rows, depth, cols, colStride, depthStride, accumulate),
-            () => Nf4Matmul.Run<ushort, F16>(k, a.View<ushort>(), view, c.View<ushort>(), sv, rows, depth, cols, colStride, depthStride, accumulate));
-        // the scratch goes back to the pool here; later work on this stream is ordered after the kernel
+        Run(k, a.DType, new Call(k, view, a, c, rows, depth, cols, colStride, depthStride, accumulate));
+    }
+
+    private readonly record struct Call(KernelSet K, Nf4Weight W, Tensor A, Tensor C, int Rows, int Depth, int Cols, long ColStride, long DepthStride, bool Accumulate) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Nf4Matmul.RunGpu<T, S>(K, A.View<T>(), W, C.View<T>(), Rows, Depth, Cols, ColStride, DepthStride, Accumulate);
+
+        // the barrier-free ILGPU kernel on the CPU accelerator, with a per-thread scratch that goes back to the pool after it
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        {
+            using var scratch = A.Device.Allocate(DType.F32, checked((int)Nf4Matmul.CpuScratchLength(K, Depth, Cols)));
+            Nf4Matmul.RunColumns<T, S>(K, A.View<T>(), W, C.View<T>(), scratch.View<float>(), Rows, Depth, Cols, ColStride, DepthStride, Accumulate);
+        }
     }
 
     /// <summary>The state's device tensors as the kernels take them; views a form does not use point at the code table.</summary>

@@ -13,10 +13,15 @@ public static class RmsNormOp
         int dim = w.Dim(0);
         int rows = (int)(x.ElementCount / dim);
         Check(x, w, y, rstd, rows, dim);
-        Run(x.DType,
-            () => RmsNorm.Forward<float, F32>(k, x.View<float>(), w.View<float>(), y.View<float>(), rstd.View<float>(), rows, dim, eps),
-            () => RmsNorm.Forward<ushort, Bf16>(k, x.View<ushort>(), w.View<ushort>(), y.View<ushort>(), rstd.View<float>(), rows, dim, eps),
-            () => RmsNorm.Forward<ushort, F16>(k, x.View<ushort>(), w.View<ushort>(), y.View<ushort>(), rstd.View<float>(), rows, dim, eps));
+        Run(k, x.DType, new ForwardCall(k, x, w, y, rstd, rows, dim, eps));
+    }
+
+    private readonly record struct ForwardCall(KernelSet K, Tensor X, Tensor W, Tensor Y, Tensor Rstd, int Rows, int Dim, float Eps) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            RmsNorm.ForwardGpu<T, S>(K, X.View<T>(), W.View<T>(), Y.View<T>(), Rstd.View<float>(), Rows, Dim, Eps);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            RmsNorm.ForwardCpu<T, S>(X.Host<T>(), W.Host<T>(), Y.Host<T>(), Rstd.Host<float>(), Rows, Dim, Eps);
     }
 
     /// <summary>Writes dx; accumulates dw (f32 [dim]) unless it is null.</summary>
@@ -29,11 +34,15 @@ public static class RmsNormOp
         SameDType(x.DType, (dx, "dx"));
         RequireElements(dx, x.ElementCount, "dx");
         if (dw != null) { Require(dw, DType.F32, "dw"); RequireElements(dw, dim, "dw"); }
-        var dwView = dw?.View<float>() ?? default;
-        Run(x.DType,
-            () => RmsNorm.Backward<float, F32>(k, x.View<float>(), w.View<float>(), dy.View<float>(), rstd.View<float>(), dx.View<float>(), dwView, rows, dim),
-            () => RmsNorm.Backward<ushort, Bf16>(k, x.View<ushort>(), w.View<ushort>(), dy.View<ushort>(), rstd.View<float>(), dx.View<ushort>(), dwView, rows, dim),
-            () => RmsNorm.Backward<ushort, F16>(k, x.View<ushort>(), w.View<ushort>(), dy.View<ushort>(), rstd.View<float>(), dx.View<ushort>(), dwView, rows, dim));
+        Run(k, x.DType, new BackwardCall(k, x, w, dy, rstd, dx, dw, rows, dim));
+    }
+
+    private readonly record struct BackwardCall(KernelSet K, Tensor X, Tensor W, Tensor Dy, Tensor Rstd, Tensor Dx, Tensor? Dw, int Rows, int Dim) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            RmsNorm.BackwardGpu<T, S>(K, X.View<T>(), W.View<T>(), Dy.View<T>(), Rstd.View<float>(), Dx.View<T>(), Dw?.View<float>() ?? default, Rows, Dim);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            RmsNorm.BackwardCpu<T, S>(X.Host<T>(), W.Host<T>(), Dy.Host<T>(), Rstd.Host<float>(), Dx.Host<T>(), Dw?.Host<float>() ?? default, Rows, Dim);
     }
 
     private static void Check(Tensor x, Tensor w, Tensor y, Tensor rstd, int rows, int dim)

@@ -25,17 +25,19 @@ public static class RopeOp
         RequireElements(y, x.ElementCount, "output");
         SameDType(x.DType, (y, "output"));
         if (cos.Dim(-1) != headDim / 2) throw new ArgumentException($"RoPE table {cos} does not match head dimension {headDim}");
-        Run(x.DType,
-            () => Go<float, F32>(k, x, y, positions, cos, sin, tokens, heads, headDim, backward),
-            () => Go<ushort, Bf16>(k, x, y, positions, cos, sin, tokens, heads, headDim, backward),
-            () => Go<ushort, F16>(k, x, y, positions, cos, sin, tokens, heads, headDim, backward));
+        Run(k, x.DType, new RotateCall(k, x, y, positions, cos, sin, tokens, heads, headDim, backward));
     }
 
-    private static void Go<T, S>(KernelSet k, Tensor x, Tensor y, Tensor positions, Tensor cos, Tensor sin, int tokens, int heads, int headDim, bool backward)
-        where T : unmanaged where S : struct, IStorage<T>
+    private readonly record struct RotateCall(KernelSet K, Tensor X, Tensor Y, Tensor Positions, Tensor Cos, Tensor Sin, int Tokens, int Heads, int HeadDim, bool Backward) : IVariantOp
     {
-        if (backward) Rope.Backward<T, S>(k, x.View<T>(), y.View<T>(), positions.View<int>(), cos.View<float>(), sin.View<float>(), tokens, heads, headDim);
-        else Rope.Forward<T, S>(k, x.View<T>(), y.View<T>(), positions.View<int>(), cos.View<float>(), sin.View<float>(), tokens, heads, headDim);
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
+        {
+            if (Backward) Rope.BackwardGpu<T, S>(K, X.View<T>(), Y.View<T>(), Positions.View<int>(), Cos.View<float>(), Sin.View<float>(), Tokens, Heads, HeadDim);
+            else Rope.ForwardGpu<T, S>(K, X.View<T>(), Y.View<T>(), Positions.View<int>(), Cos.View<float>(), Sin.View<float>(), Tokens, Heads, HeadDim);
+        }
+
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Rope.RotateCpu<T, S>(X.Host<T>(), Y.Host<T>(), Positions.Host<int>(), Cos.Host<float>(), Sin.Host<float>(), Tokens, Heads, HeadDim, Backward ? -1f : 1f);
     }
 
     /// <summary>Checks host-side that every position has a row in a table of maxPositions rows.</summary>

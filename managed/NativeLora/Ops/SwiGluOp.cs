@@ -13,10 +13,7 @@ public static class SwiGluOp
         SameDType(h.DType, (gate, "gate"), (up, "up"));
         RequireElements(gate, h.ElementCount, "gate");
         RequireElements(up, h.ElementCount, "up");
-        Run(h.DType,
-            () => SwiGlu.Forward<float, F32>(k, gate.View<float>(), up.View<float>(), h.View<float>()),
-            () => SwiGlu.Forward<ushort, Bf16>(k, gate.View<ushort>(), up.View<ushort>(), h.View<ushort>()),
-            () => SwiGlu.Forward<ushort, F16>(k, gate.View<ushort>(), up.View<ushort>(), h.View<ushort>()));
+        Run(k, h.DType, new ForwardCall(k, gate, up, h));
     }
 
     /// <summary>dgate/dup may be gate/up themselves (in-place backward).</summary>
@@ -25,9 +22,20 @@ public static class SwiGluOp
         using var _profile = Diagnostics.OpProfiler.Time("swiglu.bwd", dh.Device);
         SameDType(dh.DType, (gate, "gate"), (up, "up"), (dgate, "dgate"), (dup, "dup"));
         foreach (var (t, n) in new[] { (gate, "gate"), (up, "up"), (dgate, "dgate"), (dup, "dup") }) RequireElements(t, dh.ElementCount, n);
-        Run(dh.DType,
-            () => SwiGlu.Backward<float, F32>(k, gate.View<float>(), up.View<float>(), dh.View<float>(), dgate.View<float>(), dup.View<float>()),
-            () => SwiGlu.Backward<ushort, Bf16>(k, gate.View<ushort>(), up.View<ushort>(), dh.View<ushort>(), dgate.View<ushort>(), dup.View<ushort>()),
-            () => SwiGlu.Backward<ushort, F16>(k, gate.View<ushort>(), up.View<ushort>(), dh.View<ushort>(), dgate.View<ushort>(), dup.View<ushort>()));
+        Run(k, dh.DType, new BackwardCall(k, gate, up, dh, dgate, dup));
+    }
+
+    private readonly record struct ForwardCall(KernelSet K, Tensor Gate, Tensor Up, Tensor H) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => SwiGlu.ForwardGpu<T, S>(K, Gate.View<T>(), Up.View<T>(), H.View<T>());
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => SwiGlu.ForwardCpu<T, S>(Gate.Host<T>(), Up.Host<T>(), H.Host<T>());
+    }
+
+    private readonly record struct BackwardCall(KernelSet K, Tensor Gate, Tensor Up, Tensor Dh, Tensor Dgate, Tensor Dup) : IVariantOp
+    {
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            SwiGlu.BackwardGpu<T, S>(K, Gate.View<T>(), Up.View<T>(), Dh.View<T>(), Dgate.View<T>(), Dup.View<T>());
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            SwiGlu.BackwardCpu<T, S>(Gate.Host<T>(), Up.Host<T>(), Dh.Host<T>(), Dgate.Host<T>(), Dup.Host<T>());
     }
 }

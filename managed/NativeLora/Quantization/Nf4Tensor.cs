@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using NativeLora.Devices;
 using NativeLora.Kernels;
+using NativeLora.Ops;
 using NativeLora.SafeTensors;
 using NativeLora.Tensors;
 using static NativeLora.Ops.FloatDispatch;
@@ -94,10 +95,7 @@ public sealed class Nf4Tensor : IDisposable
         var absmax = dev.Allocate(DType.F32, blocks);
         var quantMap = dev.Allocate(DType.F32, Nf4.Code.Length);
         quantMap.CopyFrom<float>(Nf4.Code);
-        Run(weight.DType,
-            () => Nf4.Quantize<float, F32>(k, weight.View<float>(), packed.View<byte>(), absmax.View<float>(), blockSize),
-            () => Nf4.Quantize<ushort, Bf16>(k, weight.View<ushort>(), packed.View<byte>(), absmax.View<float>(), blockSize),
-            () => Nf4.Quantize<ushort, F16>(k, weight.View<ushort>(), packed.View<byte>(), absmax.View<float>(), blockSize));
+        Run(weight.DType, new QuantizeCall(k, weight, packed, absmax, blockSize));
         if (!doubleQuant) return new Nf4Tensor(weight.Shape, weight.DType, blockSize, packed, absmax, quantMap);
 
         int nbs = DefaultNestedBlockSize;
@@ -154,13 +152,7 @@ public sealed class Nf4Tensor : IDisposable
             restored = output.Device.Allocate(DType.F32, checked((int)Blocks));
             DequantizeAbsmax(k, restored);
         }
-        var absmax = (restored ?? Absmax).View<float>();
-        var packed = Packed.View<byte>();
-        var code = QuantMap.View<float>();
-        Run(output.DType,
-            () => Nf4.Dequantize<float, F32>(k, packed, absmax, code, output.View<float>(), BlockSize),
-            () => Nf4.Dequantize<ushort, Bf16>(k, packed, absmax, code, output.View<ushort>(), BlockSize),
-            () => Nf4.Dequantize<ushort, F16>(k, packed, absmax, code, output.View<ushort>(), BlockSize));
+        Run(output.DType, new DequantizeCall(k, Packed, restored ?? Absmax, QuantMap, output, BlockSize));
         restored?.Dispose(); // back to the pool; later work on this stream is ordered after the kernel
     }
 
@@ -328,5 +320,16 @@ public sealed class Nf4Tensor : IDisposable
         QuantMap.Dispose();
         NestedAbsmax?.Dispose();
         NestedQuantMap?.Dispose();
+    }
+
+    private readonly record struct QuantizeCall(KernelSet K, Tensor Weight, Tensor Packed, Tensor Absmax, int BlockSize) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> => Nf4.Quantize<T, S>(K, Weight.View<T>(), Packed.View<byte>(), Absmax.View<float>(), BlockSize);
+    }
+
+    private readonly record struct DequantizeCall(KernelSet K, Tensor Packed, Tensor Absmax, Tensor Code, Tensor Output, int BlockSize) : IFloatOp
+    {
+        public void Run<T, S>() where T : unmanaged where S : struct, IStorage<T> =>
+            Nf4.Dequantize<T, S>(K, Packed.View<byte>(), Absmax.View<float>(), Code.View<float>(), Output.View<T>(), BlockSize);
     }
 }

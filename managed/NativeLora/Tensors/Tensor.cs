@@ -88,6 +88,21 @@ public sealed class Tensor : IDisposable
         return Buffer.AsRawArrayView(ByteOffset, ByteLength).Cast<T>();
     }
 
+    /// <summary>
+    /// The elements in host memory, for the CPU's host kernels: waits for the accelerator's queued kernels
+    /// first (as before a native call). Only a CPU device's tensors live in host memory.
+    /// </summary>
+    public HostView<T> Host<T>() where T : unmanaged
+    {
+        ThrowIfDisposed();
+        var size = Marshal.SizeOf<T>();
+        if (size != DType.SizeOf())
+            throw new InvalidOperationException($"cannot view a {DType.Name()} tensor as {typeof(T).Name} (element sizes {DType.SizeOf()} and {size})");
+        if (Device.IsCuda) throw new InvalidOperationException($"{this} is in GPU memory: the host kernels run on the CPU device only");
+        Device.BeforeNativeCall();
+        return new HostView<T>(DataPointer, ElementCount);
+    }
+
     /// <summary>The tensor's bytes as an ILGPU view (for copies that ignore the dtype).</summary>
     public ArrayView<byte> RawBytes()
     {

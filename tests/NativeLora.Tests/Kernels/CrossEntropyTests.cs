@@ -1,3 +1,4 @@
+using NativeLora.Kernels;
 using NativeLora.Ops;
 using NativeLora.Tensors;
 using NativeLora.Tests.Support;
@@ -6,29 +7,8 @@ namespace NativeLora.Tests.Kernels;
 
 public class CrossEntropyTests
 {
-    // float64: logits = h·Wᵀ, loss = mean over counted rows of lse − logit[y]; gradients of that mean
-    private static (double loss, double[] dh, double[] dw) Reference(double[] h, double[] w, int[] labels, int n, int d, int vocab)
-    {
-        int count = labels.Count(y => y != -100);
-        double loss = 0;
-        var dh = new double[n * d];
-        var dw = new double[vocab * d];
-        for (int r = 0; r < n; r++)
-        {
-            if (labels[r] == -100) continue;
-            var z = new double[vocab];
-            for (int c = 0; c < vocab; c++) for (int j = 0; j < d; j++) z[c] += h[r * d + j] * w[c * d + j];
-            double m = z.Max();
-            double lse = m + Math.Log(z.Sum(x => Math.Exp(x - m)));
-            loss += (lse - z[labels[r]]) / count;
-            for (int c = 0; c < vocab; c++)
-            {
-                double g = (Math.Exp(z[c] - lse) - (c == labels[r] ? 1 : 0)) / count;
-                for (int j = 0; j < d; j++) { dh[r * d + j] += g * w[c * d + j]; dw[c * d + j] += g * h[r * d + j]; }
-            }
-        }
-        return (loss, dh, dw);
-    }
+    private static (double loss, double[] dh, double[] dw) Reference(double[] h, double[] w, int[] labels, int n, int d, int vocab) =>
+        CrossEntropy.Reference.Run(h, w, labels, n, d, vocab);
 
     [Test]
     public void ChunkedLossAndGradientsMatchFloat64([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16)] DType dtype,

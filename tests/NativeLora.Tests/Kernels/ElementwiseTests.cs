@@ -7,6 +7,15 @@ namespace NativeLora.Tests.Kernels;
 public class ElementwiseTests
 {
     [Test]
+    public void FillWritesEveryElement([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16, DType.F16)] DType dtype, [Values(1, 1029)] int n)
+    {
+        var k = TestDevice.Variant(gpuVariant);
+        using var t = Ref.Poisoned(dtype, n);
+        ElementwiseOp.Fill(k, t, -0.375f);
+        Assert.That(t.ToFloatArray(), Is.All.EqualTo(-0.375f));
+    }
+
+    [Test]
     public void ZeroClearsExactlyItsViewAfterTheKernelsBeforeIt([Values(DType.F32, DType.BF16, DType.F16)] DType dtype, [Values(false, true)] bool gpuVariant)
     {
         var k = TestDevice.Variant(gpuVariant);
@@ -49,13 +58,13 @@ public class ElementwiseTests
     }
 
     [Test]
-    public void FillUniformDrawsTheHostsValuesWithTheRightScale([Values(DType.F32, DType.BF16)] DType dtype)
+    public void FillUniformDrawsTheHostsValuesWithTheRightScale([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16)] DType dtype)
     {
         int seed = Check.FreshSeed();
         const int n = 50_000;
         const float bound = 0.5f;
         using var t = Ref.Poisoned(dtype, n);
-        ElementwiseOp.FillUniform(TestDevice.Variant(false), t, (ulong)seed, bound);
+        ElementwiseOp.FillUniform(TestDevice.Variant(gpuVariant), t, (ulong)seed, bound);
         var got = t.ToFloatArray();
         double sum = 0, sq = 0;
         for (int i = 0; i < n; i++)
@@ -71,9 +80,9 @@ public class ElementwiseTests
     }
 
     [Test]
-    public void ResidualAddAndAccumulate([Values(DType.F32, DType.BF16, DType.F16)] DType dtype)
+    public void ResidualAddAndAccumulate([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16, DType.F16)] DType dtype)
     {
-        var k = TestDevice.Shared.Kernels;
+        var k = TestDevice.Variant(gpuVariant);
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         int n = 1029;
@@ -90,9 +99,9 @@ public class ElementwiseTests
     }
 
     [Test]
-    public void CastsRoundTripThroughEveryPair([Values(DType.F32, DType.BF16, DType.F16)] DType from, [Values(DType.F32, DType.BF16, DType.F16)] DType to)
+    public void CastsRoundTripThroughEveryPair([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16, DType.F16)] DType from, [Values(DType.F32, DType.BF16, DType.F16)] DType to)
     {
-        var k = TestDevice.Shared.Kernels;
+        var k = TestDevice.Variant(gpuVariant);
         int seed = Check.FreshSeed();
         var x = Ref.Random(new Random(seed), from, 517, 100);
         using var src = Ref.Upload(from, x, x.Length);
@@ -106,9 +115,9 @@ public class ElementwiseTests
 public class BiasTests
 {
     [Test]
-    public void AddBiasAndColumnSumGradient([Values(DType.F32, DType.BF16)] DType dtype, [Values(1, 13)] int rows, [Values(1, 96)] int cols)
+    public void AddBiasAndColumnSumGradient([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16)] DType dtype, [Values(1, 13)] int rows, [Values(1, 96)] int cols)
     {
-        var k = TestDevice.Shared.Kernels;
+        var k = TestDevice.Variant(gpuVariant);
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         var y = Ref.Random(rng, dtype, rows * cols);

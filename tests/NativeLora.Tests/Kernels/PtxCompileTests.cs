@@ -39,12 +39,8 @@ public class PtxCompileTests
         foreach (var k in Instances<float, F32>()) yield return k;
         foreach (var k in Instances<ushort, Bf16>()) yield return k;
         foreach (var k in Instances<ushort, F16>()) yield return k;
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<ushort>, long, long>)CastKernels.F32ToBf16, false);
-        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<float>, long, long>)CastKernels.Bf16ToF32, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<ushort>, long, long>)CastKernels.F32ToF16, false);
-        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<float>, long, long>)CastKernels.F16ToF32, false);
-        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.Bf16ToF16, false);
-        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.F16ToBf16, false);
+        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.CastKernel<ushort, Bf16, ushort, F16>, false);
+        yield return ((Action<Index1D, ArrayView<ushort>, ArrayView<ushort>, long, long>)CastKernels.CastKernel<ushort, F16, ushort, Bf16>, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>>)Dora.RatioKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long>)Dora.ScaleRowsKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float, float, float, float, float, float, float, long, long>)AdamW.UpdateKernel, false);
@@ -67,9 +63,7 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, int, int>)Bias.GradKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int, long, long>)Embedding.ForwardKernel<T>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int>)Embedding.BackwardKernel<T, S>, false);
-        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float>)RmsNorm.ForwardRowKernel<T, S>, false);
         yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float>)RmsNorm.ForwardGroupKernel<T, S>, true);
-        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int>)RmsNorm.BackwardRowKernel<T, S>, false);
         yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int>)RmsNorm.BackwardGroupKernel<T, S>, true);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>)RmsNorm.WeightGradKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float, long, long>)Rope.RotateKernel<T, S>, false);
@@ -83,7 +77,8 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, float, int, long, long>)Dora.ScaleColumnsKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long>)SwiGlu.ForwardKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long>)SwiGlu.BackwardKernel<T, S>, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.RowKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, long, long>)CastKernels.CastKernel<T, S, float, F32>, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, long, long>)CastKernels.CastKernel<float, F32, T, S>, false);
         yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.GroupKernel<T, S>, true);
         yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.SoftmaxGroupKernel<T, S>, true);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.SoftmaxRowKernel<T, S>, false);

@@ -1,3 +1,4 @@
+using NativeLora.Kernels;
 using NativeLora.Ops;
 using NativeLora.Tensors;
 using NativeLora.Tests.Support;
@@ -6,42 +7,8 @@ namespace NativeLora.Tests.Kernels;
 
 public class RmsNormTests
 {
-    // float64 reference: y = x·r·w, r = 1/sqrt(mean(x²)+eps)
-    internal static double[] Forward(double[] x, double[] w, int rows, int dim, double eps, double[]? rstd = null)
-    {
-        var y = new double[x.Length];
-        for (int r = 0; r < rows; r++)
-        {
-            double ss = 0;
-            for (int j = 0; j < dim; j++) ss += x[r * dim + j] * x[r * dim + j];
-            double rs = 1 / Math.Sqrt(ss / dim + eps);
-            if (rstd != null) rstd[r] = rs;
-            for (int j = 0; j < dim; j++) y[r * dim + j] = x[r * dim + j] * rs * w[j];
-        }
-        return y;
-    }
-
-    // float64 reference backward, derived independently: dx_j = Σ_k dy_k ∂y_k/∂x_j
-    internal static (double[] dx, double[] dw) Backward(double[] x, double[] w, double[] dy, int rows, int dim, double eps)
-    {
-        var dx = new double[x.Length];
-        var dw = new double[dim];
-        for (int r = 0; r < rows; r++)
-        {
-            double ss = 0;
-            for (int j = 0; j < dim; j++) ss += x[r * dim + j] * x[r * dim + j];
-            double rs = 1 / Math.Sqrt(ss / dim + eps);
-            // ∂r/∂x_j = −r³·x_j/dim
-            double sumDyWX = 0;
-            for (int kk = 0; kk < dim; kk++) sumDyWX += dy[r * dim + kk] * w[kk] * x[r * dim + kk];
-            for (int j = 0; j < dim; j++)
-            {
-                dx[r * dim + j] = dy[r * dim + j] * w[j] * rs - sumDyWX * rs * rs * rs * x[r * dim + j] / dim;
-                dw[j] += dy[r * dim + j] * x[r * dim + j] * rs;
-            }
-        }
-        return (dx, dw);
-    }
+    private static double[] Forward(double[] x, double[] w, int rows, int dim, double eps, double[]? rstd = null) => RmsNorm.Reference.Forward(x, w, rows, dim, eps, rstd);
+    private static (double[] dx, double[] dw) Backward(double[] x, double[] w, double[] dy, int rows, int dim, double eps) => RmsNorm.Reference.Backward(x, w, dy, rows, dim, eps);
 
     // dim = 1 is left out on purpose: there y ≈ sign(x)·w and the exact dx is O(eps), all cancellation.
     [Test]

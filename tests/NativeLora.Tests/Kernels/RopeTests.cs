@@ -7,30 +7,14 @@ namespace NativeLora.Tests.Kernels;
 
 public class RopeTests
 {
-    // float64 reference written from HF's definition: emb = cat(freqs, freqs); x·cos + rotate_half(x)·sin
-    private static double[] Reference(double[] x, int[] pos, int tokens, int heads, int hd, double[] invFreq, bool inverse)
-    {
-        var y = new double[x.Length];
-        var rotated = new double[hd];
-        for (int t = 0; t < tokens; t++)
-            for (int h = 0; h < heads; h++)
-            {
-                int b = (t * heads + h) * hd;
-                for (int d = 0; d < hd; d++) rotated[d] = d < hd / 2 ? -x[b + d + hd / 2] : x[b + d - hd / 2];
-                for (int d = 0; d < hd; d++)
-                {
-                    double a = pos[t] * invFreq[d % (hd / 2)] * (inverse ? -1 : 1);
-                    y[b + d] = x[b + d] * Math.Cos(a) + rotated[d] * Math.Sin(a);
-                }
-            }
-        return y;
-    }
+    private static double[] Reference(double[] x, int[] pos, int tokens, int heads, int hd, double[] invFreq, bool inverse) =>
+        Rope.Reference.Rotate(x, pos, tokens, heads, hd, invFreq, inverse);
 
     [Test]
-    public void ForwardAndBackwardMatchFloat64([Values(DType.F32, DType.BF16)] DType dtype, [Values(64, 128)] int hd,
+    public void ForwardAndBackwardMatchFloat64([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16)] DType dtype, [Values(64, 128)] int hd,
         [Values("none", "linear", "llama3")] string scaling)
     {
-        var k = TestDevice.Shared.Kernels;
+        var k = TestDevice.Variant(gpuVariant);
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         int tokens = 13, heads = 3, maxPos = 40;
@@ -52,12 +36,16 @@ public class RopeTests
         using var tdx = Ref.Poisoned(dtype, tokens, heads * hd);
         RopeOp.Forward(k, tx, ty, tpos, tcos, tsin, heads, hd);
         RopeOp.Backward(k, tx, tdx, tpos, tcos, tsin, heads, hd); // dy = x
+        using var inPlace = Ref.Upload(dtype, x, tokens, heads * hd);
+        RopeOp.Forward(k, inPlace, inPlace, tpos, tcos, tsin, heads, hd); // y may be x itself
 
         var inv = ReferenceInverseFrequencies(hd, 500000, sc);
         double tol = Ref.Tolerance(dtype, 1e-5);
-        Check.Close(ty.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, false), tol, $"rope {dtype} hd={hd} {scaling}", seed);
+        string what = $"rope {(gpuVariant ? "gpu" : "cpu")}-variant {dtype} hd={hd} {scaling}";
+        Check.Close(ty.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, false), tol, what, seed);
+        Check.Close(inPlace.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, false), tol, what + " in place", seed);
         // the transpose of a rotation is the rotation by −angle
-        Check.Close(tdx.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, true), tol, $"rope backward {dtype} hd={hd} {scaling}", seed);
+        Check.Close(tdx.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, true), tol, what + " backward", seed);
     }
 
     // Independent transcription of transformers' _compute_llama3_parameters / linear scaling.

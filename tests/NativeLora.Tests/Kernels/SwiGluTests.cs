@@ -1,3 +1,4 @@
+using NativeLora.Kernels;
 using NativeLora.Ops;
 using NativeLora.Tensors;
 using NativeLora.Tests.Support;
@@ -6,12 +7,10 @@ namespace NativeLora.Tests.Kernels;
 
 public class SwiGluTests
 {
-    private static double Silu(double g) => g / (1 + Math.Exp(-g));
-
     [Test]
-    public void ForwardAndBackwardMatchFloat64([Values(DType.F32, DType.BF16)] DType dtype, [Values(1, 7, 1031)] int n, [Values(false, true)] bool inPlace)
+    public void ForwardAndBackwardMatchFloat64([Values(false, true)] bool gpuVariant, [Values(DType.F32, DType.BF16)] DType dtype, [Values(1, 7, 1031)] int n, [Values(false, true)] bool inPlace)
     {
-        var k = TestDevice.Shared.Kernels;
+        var k = TestDevice.Variant(gpuVariant);
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         var g = Ref.Random(rng, dtype, n, 6);
@@ -28,21 +27,26 @@ public class SwiGluTests
         var tdg = inPlace ? tg : dgBuf;
         var tdu = inPlace ? tu : duBuf;
         SwiGluOp.Backward(k, tg, tu, tdh, tdg, tdu);
-        var hRef = new double[n];
-        var dgRef = new double[n];
-        var duRef = new double[n];
-        for (int i = 0; i < n; i++)
-        {
-            hRef[i] = Silu(g[i]) * u[i];
-            // independent check of the derivative: central difference of silu in float64
-            double e = 1e-6;
-            double dsilu = (Silu(g[i] + e) - Silu(g[i] - e)) / (2 * e);
-            dgRef[i] = dh[i] * u[i] * dsilu;
-            duRef[i] = dh[i] * Silu(g[i]);
-        }
+        var hRef = SwiGlu.Reference.Forward(Ref.ToDouble(g), Ref.ToDouble(u));
+        var (dgRef, duRef) = SwiGlu.Reference.Backward(Ref.ToDouble(g), Ref.ToDouble(u), Ref.ToDouble(dh));
         double tol = Ref.Tolerance(dtype, 1e-5);
-        Check.Close(h, hRef, tol, $"swiglu {dtype} n={n}", seed);
+        Check.Close(h, hRef, tol, $"swiglu {(gpuVariant ? "gpu" : "cpu")}-variant {dtype} n={n}", seed);
         Check.Close(tdg.ToFloatArray(), dgRef, tol, $"swiglu dgate {dtype} n={n}", seed);
         Check.Close(tdu.ToFloatArray(), duRef, tol, $"swiglu dup {dtype} n={n}", seed);
+    }
+
+    [Test]
+    public void ReferenceGradientsMatchFiniteDifferences()
+    {
+        var rng = new Random(Check.FreshSeed());
+        int n = 9;
+        var g = Ref.ToDouble(Check.RandomFloats(rng, n, 6));
+        var u = Ref.ToDouble(Check.RandomFloats(rng, n, 2));
+        var dh = Ref.ToDouble(Check.RandomFloats(rng, n));
+        var (dg, du) = SwiGlu.Reference.Backward(g, u, dh);
+        var ndg = Ref.NumericGradient(x => Ref.Dot(SwiGlu.Reference.Forward(x, u), dh), g);
+        var ndu = Ref.NumericGradient(x => Ref.Dot(SwiGlu.Reference.Forward(g, x), dh), u);
+        Assert.That(Check.RelativeError(Array.ConvertAll(dg, v => (float)v), ndg), Is.LessThan(1e-6));
+        Assert.That(Check.RelativeError(Array.ConvertAll(du, v => (float)v), ndu), Is.LessThan(1e-6));
     }
 }

@@ -1,6 +1,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using NativeLora.Kernels;
+using NativeLora.Ops;
 using NativeLora.Tensors;
 using NativeLora.Tests.Support;
 
@@ -78,20 +79,38 @@ public class TensorTests
         Assert.That(outp.ToArray<float>(), Is.EqualTo(data.Select(x => 2 * x).ToArray()));
     }
 
+    // both variants (ILGPU kernel, host SIMD) against the scalar FloatBits conversions, bit for bit; lengths cover the vector tails
     [Test]
-    public void CastKernelsMatchHostConversions()
+    public void CastsMatchHostConversions([Values(false, true)] bool gpuVariant, [Values(DType.BF16, DType.F16)] DType narrow, [Values(7, 1025)] int length)
     {
         var d = TestDevice.Shared;
+        var k = TestDevice.Variant(gpuVariant);
         int seed = Check.FreshSeed();
-        var src = Check.RandomFloats(new Random(seed), 1025, 1000);
+        var src = Check.RandomFloats(new Random(seed), length, 1000);
         src[0] = float.NaN; src[1] = float.PositiveInfinity; src[2] = 1e-7f; src[3] = 70000f;
+        if (length > 8) { src[4] = -0f; src[5] = 6e-8f; src[6] = 65519f; src[7] = BitConverter.Int32BitsToSingle(0x3f808000); } // f16 subnormal, round to max, a bf16 tie
         using var f = d.Allocate(DType.F32, src.Length);
-        using var h = d.Allocate(DType.BF16, src.Length);
+        using var h = d.Allocate(narrow, src.Length);
+        using var back = d.Allocate(DType.F32, src.Length);
         f.CopyFrom<float>(src);
         h.Poison();
-        CastKernels.Run<float, ushort>(d.Kernels, CastKernels.F32ToBf16, f.View<float>(), h.View<ushort>());
+        back.Poison();
+        ElementwiseOp.Cast(k, f, h);
+        ElementwiseOp.Cast(k, h, back);
         var bits = h.ToArray<ushort>();
+        var wide = back.ToArray<float>();
         for (int i = 0; i < src.Length; i++)
-            Assert.That(bits[i], Is.EqualTo(FloatBits.FloatToBf16(src[i])), $"element {i} ({src[i]}), seed {seed}");
+        {
+            ushort expect = narrow == DType.BF16 ? FloatBits.FloatToBf16(src[i]) : FloatBits.FloatToHalf(src[i]);
+            float expectWide = narrow == DType.BF16 ? FloatBits.Bf16ToFloat(expect) : FloatBits.HalfToFloat(expect);
+            string what = $"{(gpuVariant ? "gpu" : "cpu")} variant, {narrow.Name()} element {i} ({src[i]}), seed {seed}";
+            if (float.IsNaN(src[i]))
+            {
+                Assert.That(float.IsNaN(wide[i]), Is.True, what); // NaN payloads may differ; NaN stays NaN
+                continue;
+            }
+            Assert.That(bits[i], Is.EqualTo(expect), what);
+            Assert.That(BitConverter.SingleToInt32Bits(wide[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(expectWide)), what + " (widened back)");
+        }
     }
 }
