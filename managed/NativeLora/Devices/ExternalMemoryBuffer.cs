@@ -14,12 +14,15 @@ namespace NativeLora.Devices;
 internal sealed class ExternalMemoryBuffer : MemoryBuffer
 {
     private readonly bool _isCuda;
+    private readonly Action? _onFree;
 
-    public ExternalMemoryBuffer(Accelerator accelerator, nint pointer, long lengthInBytes)
+    /// <param name="onFree">called once the memory is freed (the device's byte counters)</param>
+    public ExternalMemoryBuffer(Accelerator accelerator, nint pointer, long lengthInBytes, Action? onFree = null)
         : base(accelerator, lengthInBytes, 1)
     {
         NativePtr = pointer;
         _isCuda = accelerator.AcceleratorType == AcceleratorType.Cuda;
+        _onFree = onFree;
     }
 
     protected override void MemSet(AcceleratorStream stream, byte value, in ArrayView<byte> targetView)
@@ -63,6 +66,7 @@ internal sealed class ExternalMemoryBuffer : MemoryBuffer
         {
             Native.NativeCore.ManagedFree(NativePtr);
             NativePtr = 0;
+            _onFree?.Invoke();
         }
     }
 }

@@ -21,10 +21,21 @@ public sealed class Tensor : IDisposable
     public long ElementCount { get; }
     public long ByteOffset { get; }
     internal MemoryBuffer Buffer { get; }
-    private readonly bool _ownsBuffer;
+    // what an owning tensor gives back on Dispose: an allocator block, or a buffer of its own (paged memory);
+    // views have neither
+    private readonly CachingAllocator.Block? _block;
+    private readonly MemoryBuffer? _ownBuffer;
     private bool _disposed;
 
-    internal Tensor(ComputeDevice device, MemoryBuffer buffer, long byteOffset, DType dtype, int[] shape, bool ownsBuffer)
+    /// <summary>An owning tensor over an allocator block.</summary>
+    internal Tensor(ComputeDevice device, CachingAllocator.Block block, DType dtype, int[] shape)
+        : this(device, block.Buffer, block.Offset, dtype, shape) => _block = block;
+
+    /// <summary>An owning tensor over a buffer of its own, freed on Dispose.</summary>
+    internal Tensor(ComputeDevice device, MemoryBuffer ownBuffer, DType dtype, int[] shape)
+        : this(device, ownBuffer, 0, dtype, shape) => _ownBuffer = ownBuffer;
+
+    private Tensor(ComputeDevice device, MemoryBuffer buffer, long byteOffset, DType dtype, int[] shape)
     {
         Device = device;
         Buffer = buffer;
@@ -33,14 +44,13 @@ public sealed class Tensor : IDisposable
         Shape = (int[])shape.Clone();
         ElementCount = CountElements(shape);
         Strides = ContiguousStrides(shape);
-        _ownsBuffer = ownsBuffer;
         if (byteOffset < 0 || byteOffset + ByteLength > buffer.LengthInBytes)
             throw new ArgumentException($"tensor range [{byteOffset}, {byteOffset + ByteLength}) is outside its buffer of {buffer.LengthInBytes} bytes");
     }
 
     public int Rank => Shape.Length;
     public long ByteLength => ElementCount * DType.SizeOf();
-    public bool IsView => !_ownsBuffer;
+    public bool IsView => _block == null && _ownBuffer == null;
     public int Dim(int i) => Shape[i < 0 ? Shape.Length + i : i];
 
     /// <summary>Device address of the first element, for the native core.</summary>
@@ -120,7 +130,7 @@ public sealed class Tensor : IDisposable
         }
         if (CountElements(s) != ElementCount)
             throw new ArgumentException($"cannot reshape {this} ({ElementCount} elements) to [{string.Join(", ", shape)}]");
-        return new Tensor(Device, Buffer, ByteOffset, DType, s, ownsBuffer: false);
+        return new Tensor(Device, Buffer, ByteOffset, DType, s);
     }
 
     /// <summary>A view of rows [start, start+length) along the first dimension.</summary>
@@ -132,7 +142,7 @@ public sealed class Tensor : IDisposable
             throw new ArgumentOutOfRangeException(nameof(start), $"slice [{start}, {start + length}) of {this} along dim 0");
         var s = (int[])Shape.Clone();
         s[0] = length;
-        return new Tensor(Device, Buffer, ByteOffset + start * Strides[0] * DType.SizeOf(), DType, s, ownsBuffer: false);
+        return new Tensor(Device, Buffer, ByteOffset + start * Strides[0] * DType.SizeOf(), DType, s);
     }
 
     // ---- host round trips (tests, loading, checkpoints) ----
@@ -237,8 +247,7 @@ public sealed class Tensor : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        if (!_ownsBuffer) return;
-        if (Buffer is Devices.ExternalMemoryBuffer) Buffer.Dispose(); // paged memory goes back to the native core
-        else Device.Release(Buffer);
+        if (_block != null) Device.Release(_block);
+        _ownBuffer?.Dispose(); // paged memory goes back to the native core
     }
 }

@@ -7,23 +7,34 @@ using NativeLora.Training;
 
 namespace NativeLora.Tests.Training;
 
-/// <summary>The planner's prediction against the allocator's measured peak of live tensor memory on real training steps.</summary>
+/// <summary>The planner's prediction against the allocator's measured peak of live tensor memory on real training steps (not the process RSS, which holds the .NET runtime).</summary>
 public class MemoryEstimateTests
 {
     [TestCase(2, 64, true)]
     [TestCase(2, 64, false)]
     [TestCase(4, 128, true)]
     [TestCase(1, 256, false)]
-    public void PredictionIsWithin15PercentOfTheMeasuredPeak(int microBatch, int seqLen, bool checkpointing)
+    public void PredictionIsWithin10PercentOfTheAllocatorsPeak(int microBatch, int seqLen, bool checkpointing)
     {
         var c = GenerationTests.TinyConfig("llama") with { NumLayers = 3, VocabSize = 2000, MaxPositionEmbeddings = 512 };
         var dev = TestDevice.Shared;
-        dev.TrimPool();
+        dev.EmptyCache();
         long baseline = dev.LiveBytes;
         dev.ResetPeak();
         var lora = new LoraConfig { R = 8, Dropout = 0.05 };
         var dir = Directory.CreateTempSubdirectory("nl-mem-").FullName;
         try
+        {
+            RunAndCompare();
+            Assert.That(dev.LiveBytes, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
+            dev.ValidateAllocator();
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+
+        void RunAndCompare()
         {
             using var model = GenerationTests.TinyModel(c, 1);
             using var adapter = LoraAdapter.Attach(model, lora, 1);
@@ -37,11 +48,7 @@ public class MemoryEstimateTests
             long measured = dev.PeakLiveBytes - baseline;
             var predicted = MemoryEstimate.For(c, lora, DType.F32, microBatch, seqLen, checkpointing, cpuAttention: !dev.IsCuda);
             TestContext.Progress.WriteLine($"mb {microBatch} × {seqLen}, checkpointing {checkpointing}: predicted {predicted.Total:N0} ({predicted}), measured {measured:N0} bytes, ratio {(double)predicted.Total / measured:F3}");
-            Assert.That((double)predicted.Total / measured, Is.InRange(0.85, 1.15));
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
+            Assert.That((double)predicted.Total / measured, Is.InRange(0.90, 1.10));
         }
     }
 }
