@@ -16,15 +16,7 @@ namespace NativeLora.Kernels;
 public static class Lora
 {
     /// <summary>Keep-or-drop for element i of a dropout with probability p, from a 64-bit mix of (seed, i).</summary>
-    public static bool Keep(ulong seed, long i, float p)
-    {
-        ulong z = seed + 0x9E3779B97F4A7C15UL * (ulong)(i + 1);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        z ^= z >> 31;
-        float u = (z >> 40) * (1f / 16777216f); // 24 high bits → [0, 1)
-        return u >= p;
-    }
+    public static bool Keep(ulong seed, long i, float p) => Elementwise.Uniform01(seed, i) >= p;
 
     // u = dropout(x): kept elements scaled by 1/(1−p)
     public static void DropoutKernel<T, S>(Index1D t, ArrayView<T> x, ArrayView<T> u, ulong seed, float p, long n, long chunk)

@@ -142,7 +142,7 @@ internal static class Commands
         if (o.Method is not ("full" or "lora" or "qlora")) throw new ArgumentException($"--method must be full, lora or qlora, got '{o.Method}'");
         var config = Training.ModelPresets.Resolve(o.Model);
         var lora = new Lora.LoraConfig { R = o.R };
-        var e = Training.MemoryEstimate.For(config, lora, DTypeInfo.Parse(o.DType), o.MicroBatch, o.Seq, !o.NoCheckpointing, o.Cpu, method: o.Method);
+        var e = Training.MemoryEstimate.For(config, lora, DTypeInfo.Parse(o.DType), o.MicroBatch, o.Seq, !o.NoCheckpointing, method: o.Method);
         Console.WriteLine($"{o.Model}, {o.Method}, {o.DType}, micro-batch {o.MicroBatch} × {o.Seq} tokens, checkpointing {!o.NoCheckpointing}:");
         Console.WriteLine($"  weights             {Training.MemoryEstimate.Gb(e.Weights)}");
         Console.WriteLine($"  trainable+optimizer {Training.MemoryEstimate.Gb(e.Adapter)}");
