@@ -76,6 +76,11 @@ internal static class TrainCommand
             model.QuantizeLinears(QloraMatmulChoice.Parse(c.QloraMatmul));
             Console.WriteLine($"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter, base product {c.QloraMatmul}");
         }
+        if (c.EmbeddingOnHostFor(model.Config))
+        {
+            model.PlaceEmbeddingOnHost();
+            Console.WriteLine($"embed_tokens in host memory ({MemoryEstimate.Gb(model.Embedding.ByteLength)}): each step's rows are read across the bus (embed_tokens_on_host)");
+        }
         using var adapter = LoraAdapter.Attach(model, lora, c.Seed);
         var trainer = new Trainer(c, model, adapter, train, val) { OnMessage = m => Console.Error.WriteLine(m) };
         Directory.CreateDirectory(c.OutputDir);

@@ -131,7 +131,7 @@ public sealed class ComputeDevice : IDisposable
 
     // the one allocator of device memory (see CachingAllocator for its scheme)
     private CachingAllocator Allocator { get; }
-    private long _pagedBytes;
+    private long _pagedBytes, _hostBytes;
 
     /// <summary>Bytes held by live tensors (their blocks' rounded sizes), and the peak since <see cref="ResetPeak"/>.</summary>
     public long LiveBytes => Allocator.Stats().Allocated;
@@ -142,6 +142,9 @@ public sealed class ComputeDevice : IDisposable
 
     /// <summary>Bytes of paged (unified) memory held by optimizer states: device memory on a GPU when resident.</summary>
     public long PagedBytes => Interlocked.Read(ref _pagedBytes);
+
+    /// <summary>Bytes of host-resident tensors (<see cref="AllocateHost"/>): not device memory.</summary>
+    public long HostTensorBytes => Interlocked.Read(ref _hostBytes);
 
     /// <summary>Device memory this process holds through the engine: the allocator's segments plus paged memory.</summary>
     public long DeviceMemoryBytes => Allocator.Stats().Reserved + PagedBytes;
@@ -186,8 +189,22 @@ public sealed class ComputeDevice : IDisposable
         var bytes = Math.Max(1, Tensor.CountElements(shape) * dtype.SizeOf());
         var ptr = NativeCore.ManagedAlloc((ulong)bytes);
         Interlocked.Add(ref _pagedBytes, bytes);
-        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes, onFree: () => Interlocked.Add(ref _pagedBytes, -bytes));
-        return new Tensor(this, buffer, dtype, shape);
+        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes, p => { NativeCore.ManagedFree(p); Interlocked.Add(ref _pagedBytes, -bytes); });
+        return new Tensor(this, buffer, dtype, shape, onHost: false);
+    }
+
+    /// <summary>
+    /// Allocates a zeroed tensor in host memory that kernels read in place: pinned and mapped into the
+    /// GPU's address space on CUDA, so a kernel moves only the bytes it reads across the bus (QLoRA's
+    /// frozen embedding: the rows a batch gathers); ordinary memory on the CPU. Not device memory.
+    /// </summary>
+    public Tensor AllocateHost(DType dtype, params int[] shape)
+    {
+        var bytes = Math.Max(1, Tensor.CountElements(shape) * dtype.SizeOf());
+        var ptr = NativeCore.HostAlloc((ulong)bytes);
+        Interlocked.Add(ref _hostBytes, bytes);
+        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes, p => { NativeCore.HostFree(p); Interlocked.Add(ref _hostBytes, -bytes); });
+        return new Tensor(this, buffer, dtype, shape, onHost: true);
     }
 
     /// <summary>Waits for all queued kernels and native calls.</summary>

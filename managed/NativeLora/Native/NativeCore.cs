@@ -23,7 +23,7 @@ public sealed class NativeCoreException : Exception
 /// </summary>
 public static class NativeCore
 {
-    public const int ExpectedAbiVersion = 2;
+    public const int ExpectedAbiVersion = 3;
 
     /// <summary>"cuda" or "cpu-openblas": which backend CMake built.</summary>
     public static string BackendName => Marshal.PtrToStringUTF8(NativeMethods.nl_backend_name()) ?? "";
@@ -85,6 +85,15 @@ public static class NativeCore
     }
 
     public static void ManagedFree(nint ptr) => Check(NativeMethods.nl_managed_free(ptr), "nl_managed_free");
+
+    /// <summary>Zeroed host memory that kernels read in place (pinned and mapped on CUDA).</summary>
+    public static nint HostAlloc(ulong bytes)
+    {
+        Check(NativeMethods.nl_host_alloc((nuint)bytes, out var ptr), "nl_host_alloc");
+        return ptr;
+    }
+
+    public static void HostFree(nint ptr) => Check(NativeMethods.nl_host_free(ptr), "nl_host_free");
 
     public static void ManagedAdvise(nint ptr, ulong bytes, NlMemAdvice advice) =>
         Check(NativeMethods.nl_managed_advise(ptr, (nuint)bytes, advice), "nl_managed_advise");

@@ -29,14 +29,15 @@ public sealed class Tensor : IDisposable
 
     /// <summary>An owning tensor over an allocator block.</summary>
     internal Tensor(ComputeDevice device, CachingAllocator.Block block, DType dtype, int[] shape)
-        : this(device, block.Buffer, block.Offset, dtype, shape) => _block = block;
+        : this(device, block.Buffer, block.Offset, dtype, shape, onHost: false) => _block = block;
 
-    /// <summary>An owning tensor over a buffer of its own, freed on Dispose.</summary>
-    internal Tensor(ComputeDevice device, MemoryBuffer ownBuffer, DType dtype, int[] shape)
-        : this(device, ownBuffer, 0, dtype, shape) => _ownBuffer = ownBuffer;
+    /// <summary>An owning tensor over a buffer of its own (paged or host memory), freed on Dispose.</summary>
+    internal Tensor(ComputeDevice device, MemoryBuffer ownBuffer, DType dtype, int[] shape, bool onHost)
+        : this(device, ownBuffer, 0, dtype, shape, onHost) => _ownBuffer = ownBuffer;
 
-    private Tensor(ComputeDevice device, MemoryBuffer buffer, long byteOffset, DType dtype, int[] shape)
+    private Tensor(ComputeDevice device, MemoryBuffer buffer, long byteOffset, DType dtype, int[] shape, bool onHost)
     {
+        OnHost = onHost;
         Device = device;
         Buffer = buffer;
         ByteOffset = byteOffset;
@@ -47,6 +48,9 @@ public sealed class Tensor : IDisposable
         if (byteOffset < 0 || byteOffset + ByteLength > buffer.LengthInBytes)
             throw new ArgumentException($"tensor range [{byteOffset}, {byteOffset + ByteLength}) is outside its buffer of {buffer.LengthInBytes} bytes");
     }
+
+    /// <summary>Lives in host memory that kernels read in place (<see cref="ComputeDevice.AllocateHost"/>), not in device memory.</summary>
+    public bool OnHost { get; }
 
     public int Rank => Shape.Length;
     public long ByteLength => ElementCount * DType.SizeOf();
@@ -130,7 +134,7 @@ public sealed class Tensor : IDisposable
         }
         if (CountElements(s) != ElementCount)
             throw new ArgumentException($"cannot reshape {this} ({ElementCount} elements) to [{string.Join(", ", shape)}]");
-        return new Tensor(Device, Buffer, ByteOffset, DType, s);
+        return new Tensor(Device, Buffer, ByteOffset, DType, s, OnHost);
     }
 
     /// <summary>A view of rows [start, start+length) along the first dimension.</summary>
@@ -142,7 +146,7 @@ public sealed class Tensor : IDisposable
             throw new ArgumentOutOfRangeException(nameof(start), $"slice [{start}, {start + length}) of {this} along dim 0");
         var s = (int[])Shape.Clone();
         s[0] = length;
-        return new Tensor(Device, Buffer, ByteOffset + start * Strides[0] * DType.SizeOf(), DType, s);
+        return new Tensor(Device, Buffer, ByteOffset + start * Strides[0] * DType.SizeOf(), DType, s, OnHost);
     }
 
     // ---- host round trips (tests, loading, checkpoints) ----
@@ -248,6 +252,6 @@ public sealed class Tensor : IDisposable
         if (_disposed) return;
         _disposed = true;
         if (_block != null) Device.Release(_block);
-        _ownBuffer?.Dispose(); // paged memory goes back to the native core
+        _ownBuffer?.Dispose(); // paged and host memory go back to the native core
     }
 }
