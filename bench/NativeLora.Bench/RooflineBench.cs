@@ -49,7 +49,7 @@ public static class RooflineBench
             copyGBs = 2.0 * src.ByteLength / (ms / 1000) / 1e9;
         }
         double gemm = TrainBench.MeasureGemmPeak(device, dtype);
-        Console.WriteLine($"ceilings: device copy {copyGBs:F0} GB/s (read + write of {copyElems * dtype.SizeOf() >> 20} MiB); {dtype.Name()} GEMM {gemm / 1000:F1} TFLOP/s");
+        Console.WriteLine($"ceilings: device copy {copyGBs:F0} GB/s (read + write of {copyElems * dtype.SizeOf() >> 20} MiB); {dtype.Name()} GEMM {Flops(gemm * 1e9)}");
         Console.WriteLine("| piece | shape | ms | rate | share of ceiling |");
         Console.WriteLine("|---|---|---|---|---|");
 
@@ -79,8 +79,8 @@ public static class RooflineBench
             foreach (int chunk in big ? new[] { 1024, 2048 } : new[] { 256 })
             {
                 double ms = TimeMs(device, () => CrossEntropyOp.ForwardBackward(k, h, wout, labels, dh, null, chunk), big ? 10 : 2);
-                double tflops = 2 * 2.0 * n * dim * (double)vocab / (ms / 1000) / 1e12;
-                Console.WriteLine($"| cross-entropy (logits + dh GEMMs, chunks of {chunk} rows) | {n}×{dim}, vocab {vocab} | {ms:F3} | {tflops:F1} TFLOP/s | {100 * tflops * 1000 / gemm:F0}% of GEMM |");
+                double rate = 2 * 2.0 * n * dim * (double)vocab / (ms / 1000);
+                Console.WriteLine($"| cross-entropy (logits + dh GEMMs, chunks of {chunk} rows) | {n}×{dim}, vocab {vocab} | {ms:F3} | {Flops(rate)} | {100 * rate / 1e9 / gemm:F0}% of GEMM |");
             }
         }
 
@@ -110,10 +110,10 @@ public static class RooflineBench
                 AttentionOp.Forward(k, q, kk, v, seg, o, lse, s);
                 AttentionOp.Backward(k, q, kk, v, seg, o, lse, dO, dq, dk, dv, s);
             }, big ? 10 : 2);
-            double tflops = 3.5 * 2.0 * B * H * (double)T * T * D / (ms / 1000) / 1e12;
+            double rate = 3.5 * 2.0 * B * H * (double)T * T * D / (ms / 1000);
             string shape = $"B{B} H{H} KV{Kv} T{T} D{D}";
             ours.Add((shape, ms));
-            Console.WriteLine($"| attention fwd+bwd (GEMM path, block {AttentionOp.BlockRows(s, dtype)} rows) | {shape} | {ms:F3} | {tflops:F1} TFLOP/s | {100 * tflops * 1000 / gemm:F1}% of GEMM |");
+            Console.WriteLine($"| attention fwd+bwd (GEMM path, block {AttentionOp.BlockRows(s, dtype)} rows) | {shape} | {ms:F3} | {Flops(rate)} | {100 * rate / 1e9 / gemm:F1}% of GEMM |");
         }
 
         if (peer == "torch")
@@ -130,7 +130,11 @@ public static class RooflineBench
             var err = p.StandardError.ReadToEndAsync();
             var lines = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
             p.WaitForExit();
-            if (p.ExitCode != 0) throw new InvalidOperationException($"attention_peer.py failed:\n{err.Result}");
+            if (p.ExitCode != 0)
+            {
+                Console.Error.WriteLine($"error: the attention peer (bench/peer/attention_peer.py) failed: {err.Result.Trim().Split('\n').Last()}");
+                return 1;
+            }
             Console.WriteLine();
             Console.WriteLine("| attention fwd+bwd | nativelora ms | torch sdpa ms | torch materialised ms | ours ÷ sdpa | ours ÷ materialised |");
             Console.WriteLine("|---|---|---|---|---|---|");
@@ -144,6 +148,8 @@ public static class RooflineBench
         }
         return 0;
     }
+
+    private static string Flops(double perSecond) => perSecond >= 1e12 ? $"{perSecond / 1e12:F1} TFLOP/s" : $"{perSecond / 1e9:F1} GFLOP/s";
 
     /// <summary>Median of repetitions of one call, each timed with the device synchronised, after two warm-up calls.</summary>
     private static double TimeMs(ComputeDevice device, Action run, int reps)

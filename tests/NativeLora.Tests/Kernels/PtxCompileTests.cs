@@ -53,6 +53,8 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long>)Nf4.AbsmaxSumKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, float, int, long, long>)Nf4.QuantizeAbsmaxKernel, false);
         yield return ((Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, int, long, long>)Nf4.DequantizeAbsmaxKernel, false);
+        yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<Bf16>, false);
+        yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<F16>, false);
     }
 
     private static IEnumerable<(Delegate, bool)> Instances<T, S>() where T : unmanaged where S : struct, IStorage<T>
@@ -118,7 +120,7 @@ public class PtxCompileTests
         // Only the decode attention kernel keeps per-thread rows (q, accumulators) in local memory by
         // design; anything else using .local has spilled. Exception: ILGPU passes an inline-PTX output operand
         // (CudaAsm.Emit with out) through one 4-byte local slot, which ptxas turns back into a register.
-        if (kernel.Method.DeclaringType == typeof(Nf4) && kernel.Method.Name == nameof(Nf4.DequantizeAbsmaxKernel))
+        if (kernel.Method.DeclaringType == typeof(Nf4) && kernel.Method.Name is nameof(Nf4.DequantizeAbsmaxKernel) or nameof(Nf4.DequantizeWordsKernel))
             Assert.That(compiled.PTXAssembly.Split('\n').Where(l => l.Contains(".local .align")).Select(l => l.Trim()),
                 Is.EqualTo(new[] { ".local .align 4 .b8 __local_depot0[4];" }), "only the inline-PTX operand's 4-byte slot in local memory");
         else if (kernel.Method.DeclaringType == typeof(Nf4Matmul)) // the same absmax restore, inlined at each of its call sites
