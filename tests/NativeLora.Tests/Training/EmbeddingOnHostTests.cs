@@ -89,4 +89,25 @@ public class EmbeddingOnHostTests
         Assert.That(json, Does.Contain("\"embed_tokens_on_host\": false"));
         Assert.That(System.Text.Json.JsonSerializer.Deserialize<TrainingConfig>(json, TrainingConfig.Json)!.EmbedTokensOnHost, Is.False);
     }
+
+    /// <summary>Issue 17's figures for Llama 3 8B QLoRA at seq 2048 (bf16, r 16 on all projections, checkpointing): the guide's ~7 GB and below.</summary>
+    [TestCase(1, 6.5)]
+    [TestCase(4, 10.0)]
+    public void Llama3_8bQloraPlanFitsTheGuide(int microBatch, double maxGiB)
+    {
+        var c = ModelPresets.Resolve("llama3-8b");
+        var lora = new LoraConfig { R = 16 };
+        var qlora = new TrainingConfig { Model = "llama3-8b", Method = "qlora" };
+        var onHost = MemoryEstimate.For(c, lora, DType.BF16, microBatch, 2048, true, method: "qlora", embeddingOnHost: qlora.EmbeddingOnHostFor(c));
+        var onDevice = MemoryEstimate.For(c, lora, DType.BF16, microBatch, 2048, true, method: "qlora");
+        TestContext.Progress.WriteLine(string.Join("\n", onHost.Lines()));
+        long table = (long)c.VocabSize * c.HiddenSize * 2;
+        Assert.That(onHost.HostWeights, Is.EqualTo(table));
+        Assert.That(onDevice.Total - onHost.Total, Is.EqualTo(table), "moving the embedding saves exactly its table (0.98 GiB)");
+        Assert.That(onHost.Total / (double)(1L << 30), Is.LessThanOrEqualTo(maxGiB));
+        // the breakdown adds up to its terms
+        foreach (var (term, bytes) in new[] { ("weights", onHost.Weights), ("trainable+optimizer", onHost.Adapter) })
+            Assert.That(onHost.Items.Where(i => i.Term == term).Sum(i => i.Bytes), Is.EqualTo(bytes), term);
+        Assert.That(onHost.Items.Any(i => i.Item.Contains("embed_tokens") && i.Item.Contains("host")), Is.True);
+    }
 }
