@@ -4,14 +4,9 @@ using ILGPU.Runtime;
 namespace NativeLora.Kernels;
 
 /// <summary>
-/// The low-rank side of a LoRA linear, y = x·W0ᵀ + s·dropout(x)·Aᵀ·Bᵀ, with A [r, in], B [out, r].
-/// Naming: u = dropout(x) [N, in], z = u·Aᵀ [N, r]. Backward (W0 frozen):
-///   dB += s·dyᵀ·z,   dz = s·dy·B,   dA += dzᵀ·u,   dx += dropoutᵀ(dz·A)   (plus dy·W0 from the base).
-/// Dropout masks are a hash of (seed, element index), so the backward and a gradient-checkpointing
-/// recompute regenerate them instead of storing them. The base GEMM, z·Bᵀ and the dB/dz GEMMs run in
-/// the native core. GPU variant: z and the dx contribution come from fused kernels that apply the
-/// mask while reading x (no dropout(x) tensor, no second pass over the activations). CPU variant:
-/// the mask is applied by an elementwise kernel into u and the rank-r products are BLAS GEMMs.
+/// Kernels of LoRA's low-rank path: dropout with hashed masks (forward and backward) and the GPU
+/// variant's fused down-projection and dx. The formulas, their derivation and the order they run in
+/// are in managed/NativeLora/Ops/LoraOp.cs (u = dropout(x), z = u·Aᵀ).
 /// </summary>
 public static class Lora
 {
