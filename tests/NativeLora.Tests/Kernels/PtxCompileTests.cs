@@ -99,6 +99,7 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, int, int, int>)Attention.PermuteRowKernel<float, F32, T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<T>, int, int, int, int, int, float>)Attention.DecodeKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long>)RowScatter.ScatterKernel<T>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long>)RowScatter.GatherKernel<T>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, long, long>)MultiLora.ShrinkKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<T>, int, int, long, long>)MultiLora.ExpandKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<byte>, ArrayView<float>, long, int, long, long>)Nf4.QuantizeKernel<T, S>, false);
