@@ -184,27 +184,28 @@ public sealed class ComputeDevice : IDisposable
     /// Allocates a zeroed tensor in the native core's paged memory (CUDA unified memory that
     /// can be evicted to the host; plain host memory on CPU). Used for optimizer states.
     /// </summary>
-    public Tensor AllocatePaged(DType dtype, params int[] shape)
-    {
-        var bytes = Math.Max(1, Tensor.CountElements(shape) * dtype.SizeOf());
-        var ptr = NativeCore.ManagedAlloc((ulong)bytes);
-        Interlocked.Add(ref _pagedBytes, bytes);
-        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes, p => { NativeCore.ManagedFree(p); Interlocked.Add(ref _pagedBytes, -bytes); });
-        return new Tensor(this, buffer, dtype, shape, onHost: false);
-    }
+    public Tensor AllocatePaged(DType dtype, params int[] shape) => AllocateNative(dtype, shape, host: false);
 
     /// <summary>
     /// Allocates a zeroed tensor in host memory that kernels read in place: pinned and mapped into the
     /// GPU's address space on CUDA, so a kernel moves only the bytes it reads across the bus (QLoRA's
     /// frozen embedding: the rows a batch gathers); ordinary memory on the CPU. Not device memory.
     /// </summary>
-    public Tensor AllocateHost(DType dtype, params int[] shape)
+    public Tensor AllocateHost(DType dtype, params int[] shape) => AllocateNative(dtype, shape, host: true);
+
+    // memory the native core allocates outside the caching allocator, counted in PagedBytes or HostTensorBytes
+    private Tensor AllocateNative(DType dtype, int[] shape, bool host)
     {
         var bytes = Math.Max(1, Tensor.CountElements(shape) * dtype.SizeOf());
-        var ptr = NativeCore.HostAlloc((ulong)bytes);
-        Interlocked.Add(ref _hostBytes, bytes);
-        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes, p => { NativeCore.HostFree(p); Interlocked.Add(ref _hostBytes, -bytes); });
-        return new Tensor(this, buffer, dtype, shape, onHost: true);
+        var ptr = host ? NativeCore.HostAlloc((ulong)bytes) : NativeCore.ManagedAlloc((ulong)bytes);
+        Interlocked.Add(ref host ? ref _hostBytes : ref _pagedBytes, bytes);
+        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes, p =>
+        {
+            if (host) NativeCore.HostFree(p);
+            else NativeCore.ManagedFree(p);
+            Interlocked.Add(ref host ? ref _hostBytes : ref _pagedBytes, -bytes);
+        });
+        return new Tensor(this, buffer, dtype, shape, onHost: host);
     }
 
     /// <summary>Waits for all queued kernels and native calls.</summary>
