@@ -84,6 +84,8 @@ public static class TrainBench
             }
             tps.Add(micro * seq * steps / sw.Elapsed.TotalSeconds);
         }
+        var memory = device.MemoryStats; // before the forward-only timing and the GEMM peak allocate more
+        var planned = MemoryEstimate.For(config, lora, dtype, micro, seq, checkpointing: false, method: method);
         int n = reps * steps;
         double kernelsPerStep = (double)(model.Kernels.Launches - launches0) / n, gemmsPerStep = (double)(NativeLora.Native.NativeCore.GemmCalls - gemms0) / n;
         var fwdBatch = MakeBatch();
@@ -103,7 +105,9 @@ public static class TrainBench
         Console.WriteLine($"device: {device.Description}; model {modelArg} ({Path.GetFileName(configPath)}, {paramCount / 1e6:F1}M parameters), {dtype.Name()}, LoRA r {r} on {targets}, seq {seq} × micro-batch {micro}");
         Console.WriteLine($"nativelora: {median:F0} tokens/s median of {reps} × {steps} steps (spread {tps.Min():F0}–{tps.Max():F0}); {stepMs:F1} ms/step");
         Console.WriteLine($"  phases per step: data {data / n:F2} ms, forward {fwdMs:F1} ms (separate forward pass), backward {Math.Max(0, fbAvg - fwdMs):F1} ms (forward+backward {fbAvg:F1} minus forward), optimizer {opt / n:F2} ms");
-        Console.WriteLine($"  peak live tensor memory {device.PeakLiveBytes / (1 << 20):F1} MiB; model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured {dtype.Name()} GEMM peak {peak:F0} GFLOP/s");
+        Console.WriteLine($"  memory: planner {MemoryEstimate.Gb(planned.Total)} vs allocator peak {MemoryEstimate.Gb(memory.PeakAllocated)} in live tensors " +
+                          $"(ratio {(double)planned.Total / memory.PeakAllocated:F3}), {MemoryEstimate.Gb(memory.PeakReserved)} reserved on the device; planner terms: {planned}");
+        Console.WriteLine($"  model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured {dtype.Name()} GEMM peak {peak:F0} GFLOP/s");
         Console.WriteLine($"  launches per step: {kernelsPerStep + gemmsPerStep:F0} ({kernelsPerStep:F0} ILGPU kernels + {gemmsPerStep:F0} GEMMs), {(kernelsPerStep + gemmsPerStep) / config.NumLayers:F0} per layer (all launches ÷ {config.NumLayers} layers)");
         if (Diagnostics.OpProfiler.Enabled) Console.WriteLine("op profile (NATIVELORA_PROFILE=1; synchronising slows the step; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
         if (peer != "none")

@@ -143,14 +143,11 @@ internal static class Commands
         if (o.Method is not ("full" or "lora" or "qlora")) throw new ArgumentException($"--method must be full, lora or qlora, got '{o.Method}'");
         var config = Training.ModelPresets.Resolve(o.Model);
         var lora = new Lora.LoraConfig { R = o.R };
-        var e = Training.MemoryEstimate.For(config, lora, DTypeInfo.Parse(o.DType), o.MicroBatch, o.Seq, !o.NoCheckpointing, method: o.Method);
-        Console.WriteLine($"{o.Model}, {o.Method}, {o.DType}, micro-batch {o.MicroBatch} × {o.Seq} tokens, checkpointing {!o.NoCheckpointing}:");
-        Console.WriteLine($"  weights             {Training.MemoryEstimate.Gb(e.Weights)}");
-        Console.WriteLine($"  trainable+optimizer {Training.MemoryEstimate.Gb(e.Adapter)}");
-        Console.WriteLine($"  activations         {Training.MemoryEstimate.Gb(e.Activations)}");
-        Console.WriteLine($"  loss phase          {Training.MemoryEstimate.Gb(e.Logits)}");
-        Console.WriteLine($"  backward phase      {Training.MemoryEstimate.Gb(e.Workspace)}");
-        Console.WriteLine($"  peak                {Training.MemoryEstimate.Gb(e.Total)}");
+        // the train config's rule for embed_tokens_on_host
+        bool onHost = new Training.TrainingConfig { Model = o.Model, Method = o.Method, EmbedTokensOnHost = o.EmbedTokensOnHost }.EmbeddingOnHostFor(config);
+        var e = Training.MemoryEstimate.For(config, lora, DTypeInfo.Parse(o.DType), o.MicroBatch, o.Seq, !o.NoCheckpointing, method: o.Method, embeddingOnHost: onHost);
+        Console.WriteLine($"{o.Model}, {o.Method}, {o.DType}, LoRA r {o.R} on all projections, micro-batch {o.MicroBatch} × {o.Seq} tokens, checkpointing {!o.NoCheckpointing}, embed_tokens on the {(onHost ? "host" : "device")}:");
+        foreach (var line in e.Lines()) Console.WriteLine(line);
         return 0;
     }
 

@@ -156,6 +156,9 @@ public sealed class PlanOptions
 
     [Option("no-checkpointing", HelpText = "Plan without gradient checkpointing.")]
     public bool NoCheckpointing { get; set; }
+
+    [Option("embed-tokens-on-host", HelpText = "embed_tokens in host memory (true, false; unset: true for qlora unless tied), as the train key embed_tokens_on_host.")]
+    public bool? EmbedTokensOnHost { get; set; }
 }
 
 [Verb("eval", HelpText = "Evaluate a model (and adapter) on perplexity, BLEU/ROUGE and multiple-choice tasks.")]

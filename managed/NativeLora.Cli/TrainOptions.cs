@@ -51,6 +51,9 @@ public sealed class TrainOptions
     [Option("qlora-matmul", HelpText = "Config key qlora_matmul (auto, fused, scratch).")]
     public string? QloraMatmul { get; set; }
 
+    [Option("embed-tokens-on-host", HelpText = "Config key embed_tokens_on_host (true, false; unset: true for qlora unless tied or in modules_to_save).")]
+    public bool? EmbedTokensOnHost { get; set; }
+
     [Option("lora-r", HelpText = "Config key lora_r.")]
     public int? LoraR { get; set; }
 
@@ -187,6 +190,7 @@ public sealed class TrainOptions
         yield return ("output_dir", OutputDir == null ? null : JsonValue.Create(OutputDir));
         yield return ("method", Method == null ? null : JsonValue.Create(Method));
         yield return ("qlora_matmul", QloraMatmul == null ? null : JsonValue.Create(QloraMatmul));
+        yield return ("embed_tokens_on_host", EmbedTokensOnHost == null ? null : JsonValue.Create(EmbedTokensOnHost));
         yield return ("lora_r", LoraR == null ? null : JsonValue.Create(LoraR));
         yield return ("lora_alpha", LoraAlpha == null ? null : JsonValue.Create(LoraAlpha));
         yield return ("lora_dropout", LoraDropout == null ? null : JsonValue.Create(LoraDropout));

@@ -127,6 +127,15 @@ NL_API nl_status nl_managed_advise(void* ptr, size_t bytes, nl_mem_advice advice
 /* to_device != 0: prefetch to the GPU; 0: to host memory. Queued on the stream. */
 NL_API nl_status nl_managed_prefetch(void* ptr, size_t bytes, int to_device);
 
+/* --- host memory that kernels read in place -----------------------------------
+ * For tensors kept off the GPU (QLoRA's frozen embedding table): a kernel reads only
+ * the bytes it touches, across the bus. CUDA: pinned, mapped host memory
+ * (cudaHostAlloc, mapped and portable); the returned pointer is valid on the host and
+ * on the device (unified addressing; fails with NL_ERR_UNSUPPORTED otherwise).
+ * CPU: 64-byte aligned host memory. Zeroed. */
+NL_API nl_status nl_host_alloc(size_t bytes, void** out_ptr);
+NL_API nl_status nl_host_free(void* ptr);
+
 /* --- streams and events (CPU: work is synchronous; events record host time) --- */
 NL_API nl_status nl_stream_create(void** out_stream);
 NL_API nl_status nl_stream_destroy(void* stream);

@@ -228,6 +228,11 @@ NL_API nl_status nl_managed_free(void* ptr) {
 #endif
 }
 
+// on the CPU, host memory is the memory kernels run on: the same allocation as paged memory
+NL_API nl_status nl_host_alloc(size_t bytes, void** out_ptr) { return nl_managed_alloc(bytes, out_ptr); }
+
+NL_API nl_status nl_host_free(void* ptr) { return nl_managed_free(ptr); }
+
 NL_API nl_status nl_managed_advise(void* ptr, size_t /*bytes*/, nl_mem_advice advice) {
     return guarded("nl_managed_advise", [&] {
         require(ptr != nullptr, "ptr is NULL");

@@ -327,6 +327,35 @@ NL_API nl_status nl_managed_free(void* ptr) {
     });
 }
 
+NL_API nl_status nl_host_alloc(size_t bytes, void** out_ptr) {
+    return guarded("nl_host_alloc", [&] {
+        require(out_ptr != nullptr, "out_ptr is NULL");
+        *out_ptr = nullptr;
+        require(bytes > 0, "bytes must be > 0");
+        make_current();
+        void* p = nullptr;
+        check_cuda(cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc");
+        void* on_device = nullptr;
+        cudaError_t e = cudaHostGetDevicePointer(&on_device, p, 0);
+        if (e != cudaSuccess || on_device != p) {
+            cudaFreeHost(p);
+            fail(NL_ERR_UNSUPPORTED, "pinned host memory has another address on the device (no unified addressing); "
+                                     "host-resident tensors need it");
+        }
+        std::memset(p, 0, bytes);
+        *out_ptr = p;
+    });
+}
+
+NL_API nl_status nl_host_free(void* ptr) {
+    return guarded("nl_host_free", [&] {
+        if (ptr == nullptr) return;
+        make_current();
+        check_cuda(cudaStreamSynchronize(g_stream), "cudaStreamSynchronize"); // kernels queued before may still read it
+        check_cuda(cudaFreeHost(ptr), "cudaFreeHost");
+    });
+}
+
 NL_API nl_status nl_managed_advise(void* ptr, size_t bytes, nl_mem_advice advice) {
     return guarded("nl_managed_advise", [&] {
         require(ptr != nullptr, "ptr is NULL");

@@ -51,6 +51,7 @@ public sealed class ComputeDevice : IDisposable
         Kind = kind;
         NativeBackend = NativeCore.BackendName;
         Kernels = new KernelSet(accelerator, gpuVariants: kind == DeviceKind.Cuda);
+        Allocator = new CachingAllocator(bytes => accelerator.Allocate1D<byte>(bytes));
         Description = kind == DeviceKind.Cuda
             ? $"cuda: {accelerator.Name} ({accelerator.MemorySize / (1 << 20)} MiB), native core {NativeBackend}"
             : $"cpu: ILGPU CPU accelerator ({Environment.ProcessorCount} threads), native core {NativeBackend}";
@@ -130,106 +131,83 @@ public sealed class ComputeDevice : IDisposable
         return new ComputeDevice(context, accelerator, DeviceKind.Cuda);
     }
 
-    // Freed buffers wait here for a request of the same size: a training step allocates the same
-    // shapes every time, and fresh allocations cost page faults on the CPU and cudaMalloc on a GPU.
-    private readonly Dictionary<long, Stack<MemoryBuffer>> _pool = new();
-    private long _pooledBytes;
-    private readonly object _poolLock = new();
+    // the one allocator of device memory (see CachingAllocator for its scheme)
+    private CachingAllocator Allocator { get; }
+    private long _pagedBytes, _hostBytes;
 
-    /// <summary>Bytes of freed buffers kept for reuse at most.</summary>
-    public long PoolLimitBytes { get; set; } = 2L << 30;
+    /// <summary>Bytes held by live tensors (their blocks' rounded sizes), and the peak since <see cref="ResetPeak"/>.</summary>
+    public long LiveBytes => Allocator.Stats().Allocated;
+    public long PeakLiveBytes => Allocator.Stats().PeakAllocated;
 
-    public long PooledBytes { get { lock (_poolLock) return _pooledBytes; } }
+    /// <summary>The allocator's figures: allocated (live tensors), requested, reserved (segments this process holds on the device), with peaks.</summary>
+    public AllocatorStats MemoryStats => Allocator.Stats();
 
-    private long _liveBytes, _peakLiveBytes;
+    /// <summary>Bytes of paged (unified) memory held by optimizer states: device memory on a GPU when resident.</summary>
+    public long PagedBytes => Interlocked.Read(ref _pagedBytes);
 
-    /// <summary>Bytes held by live tensors (pooled buffers not counted), and the peak since <see cref="ResetPeak"/>.</summary>
-    public long LiveBytes { get { lock (_poolLock) return _liveBytes; } }
-    public long PeakLiveBytes { get { lock (_poolLock) return _peakLiveBytes; } }
-    public void ResetPeak() { lock (_poolLock) _peakLiveBytes = _liveBytes; }
+    /// <summary>Bytes of host-resident tensors (<see cref="AllocateHost"/>): not device memory.</summary>
+    public long HostTensorBytes => Interlocked.Read(ref _hostBytes);
 
-    private void Track(long bytes)
-    {
-        _liveBytes += bytes;
-        if (_liveBytes > _peakLiveBytes) _peakLiveBytes = _liveBytes;
-    }
+    /// <summary>Device memory this process holds through the engine: the allocator's segments plus paged memory.</summary>
+    public long DeviceMemoryBytes => Allocator.Stats().Reserved + PagedBytes;
 
-    internal void Release(MemoryBuffer buffer)
-    {
-        lock (_poolLock)
-        {
-            Track(-buffer.LengthInBytes);
-            if (_pooledBytes + buffer.LengthInBytes <= PoolLimitBytes && !_disposed)
-            {
-                if (!_pool.TryGetValue(buffer.LengthInBytes, out var stack)) _pool[buffer.LengthInBytes] = stack = new Stack<MemoryBuffer>();
-                stack.Push(buffer);
-                _pooledBytes += buffer.LengthInBytes;
-                return;
-            }
-        }
-        buffer.Dispose();
-    }
+    /// <summary>Peak of <see cref="DeviceMemoryBytes"/> since <see cref="ResetPeak"/> (paged memory counted at its current size).</summary>
+    public long PeakDeviceMemoryBytes => Allocator.Stats().PeakReserved + PagedBytes;
 
-    /// <summary>Frees every pooled buffer (e.g. before a large allocation or to report true usage).</summary>
-    public void TrimPool()
-    {
-        lock (_poolLock)
-        {
-            foreach (var stack in _pool.Values)
-                while (stack.Count > 0) stack.Pop().Dispose();
-            _pool.Clear();
-            _pooledBytes = 0;
-        }
-    }
+    public void ResetPeak() => Allocator.ResetPeaks();
+
+    /// <summary>Gives the allocator's completely free segments back to the device (e.g. to report true usage or before another process needs memory).</summary>
+    public void EmptyCache() => Allocator.EmptyCache();
+
+    internal void Release(CachingAllocator.Block block) => Allocator.Free(block);
+
+    internal void ValidateAllocator() => Allocator.Validate();
 
     private bool _disposed;
 
     /// <summary>Allocates an uninitialised tensor in device memory (the one allocator for device tensors).</summary>
     public Tensor Allocate(DType dtype, params int[] shape)
     {
-        var elements = Tensor.CountElements(shape);
-        var bytes = Math.Max(1, elements * dtype.SizeOf());
-        lock (_poolLock)
-        {
-            Track(bytes);
-            if (_pool.TryGetValue(bytes, out var stack) && stack.Count > 0)
-            {
-                _pooledBytes -= bytes;
-                return new Tensor(this, stack.Pop(), 0, dtype, shape, ownsBuffer: true);
-            }
-        }
-        MemoryBuffer buffer;
+        var bytes = Math.Max(1, Tensor.CountElements(shape) * dtype.SizeOf());
+        if (_disposed) throw new ObjectDisposedException(Description);
+        CachingAllocator.Block block;
         try
         {
-            buffer = Accelerator.Allocate1D<byte>(bytes);
+            block = Allocator.Allocate(bytes);
         }
-        catch (Exception e) when (e is OutOfMemoryException or AcceleratorException)
+        catch (OutOfMemoryException e)
         {
-            TrimPool(); // pooled memory may be what is missing
-            try
-            {
-                buffer = Accelerator.Allocate1D<byte>(bytes);
-            }
-            catch (Exception e2) when (e2 is OutOfMemoryException or AcceleratorException)
-            {
-                lock (_poolLock) Track(-bytes);
-                throw new OutOfMemoryException(
-                    $"cannot allocate a {dtype.Name()} tensor of shape [{string.Join(", ", shape)}] ({bytes:N0} bytes) on {Description}: {e2.Message}", e2);
-            }
+            throw new OutOfMemoryException($"cannot allocate a {dtype.Name()} tensor of shape [{string.Join(", ", shape)}] ({bytes:N0} bytes) on {Description}: {e.Message}", e);
         }
-        return new Tensor(this, buffer, 0, dtype, shape, ownsBuffer: true);
+        return new Tensor(this, block, dtype, shape);
     }
 
     /// <summary>
     /// Allocates a zeroed tensor in the native core's paged memory (CUDA unified memory that
     /// can be evicted to the host; plain host memory on CPU). Used for optimizer states.
     /// </summary>
-    public Tensor AllocatePaged(DType dtype, params int[] shape)
+    public Tensor AllocatePaged(DType dtype, params int[] shape) => AllocateNative(dtype, shape, host: false);
+
+    /// <summary>
+    /// Allocates a zeroed tensor in host memory that kernels read in place: pinned and mapped into the
+    /// GPU's address space on CUDA, so a kernel moves only the bytes it reads across the bus (QLoRA's
+    /// frozen embedding: the rows a batch gathers); ordinary memory on the CPU. Not device memory.
+    /// </summary>
+    public Tensor AllocateHost(DType dtype, params int[] shape) => AllocateNative(dtype, shape, host: true);
+
+    // memory the native core allocates outside the caching allocator, counted in PagedBytes or HostTensorBytes
+    private Tensor AllocateNative(DType dtype, int[] shape, bool host)
     {
         var bytes = Math.Max(1, Tensor.CountElements(shape) * dtype.SizeOf());
-        var ptr = NativeCore.ManagedAlloc((ulong)bytes);
-        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes);
-        return new Tensor(this, buffer, 0, dtype, shape, ownsBuffer: true);
+        var ptr = host ? NativeCore.HostAlloc((ulong)bytes) : NativeCore.ManagedAlloc((ulong)bytes);
+        Interlocked.Add(ref host ? ref _hostBytes : ref _pagedBytes, bytes);
+        var buffer = new ExternalMemoryBuffer(Accelerator, ptr, bytes, p =>
+        {
+            if (host) NativeCore.HostFree(p);
+            else NativeCore.ManagedFree(p);
+            Interlocked.Add(ref host ? ref _hostBytes : ref _pagedBytes, -bytes);
+        });
+        return new Tensor(this, buffer, dtype, shape, onHost: host);
     }
 
     /// <summary>Waits for all queued kernels and native calls.</summary>
@@ -256,7 +234,7 @@ public sealed class ComputeDevice : IDisposable
         {
             if (s_open != this) return;
             Accelerator.Synchronize();
-            TrimPool();
+            Allocator.EmptyCache();
             _disposed = true;
             NativeCore.Shutdown();
             Accelerator.Dispose();

@@ -5,21 +5,24 @@ using ILGPU.Runtime.Cuda;
 namespace NativeLora.Devices;
 
 /// <summary>
-/// An ILGPU buffer over memory the native core allocated (unified memory on CUDA, aligned
-/// host memory on CPU), so ILGPU kernels can read and write the paged optimizer states in
-/// place. ILGPU 1.5 has no public "wrap this pointer" call, but MemoryBuffer is an open
+/// An ILGPU buffer over memory the native core allocated (unified or pinned host memory on CUDA,
+/// aligned host memory on CPU), so ILGPU kernels can read and write the paged optimizer states and
+/// host-resident tensors in place. ILGPU 1.5 has no public "wrap this pointer" call, but MemoryBuffer is an open
 /// abstract class whose NativePtr is what kernel launches pass; subclassing it is the seam.
-/// The native core owns the memory: disposing this frees it through nl_managed_free.
+/// The native core owns the memory: disposing this frees it through the given function.
 /// </summary>
 internal sealed class ExternalMemoryBuffer : MemoryBuffer
 {
     private readonly bool _isCuda;
+    private readonly Action<nint> _free;
 
-    public ExternalMemoryBuffer(Accelerator accelerator, nint pointer, long lengthInBytes)
+    /// <param name="free">frees the memory (nl_managed_free or nl_host_free) and updates the device's counters; called once</param>
+    public ExternalMemoryBuffer(Accelerator accelerator, nint pointer, long lengthInBytes, Action<nint> free)
         : base(accelerator, lengthInBytes, 1)
     {
         NativePtr = pointer;
         _isCuda = accelerator.AcceleratorType == AcceleratorType.Cuda;
+        _free = free;
     }
 
     protected override void MemSet(AcceleratorStream stream, byte value, in ArrayView<byte> targetView)
@@ -61,8 +64,9 @@ internal sealed class ExternalMemoryBuffer : MemoryBuffer
     {
         if (NativePtr != 0)
         {
-            Native.NativeCore.ManagedFree(NativePtr);
+            var pointer = NativePtr;
             NativePtr = 0;
+            _free(pointer);
         }
     }
 }

@@ -133,6 +133,32 @@ public sealed class CausalLm : IDisposable
                 _parameters.Remove(lin.Name + ".weight");
                 _quantized.Add(lin);
             }
+        Device.EmptyCache(); // the full-precision weights' segments go back to the device
+    }
+
+    /// <summary>
+    /// Moves the frozen embedding table to host memory that kernels read in place (QLoRA's default): the
+    /// embedding kernel gathers each batch's rows across the bus, so only those rows travel and the table
+    /// (1 GiB for Llama 3 8B in bf16) leaves device memory. The same kernel reads it, so nothing changes
+    /// numerically. lm_head stays on the device. Not for tied embeddings (the table is lm_head too),
+    /// a trainable embedding (modules_to_save) or full-parameter gradients.
+    /// </summary>
+    public void PlaceEmbeddingOnHost()
+    {
+        const string name = "model.embed_tokens.weight";
+        if (Config.TieWordEmbeddings)
+            throw new NotSupportedException("embed_tokens cannot live on the host when it is tied to lm_head (tie_word_embeddings): the output projection reads the whole table every step");
+        if (_embeddingCopy != null)
+            throw new NotSupportedException("embed_tokens cannot live on the host when it is trained (modules_to_save): its copy and gradient are on the device");
+        if (_gradients.ContainsKey(name)) throw new NotSupportedException("embed_tokens cannot live on the host with full-parameter gradients");
+        var table = _parameters[name];
+        if (table.OnHost) return;
+        var host = Device.AllocateHost(table.DType, table.Shape);
+        table.CopyTo(host);
+        Device.Synchronize();
+        _parameters[name] = host;
+        table.Dispose();
+        Device.EmptyCache();
     }
 
     private readonly List<Linear> _quantized = new();

@@ -103,6 +103,15 @@ public static class NativeCore
 
     public static void ManagedFree(nint ptr) => Check(NativeMethods.nl_managed_free(ptr), "nl_managed_free");
 
+    /// <summary>Zeroed host memory that kernels read in place (pinned and mapped on CUDA).</summary>
+    public static nint HostAlloc(ulong bytes)
+    {
+        Check(NativeMethods.nl_host_alloc((nuint)bytes, out var ptr), "nl_host_alloc");
+        return ptr;
+    }
+
+    public static void HostFree(nint ptr) => Check(NativeMethods.nl_host_free(ptr), "nl_host_free");
+
     public static void ManagedAdvise(nint ptr, ulong bytes, NlMemAdvice advice) =>
         Check(NativeMethods.nl_managed_advise(ptr, (nuint)bytes, advice), "nl_managed_advise");
 

@@ -84,6 +84,8 @@ internal static partial class NativeMethods
     [LibraryImport(Library)] internal static partial NlStatus nl_managed_free(nint ptr);
     [LibraryImport(Library)] internal static partial NlStatus nl_managed_advise(nint ptr, nuint bytes, NlMemAdvice advice);
     [LibraryImport(Library)] internal static partial NlStatus nl_managed_prefetch(nint ptr, nuint bytes, int toDevice);
+    [LibraryImport(Library)] internal static partial NlStatus nl_host_alloc(nuint bytes, out nint ptr);
+    [LibraryImport(Library)] internal static partial NlStatus nl_host_free(nint ptr);
 
     [LibraryImport(Library)] internal static partial NlStatus nl_stream_create(out nint stream);
     [LibraryImport(Library)] internal static partial NlStatus nl_stream_destroy(nint stream);

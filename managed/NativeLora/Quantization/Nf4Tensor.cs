@@ -42,6 +42,9 @@ public sealed class Nf4Tensor : IDisposable
     public const int DefaultBlockSize = 64;
     public const int DefaultNestedBlockSize = 256;
 
+    /// <summary>Storage with the default blocks and double quantization, code tables aside: 4-bit codes, an 8-bit absmax per block, an f32 scale per nested block (4.127).</summary>
+    public const double PlannedBitsPerParameter = 4.0 + 8.0 / DefaultBlockSize + 32.0 / (DefaultBlockSize * DefaultNestedBlockSize);
+
     public int[] Shape { get; }
     /// <summary>The dtype of the weight that was quantized (the state's "dtype"; dequantizing may target any float dtype).</summary>
     public DType DType { get; }

@@ -21,11 +21,23 @@ public sealed class Tensor : IDisposable
     public long ElementCount { get; }
     public long ByteOffset { get; }
     internal MemoryBuffer Buffer { get; }
-    private readonly bool _ownsBuffer;
+    // what an owning tensor gives back on Dispose: an allocator block, or a buffer of its own (paged memory);
+    // views have neither
+    private readonly CachingAllocator.Block? _block;
+    private readonly MemoryBuffer? _ownBuffer;
     private bool _disposed;
 
-    internal Tensor(ComputeDevice device, MemoryBuffer buffer, long byteOffset, DType dtype, int[] shape, bool ownsBuffer)
+    /// <summary>An owning tensor over an allocator block.</summary>
+    internal Tensor(ComputeDevice device, CachingAllocator.Block block, DType dtype, int[] shape)
+        : this(device, block.Buffer, block.Offset, dtype, shape, onHost: false) => _block = block;
+
+    /// <summary>An owning tensor over a buffer of its own (paged or host memory), freed on Dispose.</summary>
+    internal Tensor(ComputeDevice device, MemoryBuffer ownBuffer, DType dtype, int[] shape, bool onHost)
+        : this(device, ownBuffer, 0, dtype, shape, onHost) => _ownBuffer = ownBuffer;
+
+    private Tensor(ComputeDevice device, MemoryBuffer buffer, long byteOffset, DType dtype, int[] shape, bool onHost)
     {
+        OnHost = onHost;
         Device = device;
         Buffer = buffer;
         ByteOffset = byteOffset;
@@ -33,14 +45,16 @@ public sealed class Tensor : IDisposable
         Shape = (int[])shape.Clone();
         ElementCount = CountElements(shape);
         Strides = ContiguousStrides(shape);
-        _ownsBuffer = ownsBuffer;
         if (byteOffset < 0 || byteOffset + ByteLength > buffer.LengthInBytes)
             throw new ArgumentException($"tensor range [{byteOffset}, {byteOffset + ByteLength}) is outside its buffer of {buffer.LengthInBytes} bytes");
     }
 
+    /// <summary>Lives in host memory that kernels read in place (<see cref="ComputeDevice.AllocateHost"/>), not in device memory.</summary>
+    public bool OnHost { get; }
+
     public int Rank => Shape.Length;
     public long ByteLength => ElementCount * DType.SizeOf();
-    public bool IsView => !_ownsBuffer;
+    public bool IsView => _block == null && _ownBuffer == null;
     public int Dim(int i) => Shape[i < 0 ? Shape.Length + i : i];
 
     /// <summary>Device address of the first element, for the native core.</summary>
@@ -135,7 +149,7 @@ public sealed class Tensor : IDisposable
         }
         if (CountElements(s) != ElementCount)
             throw new ArgumentException($"cannot reshape {this} ({ElementCount} elements) to [{string.Join(", ", shape)}]");
-        return new Tensor(Device, Buffer, ByteOffset, DType, s, ownsBuffer: false);
+        return new Tensor(Device, Buffer, ByteOffset, DType, s, OnHost);
     }
 
     /// <summary>A view of rows [start, start+length) along the first dimension.</summary>
@@ -147,7 +161,7 @@ public sealed class Tensor : IDisposable
             throw new ArgumentOutOfRangeException(nameof(start), $"slice [{start}, {start + length}) of {this} along dim 0");
         var s = (int[])Shape.Clone();
         s[0] = length;
-        return new Tensor(Device, Buffer, ByteOffset + start * Strides[0] * DType.SizeOf(), DType, s, ownsBuffer: false);
+        return new Tensor(Device, Buffer, ByteOffset + start * Strides[0] * DType.SizeOf(), DType, s, OnHost);
     }
 
     // ---- host round trips (tests, loading, checkpoints) ----
@@ -252,8 +266,7 @@ public sealed class Tensor : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        if (!_ownsBuffer) return;
-        if (Buffer is Devices.ExternalMemoryBuffer) Buffer.Dispose(); // paged memory goes back to the native core
-        else Device.Release(Buffer);
+        if (_block != null) Device.Release(_block);
+        _ownBuffer?.Dispose(); // paged and host memory go back to the native core
     }
 }

@@ -7,9 +7,14 @@ using NativeLora.SafeTensors;
 
 namespace NativeLora.Training;
 
-/// <summary>One optimizer step's figures (also one line of metrics.jsonl).</summary>
+/// <summary>
+/// One optimizer step's figures (also one line of metrics.jsonl). Memory figures are peaks since the run started:
+/// MemoryBytes is the device memory this process holds through the engine (the allocator's segments plus paged
+/// optimizer state; on the CPU the accelerator's memory is host memory), MemoryAllocatedBytes the part of it in
+/// live tensors (what the planner predicts), HostRssBytes the process's peak resident set (.NET runtime included).
+/// </summary>
 public sealed record StepMetrics(int Step, int Epoch, double Loss, double? ValLoss, double Lr, double GradNorm, double TokensPerSecond,
-    long MemoryBytes, int Tokens, bool Skipped, double ElapsedSeconds, int TotalSteps)
+    long MemoryBytes, int Tokens, bool Skipped, double ElapsedSeconds, int TotalSteps, long MemoryAllocatedBytes = 0, long HostRssBytes = 0)
 {
     /// <summary>A run's metrics.jsonl, one step per line (empty when the file does not exist yet).</summary>
     public static List<StepMetrics> ReadJsonl(string path)
@@ -122,7 +127,8 @@ public sealed partial class Trainer
         int total = TotalSteps;
         var schedule = LrSchedule.Create(_c.LearningRate, total, _c.WarmupRatio, _c.LrScheduler);
         var clock = Stopwatch.StartNew();
-        long peakMemory = 0;
+        _model.Device.ResetPeak(); // the memory figures are this run's peaks
+        long peakRss = 0;
         using var metrics = new StreamWriter(metricsPath, append: true);
         // a resumed run starts a new event file; TensorBoard reads every file of the directory
         using var tensorBoard = _c.Logging == "tensorboard" ? new TensorBoardWriter(_c.OutputDir) : null;
@@ -168,7 +174,6 @@ public sealed partial class Trainer
                 }
                 state = state with { GlobalStep = state.GlobalStep + 1, BatchInEpoch = state.BatchInEpoch + group.Count };
                 _model.Device.Synchronize();
-                peakMemory = Math.Max(peakMemory, MemoryInUse());
 
                 double? valLoss = null;
                 if (state.GlobalStep % _c.EvalSteps == 0 || state.GlobalStep == total)
@@ -186,7 +191,7 @@ public sealed partial class Trainer
                     }
                 }
                 var sm = new StepMetrics(state.GlobalStep, epoch, stepLoss, valLoss, lr, norm, tokens / Math.Max(1e-9, stepClock.Elapsed.TotalSeconds),
-                    peakMemory, tokens, skipped, clock.Elapsed.TotalSeconds, total);
+                    _model.Device.PeakDeviceMemoryBytes, tokens, skipped, clock.Elapsed.TotalSeconds, total, _model.Device.PeakLiveBytes, peakRss = Math.Max(peakRss, PeakRss()));
                 History.Add(sm);
                 if (state.GlobalStep % _c.LoggingSteps == 0 || valLoss != null)
                 {
@@ -227,13 +232,8 @@ public sealed partial class Trainer
             _adapter.Modules[i].DropoutSeed = (ulong)_c.Seed * 0x9E3779B97F4A7C15UL ^ ((ulong)step << 24) ^ ((ulong)micro << 12) ^ (ulong)i;
     }
 
-    private long MemoryInUse()
+    private static long PeakRss()
     {
-        if (_model.Device.IsCuda)
-        {
-            var (free, totalBytes) = _model.Device.MemoryInfo();
-            return (long)(totalBytes - free);
-        }
         using var p = Process.GetCurrentProcess();
         return p.PeakWorkingSet64;
     }

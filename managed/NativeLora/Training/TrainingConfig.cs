@@ -21,6 +21,11 @@ public sealed record TrainingConfig
     public string Method { get; init; } = "lora";
     /// <summary>QLoRA's base product: auto (per backend), fused (NF4 codes read inside the matmul) or scratch (dequantize the layer, then GEMM).</summary>
     public string QloraMatmul { get; init; } = "auto";
+    /// <summary>
+    /// Keep the frozen embed_tokens table in host memory, read in place by the embedding kernel (only each batch's
+    /// rows cross the bus). Unset: on for qlora, except with tied embeddings or embed_tokens in modules_to_save.
+    /// </summary>
+    public bool? EmbedTokensOnHost { get; init; }
 
     // adapter
     public int LoraR { get; init; } = 16;
@@ -72,6 +77,14 @@ public sealed record TrainingConfig
     public string Logging { get; init; } = "jsonl";
     public int MaxConsecutiveNonFinite { get; init; } = 5;
 
+    /// <summary>Whether embed_tokens goes to host memory for this model (see <see cref="EmbedTokensOnHost"/>); an explicit true on a tied model is refused.</summary>
+    public bool EmbeddingOnHostFor(Model.ModelConfig model)
+    {
+        if (EmbedTokensOnHost == true && model.TieWordEmbeddings)
+            throw new ArgumentException("embed_tokens_on_host cannot be true for a model with tied embeddings (tie_word_embeddings: lm_head is the same table)");
+        return EmbedTokensOnHost ?? (Method == "qlora" && !model.TieWordEmbeddings && !ModulesToSave.Contains("embed_tokens"));
+    }
+
     public LoraConfig ToLoraConfig() => new()
     {
         R = LoraR, Alpha = LoraAlpha, Dropout = LoraDropout, TargetModules = TargetModules,
@@ -84,6 +97,7 @@ public sealed record TrainingConfig
         Need(!string.IsNullOrWhiteSpace(Model), "model is required (an HF model directory)");
         Need(Method is "lora" or "qlora", $"method '{Method}' is not supported (supported: lora, qlora)");
         Need(QloraMatmul is "auto" or "fused" or "scratch", $"qlora_matmul must be auto, fused or scratch, got '{QloraMatmul}'");
+        Need(!(EmbedTokensOnHost == true && ModulesToSave.Contains("embed_tokens")), "embed_tokens_on_host cannot be true with embed_tokens in modules_to_save (a trained embedding lives on the device)");
         Need(!(QloraMatmul == "fused" && UseDora), "qlora_matmul fused cannot be used with use_dora: DoRA needs the dense base weight for its norms (use auto or scratch)");
         foreach (var (key, value) in new[] { ("learning_rate", LearningRate), ("lora_alpha", LoraAlpha), ("lora_dropout", LoraDropout), ("warmup_ratio", WarmupRatio),
                      ("max_grad_norm", MaxGradNorm), ("weight_decay", WeightDecay), ("adam_beta1", AdamBeta1), ("adam_beta2", AdamBeta2), ("adam_epsilon", AdamEpsilon),

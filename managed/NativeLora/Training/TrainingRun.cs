@@ -86,6 +86,11 @@ public sealed partial class Trainer
             model.QuantizeLinears(QloraMatmulChoice.Parse(c.QloraMatmul));
             Info(progress, $"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter, base product {c.QloraMatmul}");
         }
+        if (c.EmbeddingOnHostFor(model.Config))
+        {
+            model.PlaceEmbeddingOnHost();
+            Info(progress, $"embed_tokens in host memory ({MemoryEstimate.Gb(model.Embedding.ByteLength)}): each step's rows are read across the bus (embed_tokens_on_host)");
+        }
         using var adapter = LoraAdapter.Attach(model, c.ToLoraConfig(), c.Seed);
         var trainer = new Trainer(c, model, adapter, train, val)
         {
@@ -117,7 +122,7 @@ public sealed partial class Trainer
         long total = CausalLm.ExpectedParameters(modelConfig).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
         long trainable = LoraAdapter.CountTrainable(modelConfig, lora);
         var dtype = device.ResolveDType(config.Dtype);
-        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, config.MicroBatchSize, config.MaxSeqLen, config.GradientCheckpointing, method: config.Method);
+        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, config.MicroBatchSize, config.MaxSeqLen, config.GradientCheckpointing, method: config.Method, embeddingOnHost: config.EmbeddingOnHostFor(modelConfig));
         return new TrainingPlan(config, device.Description, dtype, trainable, total, estimate);
     }
 
