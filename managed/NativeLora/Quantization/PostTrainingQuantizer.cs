@@ -10,13 +10,16 @@ using NativeLora.Tensors;
 
 namespace NativeLora.Quantization;
 
-public enum PtqMethod { Gptq, Awq }
+/// <summary>gptq, awq; rtn (GPTQ's quantizer without error feedback, same bits/group/sym; packed as GPTQ) and rtn-awq
+/// (AWQ's zero-point quantizer without search; packed as AWQ) are the round-to-nearest baselines.</summary>
+public enum PtqMethod { Gptq, Awq, Rtn, RtnAwq }
 
 /// <summary>What <see cref="PostTrainingQuantizer"/> does: the method, GPTQ's settings, AWQ's group size, the packing of calibration samples.</summary>
 public sealed record PtqOptions(PtqMethod Method, GptqOptions Gptq, int AwqGroupSize = 128, int ChunkTokens = 2048)
 {
-    public int Bits => Method == PtqMethod.Gptq ? Gptq.Bits : 4;
-    public int GroupSize => Method == PtqMethod.Gptq ? Gptq.GroupSize : AwqGroupSize;
+    public bool GptqFormat => Method is PtqMethod.Gptq or PtqMethod.Rtn;
+    public int Bits => GptqFormat ? Gptq.Bits : 4;
+    public int GroupSize => GptqFormat ? Gptq.GroupSize : AwqGroupSize;
 }
 
 /// <summary>Per layer: seconds, and per linear the method's search result (GPTQ: none; AWQ: the chosen α and clip use).</summary>
@@ -60,23 +63,69 @@ public static class PostTrainingQuantizer
         foreach (var (name, shape) in CausalLm.ExpectedParameters(c).Where(p => p.Name.StartsWith("model.layers.0.") && p.Shape.Length == 2))
         {
             int outF = shape[0], inF = shape[1];
-            if (o.Method == PtqMethod.Gptq) GptqFormat.CheckShape(o.Bits, outF, inF, name);
+            if (o.GptqFormat) GptqFormat.CheckShape(o.Bits, outF, inF, name);
             else AwqFormat.CheckShape(outF, inF, o.GroupSize, name);
             if (o.GroupSize != -1 && inF % o.GroupSize != 0)
                 throw new ArgumentException($"{name}: {inF} input features are not a multiple of the group size {o.GroupSize} (use a group size that divides it, or -1 for per-channel)");
         }
     }
 
+    /// <summary>Quantizes the model in modelDir and writes the checkpoint (GPTQ or AWQ GEMM format) to outDir.</summary>
     public static PtqReport Run(ComputeDevice device, string modelDir, IReadOnlyList<int[]> calibration, string outDir, PtqOptions o,
         Action<int, int, string>? progress = null)
     {
-        var sw = Stopwatch.StartNew();
-        if (o.Method == PtqMethod.Gptq) o.Gptq.Validate();
-        if (o.Method == PtqMethod.Awq && o.AwqGroupSize < 1) throw new ArgumentException("AWQ needs a positive group size");
-        if (calibration.Count == 0) throw new ArgumentException("no calibration samples");
         if (Path.GetFullPath(outDir) == Path.GetFullPath(modelDir)) throw new ArgumentException("the output directory must differ from the model's");
+        CheckFits(ModelDirectory.ReadConfig(modelDir), o);
+        var outputs = new Dictionary<string, (SafeTensorsDType DType, long[] Shape, byte[] Data)>();
+        var report = QuantizeLayers(device, modelDir, calibration, o, progress, (layer, quantized) =>
+        {
+            foreach (var (name, q) in quantized) Store(outputs, name, q, o.GptqFormat, layer.Linears.First(x => x.Name == name).Bias);
+            if (o.Method == PtqMethod.Awq) // the norms carry AWQ's folded scales
+            {
+                outputs[$"model.layers.{layer.Index}.input_layernorm.weight"] = F16(layer.InputNorm);
+                outputs[$"model.layers.{layer.Index}.post_attention_layernorm.weight"] = F16(layer.PostNorm);
+            }
+        });
+        using var files = ShardedSafeTensors.Open(modelDir);
+        Write(files, ModelDirectory.ReadConfig(modelDir), outputs, outDir, o);
+        Text.HfTokenizer.CopyFiles(modelDir, outDir, "generation_config.json");
+        return report;
+    }
+
+    /// <summary>
+    /// The same quantization without packing: every parameter of the model as f32, the projections dequantized (and,
+    /// for AWQ, the norms with their folded scales). Group sizes need only divide the input features (tests and
+    /// benchmarks on models whose shapes do not fit the formats' packing).
+    /// </summary>
+    public static (Dictionary<string, float[]> Weights, PtqReport Report) RunUnpacked(ComputeDevice device, string modelDir, IReadOnlyList<int[]> calibration, PtqOptions o)
+    {
+        var weights = new Dictionary<string, float[]>();
+        var report = QuantizeLayers(device, modelDir, calibration, o, null, (layer, quantized) =>
+        {
+            foreach (var (name, q) in quantized) weights[name + ".weight"] = q.Dequantize();
+            foreach (var lin in layer.Linears) if (lin.Bias != null) weights[lin.Name + ".bias"] = lin.Bias.ToArray<float>();
+            weights[$"model.layers.{layer.Index}.input_layernorm.weight"] = layer.InputNorm.ToArray<float>();
+            weights[$"model.layers.{layer.Index}.post_attention_layernorm.weight"] = layer.PostNorm.ToArray<float>();
+        });
+        using var files = ShardedSafeTensors.Open(modelDir);
         var c = ModelDirectory.ReadConfig(modelDir);
-        CheckFits(c, o);
+        foreach (var (name, shape) in CausalLm.ExpectedParameters(c))
+            if (!weights.ContainsKey(name)) weights[name] = ModelDirectory.ReadAsFloat32(device, files, name, shape);
+        return (weights, report);
+    }
+
+    private static PtqReport QuantizeLayers(ComputeDevice device, string modelDir, IReadOnlyList<int[]> calibration, PtqOptions o,
+        Action<int, int, string>? progress, Action<DecoderLayer, List<(string, QuantizedWeight)>> sink)
+    {
+        var sw = Stopwatch.StartNew();
+        o.Gptq.Validate();
+        if (o.AwqGroupSize < 1) throw new ArgumentException("AWQ needs a positive group size");
+        bool calibrated = o.Method is PtqMethod.Gptq or PtqMethod.Awq;
+        if (calibrated && calibration.Count == 0) throw new ArgumentException("no calibration samples");
+        var c = ModelDirectory.ReadConfig(modelDir);
+        foreach (var (name, shape) in CausalLm.ExpectedParameters(c).Where(p => p.Name.StartsWith("model.layers.0.") && p.Shape.Length == 2))
+            if (o.GroupSize != -1 && shape[1] % o.GroupSize != 0)
+                throw new ArgumentException($"{name}: {shape[1]} input features are not a multiple of the group size {o.GroupSize} (use a group size that divides it, or -1 for per-channel)");
         using var files = ShardedSafeTensors.Open(modelDir);
         ModelDirectory.CheckCheckpoint(files, c, modelDir);
         foreach (var s in calibration)
@@ -92,8 +141,7 @@ public static class PostTrainingQuantizer
         cos.CopyFrom<float>(cosH);
         sin.CopyFrom<float>(sinH);
 
-        var chunks = Embed(device, files, c, calibration, Math.Max(o.ChunkTokens, calibration.Max(s => s.Length)));
-        var outputs = new Dictionary<string, (SafeTensorsDType DType, long[] Shape, byte[] Data)>();
+        var chunks = calibrated ? Embed(device, files, c, calibration, Math.Max(o.ChunkTokens, calibration.Max(s => s.Length))) : new List<Chunk>();
         var layerReports = new List<PtqLayerReport>();
         try
         {
@@ -105,15 +153,14 @@ public static class PostTrainingQuantizer
                 var layer = LoadLayer(device, files, c, l);
                 try
                 {
-                    var quantized = o.Method == PtqMethod.Gptq
-                        ? GptqLayer(device, c, layer, chunks, cos, sin, o.Gptq)
-                        : AwqLayer(device, c, layer, chunks, cos, sin, o.AwqGroupSize, notes);
-                    foreach (var (name, q) in quantized) Store(outputs, name, q, o.Method, layer.Linears.First(x => x.Name == name).Bias);
-                    if (o.Method == PtqMethod.Awq) // the norms carry AWQ's folded scales
+                    var quantized = o.Method switch
                     {
-                        outputs[$"model.layers.{l}.input_layernorm.weight"] = F16(layer.InputNorm);
-                        outputs[$"model.layers.{l}.post_attention_layernorm.weight"] = F16(layer.PostNorm);
-                    }
+                        PtqMethod.Gptq => GptqLayer(device, c, layer, chunks, cos, sin, o.Gptq),
+                        PtqMethod.Awq => AwqLayer(device, c, layer, chunks, cos, sin, o.AwqGroupSize, notes),
+                        PtqMethod.Rtn => layer.Linears.Select(lin => (lin.Name, GptqQuantizer.RoundToNearest(device, lin.Weight, o.Gptq.Bits, o.Gptq.GroupSize, o.Gptq.Sym))).ToList(),
+                        _ => layer.Linears.Select(lin => (lin.Name, QuantizeAwq(device, lin.Weight, o.AwqGroupSize, null))).ToList(),
+                    };
+                    sink(layer, quantized);
                 }
                 finally
                 {
@@ -127,10 +174,55 @@ public static class PostTrainingQuantizer
         {
             foreach (var ch in chunks) ch.Dispose();
         }
-        long peak = device.PeakLiveBytes;
-        Write(files, c, outputs, outDir, o);
-        Text.HfTokenizer.CopyFiles(modelDir, outDir, "generation_config.json");
-        return new PtqReport(sw.Elapsed.TotalSeconds, calibration.Count, calibration.Sum(s => s.Length), peak, layerReports);
+        return new PtqReport(sw.Elapsed.TotalSeconds, calibration.Count, calibration.Sum(s => s.Length), device.PeakLiveBytes, layerReports);
+    }
+
+    /// <summary>
+    /// Every projection's input over the calibration tokens, from the unquantized model (each layer fed the previous
+    /// layer's unquantized outputs): name → [tokens, in] f32. For per-linear checks of the algorithms.
+    /// </summary>
+    public static Dictionary<string, float[]> CaptureLinearInputs(ComputeDevice device, string modelDir, IReadOnlyList<int[]> calibration)
+    {
+        var c = ModelDirectory.ReadConfig(modelDir);
+        using var files = ShardedSafeTensors.Open(modelDir);
+        var (cosH, sinH) = Rope.BuildTable(c.HeadDim, c.MaxPositionEmbeddings, c.RopeTheta, c.RopeScaling);
+        using var cos = device.Allocate(DType.F32, c.MaxPositionEmbeddings, c.HeadDim / 2);
+        using var sin = device.Allocate(DType.F32, c.MaxPositionEmbeddings, c.HeadDim / 2);
+        cos.CopyFrom<float>(cosH);
+        sin.CopyFrom<float>(sinH);
+        var chunks = Embed(device, files, c, calibration, calibration.Max(s => s.Length));
+        var result = new Dictionary<string, List<float>>();
+        try
+        {
+            for (int l = 0; l < c.NumLayers; l++)
+            {
+                var layer = LoadLayer(device, files, c, l);
+                try
+                {
+                    foreach (var ch in chunks)
+                    {
+                        var y = device.Allocate(DType.F32, ch.Tokens, c.HiddenSize);
+                        using (var a = LayerForward(device, c, layer, ch, ch.X, y, cos, sin))
+                            foreach (var (lin, x) in new[] { (layer.QProj, a.Xn), (layer.KProj, a.Xn), (layer.VProj, a.Xn), (layer.OProj, a.O), (layer.GateProj, a.Hn), (layer.UpProj, a.Hn), (layer.DownProj, a.M) })
+                            {
+                                if (!result.TryGetValue(lin.Name, out var list)) result[lin.Name] = list = new List<float>();
+                                list.AddRange(x.ToArray<float>());
+                            }
+                        ch.X.Dispose();
+                        ch.X = y;
+                    }
+                }
+                finally
+                {
+                    DisposeLayer(layer);
+                }
+            }
+        }
+        finally
+        {
+            foreach (var ch in chunks) ch.Dispose();
+        }
+        return result.ToDictionary(kv => kv.Key, kv => kv.Value.ToArray());
     }
 
     /// <summary>
@@ -465,10 +557,10 @@ public static class PostTrainingQuantizer
         return b;
     }
 
-    private static void Store(Dictionary<string, (SafeTensorsDType, long[], byte[])> outputs, string name, QuantizedWeight q, PtqMethod method, Tensor? bias)
+    private static void Store(Dictionary<string, (SafeTensorsDType, long[], byte[])> outputs, string name, QuantizedWeight q, bool gptqFormat, Tensor? bias)
     {
         static long[] L(int[] s) => s.Select(d => (long)d).ToArray();
-        if (method == PtqMethod.Gptq)
+        if (gptqFormat)
         {
             var p = GptqFormat.Pack(q, name);
             outputs[name + ".qweight"] = (SafeTensorsDType.I32, L(p.QWeightShape), Bytes(p.QWeight));

@@ -10,7 +10,7 @@ namespace NativeLora.Quantization;
 /// </summary>
 public sealed record QuantizedCheckpoint(string Method, int Bits, int GroupSize, bool Sym, bool DescAct)
 {
-    public static JsonObject ConfigJson(PtqOptions o) => o.Method == PtqMethod.Gptq
+    public static JsonObject ConfigJson(PtqOptions o) => o.GptqFormat
         ? new JsonObject
         {
             ["quant_method"] = "gptq", ["bits"] = o.Gptq.Bits, ["group_size"] = o.Gptq.GroupSize, ["desc_act"] = o.Gptq.DescAct,
