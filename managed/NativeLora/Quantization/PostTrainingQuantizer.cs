@@ -119,7 +119,7 @@ public static class PostTrainingQuantizer
     {
         var sw = Stopwatch.StartNew();
         o.Gptq.Validate();
-        if (o.AwqGroupSize < 1) throw new ArgumentException("AWQ needs a positive group size");
+        if (!o.GptqFormat && o.AwqGroupSize < 1) throw new ArgumentException("AWQ needs a positive group size");
         bool calibrated = o.Method is PtqMethod.Gptq or PtqMethod.Awq;
         if (calibrated && calibration.Count == 0) throw new ArgumentException("no calibration samples");
         var c = ModelDirectory.ReadConfig(modelDir);
