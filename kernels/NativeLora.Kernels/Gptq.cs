@@ -14,9 +14,12 @@ namespace NativeLora.Kernels;
 /// The quantizer is AutoGPTQ's <c>Quantizer.find_params</c>/<c>quantize</c>: per row of a group, xmin = min(min w, 0),
 /// xmax = max(max w, 0); symmetric: xmax = max(|xmin|, xmax), xmin = −xmax when xmin &lt; 0, zero = (maxq + 1)/2;
 /// asymmetric: zero = round(−xmin/scale); scale = (xmax − xmin)/maxq; all-zero rows use [−1, 1].
-/// q = clamp(round(w/scale) + zero, 0, maxq), dequantized scale·(q − zero). Two deliberate differences, both so the
-/// checkpoint decodes to exactly what GPTQ fed back: the scale is rounded to f16 (the stored dtype) before it is used,
-/// and an asymmetric zero is kept ≥ 1, because the "gptq" checkpoint format stores zero − 1 in an unsigned nibble.
+/// q = clamp(round(w/scale) + zero, 0, maxq), dequantized scale·(q − zero). Deliberate differences: the scale is
+/// rounded to f16 (the stored dtype) before it is used and an asymmetric zero is kept ≥ 1 (the "gptq" format stores
+/// zero − 1 in an unsigned field), so the checkpoint decodes to exactly what GPTQ fed back; and a symmetric group whose
+/// values are all ≥ 0 gets the symmetric range [−max, max]. AutoGPTQ leaves xmin = 0 there while keeping the middle
+/// zero point, so half its codes are unused and values above max/2 are clipped — invisible with groups of 128 or per
+/// channel (no such group occurs), but a 4- or 8-bit group of 4 weights is all-positive one time in 16.
 /// </summary>
 public static class Gptq
 {
@@ -48,7 +51,7 @@ public static class Gptq
         if (sym)
         {
             xmax = XMath.Max(XMath.Abs(xmin), xmax);
-            if (xmin < 0f) xmin = -xmax;
+            xmin = -xmax; // the reference keeps xmin = 0 for an all-non-negative group (see the class comment)
         }
         if (xmin == 0f && xmax == 0f) { xmin = -1f; xmax = 1f; }
         scale = ToHalfScale((xmax - xmin) / maxq);

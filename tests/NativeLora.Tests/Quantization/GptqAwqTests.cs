@@ -72,7 +72,7 @@ public class GptqAwqTests
     {
         double xmin = 0, xmax = 0;
         for (int j = 0; j < len; j++) { xmin = Math.Min(xmin, w[start + j]); xmax = Math.Max(xmax, w[start + j]); }
-        if (sym) { xmax = Math.Max(Math.Abs(xmin), xmax); if (xmin < 0) xmin = -xmax; }
+        if (sym) { xmax = Math.Max(Math.Abs(xmin), xmax); xmin = -xmax; }
         if (xmin == 0 && xmax == 0) { xmin = -1; xmax = 1; }
         double scale = Math.Max(FloatBits.HalfToFloat(FloatBits.FloatToHalf((float)((xmax - xmin) / maxq))), 5.96046448e-08);
         double zero = sym ? (maxq + 1) / 2 : Math.Min(Math.Max(Math.Round(-xmin / scale, MidpointRounding.ToEven), 1), maxq);
