@@ -115,7 +115,14 @@ public class PtqQualityTests
                 double eg = Error(xh, heldTokens, w, Gptq(4).Dequantize(), rows, n);
                 double er = Error(xh, heldTokens, w, Rtn(4).Dequantize(), rows, n);
                 double eg8 = Error(xh, heldTokens, w, Gptq(8).Dequantize(), rows, n);
-                TestContext.Out.WriteLine($"{which} {name} g{gs}: ‖XWᵀ−XŴᵀ‖² GPTQ-4 {eg:E3}, RTN-4 {er:E3} (ratio {eg / er:F3}), GPTQ-8 {eg8:E3} ({eg8 / er:P3} of RTN-4)");
+                double ez = double.NaN;
+                if (gs > 0)
+                {
+                    using var wt = D.Allocate(DType.F32, rows, n);
+                    wt.CopyFrom<float>(w);
+                    ez = Error(xh, heldTokens, w, PostTrainingQuantizer.QuantizeAwq(D, wt, gs, null).Dequantize(), rows, n);
+                }
+                TestContext.Out.WriteLine($"{which} {name} g{gs}: ‖XWᵀ−XŴᵀ‖² GPTQ-4 {eg:E3}, RTN-4 {er:E3} (ratio {eg / er:F3}), GPTQ-8 {eg8:E3} ({eg8 / er:P3} of RTN-4), zero-point RTN-4 {ez:E3}");
                 Assert.That(double.IsFinite(eg) && double.IsFinite(er), Is.True, $"{name}: finite errors (seed {seed})");
                 Assert.That(eg, Is.LessThan(er), $"{which} {name} group {gs}: GPTQ-4 held-out error below RTN-4's (seed {seed})");
                 Assert.That(eg8, Is.LessThan(0.01 * er), $"{which} {name} group {gs}: GPTQ-8 under 1% of RTN-4 (seed {seed})");
