@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using NativeLora.Devices;
 using NativeLora.Lora;
 using NativeLora.Model;
+using NativeLora.Ops;
 using NativeLora.Tensors;
 using NativeLora.Training;
 
@@ -72,6 +73,7 @@ public static class TrainBench
         var tps = new List<double>();
         double data = 0, fb = 0, opt = 0;
         device.ResetPeak();
+        long launches0 = model.Kernels.Launches, gemms0 = NativeLora.Native.NativeCore.GemmCalls;
         for (int rep = 0; rep < reps; rep++)
         {
             var sw = Stopwatch.StartNew();
@@ -83,6 +85,7 @@ public static class TrainBench
             tps.Add(micro * seq * steps / sw.Elapsed.TotalSeconds);
         }
         int n = reps * steps;
+        double kernelsPerStep = (double)(model.Kernels.Launches - launches0) / n, gemmsPerStep = (double)(NativeLora.Native.NativeCore.GemmCalls - gemms0) / n;
         var fwdBatch = MakeBatch();
         var swf = Stopwatch.StartNew();
         for (int i = 0; i < steps; i++) model.Loss(fwdBatch);
@@ -101,6 +104,7 @@ public static class TrainBench
         Console.WriteLine($"nativelora: {median:F0} tokens/s median of {reps} × {steps} steps (spread {tps.Min():F0}–{tps.Max():F0}); {stepMs:F1} ms/step");
         Console.WriteLine($"  phases per step: data {data / n:F2} ms, forward {fwdMs:F1} ms (separate forward pass), backward {Math.Max(0, fbAvg - fwdMs):F1} ms (forward+backward {fbAvg:F1} minus forward), optimizer {opt / n:F2} ms");
         Console.WriteLine($"  peak live tensor memory {device.PeakLiveBytes / (1 << 20):F1} MiB; model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured {dtype.Name()} GEMM peak {peak:F0} GFLOP/s");
+        Console.WriteLine($"  launches per step: {kernelsPerStep + gemmsPerStep:F0} ({kernelsPerStep:F0} ILGPU kernels + {gemmsPerStep:F0} GEMMs), {(kernelsPerStep + gemmsPerStep) / config.NumLayers:F0} per layer (all launches ÷ {config.NumLayers} layers)");
         if (Diagnostics.OpProfiler.Enabled) Console.WriteLine("op profile (NATIVELORA_PROFILE=1; synchronising slows the step; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
         if (peer != "none")
         {
@@ -135,45 +139,38 @@ public static class TrainBench
     }
 
     /// <summary>
-    /// One weight tensor, filled in parallel chunks and uploaded before the next is made: RandomInit's sequential
-    /// Box–Muller would take minutes and a model-sized host copy for a 1B model. Uniform(±0.02·√3) has
-    /// transformers' std 0.02 for a Llama; norms are ones. A throughput benchmark only needs the right scale.
+    /// One weight tensor made on the device: uniform(±0.02·√3) has transformers' std 0.02 for a Llama; norms are
+    /// ones. A host-side draw and upload took 6.8 s for the 1B model on the H200 (45 s expected for the 8B); the
+    /// device kernel takes milliseconds. A throughput benchmark only needs the right scale.
     /// </summary>
     private static Tensor RandomTensor(ComputeDevice device, DType dtype, string name, int[] shape, int index)
     {
-        long n = Tensor.CountElements(shape);
-        var data = new float[n];
-        if (name.EndsWith("norm.weight", StringComparison.Ordinal)) Array.Fill(data, 1f);
-        else if (!name.EndsWith(".bias", StringComparison.Ordinal))
-        {
-            const long chunk = 1 << 20;
-            float bound = 0.02f * MathF.Sqrt(3);
-            Parallel.For(0, (n + chunk - 1) / chunk, c =>
-            {
-                var rng = new Random(index * 100_003 + (int)c);
-                for (long i = c * chunk; i < Math.Min(n, (c + 1) * chunk); i++) data[i] = (float)(rng.NextDouble() * 2 - 1) * bound;
-            });
-        }
         var t = device.Allocate(dtype, shape);
-        t.CopyFromFloats(data);
+        if (name.EndsWith("norm.weight", StringComparison.Ordinal)) ElementwiseOp.Fill(device.Kernels, t, 1f);
+        else if (name.EndsWith(".bias", StringComparison.Ordinal)) ElementwiseOp.Zero(device.Kernels, t);
+        else ElementwiseOp.FillUniform(device.Kernels, t, (ulong)(index + 1) * 1_000_003UL, 0.02f * MathF.Sqrt(3));
         return t;
     }
 
-    /// <summary>GEMM rate in the training dtype (bf16 on a GPU runs on tensor cores, f32 would understate the peak).</summary>
-    private static double MeasureGemmPeak(ComputeDevice device, DType dtype)
+    /// <summary>
+    /// GEMM rate in the training dtype (bf16 on a GPU runs on tensor cores, f32 would understate the peak), on
+    /// random operands: a product of zeros runs faster than real data (METHOD.md).
+    /// </summary>
+    internal static double MeasureGemmPeak(ComputeDevice device, DType dtype)
     {
         int size = device.IsCuda ? 4096 : 1024;
         using var a = device.Allocate(dtype, size, size);
         using var b = device.Allocate(dtype, size, size);
         using var c = device.Allocate(dtype, size, size);
-        a.CopyFromFloats(new float[size * size]);
-        b.CopyFromFloats(new float[size * size]);
+        ElementwiseOp.FillUniform(device.Kernels, a, 1, 1f);
+        ElementwiseOp.FillUniform(device.Kernels, b, 2, 1f);
         Gemm.Run(a, b, c);
         device.Synchronize();
+        int reps = device.IsCuda ? 20 : 5;
         var sw = Stopwatch.StartNew();
-        for (int i = 0; i < 5; i++) Gemm.Run(a, b, c);
+        for (int i = 0; i < reps; i++) Gemm.Run(a, b, c);
         device.Synchronize();
-        return 2.0 * size * size * (double)size * 5 / sw.Elapsed.TotalSeconds / 1e9;
+        return 2.0 * size * size * (double)size * reps / sw.Elapsed.TotalSeconds / 1e9;
     }
 
     private static double Median(List<double> x)

@@ -6,8 +6,9 @@
 #   apps.tar.xz            framework-dependent linux-x64 publishes of the CLI (app/cli) and the bench (app/bench)
 #   CMakeLists.txt native/ the native core's sources, built there by build-native.sh (CMake, -DNL_BACKEND=cuda)
 #   bench/configs bench/peer  the train benchmark's model configs and peer scripts (same layout as the repository)
-#   data/demo/tiny-llama.json artifacts/tokenizers/mistral  the serve load test's model config and tokenizer
-#   run.sh build-native.sh MANIFEST
+#   data/demo/tiny-llama.json, instructions.jsonl, artifacts/tokenizers/mistral  the serve, qlora and interop stages'
+#                          model config, data and tokenizer
+#   run.sh build-native.sh interop.sh MANIFEST
 # Usage: bench/gpu/bundle.sh [OUT_DIR]   (after ./build.sh; needs the .NET SDK, tar and xz). Fails above 60 MB.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -53,10 +54,10 @@ log "sources, scripts, manifest"
 (cd "$ROOT" && git ls-files CMakeLists.txt native bench/configs bench/peer | tar -cf - -T -) | tar -C "$OUT" -xf -
 [ -f "$ROOT/artifacts/tokenizers/mistral/tokenizer.json" ] || { echo "error: artifacts/tokenizers/mistral is missing: run ./build.sh first" >&2; exit 1; }
 mkdir -p "$OUT/data/demo" "$OUT/artifacts/tokenizers"
-cp "$ROOT/data/demo/tiny-llama.json" "$OUT/data/demo/"
+cp "$ROOT/data/demo/tiny-llama.json" "$ROOT/data/demo/instructions.jsonl" "$OUT/data/demo/"
 cp -r "$ROOT/artifacts/tokenizers/mistral" "$OUT/artifacts/tokenizers/"
-cp "$ROOT/bench/gpu/run.sh" "$ROOT/bench/gpu/build-native.sh" "$OUT/"
-chmod +x "$OUT/run.sh" "$OUT/build-native.sh"
+cp "$ROOT/bench/gpu/run.sh" "$ROOT/bench/gpu/build-native.sh" "$ROOT/bench/gpu/interop.sh" "$OUT/"
+chmod +x "$OUT/run.sh" "$OUT/build-native.sh" "$OUT/interop.sh"
 commit=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- . ':!artifacts' || echo "+uncommitted")
 {
   echo "commit: $commit"

@@ -4,15 +4,19 @@
 #   bash run.sh --cpu-only      no GPU: OpenBLAS core on the CPU accelerator, a small config (proves the bundle runs)
 # Options: --quick          smoke test: only the kernel benchmarks, the smallest config, 2 timed steps
 #          --budget SECONDS time box of the whole run (default 540); each stage gets at most what is left
-# Stages: unpack the .NET runtime into a temp dir (DOTNET_ROOT); build the native core with CMake (build-native.sh,
-# -DNL_BACKEND=cuda or cpu); then
-#   1. every ILGPU kernel family against float64 references on the device: nativelora selfcheck --kernels
-#   2. BenchmarkDotNet kernel benchmarks, in-process, short job (nativelora-bench --quick)
-#   3. nativelora-bench train on Llama-shaped configs with random weights (GPU: 134M, Llama 3.2 1B, one Llama 3 8B layer)
-#   4. the same LoRA step in HF transformers + PEFT, where python3 imports torch, transformers and peft (GPU: bf16),
-#      and NativeLora tokens/s ÷ PEFT tokens/s (on --cpu-only without PEFT: Debian's PyTorch as the CPU peer)
-# Everything printed also goes to $OUT if set, else ./gpu-results: run.log, summary.md (for bench/RESULTS.md), card.txt,
-# one log per stage and BenchmarkDotNet's reports.
+# Stages (each with its own time cap, in priority order, so one slow stage cannot starve the rest; the whole run is
+# boxed to --budget): unpack the .NET runtime (DOTNET_ROOT); build the native core (build-native.sh); then
+#   kernel checks        every ILGPU kernel family against float64 references on the device (selfcheck --kernels)
+#   roofline             copy and GEMM ceilings, NF4 dequantize, fused cross-entropy, attention vs PyTorch SDPA and
+#                        the materialised path (nativelora-bench roofline --peer torch, bench/peer/attention_peer.py)
+#   train (peer: PEFT)   Llama 3.2 1B at seq 512 x 4 and 2048 x 1, the full 32-layer Llama 3 8B (2 timed steps),
+#                        134M and one 8B layer: tokens/s, phases, MFU, launches per step; NativeLora / PEFT ratio
+#   op profile           NATIVELORA_PROFILE=1 on the 1B step: time per op family
+#   PEFT interop         LoRA, rsLoRA and DoRA adapters trained by the CLI, loaded by PeftModel.from_pretrained,
+#                        equal the merged model in transformers (bench/gpu/interop.sh, bench/peer/peft_interop.py)
+#   qlora demo, serve load, BenchmarkDotNet kernels (short job)
+# Output: with $OUT set (the device tool), only results.tgz (every log), summary.md, run.log and card.txt land in
+# $OUT; otherwise everything stays in ./gpu-results. summary.md is ready for bench/RESULTS.md.
 set -uo pipefail
 BUNDLE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cpu_only=0 quick=0 budget=540
@@ -26,10 +30,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-RESULTS=${OUT:-$PWD/gpu-results}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nativelora-bundle.XXXXXX")
+RESULTS=${OUT:+$WORK/results}
+RESULTS=${RESULTS:-$PWD/gpu-results}
 mkdir -p "$RESULTS"
 RESULTS=$(cd "$RESULTS" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/nativelora-bundle.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export HOME=${HOME:-$WORK}
 
@@ -123,15 +128,8 @@ main() {
   fi
   "$dotnet" "$cli" info --device "$device" | sed 's/^/  /'
 
-  stage "kernel checks" 240 kernel-checks.log "$dotnet" "$cli" selfcheck --kernels --device "$device"
+  stage "kernel checks" 60 kernel-checks.log "$dotnet" "$cli" selfcheck --kernels --device "$device"
 
-  local filter='*'
-  [ $quick = 1 ] && filter='*KernelBenchmarks*'
-  echo "(BenchmarkDotNet asks 'dotnet --version' for an SDK; the bundle has none, so its 'No .NET SDKs were found' is expected)"
-  stage "BenchmarkDotNet ($filter, short in-process job)" 200 benchmarkdotnet.log \
-    "$dotnet" "$bench" --quick --filter "$filter" --artifacts "$RESULTS/benchmarkdotnet"
-
-  # the same step on the peer in the same invocation, back to back
   local peer=none
   if python3 -c "import torch, transformers, peft" 2>/dev/null; then
     peer=peft
@@ -141,25 +139,50 @@ main() {
   else
     echo "HF PEFT is not importable by python3 (python3 -c 'import torch, transformers, peft' failed): no peer ratio"
   fi
-  local steps=5 reps=3 configs caps shape
-  [ $quick = 1 ] && steps=2 reps=1
+  local attn_peer=none
+  python3 -c "import torch" 2>/dev/null && attn_peer=torch
+  stage "roofline (copy, GEMM, NF4, cross-entropy, attention vs torch)" 90 roofline.log \
+    "$dotnet" "$bench" roofline --device "$device" --peer $attn_peer
+
+  local all=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
   if [ $cpu_only = 1 ]; then
-    configs=(tiny-bench) caps=(150) shape=(--seq 128 --micro-batch 4 --targets q_proj,v_proj)
+    stage "train tiny-bench" 150 train-tiny-bench.log "$dotnet" "$bench" train --model tiny-bench --seq 128 --micro-batch 4 \
+      --targets q_proj,v_proj --r 16 --steps 5 --warmup 2 --reps 3 --device "$device" --peer $peer
   else
-    configs=(llama-134m llama3.2-1b llama3-8b-1layer) caps=(150 180 180)
-    [ $quick = 1 ] && configs=(llama-134m)
-    shape=(--seq 512 --micro-batch 4 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)
+    # name cap seq micro steps warmup reps
+    local runs=("llama3.2-1b 100 512 4 5 2 3" "llama3-8b 150 512 4 2 1 1" "llama3.2-1b 80 2048 1 5 2 2")
+    [ $quick = 1 ] && runs=("llama-134m 60 512 4 2 1 1")
+    local r name cap seq mb steps warm reps
+    for r in "${runs[@]}"; do
+      read -r name cap seq mb steps warm reps <<<"$r"
+      stage "train $name seq $seq x $mb" "$cap" "train-$name-$seq.log" "$dotnet" "$bench" train --model "$name" \
+        --seq "$seq" --micro-batch "$mb" --targets $all --r 16 --steps "$steps" --warmup "$warm" --reps "$reps" --device "$device" --peer $peer
+    done
+    if [ $quick = 0 ]; then
+      stage "op profile llama3.2-1b" 60 profile-llama3.2-1b.log env NATIVELORA_PROFILE=1 "$dotnet" "$bench" train --model llama3.2-1b \
+        --seq 512 --micro-batch 4 --targets $all --r 16 --steps 2 --warmup 1 --reps 1 --device "$device" --peer none
+      [ $peer = peft ] && stage "PEFT interop (LoRA, rsLoRA, DoRA)" 90 interop.log bash "$BUNDLE/interop.sh" "$dotnet" "$cli" "$BUNDLE" "$WORK/interop" "$device"
+      for r in "llama-134m 60" "llama3-8b-1layer 60"; do
+        read -r name cap <<<"$r"
+        stage "train $name seq 512 x 4" "$cap" "train-$name-512.log" "$dotnet" "$bench" train --model "$name" \
+          --seq 512 --micro-batch 4 --targets $all --r 16 --steps 5 --warmup 2 --reps 2 --device "$device" --peer $peer
+      done
+    fi
   fi
-  local i
-  for i in "${!configs[@]}"; do
-    stage "train ${configs[$i]}" "${caps[$i]}" "train-${configs[$i]}.log" "$dotnet" "$bench" train --model "${configs[$i]}" \
-      "${shape[@]}" --r 16 --steps $steps --warmup 2 --reps $reps --device "$device" --peer $peer
-  done
+  stage "qlora demo (paged_adamw_8bit)" 45 qlora.log bash -c '
+    set -e; w=$1; d=$2; dn=$3; cli=$4; b=$5
+    "$dn" "$cli" init-model --config "$b/data/demo/tiny-llama.json" --tokenizer "$b/artifacts/tokenizers/mistral" --out "$w/qlora-base"
+    printf "{\"model\": \"%s\", \"data\": \"%s\", \"output_dir\": \"%s\", \"method\": \"qlora\", \"optim\": \"paged_adamw_8bit\", \"max_seq_len\": 128, \"micro_batch_size\": 4, \"gradient_accumulation\": 1, \"max_steps\": 40, \"learning_rate\": 5e-3, \"lora_dropout\": 0.0, \"eval_steps\": 20, \"save_steps\": 1000, \"device\": \"%s\"}" \
+      "$w/qlora-base" "$b/data/demo/instructions.jsonl" "$w/qlora-run" "$d" >"$w/qlora.json"
+    "$dn" "$cli" train --config "$w/qlora.json"' _ "$WORK" "$device" "$dotnet" "$cli" "$BUNDLE"
   # the OpenAI-compatible server under load, continuous batching on then off, every answer checked
-  local serve_s=45
-  [ $quick = 1 ] && serve_s=10
-  stage "serve load (16 clients, batching on vs off)" $((3 * serve_s + 60)) serve.log \
+  local serve_s=15
+  [ $quick = 1 ] && serve_s=8
+  stage "serve load (16 clients, batching on vs off)" $((3 * serve_s + 40)) serve.log \
     "$dotnet" "$bench" serve --clients 16 --duration $serve_s --max-tokens 32 --device "$device"
+  echo "(BenchmarkDotNet asks 'dotnet --version' for an SDK; the bundle has none, so its 'No .NET SDKs were found' is expected)"
+  stage "BenchmarkDotNet (kernels, short in-process job)" 90 benchmarkdotnet.log \
+    "$dotnet" "$bench" --quick --filter '*KernelBenchmarks*' --artifacts "$RESULTS/benchmarkdotnet"
   summary "$card" >"$RESULTS/summary.md"
   echo "== stages"
   printf '  %s\n' "${statuses[@]}"
@@ -185,11 +208,23 @@ summary() {
     [ -f "$f" ] && { echo; cat "$f"; }
   done
   echo
+  echo "### nativelora-bench roofline"
+  echo
+  grep -E '^(device|ceilings|\|)' "$RESULTS/roofline.log" 2>/dev/null
+  echo
+  echo "### PEFT interop (PeftModel.from_pretrained vs the merged model, f32 logits)"
+  echo
+  grep -E '^\{' "$RESULTS/interop.log" 2>/dev/null | sed 's/^/    /'
+  echo
+  echo "### op profile (llama3.2-1b, synchronised)"
+  echo
+  sed -n '/^op profile/,$p' "$RESULTS/profile-llama3.2-1b.log" 2>/dev/null | head -n 30 | sed 's/^/    /'
+  echo
   echo "### nativelora-bench train"
   for f in "$RESULTS"/train-*.log; do
     [ -f "$f" ] || continue
     echo
-    grep -E '^(device:|nativelora:|  phases|  peak|pytorch|peft|ratio|error)' "$f" | sed 's/^/    /'
+    grep -E '^(device:|nativelora:|  phases|  peak|  launches|  planner|pytorch|peft|ratio|error)' "$f" | sed 's/^/    /'
   done
   echo
   echo "### nativelora-bench serve"
@@ -198,4 +233,8 @@ summary() {
 }
 
 main 2>&1 | tee "$RESULTS/run.log"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+if [ -n "${OUT:-}" ]; then # the device tool brings back a few files: the archive holds every log
+  tar -C "$RESULTS" -czf "$OUT/results.tgz" . && cp "$RESULTS/summary.md" "$RESULTS/run.log" "$RESULTS/card.txt" "$OUT/" 2>/dev/null
+fi
+exit "$rc"

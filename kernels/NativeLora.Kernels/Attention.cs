@@ -5,373 +5,259 @@ using ILGPU.Runtime;
 namespace NativeLora.Kernels;
 
 /// <summary>
-/// Causal self-attention with grouped-query attention and a segment mask.
+/// The row-wise parts of causal self-attention with grouped-query heads and a segment mask; the
+/// products are strided-batched GEMMs in the native core (cuBLAS on tensor cores, OpenBLAS on the
+/// CPU), composed by Ops/AttentionOp.cs. One path for both devices.
 ///
-/// Layout: q, o [B·T, H·hd]; k, v [B·T, KV·hd]; head h reads kv head h / (H/KV). Per batch row b,
-/// query i may attend key j iff j ≤ i, seg[j] = seg[i] and seg[i] ≥ 0. Packed sequences give each
-/// sequence its own segment id (positions restart in RoPE, attention never crosses a boundary);
-/// padding tokens get −1 (masked as keys; as queries they output zeros). lse[(b·H+h)·T+i] is the
-/// row's log-sum-exp of the scaled scores, saved for the backward, which recomputes
-/// P = exp(s·scale − lse) instead of storing it. With D_i = Σ_d dO[i,d]·O[i,d]:
-///   dV = Pᵀ·dO,  dS = P ∘ (dO·Vᵀ − D),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q   (summed over a kv head's query heads).
+/// Math (τ = 1/√hd, S = Q·Kᵀ unscaled). Query i of batch row b sits at key position p = off + i
+/// (off = Keys − Queries, 0 unless keys were cached before the queries); it may attend key j iff
+/// j ≤ p, seg[j] = seg[p] and seg[p] ≥ 0. Packed sequences give each sequence its own segment id;
+/// padding gets −1 (masked as a key; as a query its output, lse and gradients are 0).
+///   forward:  P = softmax(τ·S + mask), lse = log Σ exp(τ·S) saved per query row, O = P·V
+///   backward: P = exp(τ·S − lse) recomputed; dV = Pᵀ·dO; dP = dO·Vᵀ; D = rowsum(dO∘O);
+///             dS = P∘(dP − D); dQ = τ·dS·K; dK = τ·dSᵀ·Q          (τ is folded into dS)
 ///
-/// GPU variant (flash-style): one group per (b, h, tile of query rows), one thread per query row;
-/// K/V tiles are staged in shared memory and the softmax is computed online, so the T×T matrix never
-/// exists. The backward is two kernels: dQ per query row (which also saves D), then dK/dV per key row
-/// looping over the query heads of its kv head — no atomics, deterministic.
-/// CPU variant: the products are batched GEMMs in the native core (the caller composes them) and the
-/// kernels here do the row-wise parts: masked softmax with lse, probability recompute, and dS.
+/// Layout. The model's activations are token-major: q, o [B, T, H·hd] = [B, T, KV, G·hd] with the G
+/// query heads of kv head g side by side. One strided batch cannot reach them per kv head, so the
+/// op first swaps the T and KV axes (<see cref="PermuteKernel{TI,SI,TO,SO}"/>): Qp [B, KV, T, G·hd],
+/// Kp/Vp [B, KV, Tk, hd]. Then, per kv head, the G·T query rows are one matrix of row stride hd,
+/// and a block of queries [i0, i1) is the contiguous rows [i0·G, i1·G): GQA costs no copies of K/V
+/// and one GEMM covers every query head of a kv head. Scores of a block live in a [B·KV, nb·G,
+/// keyEnd] buffer, row rr of (b, g) being query i0 + rr / G of head g·G + rr % G.
+///
+/// Row kernels come in two launch shapes with one body: GPU variant one group per row (reductions
+/// by <see cref="GroupReduce"/>, coalesced), CPU variant one thread per row (barrier-free; ILGPU's
+/// CPU accelerator emulates barriers at ~100× their cost).
 /// </summary>
 public static class Attention
 {
     public const int MaxHeadDim = 256;
-    public const int MaxTile = 64;
 
-    private static bool Allowed(ArrayView<int> seg, long rowBase, int i, int j, int segI) =>
-        j <= i && segI >= 0 && seg[rowBase + j] == segI;
-
-    // ---------------------------------------------------------------- GPU variant: forward
-
-    public static void FlashForwardKernel<T, S>(ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> seg,
-        ArrayView<T> o, ArrayView<float> lse, int seqLen, int heads, int kvHeads, int headDim, float scale)
-        where T : unmanaged where S : struct, IStorage<T>
+    /// <summary>A block of query rows of one attention call, as the row kernels see it.</summary>
+    public struct Block
     {
-        S s = default;
-        int tile = Group.DimX;
-        var sh = SharedMemory.GetDynamic<float>(); // [K tile | V tile], each [tile, headDim]
-        var qi = LocalMemory.Allocate<float>(MaxHeadDim);
-        var acc = LocalMemory.Allocate<float>(MaxHeadDim);
-        var scores = LocalMemory.Allocate<float>(MaxTile);
+        public int Queries, Keys, Heads, KvHeads;
+        /// <summary>First query of the block and the number of queries in it.</summary>
+        public int Row0, Rows;
+        /// <summary>The block's GEMMs cover keys [0, KeyEnd): every key its last query may see.</summary>
+        public int KeyEnd;
+        public float Scale;
 
-        int queryBlocks = (seqLen + tile - 1) / tile;
-        int bh = Grid.IdxX / queryBlocks;
-        int qb = Grid.IdxX - bh * queryBlocks;
-        int b = bh / heads, h = bh - b * heads;
-        int kvh = h / (heads / kvHeads);
-        int i = qb * tile + Group.IdxX;
-        long rowBase = (long)b * seqLen;
-        int qStride = heads * headDim, kvStride = kvHeads * headDim;
-        bool valid = i < seqLen;
-        int segI = valid ? seg[rowBase + i] : -1;
-        bool active = valid && segI >= 0;
-
-        if (active)
-            for (int d = 0; d < headDim; d++) qi[d] = s.Load(q[(rowBase + i) * qStride + h * headDim + d]);
-        for (int d = 0; d < headDim; d++) acc[d] = 0;
-        float m = float.NegativeInfinity, l = 0;
-
-        int keyEnd = XMath.Min(seqLen, (qb + 1) * tile); // causal: no key past the block's last query
-        for (int k0 = 0; k0 < keyEnd; k0 += tile)
-        {
-            int jLoad = k0 + Group.IdxX;
-            for (int d = 0; d < headDim; d++)
-            {
-                bool inRange = jLoad < seqLen;
-                long src = (rowBase + jLoad) * kvStride + kvh * headDim + d;
-                sh[Group.IdxX * headDim + d] = inRange ? s.Load(k[src]) : 0f;
-                sh[(tile + Group.IdxX) * headDim + d] = inRange ? s.Load(v[src]) : 0f;
-            }
-            Group.Barrier();
-            if (active)
-            {
-                float tileMax = float.NegativeInfinity;
-                for (int jj = 0; jj < tile; jj++)
-                {
-                    int j = k0 + jj;
-                    float sc = float.NegativeInfinity;
-                    if (j < seqLen && Allowed(seg, rowBase, i, j, segI))
-                    {
-                        float dot = 0;
-                        for (int d = 0; d < headDim; d++) dot += qi[d] * sh[jj * headDim + d];
-                        sc = dot * scale;
-                    }
-                    scores[jj] = sc;
-                    tileMax = XMath.Max(tileMax, sc);
-                }
-                if (tileMax > float.NegativeInfinity)
-                {
-                    float mNew = XMath.Max(m, tileMax);
-                    float corr = m == float.NegativeInfinity ? 0f : XMath.Exp(m - mNew);
-                    l *= corr;
-                    for (int d = 0; d < headDim; d++) acc[d] *= corr;
-                    for (int jj = 0; jj < tile; jj++)
-                    {
-                        if (scores[jj] == float.NegativeInfinity) continue;
-                        float p = XMath.Exp(scores[jj] - mNew);
-                        l += p;
-                        for (int d = 0; d < headDim; d++) acc[d] += p * sh[(tile + jj) * headDim + d];
-                    }
-                    m = mNew;
-                }
-            }
-            Group.Barrier();
-        }
-
-        if (valid)
-        {
-            long oBase = (rowBase + i) * qStride + h * headDim;
-            float inv = l > 0 ? 1f / l : 0f;
-            for (int d = 0; d < headDim; d++) o[oBase + d] = s.Store(acc[d] * inv);
-            lse[(long)bh * seqLen + i] = l > 0 ? m + XMath.Log(l) : 0f;
-        }
+        public readonly int Group => Heads / KvHeads;
+        public readonly int QueryOffset => Keys - Queries;
+        /// <summary>Score rows of the block over all (b, g): B·H·Rows.</summary>
+        public readonly long ScoreRows(int batch) => (long)batch * Heads * Rows;
     }
 
-    // ---------------------------------------------------------------- GPU variant: backward
-
-    /// <summary>dQ per query row; also writes D_i = Σ dO·O for the dK/dV kernel.</summary>
-    public static void FlashBackwardDqKernel<T, S>(ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> seg,
-        ArrayView<T> o, ArrayView<T> dO, ArrayView<float> lse, ArrayView<float> dRow, ArrayView<T> dq,
-        int seqLen, int heads, int kvHeads, int headDim, float scale)
-        where T : unmanaged where S : struct, IStorage<T>
+    /// <summary>Where score row <paramref name="row"/> of a block points: batch row b, head h, query i, and i's key position.</summary>
+    private static void Locate(Block blk, long row, out int b, out int h, out int i, out int keyPos)
     {
-        S s = default;
-        int tile = Group.DimX;
-        var sh = SharedMemory.GetDynamic<float>();
-        var qi = LocalMemory.Allocate<float>(MaxHeadDim);
-        var doi = LocalMemory.Allocate<float>(MaxHeadDim);
-        var acc = LocalMemory.Allocate<float>(MaxHeadDim);
-
-        int queryBlocks = (seqLen + tile - 1) / tile;
-        int bh = Grid.IdxX / queryBlocks;
-        int qb = Grid.IdxX - bh * queryBlocks;
-        int b = bh / heads, h = bh - b * heads;
-        int kvh = h / (heads / kvHeads);
-        int i = qb * tile + Group.IdxX;
-        long rowBase = (long)b * seqLen;
-        int qStride = heads * headDim, kvStride = kvHeads * headDim;
-        bool valid = i < seqLen;
-        int segI = valid ? seg[rowBase + i] : -1;
-        bool active = valid && segI >= 0;
-        long qBase = (rowBase + i) * qStride + h * headDim;
-
-        float di = 0, lsei = 0;
-        if (active)
-        {
-            for (int d = 0; d < headDim; d++)
-            {
-                qi[d] = s.Load(q[qBase + d]);
-                doi[d] = s.Load(dO[qBase + d]);
-                di += doi[d] * s.Load(o[qBase + d]);
-            }
-            lsei = lse[(long)bh * seqLen + i];
-        }
-        if (valid) dRow[(long)bh * seqLen + i] = di;
-        for (int d = 0; d < headDim; d++) acc[d] = 0;
-
-        int keyEnd = XMath.Min(seqLen, (qb + 1) * tile);
-        for (int k0 = 0; k0 < keyEnd; k0 += tile)
-        {
-            int jLoad = k0 + Group.IdxX;
-            for (int d = 0; d < headDim; d++)
-            {
-                bool inRange = jLoad < seqLen;
-                long src = (rowBase + jLoad) * kvStride + kvh * headDim + d;
-                sh[Group.IdxX * headDim + d] = inRange ? s.Load(k[src]) : 0f;
-                sh[(tile + Group.IdxX) * headDim + d] = inRange ? s.Load(v[src]) : 0f;
-            }
-            Group.Barrier();
-            if (active)
-            {
-                for (int jj = 0; jj < tile; jj++)
-                {
-                    int j = k0 + jj;
-                    if (j >= seqLen || !Allowed(seg, rowBase, i, j, segI)) continue;
-                    float dot = 0, dp = 0;
-                    for (int d = 0; d < headDim; d++)
-                    {
-                        dot += qi[d] * sh[jj * headDim + d];
-                        dp += doi[d] * sh[(tile + jj) * headDim + d];
-                    }
-                    float p = XMath.Exp(dot * scale - lsei);
-                    float ds = p * (dp - di);
-                    for (int d = 0; d < headDim; d++) acc[d] += ds * sh[jj * headDim + d];
-                }
-            }
-            Group.Barrier();
-        }
-        if (valid)
-            for (int d = 0; d < headDim; d++) dq[qBase + d] = s.Store(acc[d] * scale);
+        int g0 = blk.Group;
+        long perBg = (long)blk.Rows * g0;
+        long bg = row / perBg;
+        int rr = (int)(row - bg * perBg);
+        b = (int)(bg / blk.KvHeads);
+        int g = (int)(bg - (long)b * blk.KvHeads);
+        h = g * g0 + rr % g0;
+        i = blk.Row0 + rr / g0;
+        keyPos = blk.QueryOffset + i;
     }
 
-    /// <summary>dK, dV per key row, summing over the query heads that share its kv head.</summary>
-    public static void FlashBackwardDkDvKernel<T, S>(ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> seg,
-        ArrayView<T> dO, ArrayView<float> lse, ArrayView<float> dRow, ArrayView<T> dk, ArrayView<T> dv,
-        int seqLen, int heads, int kvHeads, int headDim, float scale)
-        where T : unmanaged where S : struct, IStorage<T>
+    private static long LseIndex(Block blk, int b, int h, int i) => ((long)b * blk.Heads + h) * blk.Queries + i;
+
+    // ---------------------------------------------------------------- reductions: a group's, or one thread's
+
+    /// <summary>How a row kernel's lanes combine partial results.</summary>
+    public interface IRowReduce
     {
-        S s = default;
-        int tile = Group.DimX;
-        var sh = SharedMemory.GetDynamic<float>(); // [Q tile | dO tile]
-        var kj = LocalMemory.Allocate<float>(MaxHeadDim);
-        var vj = LocalMemory.Allocate<float>(MaxHeadDim);
-        var dkAcc = LocalMemory.Allocate<float>(MaxHeadDim);
-        var dvAcc = LocalMemory.Allocate<float>(MaxHeadDim);
-
-        int keyBlocks = (seqLen + tile - 1) / tile;
-        int bg = Grid.IdxX / keyBlocks;
-        int kb = Grid.IdxX - bg * keyBlocks;
-        int b = bg / kvHeads, kvh = bg - b * kvHeads;
-        int group = heads / kvHeads;
-        int j = kb * tile + Group.IdxX;
-        long rowBase = (long)b * seqLen;
-        int qStride = heads * headDim, kvStride = kvHeads * headDim;
-        bool valid = j < seqLen;
-        int segJ = valid ? seg[rowBase + j] : -1;
-        bool active = valid && segJ >= 0;
-        long kBase = (rowBase + j) * kvStride + kvh * headDim;
-
-        for (int d = 0; d < headDim; d++)
-        {
-            kj[d] = active ? s.Load(k[kBase + d]) : 0f;
-            vj[d] = active ? s.Load(v[kBase + d]) : 0f;
-            dkAcc[d] = 0;
-            dvAcc[d] = 0;
-        }
-
-        for (int r = 0; r < group; r++)
-        {
-            int h = kvh * group + r;
-            long lseBase = ((long)b * heads + h) * seqLen;
-            for (int q0 = kb * tile; q0 < seqLen; q0 += tile) // queries before the key block never see it
-            {
-                int iLoad = q0 + Group.IdxX;
-                for (int d = 0; d < headDim; d++)
-                {
-                    bool inRange = iLoad < seqLen;
-                    long src = (rowBase + iLoad) * qStride + h * headDim + d;
-                    sh[Group.IdxX * headDim + d] = inRange ? s.Load(q[src]) : 0f;
-                    sh[(tile + Group.IdxX) * headDim + d] = inRange ? s.Load(dO[src]) : 0f;
-                }
-                Group.Barrier();
-                if (active)
-                {
-                    for (int ii = 0; ii < tile; ii++)
-                    {
-                        int i = q0 + ii;
-                        if (i >= seqLen || i < j || seg[rowBase + i] != segJ) continue;
-                        float dot = 0, dp = 0;
-                        for (int d = 0; d < headDim; d++)
-                        {
-                            dot += sh[ii * headDim + d] * kj[d];
-                            dp += sh[(tile + ii) * headDim + d] * vj[d];
-                        }
-                        float p = XMath.Exp(dot * scale - lse[lseBase + i]);
-                        float ds = p * (dp - dRow[lseBase + i]);
-                        for (int d = 0; d < headDim; d++)
-                        {
-                            dvAcc[d] += p * sh[(tile + ii) * headDim + d];
-                            dkAcc[d] += ds * sh[ii * headDim + d];
-                        }
-                    }
-                }
-                Group.Barrier();
-            }
-        }
-        if (valid)
-            for (int d = 0; d < headDim; d++)
-            {
-                dk[kBase + d] = s.Store(dkAcc[d] * scale);
-                dv[kBase + d] = s.Store(dvAcc[d]);
-            }
+        float Sum(float value, ArrayView<float> scratch);
+        float Max(float value, ArrayView<float> scratch);
     }
 
-    public static void FlashForward<T, S>(KernelSet ks, ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> seg,
-        ArrayView<T> o, ArrayView<float> lse, int batch, int seqLen, int heads, int kvHeads, int headDim, float scale)
-        where T : unmanaged where S : struct, IStorage<T>
+    /// <summary>All lanes of a group (GPU variant).</summary>
+    public struct GroupLanes : IRowReduce
     {
-        var config = FlashConfig(ks, batch * heads, seqLen, headDim);
-        Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int, int, int, float> kernel = FlashForwardKernel<T, S>;
-        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(config, q, k, v, seg, o, lse, seqLen, heads, kvHeads, headDim, scale);
+        public float Sum(float value, ArrayView<float> scratch) => GroupReduce.Sum(value, scratch);
+        public float Max(float value, ArrayView<float> scratch) => GroupReduce.Max(value, scratch);
     }
 
-    /// <summary>dRow is [B·H·T] scratch. dq, dk, dv are overwritten.</summary>
-    public static void FlashBackward<T, S>(KernelSet ks, ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> seg,
-        ArrayView<T> o, ArrayView<T> dO, ArrayView<float> lse, ArrayView<float> dRow, ArrayView<T> dq, ArrayView<T> dk, ArrayView<T> dv,
-        int batch, int seqLen, int heads, int kvHeads, int headDim, float scale)
-        where T : unmanaged where S : struct, IStorage<T>
+    /// <summary>A single lane (CPU variant): nothing to combine.</summary>
+    public struct OneLane : IRowReduce
     {
-        var dqConfig = FlashConfig(ks, batch * heads, seqLen, headDim);
-        Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, int, int, int, int, float> dqKernel = FlashBackwardDqKernel<T, S>;
-        ks.Load(dqKernel, a => a.LoadStreamKernel(dqKernel))(dqConfig, q, k, v, seg, o, dO, lse, dRow, dq, seqLen, heads, kvHeads, headDim, scale);
-        var kvConfig = FlashConfig(ks, batch * kvHeads, seqLen, headDim);
-        Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, ArrayView<T>, int, int, int, int, float> kvKernel = FlashBackwardDkDvKernel<T, S>;
-        ks.Load(kvKernel, a => a.LoadStreamKernel(kvKernel))(kvConfig, q, k, v, seg, dO, lse, dRow, dk, dv, seqLen, heads, kvHeads, headDim, scale);
+        public float Sum(float value, ArrayView<float> scratch) => value;
+        public float Max(float value, ArrayView<float> scratch) => value;
     }
 
-    private static KernelConfig FlashConfig(KernelSet ks, int rowsOfBlocks, int seqLen, int headDim)
-    {
-        if (headDim > MaxHeadDim) throw new ArgumentException($"head dimension {headDim} exceeds the attention kernel's maximum {MaxHeadDim}");
-        int tile = Math.Min(ks.AttentionTile, MaxTile);
-        int blocks = (seqLen + tile - 1) / tile;
-        return new KernelConfig(rowsOfBlocks * blocks, tile, SharedMemoryConfig.RequestDynamic<float>(2 * tile * headDim));
-    }
-
-    // ---------------------------------------------------------------- CPU variant: row kernels
+    // ---------------------------------------------------------------- layout
 
     /// <summary>
-    /// scores: [B, T, T] f32 = Q_h·K_gᵀ for one head h (unscaled). In place: P = masked softmax(scale·scores);
-    /// writes lse for head h. One thread per (b, i) row.
+    /// dst [B, Y, X, C] = src [B, X, Y, C] with axes 1 and 2 swapped, converting the element type on the
+    /// way (f32 accumulators back to the activations' dtype). Indexed by the destination: writes are
+    /// coalesced, reads are contiguous runs of C.
     /// </summary>
-    public static void SoftmaxRowKernel(Index1D row, ArrayView<float> scores, ArrayView<int> seg, ArrayView<float> lse,
-        int seqLen, int heads, int h, float scale)
+    public static void PermuteKernel<TI, SI, TO, SO>(Index1D t, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c, long n, long chunk)
+        where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO>
     {
-        int b = row / seqLen, i = row - b * seqLen;
-        long rowBase = (long)b * seqLen;
-        long o = (long)(int)row * seqLen;
-        int segI = seg[rowBase + i];
+        SI si = default;
+        SO so = default;
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long e = t * chunk; e < end; e++)
+        {
+            long rest = e / c;
+            int cc = (int)(e - rest * c);
+            long rest2 = rest / x;
+            int xx = (int)(rest - rest2 * x);
+            long b = rest2 / y;
+            int yy = (int)(rest2 - b * y);
+            dst[e] = so.Store(si.Load(src[((b * x + xx) * y + yy) * c + cc]));
+        }
+    }
+
+    /// <summary>dst [B, Y, X, C] ← src [B, X, Y, C].</summary>
+    public static void Permute<TI, SI, TO, SO>(KernelSet ks, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
+        where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO>
+    {
+        var (threads, chunk) = ks.ElementLaunch(dst.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<TI>, ArrayView<TO>, int, int, int, long, long> kernel = PermuteKernel<TI, SI, TO, SO>;
+        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, x, y, c, dst.Length, chunk);
+    }
+
+    // ---------------------------------------------------------------- forward: masked softmax with lse
+
+    private static void SoftmaxRow<T, S, R>(long row, int lane, int lanes, ArrayView<float> scores, ArrayView<T> probs,
+        ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch, ArrayView<float> scratch)
+        where T : unmanaged where S : struct, IStorage<T> where R : struct, IRowReduce
+    {
+        S s = default;
+        R red = default;
+        Locate(blk, row, out int b, out int h, out int i, out int p);
+        long keyBase = (long)b * blk.Keys;
+        long o = row * blk.KeyEnd;
+        int segI = seg[keyBase + p];
         float m = float.NegativeInfinity;
-        for (int j = 0; j <= i; j++)
-            if (Allowed(seg, rowBase, i, j, segI)) m = XMath.Max(m, scores[o + j] * scale);
+        if (segI >= 0)
+            for (int j = lane; j <= p; j += lanes)
+                if (seg[keyBase + j] == segI) m = XMath.Max(m, scores[o + j] * blk.Scale);
+        m = red.Max(m, scratch);
         float sum = 0;
-        for (int j = 0; j <= i; j++)
-            if (Allowed(seg, rowBase, i, j, segI)) sum += XMath.Exp(scores[o + j] * scale - m);
+        if (m > float.NegativeInfinity)
+            for (int j = lane; j <= p; j += lanes)
+                if (seg[keyBase + j] == segI) sum += XMath.Exp(scores[o + j] * blk.Scale - m);
+        sum = red.Sum(sum, scratch);
         float rowLse = sum > 0 ? m + XMath.Log(sum) : 0f;
-        for (int j = 0; j < seqLen; j++)
-            scores[o + j] = sum > 0 && j <= i && Allowed(seg, rowBase, i, j, segI) ? XMath.Exp(scores[o + j] * scale - rowLse) : 0f;
-        lse[((long)b * heads + h) * seqLen + i] = rowLse;
+        for (int j = lane; j < blk.KeyEnd; j += lanes)
+            probs[o + j] = s.Store(sum > 0 && j <= p && seg[keyBase + j] == segI ? XMath.Exp(scores[o + j] * blk.Scale - rowLse) : 0f);
+        if (lane == 0) lse[LseIndex(blk, b, h, i)] = rowLse;
     }
 
-    /// <summary>In place: scores → P = exp(scale·scores − lse), masked; for the backward.</summary>
-    public static void RecomputeProbsRowKernel(Index1D row, ArrayView<float> scores, ArrayView<int> seg, ArrayView<float> lse,
-        int seqLen, int heads, int h, float scale)
+    public static void SoftmaxGroupKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        SoftmaxRow<T, S, GroupLanes>(Grid.IdxX, Group.IdxX, Group.DimX, scores, probs, seg, lse, blk, batch, SharedMemory.GetDynamic<float>());
+
+    public static void SoftmaxRowKernel<T, S>(Index1D row, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        SoftmaxRow<T, S, OneLane>(row, 0, 1, scores, probs, seg, lse, blk, batch, default);
+
+    /// <summary>probs = masked softmax(τ·scores) over the block's [B·H·Rows, KeyEnd] rows; writes lse of its queries.</summary>
+    public static void Softmax<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
+        where T : unmanaged where S : struct, IStorage<T>
     {
-        int b = row / seqLen, i = row - b * seqLen;
-        long rowBase = (long)b * seqLen;
-        long o = (long)(int)row * seqLen;
-        int segI = seg[rowBase + i];
-        float rowLse = lse[((long)b * heads + h) * seqLen + i];
-        for (int j = 0; j < seqLen; j++)
-            scores[o + j] = j <= i && Allowed(seg, rowBase, i, j, segI) ? XMath.Exp(scores[o + j] * scale - rowLse) : 0f;
+        int rows = checked((int)blk.ScoreRows(batch));
+        if (ks.GpuVariants)
+        {
+            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, int> kernel = SoftmaxGroupKernel<T, S>;
+            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(ks.RowConfig(rows), scores, probs, seg, lse, blk, batch);
+        }
+        else
+        {
+            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, int> kernel = SoftmaxRowKernel<T, S>;
+            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, scores, probs, seg, lse, blk, batch);
+        }
     }
 
-    /// <summary>In place: dp (= dO·Vᵀ) → dS·scale = P ∘ (dp − D_i)·scale, with D_i = Σ_d dO·O of head h.</summary>
-    public static void GradScoresRowKernel(Index1D row, ArrayView<float> probs, ArrayView<float> dp, ArrayView<float> o, ArrayView<float> dO,
-        int seqLen, int heads, int headDim, int h, float scale)
+    // ---------------------------------------------------------------- backward
+
+    /// <summary>P = exp(τ·S − lse), masked, elementwise over the block's score rows (no reduction: one body for both variants).</summary>
+    public static void RecomputeProbsKernel<T, S>(Index1D t, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse,
+        Block blk, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
     {
-        long stride = (long)heads * headDim;
-        long qBase = row * stride + (long)h * headDim;
-        float di = 0;
-        for (int d = 0; d < headDim; d++) di += dO[qBase + d] * o[qBase + d];
-        long r = (long)(int)row * seqLen;
-        for (int j = 0; j < seqLen; j++) dp[r + j] = probs[r + j] * (dp[r + j] - di) * scale;
+        S s = default;
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long e = t * chunk; e < end; e++)
+        {
+            long row = e / blk.KeyEnd;
+            int j = (int)(e - row * blk.KeyEnd);
+            Locate(blk, row, out int b, out int h, out int i, out int p);
+            long keyBase = (long)b * blk.Keys;
+            int segI = seg[keyBase + p];
+            bool allowed = j <= p && segI >= 0 && seg[keyBase + j] == segI;
+            probs[e] = s.Store(allowed ? XMath.Exp(scores[e] * blk.Scale - lse[LseIndex(blk, b, h, i)]) : 0f);
+        }
     }
 
-    public static void SoftmaxRows(KernelSet ks, ArrayView<float> scores, ArrayView<int> seg, ArrayView<float> lse, int batch, int seqLen, int heads, int h, float scale)
+    /// <summary>In place over probs: dS = τ·P∘(dP − D), with dP the f32 scores buffer and D = rowsum(dO∘O) per query.</summary>
+    public static void GradScoresKernel<T, S>(Index1D t, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float> kernel = SoftmaxRowKernel;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * seqLen, scores, seg, lse, seqLen, heads, h, scale);
+        S s = default;
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long e = t * chunk; e < end; e++)
+        {
+            long row = e / blk.KeyEnd;
+            Locate(blk, row, out int b, out int h, out int i, out _);
+            float pr = s.Load(probs[e]);
+            probs[e] = s.Store(pr * (dp[e] - dRow[LseIndex(blk, b, h, i)]) * blk.Scale);
+        }
     }
 
-    public static void RecomputeProbsRows(KernelSet ks, ArrayView<float> scores, ArrayView<int> seg, ArrayView<float> lse, int batch, int seqLen, int heads, int h, float scale)
+    /// <summary>D[(b·H + h)·T + i] = Σ_d dO·O over the head's hd values of token (b, i); one thread per (token, head).</summary>
+    public static void RowDotKernel<T, S>(Index1D t, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float> kernel = RecomputeProbsRowKernel;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * seqLen, scores, seg, lse, seqLen, heads, h, scale);
+        S s = default;
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long r = t * chunk; r < end; r++)
+        {
+            long token = r / heads;
+            int h = (int)(r - token * heads);
+            long b = token / queries;
+            int i = (int)(token - b * queries);
+            float acc = 0;
+            for (int d = 0; d < headDim; d++) acc += s.Load(dO[r * headDim + d]) * s.Load(o[r * headDim + d]);
+            dRow[(b * heads + h) * queries + i] = acc;
+        }
     }
 
-    public static void GradScoresRows(KernelSet ks, ArrayView<float> probs, ArrayView<float> dp, ArrayView<float> o, ArrayView<float> dO, int batch, int seqLen, int heads, int headDim, int h, float scale)
+    public static void RecomputeProbs<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
+        where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float> kernel = GradScoresRowKernel;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * seqLen, probs, dp, o, dO, seqLen, heads, headDim, h, scale);
+        long n = blk.ScoreRows(batch) * blk.KeyEnd;
+        var (threads, chunk) = ks.ElementLaunch(n);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, long, long> kernel = RecomputeProbsKernel<T, S>;
+        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, scores, probs, seg, lse, blk, n, chunk);
+    }
+
+    public static void GradScores<T, S>(KernelSet ks, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk, int batch)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        long n = blk.ScoreRows(batch) * blk.KeyEnd;
+        var (threads, chunk) = ks.ElementLaunch(n);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<float>, Block, long, long> kernel = GradScoresKernel<T, S>;
+        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, dp, probs, dRow, blk, n, chunk);
+    }
+
+    public static void RowDot<T, S>(KernelSet ks, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int batch, int queries, int heads, int headDim)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        long n = (long)batch * queries * heads;
+        var (threads, chunk) = ks.ElementLaunch(n);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int, long, long> kernel = RowDotKernel<T, S>;
+        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, dO, o, dRow, queries, heads, headDim, n, chunk);
     }
 
     // ---------------------------------------------------------------- decoding with a paged KV cache

@@ -5,12 +5,9 @@ using ILGPU.Runtime;
 namespace NativeLora.Kernels;
 
 /// <summary>
-/// DoRA (weight-decomposed LoRA) as HF PEFT computes it for a linear layer, with the norm detached:
-///   wn[o] = ‖W0[o,:] + s·(B·A)[o,:]‖₂,   g[o] = m[o] / wn[o],
-///   y = x·W0ᵀ + bias + (g − 1)·(u·W0ᵀ) + g·s·(z·Bᵀ)      (u = dropout(x); u·W0ᵀ = x·W0ᵀ without dropout)
-/// Backward: dm[o] += Σ_n dy[n,o]·(u·W0ᵀ + s·z·Bᵀ)[n,o] / wn[o]; the LoRA factors see g·dy; the
-/// base path sees dy plus (g − 1)·dy through u. Kernels: row norms, the combine, the magnitude
-/// gradient (one thread per output column, rows in order: deterministic) and column scaling.
+/// Kernels of DoRA (weight-decomposed LoRA): row norms, the forward's combine, the magnitude gradient
+/// (one thread per output column, rows in order: deterministic), column and row scaling. The formulas,
+/// their derivation and the order they run in are in managed/NativeLora/Ops/DoraOp.cs.
 /// </summary>
 public static class Dora
 {

@@ -38,6 +38,34 @@ public static class Elementwise
         for (long i = t * chunk; i < end; i++) x[i] = v;
     }
 
+    /// <summary>A uniform draw in [0, 1) for element i of stream seed: splitmix64 of (seed, i), 24 high bits.</summary>
+    public static float Uniform01(ulong seed, long i)
+    {
+        ulong z = seed + 0x9E3779B97F4A7C15UL * (ulong)(i + 1);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        z ^= z >> 31;
+        return (z >> 40) * (1f / 16777216f);
+    }
+
+    // x = uniform(−bound, bound) from (seed, index): random weights made on the device (benchmarks of large models)
+    public static void FillUniformKernel<T, S>(Index1D t, ArrayView<T> x, ulong seed, float bound, long n, long chunk)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++) x[i] = s.Store((2f * Uniform01(seed, i) - 1f) * bound);
+    }
+
+    public static void FillUniform<T, S>(KernelSet k, ArrayView<T> x, ulong seed, float bound)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        var (threads, chunk) = k.ElementLaunch(x.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ulong, float, long, long> kernel = FillUniformKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, seed, bound, x.Length, chunk);
+    }
+
     public static void Add<T, S>(KernelSet k, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output)
         where T : unmanaged where S : struct, IStorage<T>
     {

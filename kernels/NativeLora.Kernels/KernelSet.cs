@@ -7,7 +7,7 @@ namespace NativeLora.Kernels;
 
 /// <summary>
 /// Kernels of one accelerator, compiled once and cached, plus the variant switch: GPU variants
-/// (one group per row, shared memory, warp shuffles, flash attention) or barrier-free CPU
+/// (one group per row, shared memory, warp shuffles) or barrier-free CPU
 /// variants (one thread per row or element; ILGPU's CPU accelerator emulates barriers at ~100×
 /// their cost). The device picks the variant; tests also run the GPU variants on the CPU
 /// accelerator at small sizes so both pass the same checks.
@@ -22,9 +22,6 @@ public sealed class KernelSet
     /// <summary>Threads per group of the row-per-group kernels: a multiple of the warp size, at most 256.</summary>
     public int RowGroupSize { get; }
 
-    /// <summary>Query/key rows per tile of the flash attention kernels (threads per group).</summary>
-    public int AttentionTile { get; }
-
     public KernelSet(Accelerator accelerator, bool gpuVariants)
     {
         Accelerator = accelerator;
@@ -32,8 +29,6 @@ public sealed class KernelSet
         int warp = accelerator.WarpSize;
         int max = Math.Min(256, accelerator.MaxNumThreadsPerGroup);
         RowGroupSize = Math.Max(warp, max / warp * warp);
-        // groups of ≤ 32 threads keep two [tile, 128] f32 tiles within 48 KB of shared memory
-        AttentionTile = Math.Min(32, accelerator.MaxNumThreadsPerGroup);
     }
 
     /// <summary>
@@ -49,9 +44,20 @@ public sealed class KernelSet
         return ((int)((n + chunk - 1) / chunk), chunk);
     }
 
-    /// <summary>Loads (once) the compiled form of <paramref name="kernel"/>.</summary>
-    public TDelegate Load<TDelegate>(Delegate kernel, Func<Accelerator, TDelegate> load) where TDelegate : Delegate =>
-        (TDelegate)_cache.GetOrAdd(kernel.Method, _ => load(Accelerator));
+    private long _launches;
+
+    /// <summary>
+    /// Kernel launches through this set so far. Every launcher calls <see cref="Load"/> once right before it
+    /// launches, so the loads count the launches (the benchmarks report launches per step and per layer).
+    /// </summary>
+    public long Launches => Interlocked.Read(ref _launches);
+
+    /// <summary>Loads (once) the compiled form of <paramref name="kernel"/>, for one launch.</summary>
+    public TDelegate Load<TDelegate>(Delegate kernel, Func<Accelerator, TDelegate> load) where TDelegate : Delegate
+    {
+        Interlocked.Increment(ref _launches);
+        return (TDelegate)_cache.GetOrAdd(kernel.Method, _ => load(Accelerator));
+    }
 
     /// <summary>One group per row with dynamic shared memory for <see cref="GroupReduce"/>.</summary>
     public KernelConfig RowConfig(int rows) =>

@@ -4,27 +4,14 @@ using ILGPU.Runtime;
 namespace NativeLora.Kernels;
 
 /// <summary>
-/// The low-rank side of a LoRA linear, y = x·W0ᵀ + s·dropout(x)·Aᵀ·Bᵀ, with A [r, in], B [out, r].
-/// Naming: u = dropout(x) [N, in], z = u·Aᵀ [N, r]. Backward (W0 frozen):
-///   dB += s·dyᵀ·z,   dz = s·dy·B,   dA += dzᵀ·u,   dx += dropoutᵀ(dz·A)   (plus dy·W0 from the base).
-/// Dropout masks are a hash of (seed, element index), so the backward and a gradient-checkpointing
-/// recompute regenerate them instead of storing them. The base GEMM, z·Bᵀ and the dB/dz GEMMs run in
-/// the native core. GPU variant: z and the dx contribution come from fused kernels that apply the
-/// mask while reading x (no dropout(x) tensor, no second pass over the activations). CPU variant:
-/// the mask is applied by an elementwise kernel into u and the rank-r products are BLAS GEMMs.
+/// Kernels of LoRA's low-rank path: dropout with hashed masks (forward and backward) and the GPU
+/// variant's fused down-projection and dx. The formulas, their derivation and the order they run in
+/// are in managed/NativeLora/Ops/LoraOp.cs (u = dropout(x), z = u·Aᵀ).
 /// </summary>
 public static class Lora
 {
     /// <summary>Keep-or-drop for element i of a dropout with probability p, from a 64-bit mix of (seed, i).</summary>
-    public static bool Keep(ulong seed, long i, float p)
-    {
-        ulong z = seed + 0x9E3779B97F4A7C15UL * (ulong)(i + 1);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        z ^= z >> 31;
-        float u = (z >> 40) * (1f / 16777216f); // 24 high bits → [0, 1)
-        return u >= p;
-    }
+    public static bool Keep(ulong seed, long i, float p) => Elementwise.Uniform01(seed, i) >= p;
 
     // u = dropout(x): kept elements scaled by 1/(1−p)
     public static void DropoutKernel<T, S>(Index1D t, ArrayView<T> x, ArrayView<T> u, ulong seed, float p, long n, long chunk)

@@ -100,23 +100,18 @@ internal static class Commands
                     ? new Data.ExampleFormatter(tok, false).PromptIds(ChatOf(o))
                     : tok.Encode(o.Prompt!, addSpecialTokens: true);
             }
-            var stopIds = new HashSet<int>();
-            if (tok?.EosId is int eos) stopIds.Add(eos);
-            else if (model.Config.EosTokenId is int ceos) stopIds.Add(ceos);
-            var stops = o.Stop?.Where(x => x.Length > 0).ToArray() ?? Array.Empty<string>();
+            var stop = Text.StopRule.For(o.Model, model.Config, tok, o.Stop);
             var stream = tok != null ? new Text.TokenStreamDecoder(tok, skipSpecialTokens: true, context: prompt) : null;
-            var text = new System.Text.StringBuilder();
+            var text = stop.NewTextMatcher();
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            var ids = new Decoder(model).Generate(prompt, o.MaxNewTokens, new Sampler(sampling), stopIds, id =>
+            var ids = new Decoder(model).Generate(prompt, o.MaxNewTokens, new Sampler(sampling), stop.Ids, id =>
             {
                 if (o.PrintIds || stream == null) return true;
-                var piece = stream.Push(id);
-                text.Append(piece);
-                Console.Write(piece);
-                return !stops.Any(s => text.ToString().Contains(s, StringComparison.Ordinal));
+                Console.Write(text.Push(stream.Push(id)));
+                return !text.Stopped;
             });
             if (o.PrintIds || stream == null) Console.WriteLine(string.Join(",", ids));
-            else Console.WriteLine(stream.Flush());
+            else Console.WriteLine(text.Stopped ? "" : text.Push(stream.Flush()) + text.Flush());
             Console.Error.WriteLine($"{ids.Count} tokens in {clock.Elapsed.TotalSeconds:F2} s ({ids.Count / Math.Max(1e-9, clock.Elapsed.TotalSeconds):F1} tokens/s)");
             return 0;
         }
@@ -150,7 +145,7 @@ internal static class Commands
         if (o.Method is not ("full" or "lora" or "qlora")) throw new ArgumentException($"--method must be full, lora or qlora, got '{o.Method}'");
         var config = Training.ModelPresets.Resolve(o.Model);
         var lora = new Lora.LoraConfig { R = o.R };
-        var e = Training.MemoryEstimate.For(config, lora, DTypeInfo.Parse(o.DType), o.MicroBatch, o.Seq, !o.NoCheckpointing, o.Cpu, method: o.Method);
+        var e = Training.MemoryEstimate.For(config, lora, DTypeInfo.Parse(o.DType), o.MicroBatch, o.Seq, !o.NoCheckpointing, method: o.Method);
         Console.WriteLine($"{o.Model}, {o.Method}, {o.DType}, micro-batch {o.MicroBatch} × {o.Seq} tokens, checkpointing {!o.NoCheckpointing}:");
         Console.WriteLine($"  weights             {Training.MemoryEstimate.Gb(e.Weights)}");
         Console.WriteLine($"  trainable+optimizer {Training.MemoryEstimate.Gb(e.Adapter)}");

@@ -156,9 +156,6 @@ public sealed class PlanOptions
 
     [Option("no-checkpointing", HelpText = "Plan without gradient checkpointing.")]
     public bool NoCheckpointing { get; set; }
-
-    [Option("cpu", HelpText = "Plan the CPU path (attention scratch of T×T per head).")]
-    public bool Cpu { get; set; }
 }
 
 [Verb("eval", HelpText = "Evaluate a model (and adapter) on perplexity, BLEU/ROUGE and multiple-choice tasks.")]

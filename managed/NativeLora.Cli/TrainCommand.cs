@@ -41,7 +41,7 @@ internal static class TrainCommand
         long trainable = LoraAdapter.CountTrainable(modelConfig, lora);
         using var device = ComputeDevice.Open(ComputeDevice.ParseKind(c.Device));
         var dtype = device.ResolveDType(c.Dtype);
-        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, c.MicroBatchSize, c.MaxSeqLen, c.GradientCheckpointing, !device.IsCuda, method: c.Method);
+        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, c.MicroBatchSize, c.MaxSeqLen, c.GradientCheckpointing, method: c.Method);
         Console.Error.WriteLine($"device: {device.Description}, compute dtype {dtype.Name()}");
         Console.WriteLine($"trainable parameters: {Human(trainable)} of {Human(total)}, {100.0 * trainable / total:F2}%");
         Console.WriteLine($"memory estimate (micro-batch {c.MicroBatchSize} × {c.MaxSeqLen} tokens): {estimate}");

@@ -42,7 +42,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly ExampleFormatterGate _chat;
     private readonly ServerOptions _options;
     private readonly ILogger _log;
-    private readonly HashSet<int> _stopIds;
+    private readonly StopRule _stop;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly Dictionary<string, string> _adapterPaths = new(StringComparer.Ordinal);
     private static readonly HashSet<string> Endpoints = new(StringComparer.Ordinal)
@@ -61,7 +61,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _options = options;
         _chat = new ExampleFormatterGate(tokenizer);
         Metrics = new ServerMetrics(engine);
-        _stopIds = StopIds(tokenizer, engine.Model.Config);
+        _stop = StopRule.For(tokenizer.Directory, engine.Model.Config, tokenizer);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = Array.Empty<string>() });
         builder.Logging.ClearProviders();
@@ -297,7 +297,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         GenerationHandle handle;
         try
         {
-            handle = _engine.Submit(new GenerationRequest(p.Prompt, p.Adapter, p.MaxTokens, p.Sampling, _stopIds), stop.Token);
+            handle = _engine.Submit(new GenerationRequest(p.Prompt, p.Adapter, p.MaxTokens, p.Sampling, _stop.Ids), stop.Token);
         }
         catch (QueueFullException e)
         {
@@ -313,7 +313,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         Metrics.PromptTokens.WithLabels(p.Model).Inc(p.Prompt.Length);
         string id = (chat ? "chatcmpl-" : "cmpl-") + Interlocked.Increment(ref _requestCounter).ToString("x") + Guid.NewGuid().ToString("N")[..12];
-        var text = new StopStrings(p.Stops);
+        var text = _stop.WithStrings(p.Stops).NewTextMatcher();
         var decoder = new TokenStreamDecoder(_tokenizer, skipSpecialTokens: true, context: p.Prompt);
         int generated = 0;
         long last = arrived;
@@ -576,17 +576,6 @@ public sealed class OpenAiServer : IAsyncDisposable
             ["id"] = id, ["object"] = chat ? "chat.completion.chunk" : "text_completion", ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
             ["model"] = model, ["choices"] = new JsonArray { choice },
         };
-    }
-
-    /// <summary>End of generation: the tokenizer's EOS, the config's, and the end-of-turn tokens of chat templates that use one.</summary>
-    private static HashSet<int> StopIds(HfTokenizer tok, ModelConfig config)
-    {
-        var ids = new HashSet<int>();
-        if (tok.EosId is int eos) ids.Add(eos);
-        if (config.EosTokenId is int ceos) ids.Add(ceos);
-        foreach (var t in new[] { "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>" })
-            if (tok.TokenToId(t) is int id) ids.Add(id);
-        return ids;
     }
 
     /// <summary>Chat prompts from the tokenizer's template, one render at a time (the formatter is not documented as thread-safe; a render takes microseconds).</summary>

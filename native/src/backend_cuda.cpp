@@ -90,6 +90,30 @@ void gemm_batched(nl_dtype dtype, nl_dtype c_dtype, int ta, int tb, int m, int n
                      "cublasGemmStridedBatchedEx");
 }
 
+// CUDA 13 replaced the device ordinal of cudaMemAdvise / cudaMemPrefetchAsync with a cudaMemLocation
+// (and gave the prefetch a flags argument); CUDA 12 still takes the ordinal (cudaCpuDeviceId = host).
+#if CUDART_VERSION >= 13000
+cudaMemLocation location(bool device) {
+    cudaMemLocation loc{};
+    loc.type = device ? cudaMemLocationTypeDevice : cudaMemLocationTypeHost;
+    loc.id = device ? g_device : 0;
+    return loc;
+}
+void mem_advise(void* ptr, size_t bytes, cudaMemoryAdvise advice, bool device) {
+    check_cuda(cudaMemAdvise(ptr, bytes, advice, location(device)), "cudaMemAdvise");
+}
+void mem_prefetch(void* ptr, size_t bytes, bool device) {
+    check_cuda(cudaMemPrefetchAsync(ptr, bytes, location(device), 0, g_stream), "cudaMemPrefetchAsync");
+}
+#else
+void mem_advise(void* ptr, size_t bytes, cudaMemoryAdvise advice, bool device) {
+    check_cuda(cudaMemAdvise(ptr, bytes, advice, device ? g_device : cudaCpuDeviceId), "cudaMemAdvise");
+}
+void mem_prefetch(void* ptr, size_t bytes, bool device) {
+    check_cuda(cudaMemPrefetchAsync(ptr, bytes, device ? g_device : cudaCpuDeviceId, g_stream), "cudaMemPrefetchAsync");
+}
+#endif
+
 }  // namespace
 
 extern "C" {
@@ -212,16 +236,9 @@ NL_API nl_status nl_managed_advise(void* ptr, size_t bytes, nl_mem_advice advice
         require(ptr != nullptr, "ptr is NULL");
         make_current();
         switch (advice) {
-            case NL_ADVISE_PREFER_DEVICE:
-                check_cuda(cudaMemAdvise(ptr, bytes, cudaMemAdviseSetPreferredLocation, g_device), "cudaMemAdvise");
-                break;
-            case NL_ADVISE_PREFER_HOST:
-                check_cuda(cudaMemAdvise(ptr, bytes, cudaMemAdviseSetPreferredLocation, cudaCpuDeviceId),
-                           "cudaMemAdvise");
-                break;
-            case NL_ADVISE_ACCESSED_BY_DEVICE:
-                check_cuda(cudaMemAdvise(ptr, bytes, cudaMemAdviseSetAccessedBy, g_device), "cudaMemAdvise");
-                break;
+            case NL_ADVISE_PREFER_DEVICE: mem_advise(ptr, bytes, cudaMemAdviseSetPreferredLocation, true); break;
+            case NL_ADVISE_PREFER_HOST: mem_advise(ptr, bytes, cudaMemAdviseSetPreferredLocation, false); break;
+            case NL_ADVISE_ACCESSED_BY_DEVICE: mem_advise(ptr, bytes, cudaMemAdviseSetAccessedBy, true); break;
             default: fail(NL_ERR_INVALID_ARGUMENT, "unknown advice");
         }
     });
@@ -231,8 +248,7 @@ NL_API nl_status nl_managed_prefetch(void* ptr, size_t bytes, int to_device) {
     return guarded("nl_managed_prefetch", [&] {
         require(ptr != nullptr, "ptr is NULL");
         make_current();
-        check_cuda(cudaMemPrefetchAsync(ptr, bytes, to_device ? g_device : cudaCpuDeviceId, g_stream),
-                   "cudaMemPrefetchAsync");
+        mem_prefetch(ptr, bytes, to_device != 0);
     });
 }
 

@@ -88,6 +88,21 @@ public sealed class ExampleFormatter
         return new TrainingExample(ids.ToArray(), mask.ToArray());
     }
 
+    /// <summary>
+    /// The chat template's end-of-turn token (&lt;|eot_id|&gt;, &lt;|im_end|&gt;, &lt;end_of_turn&gt;, &lt;|end|&gt;, &lt;/s&gt;): the
+    /// special token that ends the assistant's turn of a rendered one-turn conversation, located as
+    /// <see cref="FromMessages"/> locates it for training. Null without a chat template, or when the
+    /// template ends the turn with plain text only.
+    /// </summary>
+    public int? EndOfTurnId()
+    {
+        if (_template == null) return null;
+        if (TrainOnPrompt) return new ExampleFormatter(_tok, trainOnPrompt: false).EndOfTurnId();
+        var turn = FromMessages(new[] { new ChatMessage("user", "Hi"), new ChatMessage("assistant", "Hello") });
+        int last = Array.LastIndexOf(turn.Trainable, true);
+        return last > 0 && IsSpecial(turn.Ids[last]) ? turn.Ids[last] : null;
+    }
+
     private readonly Dictionary<int, bool> _special = new();
 
     // a special token decodes to nothing when special tokens are skipped, and to its text otherwise

@@ -17,7 +17,7 @@ public readonly record struct KernelCheckResult(string Family, string Name, doub
 
 /// <summary>
 /// `nativelora selfcheck --kernels`: every ILGPU kernel family, forward and backward, run on the device's
-/// accelerator with the variant that device uses (CUDA: shared-memory, shuffle and flash kernels; CPU:
+/// accelerator with the variant that device uses (CUDA: shared-memory and shuffle kernels; CPU:
 /// barrier-free ones) and compared with a float64 reference of the same rounded random inputs. Outputs are
 /// poisoned (NaN) first, so an element a kernel forgets to write fails. Bounds are DESIGN.md's: f32
 /// elementwise and norms 1e-5, f32 chains through GEMMs (attention, LoRA) 1e-4, bf16/f16 operands 1e-2;

@@ -28,7 +28,7 @@ public sealed record EvalTask(string Kind, string Path, string? DevPath = null)
 /// <summary>
 /// Runs evaluation tasks on a model (with or without its adapter) and returns named measures:
 /// ppl (and nll, tokens), bleu, rouge1/rouge2/rougeL (F1 × 100), and acc/acc_norm per benchmark.
-/// Generation measures decode greedily up to maxNewTokens and stop at EOS.
+/// Generation measures decode greedily up to maxNewTokens and stop by the model's <see cref="StopRule"/> (EOS ids and the chat template's end of turn).
 /// </summary>
 public static class EvalRunner
 {
@@ -61,10 +61,10 @@ public static class EvalRunner
                     foreach (var b in bad) report?.Invoke($"skipped {b}");
                     var hyps = new List<string>();
                     var decoder = new Decoder(model);
-                    var stops = tokenizer.EosId is int eos ? new HashSet<int> { eos } : new HashSet<int>();
+                    var stop = StopRule.For(tokenizer.Directory, model.Config, tokenizer);
                     foreach (var (prompt, _) in rows)
                     {
-                        var ids = decoder.Generate(formatter.PromptIds(prompt), maxNewTokens, new Sampler(new SamplingOptions()), stops);
+                        var ids = decoder.Generate(formatter.PromptIds(prompt), maxNewTokens, new Sampler(new SamplingOptions()), stop.Ids);
                         hyps.Add(tokenizer.Decode(ids.ToArray(), skipSpecialTokens: true).Trim());
                     }
                     var refs = rows.Select(r => r.Reference).ToList();

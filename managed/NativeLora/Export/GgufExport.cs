@@ -237,29 +237,22 @@ public static class GgufExport
     {
         var c = ModelDirectory.ReadConfig(modelDir);
         string arch = c.ModelType == "qwen2" ? "qwen2" : "llama";
-        var cfgPath = Path.Combine(adapterDir, Lora.LoraAdapter.ConfigFileName);
-        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{adapterDir}: no {Lora.LoraAdapter.ConfigFileName}", cfgPath);
-        var config = Lora.LoraConfig.FromPeftJson(JsonNode.Parse(File.ReadAllText(cfgPath))!.AsObject(), cfgPath);
+        using var file = Lora.PeftAdapterFile.Open(adapterDir, c);
+        var config = file.Config;
         if (config.UseDora) throw new NotSupportedException($"{adapterDir}: DoRA adapters have no GGUF adapter form in llama.cpp; merge them (export-gguf --adapter) instead");
         if (config.ModulesToSave.Length > 0) throw new NotSupportedException($"{adapterDir}: modules_to_save has no GGUF adapter form; merge the adapter instead");
-        using var file = SafeTensorsFile.Open(Path.Combine(adapterDir, Lora.LoraAdapter.WeightsFileName));
         var w = new GgufWriter();
         w.Set("general.architecture", arch);
         w.Set("general.type", "adapter");
         w.Set("adapter.type", "lora");
-        w.Set("adapter.lora.alpha", (float)(config.UseRslora ? config.Alpha * Math.Sqrt(config.R) : config.Alpha));
+        w.Set("adapter.lora.alpha", config.Scale * config.R); // llama.cpp scales by alpha/r: give it s·r
         int written = 0;
-        foreach (var (name, shape) in CausalLm.ExpectedParameters(c))
+        foreach (var (target, outF, inF) in file.AdaptedTargets)
         {
-            if (!name.EndsWith(".weight") || shape.Length != 2) continue;
-            string target = name[..^".weight".Length];
-            if (!file.TryGet(Lora.LoraAdapter.KeyA(target), out _)) continue;
-            string ggufName = GgufNames.FromHf(name);
-            int r = config.R, outF = shape[0], inF = shape[1];
-            var a = file.ReadAsFloat32(Lora.LoraAdapter.KeyA(target));
-            var b = file.ReadAsFloat32(Lora.LoraAdapter.KeyB(target));
-            if (a.Length != (long)r * inF || b.Length != (long)outF * r)
-                throw new InvalidDataException($"{file.Path}: the adapter of '{target}' has shapes that do not fit {modelDir}");
+            string ggufName = GgufNames.FromHf(target + ".weight");
+            int r = config.R;
+            var a = file.ReadA(target);
+            var b = file.ReadB(target);
             if (arch == "llama" && target.EndsWith("q_proj")) b = GgufNames.PermuteQ<float>(b, outF, r, c.NumHeads);
             if (arch == "llama" && target.EndsWith("k_proj")) b = GgufNames.PermuteK<float>(b, outF, r, c.NumHeads, c.NumKvHeads);
             var aa = a; var bb = b;

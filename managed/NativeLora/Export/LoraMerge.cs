@@ -25,7 +25,11 @@ namespace NativeLora.Export;
 /// </summary>
 public static class LoraMerge
 {
-    private sealed record AdapterFile(string Dir, LoraConfig Config, SafeTensorsFile File, double Weight);
+    private sealed record AdapterFile(PeftAdapterFile File, double Weight)
+    {
+        public LoraConfig Config => File.Config;
+        public bool Adapts(string target) => File.AdaptedTargets.Any(t => t.Name == target);
+    }
 
     public static void Run(ComputeDevice device, string modelDir, IReadOnlyList<string> adapterDirs, IReadOnlyList<double>? weights,
         string outDir, DType outDType, long maxShardBytes = 5L << 30)
@@ -41,7 +45,11 @@ public static class LoraMerge
         try
         {
             for (int i = 0; i < adapterDirs.Count; i++)
-                adapters.Add(OpenAdapter(adapterDirs[i], config, weights?[i] ?? 1.0));
+            {
+                double weight = weights?[i] ?? 1.0;
+                if (!(weight > 0)) throw new ArgumentException($"adapter weight {weight} for {adapterDirs[i]} must be > 0");
+                adapters.Add(new AdapterFile(PeftAdapterFile.Open(adapterDirs[i], config), weight));
+            }
             if (adapters.Count > 1)
             {
                 if (adapters.Select(a => a.Config.R).Distinct().Count() > 1)
@@ -77,10 +85,10 @@ public static class LoraMerge
     private static float[] Merged(ComputeDevice device, KernelSet k, ShardedSafeTensors baseFiles, List<AdapterFile> adapters, string name, string target, int[] shape)
     {
         // modules_to_save: the adapter's trained copy replaces the base tensor
-        var saved = adapters.FirstOrDefault(a => a.File.Contains("base_model.model." + name));
-        if (saved != null) return saved.File.ReadAsFloat32("base_model.model." + name);
+        foreach (var ad in adapters)
+            if (ad.File.ReadSavedParameter(name) is { } trained) return trained;
         var w0 = ModelDirectory.ReadAsFloat32(device, baseFiles, name, shape);
-        var withA = adapters.Where(a => a.File.Contains(LoraAdapter.KeyA(target))).ToList();
+        var withA = adapters.Where(a => a.Adapts(target)).ToList();
         if (withA.Count == 0) return w0;
         int outF = shape[0], inF = shape[1], r = withA[0].Config.R;
         using var w = device.Allocate(DType.F32, outF, inF);
@@ -90,10 +98,15 @@ public static class LoraMerge
         if (withA.Count == 1 && withA[0].Weight == 1.0)
         {
             var ad = withA[0];
-            a.CopyFromFloats(ad.File.ReadAsFloat32(LoraAdapter.KeyA(target)));
-            b.CopyFromFloats(ad.File.ReadAsFloat32(LoraAdapter.KeyB(target)));
-            Gemm.Run(b, a, w, alpha: ad.Config.Scale, beta: 1f);
-            if (ad.Config.UseDora) ApplyDora(device, k, w, ad.File.ReadAsFloat32(LoraAdapter.KeyMagnitude(target)));
+            a.CopyFromFloats(ad.File.ReadA(target));
+            b.CopyFromFloats(ad.File.ReadB(target));
+            LoraOp.Merge(w, a, b, ad.Config.Scale);
+            if (ad.Config.UseDora)
+            {
+                using var m = device.Allocate(DType.F32, outF);
+                m.CopyFrom<float>(ad.File.ReadMagnitude(target));
+                DoraOp.Merge(k, w, m);
+            }
             return w.ToArray<float>();
         }
         // PEFT 'linear': B = Σ √wᵢ Bᵢ, A = Σ √wᵢ sᵢ Aᵢ, merged with scale 1
@@ -102,65 +115,14 @@ public static class LoraMerge
         foreach (var ad in withA)
         {
             float sa = (float)(Math.Sqrt(ad.Weight) * ad.Config.Scale), sb = (float)Math.Sqrt(ad.Weight);
-            var ai = ad.File.ReadAsFloat32(LoraAdapter.KeyA(target));
-            var bi = ad.File.ReadAsFloat32(LoraAdapter.KeyB(target));
+            var ai = ad.File.ReadA(target);
+            var bi = ad.File.ReadB(target);
             for (int i = 0; i < aSum.Length; i++) aSum[i] += sa * ai[i];
             for (int i = 0; i < bSum.Length; i++) bSum[i] += sb * bi[i];
         }
         a.CopyFrom<float>(aSum);
         b.CopyFrom<float>(bSum);
-        Gemm.Run(b, a, w, beta: 1f);
+        LoraOp.Merge(w, a, b, 1f);
         return w.ToArray<float>();
-    }
-
-    // W' = m/‖W‖_row · W, with W = W0 + sBA already in w
-    private static void ApplyDora(ComputeDevice device, KernelSet k, Tensor w, float[] magnitude)
-    {
-        int rows = w.Dim(0), cols = w.Dim(1);
-        using var norms = LoraOp.BaseRowNorms(k, w);
-        using var m = device.Allocate(DType.F32, rows);
-        m.CopyFrom<float>(magnitude);
-        using var g = device.Allocate(DType.F32, rows);
-        Dora.Ratio(k, m.View<float>(), norms.View<float>(), g.View<float>());
-        Dora.ScaleRows(k, w.View<float>(), g.View<float>(), cols);
-    }
-
-    private static AdapterFile OpenAdapter(string dir, ModelConfig model, double weight)
-    {
-        var cfgPath = Path.Combine(dir, LoraAdapter.ConfigFileName);
-        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{dir}: no {LoraAdapter.ConfigFileName} (expected a PEFT adapter directory)", cfgPath);
-        JsonObject json;
-        try { json = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new InvalidDataException($"{cfgPath}: the top level must be an object"); }
-        catch (JsonException e) { throw new InvalidDataException($"{cfgPath}: not valid JSON ({e.Message})", e); }
-        var config = LoraConfig.FromPeftJson(json, cfgPath);
-        if (!(weight > 0)) throw new ArgumentException($"adapter weight {weight} for {dir} must be > 0");
-        var file = SafeTensorsFile.Open(Path.Combine(dir, LoraAdapter.WeightsFileName));
-        try
-        {
-            var shapes = CausalLm.ExpectedParameters(model).ToDictionary(p => p.Name, p => p.Shape);
-            var problems = new List<string>();
-            foreach (var t in file.Tensors)
-            {
-                string n = t.Name.Replace(".default.", ".");
-                if (!n.StartsWith("base_model.model.")) { problems.Add($"unexpected tensor '{t.Name}'"); continue; }
-                n = n["base_model.model.".Length..];
-                if (shapes.TryGetValue(n, out var full)) // modules_to_save copy
-                {
-                    if (!t.Shape.Select(d => (int)d).SequenceEqual(full)) problems.Add($"tensor '{t.Name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", full)}]");
-                    continue;
-                }
-                string? baseName = n.EndsWith(".lora_A.weight") ? n[..^".lora_A.weight".Length] : n.EndsWith(".lora_B.weight") ? n[..^".lora_B.weight".Length] : n.EndsWith(".lora_magnitude_vector") ? n[..^".lora_magnitude_vector".Length] : null;
-                if (baseName == null || !shapes.TryGetValue(baseName + ".weight", out var w)) { problems.Add($"tensor '{t.Name}' is not an adapter of a projection of this model"); continue; }
-                int[] expected = n.EndsWith(".lora_A.weight") ? new[] { config.R, w[1] } : n.EndsWith(".lora_B.weight") ? new[] { w[0], config.R } : new[] { w[0] };
-                if (!t.Shape.Select(d => (int)d).SequenceEqual(expected)) problems.Add($"tensor '{t.Name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", expected)}]");
-            }
-            if (problems.Count > 0) throw new InvalidDataException($"{file.Path}: the adapter does not fit {model.ModelType} ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
-            return new AdapterFile(dir, config, file, weight);
-        }
-        catch
-        {
-            file.Dispose();
-            throw;
-        }
     }
 }

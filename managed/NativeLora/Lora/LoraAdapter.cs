@@ -17,8 +17,8 @@ namespace NativeLora.Lora;
 /// </summary>
 public sealed class LoraAdapter : IDisposable
 {
-    public const string ConfigFileName = "adapter_config.json";
-    public const string WeightsFileName = "adapter_model.safetensors";
+    public const string ConfigFileName = PeftAdapterFile.ConfigFileName;
+    public const string WeightsFileName = PeftAdapterFile.WeightsFileName;
 
     public LoraConfig Config { get; }
     public IReadOnlyList<LoraModule> Modules => _modules;
@@ -27,8 +27,6 @@ public sealed class LoraAdapter : IDisposable
     private readonly List<SavedModule> _saved = new();
     private CausalLm? _model;
     private readonly List<Linear> _targets = new();
-
-    private NativeLora.Kernels.KernelSet? _kernels;
 
     private LoraAdapter(LoraConfig config) => Config = config;
 
@@ -53,7 +51,7 @@ public sealed class LoraAdapter : IDisposable
         {
             if (model.Config.TieWordEmbeddings)
                 throw new NotSupportedException("modules_to_save on a model with tied embeddings is not supported (the embedding and lm_head are one tensor)");
-            var baseWeight = model.Parameters[name == "embed_tokens" ? "model.embed_tokens.weight" : "lm_head.weight"];
+            var baseWeight = model.Parameters[PeftAdapterFile.SavedParameter(name)];
             var m = new SavedModule(model.Device, model.Kernels, name, baseWeight);
             _saved.Add(m);
             model.UseTrainableCopy(name, m.Compute, m.Grad);
@@ -61,27 +59,16 @@ public sealed class LoraAdapter : IDisposable
     }
 
     /// <summary>Trainable parameters for a model config, from the shapes alone (for --dry-run).</summary>
-    public static long CountTrainable(ModelConfig c, LoraConfig l)
-    {
-        long perLayer = 0;
-        foreach (var t in l.TargetModules)
-        {
-            var (inF, outF) = t switch
-            {
-                "q_proj" => (c.HiddenSize, c.QDim),
-                "k_proj" or "v_proj" => (c.HiddenSize, c.KvDim),
-                "o_proj" => (c.QDim, c.HiddenSize),
-                "gate_proj" or "up_proj" => (c.HiddenSize, c.IntermediateSize),
-                "down_proj" => (c.IntermediateSize, c.HiddenSize),
-                _ => throw new ArgumentException($"unknown target module '{t}'"),
-            };
-            perLayer += (long)l.R * (inF + outF) + (l.UseDora ? outF : 0);
-        }
-        return perLayer * c.NumLayers + l.ModulesToSave.Length * (long)c.VocabSize * c.HiddenSize;
-    }
+    public static long CountTrainable(ModelConfig c, LoraConfig l) =>
+        PeftAdapterFile.Targets(c, l).Sum(t => (long)l.R * (t.InFeatures + t.OutFeatures) + (l.UseDora ? t.OutFeatures : 0))
+        + l.ModulesToSave.Length * (long)c.VocabSize * c.HiddenSize;
 
-    private static IEnumerable<Linear> Targets(CausalLm model, LoraConfig config) =>
-        model.Layers.SelectMany(layer => layer.Linears).Where(lin => config.TargetModules.Contains(lin.Name[(lin.Name.LastIndexOf('.') + 1)..]));
+    /// <summary>The model's linear layers the config adapts (the same list the adapter file reader checks).</summary>
+    private static IEnumerable<Linear> Targets(CausalLm model, LoraConfig config)
+    {
+        var byName = model.Layers.SelectMany(layer => layer.Linears).ToDictionary(lin => lin.Name);
+        return PeftAdapterFile.Targets(model.Config, config).Select(t => byName[t.Name]);
+    }
 
     /// <summary>Creates fresh adapters (PEFT's init, seeded) on every target projection of the model.</summary>
     public static LoraAdapter Attach(CausalLm model, LoraConfig config, int seed)
@@ -108,12 +95,11 @@ public sealed class LoraAdapter : IDisposable
         foreach (var lin in Targets(model, config))
         {
             var m = adapter.Add(model, lin);
-            m.InitializeLikePeft(rng);
-            if (m.IsDora) // magnitude starts at ‖W0‖ per output row (B = 0)
+            LoraOp.InitializeLikePeft(m, rng);
+            if (m.IsDora)
             {
                 using var w0 = lin.AcquireWeight(model.Kernels);
-                using var norms = LoraOp.BaseRowNorms(model.Kernels, w0.Tensor);
-                norms.CopyTo(m.Magnitude!);
+                DoraOp.InitializeMagnitude(model.Kernels, m, w0.Tensor);
             }
             m.SyncCompute(model.Kernels);
         }
@@ -124,17 +110,13 @@ public sealed class LoraAdapter : IDisposable
     private LoraModule Add(CausalLm model, Linear lin)
     {
         if (lin.Lora != null) throw new InvalidOperationException($"{lin.Name} already has an adapter");
-        _kernels = model.Kernels;
+        _model = model;
         var m = new LoraModule(model.Device, lin.Name, lin.InFeatures, lin.OutFeatures, Config.R, Config.Scale, (float)Config.Dropout, model.DType, Config.UseDora);
         lin.Lora = m;
         _modules.Add(m);
         _targets.Add(lin);
         return m;
     }
-
-    public static string KeyA(string target) => $"base_model.model.{target}.lora_A.weight";
-    public static string KeyB(string target) => $"base_model.model.{target}.lora_B.weight";
-    public static string KeyMagnitude(string target) => $"base_model.model.{target}.lora_magnitude_vector";
 
     /// <summary>Writes adapter_config.json (sorted keys, indent 2) and adapter_model.safetensors ({"format":"pt"}), f32.</summary>
     public void Save(string dir, string? baseModelNameOrPath = null)
@@ -144,11 +126,11 @@ public sealed class LoraAdapter : IDisposable
         writer.SetMetadata("format", "pt");
         foreach (var m in _modules)
         {
-            Add(writer, KeyA(m.Target), m.A);
-            Add(writer, KeyB(m.Target), m.B);
-            if (m.Magnitude != null) Add(writer, KeyMagnitude(m.Target), m.Magnitude);
+            Add(writer, PeftAdapterFile.KeyA(m.Target), m.A);
+            Add(writer, PeftAdapterFile.KeyB(m.Target), m.B);
+            if (m.Magnitude != null) Add(writer, PeftAdapterFile.KeyMagnitude(m.Target), m.Magnitude);
         }
-        foreach (var m in _saved) Add(writer, m.Key, m.Master);
+        foreach (var m in _saved) Add(writer, PeftAdapterFile.KeySaved(m.Module), m.Master);
         writer.Write(Path.Combine(dir, WeightsFileName));
         var json = (Config with { BaseModelNameOrPath = baseModelNameOrPath ?? Config.BaseModelNameOrPath }).ToPeftJson();
         AtomicFile.Write(Path.Combine(dir, ConfigFileName), s => s.Write(Encoding.UTF8.GetBytes(SortedJson(json))));
@@ -169,69 +151,17 @@ public sealed class LoraAdapter : IDisposable
         return Sort(node)!.ToJsonString(new JsonSerializerOptions { WriteIndented = true, IndentSize = 2 });
     }
 
-    /// <summary>Loads a PEFT adapter directory onto the model; every missing, extra or misshapen tensor is reported by name.</summary>
+    /// <summary>Loads a PEFT adapter directory onto the model (<see cref="PeftAdapterFile"/> checks every tensor first and names each problem).</summary>
     public static LoraAdapter Load(CausalLm model, string dir)
     {
-        var cfgPath = Path.Combine(dir, ConfigFileName);
-        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{dir}: no {ConfigFileName} (expected a PEFT adapter directory)", cfgPath);
-        JsonObject json;
-        try { json = JsonNode.Parse(File.ReadAllText(cfgPath)) as JsonObject ?? throw new InvalidDataException($"{cfgPath}: the top level must be an object"); }
-        catch (JsonException e) { throw new InvalidDataException($"{cfgPath}: not valid JSON ({e.Message})", e); }
-        var config = LoraConfig.FromPeftJson(json, cfgPath);
-        var weightsPath = Path.Combine(dir, WeightsFileName);
-        if (!File.Exists(weightsPath)) throw new FileNotFoundException($"{dir}: no {WeightsFileName}", weightsPath);
-        using var file = SafeTensorsFile.Open(weightsPath);
-
-        var expected = new List<(string Key, string Target, string Kind, int[] Shape)>();
-        foreach (var lin in Targets(model, config))
-        {
-            expected.Add((KeyA(lin.Name), lin.Name, "A", new[] { config.R, lin.InFeatures }));
-            expected.Add((KeyB(lin.Name), lin.Name, "B", new[] { lin.OutFeatures, config.R }));
-            if (config.UseDora) expected.Add((KeyMagnitude(lin.Name), lin.Name, "m", new[] { lin.OutFeatures }));
-        }
-        // PEFT may include the adapter name (".default") in keys saved by some versions; accept both
-        string Resolve(string key) => file.Contains(key) ? key : key.Replace(".weight", ".default.weight");
-        var problems = new List<string>();
-        foreach (var (key, _, _, shape) in expected)
-        {
-            var k = Resolve(key);
-            if (!file.TryGet(k, out var info)) problems.Add($"missing tensor '{key}'");
-            else if (!info.Shape.Select(d => (int)d).SequenceEqual(shape) || info.Shape.Length != shape.Length)
-                problems.Add($"tensor '{key}' has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}]");
-            else if (info.DType is not (SafeTensorsDType.F32 or SafeTensorsDType.BF16 or SafeTensorsDType.F16))
-                problems.Add($"tensor '{key}' has dtype {info.DType}");
-        }
-        foreach (var name in config.ModulesToSave)
-        {
-            var key = $"base_model.model.{(name == "embed_tokens" ? "model.embed_tokens.weight" : "lm_head.weight")}";
-            var shape = new[] { model.Config.VocabSize, model.Config.HiddenSize };
-            if (!file.TryGet(key, out var info)) problems.Add($"missing tensor '{key}' (modules_to_save)");
-            else if (info.ElementCount != (long)shape[0] * shape[1]) problems.Add($"tensor '{key}' has shape [{string.Join(", ", info.Shape)}], expected [{shape[0]}, {shape[1]}]");
-            expected.Add((key, name, "saved", shape));
-        }
-        var known = expected.Select(e => Resolve(e.Key)).ToHashSet();
-        foreach (var extra in file.Tensors.Select(t => t.Name).Where(n => !known.Contains(n)).OrderBy(n => n))
-            problems.Add($"unexpected tensor '{extra}' (not a {string.Join("/", config.TargetModules)} adapter of this model)");
-        if (problems.Count > 0)
-            throw new InvalidDataException($"{weightsPath}: the adapter does not fit this model ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
-
-        var adapter = new LoraAdapter(config);
+        using var file = PeftAdapterFile.Open(dir, model.Config);
+        var adapter = new LoraAdapter(file.Config);
         try
         {
-            foreach (var lin in Targets(model, config))
-            {
-                var m = adapter.Add(model, lin);
-                m.A.CopyFromFloats(file.ReadAsFloat32(Resolve(KeyA(lin.Name))));
-                m.B.CopyFromFloats(file.ReadAsFloat32(Resolve(KeyB(lin.Name))));
-                if (m.Magnitude != null) m.Magnitude.CopyFromFloats(file.ReadAsFloat32(KeyMagnitude(lin.Name)));
-                m.SyncCompute(model.Kernels);
-            }
+            foreach (var lin in Targets(model, file.Config))
+                adapter.Add(model, lin);
             adapter.AddSaved(model);
-            foreach (var m in adapter._saved)
-            {
-                m.Master.CopyFromFloats(file.ReadAsFloat32(m.Key));
-                m.SyncCompute(model.Kernels);
-            }
+            adapter.CopyWeightsFrom(file);
             return adapter;
         }
         catch
@@ -241,28 +171,30 @@ public sealed class LoraAdapter : IDisposable
         }
     }
 
-    /// <summary>Overwrites this adapter's weights with those of a saved adapter of the same shape (checkpoint resume).</summary>
+    /// <summary>Overwrites this adapter's weights with those of a saved adapter of the same configuration (checkpoint resume).</summary>
     public void LoadWeights(string dir)
     {
-        var path = Path.Combine(dir, WeightsFileName);
-        using var file = SafeTensorsFile.Open(path);
+        using var file = PeftAdapterFile.Open(dir, _model!.Config);
+        if (file.Config.R != Config.R || file.Config.UseDora != Config.UseDora || !file.Config.TargetModules.ToHashSet().SetEquals(Config.TargetModules)
+            || !file.Config.ModulesToSave.ToHashSet().SetEquals(Config.ModulesToSave))
+            throw new InvalidDataException($"{file.WeightsPath}: the saved adapter (r {file.Config.R}, {string.Join("/", file.Config.TargetModules)}) is not the one being trained (r {Config.R}, {string.Join("/", Config.TargetModules)})");
+        CopyWeightsFrom(file);
+    }
+
+    private void CopyWeightsFrom(PeftAdapterFile file)
+    {
+        foreach (var m in _modules)
+        {
+            m.A.CopyFromFloats(file.ReadA(m.Target));
+            m.B.CopyFromFloats(file.ReadB(m.Target));
+            if (m.Magnitude != null) m.Magnitude.CopyFromFloats(file.ReadMagnitude(m.Target));
+            m.SyncCompute(_model!.Kernels);
+        }
         foreach (var m in _saved)
         {
-            if (!file.TryGet(m.Key, out var info) || info.DType != SafeTensorsDType.F32 || info.ElementCount != m.Master.ElementCount)
-                throw new InvalidDataException($"{path}: tensor '{m.Key}' is missing or not F32 with {m.Master.ElementCount} values");
-            m.Master.CopyFromBytes(file.GetBytes(m.Key));
-            m.SyncCompute(_kernels!);
+            m.Master.CopyFromFloats(file.ReadSavedParameter(m.ParameterName)!);
+            m.SyncCompute(_model!.Kernels);
         }
-        foreach (var m in _modules)
-            foreach (var (name, value, _) in m.Trainables())
-            {
-                var key = name == "lora_magnitude_vector" ? KeyMagnitude(m.Target) : $"base_model.model.{m.Target}.{name}.weight";
-                if (!file.TryGet(key, out var info)) throw new InvalidDataException($"{path}: tensor '{key}' is missing");
-                if (info.DType != SafeTensorsDType.F32 || info.ElementCount != value.ElementCount)
-                    throw new InvalidDataException($"{path}: tensor '{key}' is {info}, expected F32 with {value.ElementCount} values");
-                value.CopyFromBytes(file.GetBytes(key));
-            }
-        foreach (var lin in _targets) lin.Lora!.SyncCompute(_kernels!);
     }
 
     public void SetTraining(bool training)

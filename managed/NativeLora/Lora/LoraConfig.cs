@@ -22,7 +22,7 @@ public sealed record LoraConfig
     public string[] ModulesToSave { get; init; } = Array.Empty<string>();
 
     /// <summary>alpha/r, or alpha/√r with rsLoRA.</summary>
-    public float Scale => (float)(UseRslora ? Alpha / Math.Sqrt(R) : Alpha / R);
+    public float Scale => Ops.LoraOp.Scale(Alpha, R, UseRslora);
 
     public void Validate()
     {

@@ -67,19 +67,6 @@ public sealed class LoraModule : IDisposable
         if (Magnitude != null) yield return ("lora_magnitude_vector", Magnitude, MagnitudeGrad!);
     }
 
-    /// <summary>
-    /// PEFT's init: A kaiming_uniform(a=√5) — U(±1/√in) — and B zeros, so the adapter starts as a no-op;
-    /// DoRA's magnitude starts at the row norms of the base weight (set by the caller, who has it).
-    /// </summary>
-    public void InitializeLikePeft(Random rng)
-    {
-        double bound = 1.0 / Math.Sqrt(InFeatures);
-        var a = new float[A.ElementCount];
-        for (int i = 0; i < a.Length; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * bound);
-        A.CopyFrom<float>(a);
-        B.CopyFrom<float>(new float[B.ElementCount]);
-    }
-
     /// <summary>Refreshes the compute-dtype copies after the master weights changed.</summary>
     public void SyncCompute(NativeLora.Kernels.KernelSet k)
     {

@@ -21,7 +21,7 @@ public sealed class SavedModule : IDisposable
     public SavedModule(ComputeDevice device, KernelSet k, string module, Tensor baseWeight)
     {
         Module = module;
-        ParameterName = module == "embed_tokens" ? "model.embed_tokens.weight" : "lm_head.weight";
+        ParameterName = PeftAdapterFile.SavedParameter(module);
         Master = device.Allocate(DType.F32, baseWeight.Shape);
         ElementwiseOp.Cast(k, baseWeight, Master);
         Compute = baseWeight.DType == DType.F32 ? Master : device.Allocate(baseWeight.DType, baseWeight.Shape);
@@ -29,9 +29,6 @@ public sealed class SavedModule : IDisposable
         ElementwiseOp.Zero(k, Grad);
         SyncCompute(k);
     }
-
-    /// <summary>PEFT's key in adapter_model.safetensors: base_model.model.&lt;parameter&gt;.</summary>
-    public string Key => $"base_model.model.{ParameterName}";
 
     public void SyncCompute(KernelSet k)
     {

@@ -103,8 +103,7 @@ public sealed class Linear
         var weight = lease?.Tensor;
         if (weight != null) Gemm.Run(x, weight, y, transB: true);
         else Nf4MatmulOp.Forward(k, Quantized!, x, y);
-        // DoRA without dropout reuses x·W0ᵀ before the bias
-        using var noBias = Bias != null && Lora is { IsDora: true, EffectiveDropout: 0f } ? y.Device.Allocate(y.DType, y.Shape) : null;
+        using var noBias = Bias != null && Lora != null && LoraOp.ReadsBaseProduct(Lora) ? y.Device.Allocate(y.DType, y.Shape) : null;
         if (noBias != null) y.CopyTo(noBias);
         if (Bias != null) ElementwiseOp.AddBias(k, y, Bias);
         if (adapterRows != null && ServedAdapters != null && ServedAdapters.Touches(adapterRows.Host))

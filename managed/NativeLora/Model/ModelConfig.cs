@@ -29,7 +29,14 @@ public sealed record ModelConfig
     public bool AttentionBias { get; init; }
     public int? SlidingWindow { get; init; }
     public int? BosTokenId { get; init; }
-    public int? EosTokenId { get; init; }
+    /// <summary>Every eos_token_id of config.json, which may be one id or a list (Llama 3.1: [128001, 128008, 128009]).</summary>
+    public IReadOnlyList<int> EosTokenIds { get; init; } = Array.Empty<int>();
+    /// <summary>The first of <see cref="EosTokenIds"/> (GGUF's tokenizer.ggml.eos_token_id holds one); setting it sets the list to that id.</summary>
+    public int? EosTokenId
+    {
+        get => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
+        init => EosTokenIds = value is int id ? new[] { id } : Array.Empty<int>();
+    }
 
     public int QDim => NumHeads * HeadDim;
     public int KvDim => NumKvHeads * HeadDim;
@@ -93,7 +100,7 @@ public sealed record ModelConfig
             AttentionBias = type == "qwen2" || (Bool(o, "attention_bias", source) ?? false),
             SlidingWindow = type == "llama" ? null : Int(o, "sliding_window", source),
             BosTokenId = FirstInt(o["bos_token_id"]),
-            EosTokenId = FirstInt(o["eos_token_id"]),
+            EosTokenIds = TokenIds(o["eos_token_id"]),
         };
         c.Validate(source);
         return c;
@@ -124,7 +131,8 @@ public sealed record ModelConfig
         if (ModelType == "llama") { o["attention_bias"] = AttentionBias; o["mlp_bias"] = false; }
         if (SlidingWindow is int w) o["sliding_window"] = w;
         if (BosTokenId is int bos) o["bos_token_id"] = bos;
-        if (EosTokenId is int eos) o["eos_token_id"] = eos;
+        if (EosTokenIds.Count == 1) o["eos_token_id"] = EosTokenIds[0];
+        else if (EosTokenIds.Count > 1) o["eos_token_id"] = new JsonArray(EosTokenIds.Select(id => (JsonNode?)id).ToArray());
         o["rope_scaling"] = RopeScaling.Type switch
         {
             RopeScalingType.Linear => new JsonObject { ["rope_type"] = "linear", ["factor"] = RopeScaling.Factor },
@@ -186,10 +194,13 @@ public sealed record ModelConfig
     };
 
     // bos/eos may be an int or a list of ints (Llama 3.1 lists several eos ids)
-    private static int? FirstInt(JsonNode? n) => n switch
+    private static int? FirstInt(JsonNode? n) => TokenIds(n) is { Length: > 0 } ids ? ids[0] : null;
+
+    /// <summary>A token id field of config.json or generation_config.json: an int, a list of ints, or absent/null (no ids).</summary>
+    public static int[] TokenIds(JsonNode? n) => n switch
     {
-        JsonValue v when v.TryGetValue(out int i) => i,
-        JsonArray a when a.Count > 0 && a[0] is JsonValue v0 && v0.TryGetValue(out int j) => j,
-        _ => null,
+        JsonValue v when v.TryGetValue(out int i) => new[] { i },
+        JsonArray a => a.Select(x => x is JsonValue xv && xv.TryGetValue(out int j) ? j : (int?)null).Where(j => j != null).Select(j => j!.Value).ToArray(),
+        _ => Array.Empty<int>(),
     };
 }

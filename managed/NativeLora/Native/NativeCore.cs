@@ -57,15 +57,26 @@ public static class NativeCore
         return (free, total);
     }
 
+    private static long s_gemmCalls;
+
+    /// <summary>GEMM calls into the core so far (each is one cuBLAS launch on CUDA): the benchmarks count launches per step.</summary>
+    public static long GemmCalls => Interlocked.Read(ref s_gemmCalls);
+
     public static void Gemm(NlDType dtype, NlDType cDtype, bool transA, bool transB, int m, int n, int k, float alpha,
-        nint a, int lda, nint b, int ldb, float beta, nint c, int ldc) =>
+        nint a, int lda, nint b, int ldb, float beta, nint c, int ldc)
+    {
+        Interlocked.Increment(ref s_gemmCalls);
         Check(NativeMethods.nl_gemm(dtype, cDtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc),
             "nl_gemm");
+    }
 
     public static void GemmStridedBatched(NlDType dtype, NlDType cDtype, bool transA, bool transB, int m, int n, int k, float alpha,
-        nint a, int lda, long strideA, nint b, int ldb, long strideB, float beta, nint c, int ldc, long strideC, int batch) =>
+        nint a, int lda, long strideA, nint b, int ldb, long strideB, float beta, nint c, int ldc, long strideC, int batch)
+    {
+        Interlocked.Increment(ref s_gemmCalls);
         Check(NativeMethods.nl_gemm_strided_batched(dtype, cDtype, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha,
             a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch), "nl_gemm_strided_batched");
+    }
 
     public static nint ManagedAlloc(ulong bytes)
     {

@@ -36,99 +36,197 @@ public readonly record struct AttentionShape(int Batch, int SeqLen, int Heads, i
 }
 
 /// <summary>
-/// Causal GQA self-attention with a segment mask on tensors (kernels and math: Kernels/Attention.cs).
-/// q, o: [B·T, H·hd]; k, v: [B·T, KV·hd]; segments: I32 [B·T]; lse: f32 [B·H·T].
-/// GPU variant: the flash kernels. CPU variant: per head, batched GEMMs in the native core around
-/// the row kernels, with a [B, T, T] f32 scratch (f32 only: the CPU path computes in f32).
+/// Causal GQA self-attention with a segment mask (math and row kernels: Kernels/Attention.cs), one
+/// path on every device: per block of query rows, strided-batched GEMMs in the native core around
+/// the row kernels. Operands in the activations' dtype (f32, bf16, f16), scores in f32, dK/dV
+/// accumulated in f32. The block size comes from a scratch budget, so a long sequence never
+/// materialises T×T scores for all heads at once; a causal block covers only the keys its last
+/// query may see.
 /// </summary>
 public static class AttentionOp
 {
-    public static void Forward(KernelSet k, Tensor q, Tensor key, Tensor v, Tensor segments, Tensor o, Tensor lse, AttentionShape s)
+    /// <summary>Scratch for one block's scores (f32) and probabilities (dtype), over all heads and batch rows.</summary>
+    public const long DefaultScratchBytes = 256L << 20;
+
+    /// <summary>Query rows per block: as many as the scratch budget holds, a multiple of 64 when split.</summary>
+    public static int BlockRows(AttentionShape s, DType dtype, long scratchBytes = DefaultScratchBytes)
+    {
+        long perRow = (long)s.Batch * s.Heads * s.Keys * (4 + dtype.SizeOf());
+        long rows = Math.Max(1, scratchBytes / perRow);
+        if (rows >= s.SeqLen) return s.SeqLen;
+        return rows >= 64 ? (int)(rows / 64 * 64) : (int)rows;
+    }
+
+    /// <summary>
+    /// Device memory Forward (or Backward) allocates for one call besides its arguments: the head-major copies,
+    /// the backward's f32 dK/dV accumulators and rowsums, and one block's scores (f32) and probabilities (dtype).
+    /// The memory planner reads it from here.
+    /// </summary>
+    public static long ScratchBytes(AttentionShape s, DType dtype, bool backward, int blockRows = 0)
+    {
+        long e = dtype.SizeOf();
+        long q = (long)s.Tokens * s.Heads * s.HeadDim, kv = (long)s.Batch * s.Keys * s.KvHeads * s.HeadDim;
+        int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dtype);
+        long block = (long)s.Batch * s.Heads * nb * s.Keys * (4 + e);
+        return backward
+            ? (3 * q + 2 * kv) * e + 2 * kv * 4 + (long)s.Batch * s.Heads * s.SeqLen * 4 + block
+            : (2 * q + 2 * kv) * e + block;
+    }
+
+    /// <summary>o and lse are overwritten. blockRows 0: from <see cref="BlockRows"/>.</summary>
+    public static void Forward(KernelSet k, Tensor q, Tensor key, Tensor v, Tensor segments, Tensor o, Tensor lse, AttentionShape s, int blockRows = 0)
     {
         using var _profile = Diagnostics.OpProfiler.Time("attention", q.Device);
         Check(q, key, v, segments, lse, s);
         SameDType(q.DType, (o, "o"));
         RequireElements(o, q.ElementCount, "o");
-        if (k.GpuVariants)
+        var dev = q.Device;
+        var dt = q.DType;
+        int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dt);
+        using var qp = Flat(dev, dt, q.ElementCount);
+        using var kp = Flat(dev, dt, key.ElementCount);
+        using var vp = Flat(dev, dt, v.ElementCount);
+        using var op = Flat(dev, dt, o.ElementCount);
+        using var scores = Flat(dev, DType.F32, (long)s.Batch * s.Heads * nb * s.Keys);
+        using var probs = Flat(dev, dt, scores.ElementCount);
+        ToHeadMajor(k, q, qp, s, s.SeqLen, s.Group);
+        ToHeadMajor(k, key, kp, s, s.Keys, 1);
+        ToHeadMajor(k, v, vp, s, s.Keys, 1);
+        for (int i0 = 0; i0 < s.SeqLen; i0 += nb)
         {
-            Run(q.DType,
-                () => Attention.FlashForward<float, F32>(k, q.View<float>(), key.View<float>(), v.View<float>(), segments.View<int>(), o.View<float>(), lse.View<float>(), s.Batch, s.SeqLen, s.Heads, s.KvHeads, s.HeadDim, s.Scale),
-                () => Attention.FlashForward<ushort, Bf16>(k, q.View<ushort>(), key.View<ushort>(), v.View<ushort>(), segments.View<int>(), o.View<ushort>(), lse.View<float>(), s.Batch, s.SeqLen, s.Heads, s.KvHeads, s.HeadDim, s.Scale),
-                () => Attention.FlashForward<ushort, F16>(k, q.View<ushort>(), key.View<ushort>(), v.View<ushort>(), segments.View<int>(), o.View<ushort>(), lse.View<float>(), s.Batch, s.SeqLen, s.Heads, s.KvHeads, s.HeadDim, s.Scale));
-            return;
+            var blk = Block(s, i0, Math.Min(nb, s.SeqLen - i0));
+            var m = new BlockMatrices(s, blk);
+            GemmStrided.Run(m.QueryRows(qp), m.KeyRows(kp), m.Scores(scores), m.Batch, transB: true);
+            Run(dt,
+                () => Attention.Softmax<float, F32>(k, scores.View<float>(), probs.View<float>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
+                () => Attention.Softmax<ushort, Bf16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
+                () => Attention.Softmax<ushort, F16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch));
+            GemmStrided.Run(m.Scores(probs), m.KeyRows(vp), m.QueryRows(op), m.Batch);
         }
-        RequireCpuF32(q);
-        using var scores = q.Device.Allocate(DType.F32, s.Batch, s.SeqLen, s.SeqLen);
-        for (int h = 0; h < s.Heads; h++)
-        {
-            int g = h / (s.Heads / s.KvHeads);
-            GemmStrided.Run(Head(q, s, h, s.Heads), Head(key, s, g, s.KvHeads), Square(scores, s), s.Batch, transB: true);
-            Attention.SoftmaxRows(k, scores.View<float>(), segments.View<int>(), lse.View<float>(), s.Batch, s.SeqLen, s.Heads, h, s.Scale);
-            GemmStrided.Run(Square(scores, s), Head(v, s, g, s.KvHeads), Head(o, s, h, s.Heads), s.Batch);
-        }
+        FromHeadMajor(k, op, o, s, s.SeqLen, s.Group);
     }
 
-    /// <summary>dq, dk, dv are overwritten.</summary>
+    /// <summary>dq, dk, dv are overwritten. blockRows as in <see cref="Forward"/>.</summary>
     public static void Backward(KernelSet k, Tensor q, Tensor key, Tensor v, Tensor segments, Tensor o, Tensor lse, Tensor dO,
-        Tensor dq, Tensor dk, Tensor dv, AttentionShape s)
+        Tensor dq, Tensor dk, Tensor dv, AttentionShape s, int blockRows = 0)
     {
         using var _profile = Diagnostics.OpProfiler.Time("attention.bwd", q.Device);
         Check(q, key, v, segments, lse, s);
         SameDType(q.DType, (o, "o"), (dO, "dO"), (dq, "dq"), (dk, "dk"), (dv, "dv"));
+        RequireElements(o, q.ElementCount, "o");
+        RequireElements(dO, q.ElementCount, "dO");
         RequireElements(dq, q.ElementCount, "dq");
         RequireElements(dk, key.ElementCount, "dk");
         RequireElements(dv, v.ElementCount, "dv");
-        if (k.GpuVariants)
+        var dev = q.Device;
+        var dt = q.DType;
+        int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dt);
+        using var dRow = Flat(dev, DType.F32, lse.ElementCount);
+        Run(dt,
+            () => Attention.RowDot<float, F32>(k, dO.View<float>(), o.View<float>(), dRow.View<float>(), s.Batch, s.SeqLen, s.Heads, s.HeadDim),
+            () => Attention.RowDot<ushort, Bf16>(k, dO.View<ushort>(), o.View<ushort>(), dRow.View<float>(), s.Batch, s.SeqLen, s.Heads, s.HeadDim),
+            () => Attention.RowDot<ushort, F16>(k, dO.View<ushort>(), o.View<ushort>(), dRow.View<float>(), s.Batch, s.SeqLen, s.Heads, s.HeadDim));
+        using var qp = Flat(dev, dt, q.ElementCount);
+        using var kp = Flat(dev, dt, key.ElementCount);
+        using var vp = Flat(dev, dt, v.ElementCount);
+        using var dOp = Flat(dev, dt, dO.ElementCount);
+        using var dqp = Flat(dev, dt, dq.ElementCount);
+        using var dkp = Flat(dev, DType.F32, dk.ElementCount);
+        using var dvp = Flat(dev, DType.F32, dv.ElementCount);
+        using var scores = Flat(dev, DType.F32, (long)s.Batch * s.Heads * nb * s.Keys);
+        using var probs = Flat(dev, dt, scores.ElementCount);
+        ToHeadMajor(k, q, qp, s, s.SeqLen, s.Group);
+        ToHeadMajor(k, dO, dOp, s, s.SeqLen, s.Group);
+        ToHeadMajor(k, key, kp, s, s.Keys, 1);
+        ToHeadMajor(k, v, vp, s, s.Keys, 1);
+        dkp.ZeroBytes(); // the blocks accumulate into dK/dV; keys no query sees keep 0
+        dvp.ZeroBytes();
+        for (int i0 = 0; i0 < s.SeqLen; i0 += nb)
         {
-            using var dRow = q.Device.Allocate(DType.F32, s.Batch * s.Heads * s.SeqLen);
-            Run(q.DType,
-                () => Attention.FlashBackward<float, F32>(k, q.View<float>(), key.View<float>(), v.View<float>(), segments.View<int>(), o.View<float>(), dO.View<float>(), lse.View<float>(), dRow.View<float>(), dq.View<float>(), dk.View<float>(), dv.View<float>(), s.Batch, s.SeqLen, s.Heads, s.KvHeads, s.HeadDim, s.Scale),
-                () => Attention.FlashBackward<ushort, Bf16>(k, q.View<ushort>(), key.View<ushort>(), v.View<ushort>(), segments.View<int>(), o.View<ushort>(), dO.View<ushort>(), lse.View<float>(), dRow.View<float>(), dq.View<ushort>(), dk.View<ushort>(), dv.View<ushort>(), s.Batch, s.SeqLen, s.Heads, s.KvHeads, s.HeadDim, s.Scale),
-                () => Attention.FlashBackward<ushort, F16>(k, q.View<ushort>(), key.View<ushort>(), v.View<ushort>(), segments.View<int>(), o.View<ushort>(), dO.View<ushort>(), lse.View<float>(), dRow.View<float>(), dq.View<ushort>(), dk.View<ushort>(), dv.View<ushort>(), s.Batch, s.SeqLen, s.Heads, s.KvHeads, s.HeadDim, s.Scale));
-            return;
+            var blk = Block(s, i0, Math.Min(nb, s.SeqLen - i0));
+            var m = new BlockMatrices(s, blk);
+            GemmStrided.Run(m.QueryRows(qp), m.KeyRows(kp), m.Scores(scores), m.Batch, transB: true);
+            Run(dt,
+                () => Attention.RecomputeProbs<float, F32>(k, scores.View<float>(), probs.View<float>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
+                () => Attention.RecomputeProbs<ushort, Bf16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch),
+                () => Attention.RecomputeProbs<ushort, F16>(k, scores.View<float>(), probs.View<ushort>(), segments.View<int>(), lse.View<float>(), blk, s.Batch));
+            GemmStrided.Run(m.Scores(probs), m.QueryRows(dOp), m.KeyRows(dvp), m.Batch, transA: true, beta: 1f);    // dV += Pᵀ·dO
+            GemmStrided.Run(m.QueryRows(dOp), m.KeyRows(vp), m.Scores(scores), m.Batch, transB: true);             // dP = dO·Vᵀ
+            Run(dt,
+                () => Attention.GradScores<float, F32>(k, scores.View<float>(), probs.View<float>(), dRow.View<float>(), blk, s.Batch),
+                () => Attention.GradScores<ushort, Bf16>(k, scores.View<float>(), probs.View<ushort>(), dRow.View<float>(), blk, s.Batch),
+                () => Attention.GradScores<ushort, F16>(k, scores.View<float>(), probs.View<ushort>(), dRow.View<float>(), blk, s.Batch));
+            GemmStrided.Run(m.Scores(probs), m.KeyRows(kp), m.QueryRows(dqp), m.Batch);                            // dQ = τ·dS·K
+            GemmStrided.Run(m.Scores(probs), m.QueryRows(qp), m.KeyRows(dkp), m.Batch, transA: true, beta: 1f);    // dK += τ·dSᵀ·Q
         }
-        RequireCpuF32(q);
-        ElementwiseOp.Zero(k, dk);
-        ElementwiseOp.Zero(k, dv);
-        using var probs = q.Device.Allocate(DType.F32, s.Batch, s.SeqLen, s.SeqLen);
-        using var dScores = q.Device.Allocate(DType.F32, s.Batch, s.SeqLen, s.SeqLen);
-        for (int h = 0; h < s.Heads; h++)
-        {
-            int g = h / (s.Heads / s.KvHeads);
-            GemmStrided.Run(Head(q, s, h, s.Heads), Head(key, s, g, s.KvHeads), Square(probs, s), s.Batch, transB: true);
-            Attention.RecomputeProbsRows(k, probs.View<float>(), segments.View<int>(), lse.View<float>(), s.Batch, s.SeqLen, s.Heads, h, s.Scale);
-            GemmStrided.Run(Square(probs, s), Head(dO, s, h, s.Heads), Head(dv, s, g, s.KvHeads), s.Batch, transA: true, beta: 1f);
-            GemmStrided.Run(Head(dO, s, h, s.Heads), Head(v, s, g, s.KvHeads), Square(dScores, s), s.Batch, transB: true);
-            Attention.GradScoresRows(k, probs.View<float>(), dScores.View<float>(), o.View<float>(), dO.View<float>(), s.Batch, s.SeqLen, s.Heads, s.HeadDim, h, s.Scale);
-            GemmStrided.Run(Square(dScores, s), Head(key, s, g, s.KvHeads), Head(dq, s, h, s.Heads), s.Batch);
-            GemmStrided.Run(Square(dScores, s), Head(q, s, h, s.Heads), Head(dk, s, g, s.KvHeads), s.Batch, transA: true, beta: 1f);
-        }
+        FromHeadMajor(k, dqp, dq, s, s.SeqLen, s.Group);
+        FromHeadMajor(k, dkp, dk, s, s.Keys, 1);
+        FromHeadMajor(k, dvp, dv, s, s.Keys, 1);
     }
 
-    // head h of [B·T, heads·hd] activations: B matrices of [T, hd] with row stride heads·hd
-    private static StridedMatrices Head(Tensor t, AttentionShape s, int h, int heads) =>
-        new(t, (long)h * s.HeadDim, s.SeqLen, s.HeadDim, heads * s.HeadDim, (long)s.SeqLen * heads * s.HeadDim);
+    private static Tensor Flat(Devices.ComputeDevice dev, DType dtype, long count) => dev.Allocate(dtype, checked((int)count));
 
-    private static StridedMatrices Square(Tensor t, AttentionShape s) =>
-        new(t, 0, s.SeqLen, s.SeqLen, s.SeqLen, (long)s.SeqLen * s.SeqLen);
+    private static Attention.Block Block(AttentionShape s, int i0, int rows) => new()
+    {
+        Queries = s.SeqLen, Keys = s.Keys, Heads = s.Heads, KvHeads = s.KvHeads,
+        Row0 = i0, Rows = rows, KeyEnd = s.QueryOffset + i0 + rows, Scale = s.Scale,
+    };
+
+    /// <summary>
+    /// The GEMM operands of one block, batched over (b, g): B·KV matrices each. Query-side tensors are
+    /// head-major [B, KV, T, G·hd] (rows of hd, the block's rows [i0·G, i1·G)); key-side tensors
+    /// [B, KV, Tk, hd] (the block's keys [0, KeyEnd)); scores [B·KV, Rows·G, KeyEnd] dense.
+    /// </summary>
+    private readonly record struct BlockMatrices(AttentionShape S, Attention.Block Blk)
+    {
+        public int Batch => S.Batch * S.KvHeads;
+        private int QueryRowCount => Blk.Rows * S.Group;
+
+        public StridedMatrices QueryRows(Tensor t) =>
+            new(t, (long)Blk.Row0 * S.Group * S.HeadDim, QueryRowCount, S.HeadDim, S.HeadDim, (long)S.SeqLen * S.Group * S.HeadDim);
+
+        public StridedMatrices KeyRows(Tensor t) =>
+            new(t, 0, Blk.KeyEnd, S.HeadDim, S.HeadDim, (long)S.Keys * S.HeadDim);
+
+        public StridedMatrices Scores(Tensor t) =>
+            new(t, 0, QueryRowCount, Blk.KeyEnd, Blk.KeyEnd, (long)QueryRowCount * Blk.KeyEnd);
+    }
+
+    // token-major [B, T, KV, c·hd] → head-major [B, KV, T, c·hd] (c = G for queries, 1 for keys)
+    private static void ToHeadMajor(KernelSet k, Tensor src, Tensor dst, AttentionShape s, int tokens, int c) =>
+        Permute(k, src, dst, s.Batch, tokens, s.KvHeads, c * s.HeadDim);
+
+    private static void FromHeadMajor(KernelSet k, Tensor src, Tensor dst, AttentionShape s, int tokens, int c) =>
+        Permute(k, src, dst, s.Batch, s.KvHeads, tokens, c * s.HeadDim);
+
+    // dst [B, Y, X, C] ← src [B, X, Y, C]; src may be f32 (accumulators) with dst in the activations' dtype
+    private static void Permute(KernelSet k, Tensor src, Tensor dst, int batch, int x, int y, int c)
+    {
+        RequireElements(dst, (long)batch * x * y * c, "permute output");
+        RequireElements(src, dst.ElementCount, "permute input");
+        if (src.DType == dst.DType)
+            Run(dst.DType,
+                () => Attention.Permute<float, F32, float, F32>(k, src.View<float>(), dst.View<float>(), x, y, c),
+                () => Attention.Permute<ushort, Bf16, ushort, Bf16>(k, src.View<ushort>(), dst.View<ushort>(), x, y, c),
+                () => Attention.Permute<ushort, F16, ushort, F16>(k, src.View<ushort>(), dst.View<ushort>(), x, y, c));
+        else if (src.DType == DType.F32)
+            Run(dst.DType,
+                () => throw new InvalidOperationException("unreachable: same dtypes handled above"),
+                () => Attention.Permute<float, F32, ushort, Bf16>(k, src.View<float>(), dst.View<ushort>(), x, y, c),
+                () => Attention.Permute<float, F32, ushort, F16>(k, src.View<float>(), dst.View<ushort>(), x, y, c));
+        else throw new ArgumentException($"attention permute from {src.DType.Name()} to {dst.DType.Name()} is not supported");
+    }
 
     private static void Check(Tensor q, Tensor key, Tensor v, Tensor segments, Tensor lse, AttentionShape s)
     {
         s.Validate();
-        if (s.Keys != s.SeqLen) throw new NotSupportedException("attention after cached keys (KeyLen > SeqLen) lands with the GEMM attention path");
         RequireElements(q, (long)s.Tokens * s.Heads * s.HeadDim, "q");
-        RequireElements(key, (long)s.Tokens * s.KvHeads * s.HeadDim, "k");
+        RequireElements(key, (long)s.Batch * s.Keys * s.KvHeads * s.HeadDim, "k");
         RequireElements(v, key.ElementCount, "v");
         SameDType(q.DType, (key, "k"), (v, "v"));
         Require(segments, DType.I32, "segments");
-        RequireElements(segments, s.Tokens, "segments");
+        RequireElements(segments, (long)s.Batch * s.Keys, "segments");
         Require(lse, DType.F32, "lse");
         RequireElements(lse, (long)s.Batch * s.Heads * s.SeqLen, "lse");
-    }
-
-    private static void RequireCpuF32(Tensor q)
-    {
-        if (q.DType != DType.F32)
-            throw new ArgumentException($"the CPU attention variant computes in f32; got {q}. Use f32 activations on the CPU.");
     }
 }

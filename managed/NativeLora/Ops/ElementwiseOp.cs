@@ -66,6 +66,16 @@ public static class ElementwiseOp
             () => Elementwise.Fill<ushort, F16>(k, x.View<ushort>(), value));
     }
 
+    /// <summary>x = uniform(−bound, bound), element i drawn from (seed, i): the same values on every device.</summary>
+    public static void FillUniform(KernelSet k, Tensor x, ulong seed, float bound)
+    {
+        using var _ = Diagnostics.OpProfiler.Time("fill", x.Device);
+        Run(x.DType,
+            () => Elementwise.FillUniform<float, F32>(k, x.View<float>(), seed, bound),
+            () => Elementwise.FillUniform<ushort, Bf16>(k, x.View<ushort>(), seed, bound),
+            () => Elementwise.FillUniform<ushort, F16>(k, x.View<ushort>(), seed, bound));
+    }
+
     /// <summary>
     /// Zeroes x with the accelerator's memset (all-zero bytes are 0 in f32, bf16 and f16) on the device's
     /// stream, ordered with the kernels and GEMMs around it: a memset runs at copy speed, the fill kernel

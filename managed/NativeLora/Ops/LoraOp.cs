@@ -23,14 +23,47 @@ public sealed class LoraSaved : IDisposable
 }
 
 /// <summary>
-/// The adapter path of a LoRA (or DoRA) linear on tensors (math and variants: Kernels/Lora.cs,
-/// Kernels/Dora.cs). x [N, in], y [N, out] in the compute dtype; the base product is the caller's.
+/// LoRA's math in one place, as HF PEFT's tuners/lora/layer.py holds it (DoRA's: <see cref="DoraOp"/>):
+/// scale, init, forward, backward and merge of one adapted linear. The kernels it launches are
+/// Kernels/Lora.cs (dropout and the fused GPU variants); the GEMMs run in the native core.
+///
+///   scale   s = α/r, or α/√r with rsLoRA (rank-stabilised: the update's magnitude no longer shrinks as r grows)
+///   init    A ~ U(±1/√in) (kaiming_uniform with a=√5), B = 0: the adapter starts as a no-op
+///   forward y = x·W0ᵀ + bias + s·z·Bᵀ,   u = dropout(x) [N, in],  z = u·Aᵀ [N, r]
+///   backward (W0 frozen; from ∂y/∂B = s·z, ∂y/∂z = s·B, z = u·Aᵀ, u = mask ⊙ x / (1 − p)):
+///           dB += s·dyᵀ·z,   dz = s·dy·B,   dA += dzᵀ·u,   dx += dropoutᵀ(dz·A)   (plus dy·W0 from the base)
+///   merge   W = W0 + s·B·A (the delta weight PEFT's get_delta_weight returns)
+///
+/// Dropout masks are a hash of (seed, element index), so the backward and a gradient-checkpointing
+/// recompute regenerate them instead of storing them. GPU variant: z and the dx contribution come from
+/// fused kernels that apply the mask while reading x (no dropout(x) tensor); CPU variant: the mask is
+/// applied into u by an elementwise kernel and the rank-r products are BLAS GEMMs.
+/// x [N, in], y [N, out] in the compute dtype; the base product is the caller's (Linear).
 /// </summary>
 public static class LoraOp
 {
+    /// <summary>s = α/r, or α/√r with rsLoRA.</summary>
+    public static float Scale(double alpha, int r, bool rslora) => (float)(rslora ? alpha / Math.Sqrt(r) : alpha / r);
+
+    /// <summary>PEFT's init: A kaiming_uniform(a=√5), i.e. U(±1/√in), and B zeros (DoRA's magnitude: <see cref="DoraOp.InitializeMagnitude"/>).</summary>
+    public static void InitializeLikePeft(LoraModule m, Random rng)
+    {
+        double bound = 1.0 / Math.Sqrt(m.InFeatures);
+        var a = new float[m.A.ElementCount];
+        for (int i = 0; i < a.Length; i++) a[i] = (float)((rng.NextDouble() * 2 - 1) * bound);
+        m.A.CopyFrom<float>(a);
+        m.B.CopyFrom<float>(new float[m.B.ElementCount]);
+    }
+
+    /// <summary>
+    /// Whether the adapter's forward reads x·W0ᵀ without the bias (DoRA without dropout, where u·W0ᵀ = x·W0ᵀ);
+    /// the caller then passes that product as yNoBias.
+    /// </summary>
+    public static bool ReadsBaseProduct(LoraModule m) => m.IsDora && m.EffectiveDropout == 0f;
+
     /// <summary>
     /// y already holds x·W0ᵀ (+ bias); adds the adapter. yNoBias is x·W0ᵀ without the bias, needed
-    /// only by DoRA without dropout (pass y itself when there is no bias).
+    /// only when <see cref="ReadsBaseProduct"/> (pass y itself when there is no bias).
     /// </summary>
     public static LoraSaved Forward(KernelSet k, LoraModule m, Tensor x, Tensor y, Tensor? w0, Tensor yNoBias)
     {
@@ -38,41 +71,9 @@ public static class LoraOp
         var saved = new LoraSaved();
         try
         {
-            int n = x.Dim(0);
-            float p = m.EffectiveDropout;
             saved.Z = Down(k, m, x);
-            if (!m.IsDora)
-            {
-                Gemm.Run(saved.Z, m.BCompute, y, transB: true, alpha: m.Scale, beta: 1f);
-                return saved;
-            }
-            var dev = x.Device;
-            w0 = DenseBase(m, w0);
-            (saved.Norms, saved.G) = DoraScale(k, m, w0);
-            saved.Pre = dev.Allocate(x.DType, n, m.OutFeatures);
-            Gemm.Run(saved.Z, m.BCompute, saved.Pre, transB: true, alpha: m.Scale); // l = s·z·Bᵀ
-            Tensor? bdOwned = null;
-            try
-            {
-                Tensor bd = yNoBias;
-                if (p > 0)
-                {
-                    bdOwned = dev.Allocate(x.DType, n, m.OutFeatures);
-                    using var u = DropoutOf(k, m, x);
-                    Gemm.Run(u, w0, bdOwned, transB: true);
-                    bd = bdOwned;
-                }
-                var g = saved.G.View<float>();
-                int cols = m.OutFeatures;
-                Run(x.DType,
-                    () => Dora.Combine<float, F32>(k, y.View<float>(), bd.View<float>(), saved.Pre.View<float>(), g, cols),
-                    () => Dora.Combine<ushort, Bf16>(k, y.View<ushort>(), bd.View<ushort>(), saved.Pre.View<ushort>(), g, cols),
-                    () => Dora.Combine<ushort, F16>(k, y.View<ushort>(), bd.View<ushort>(), saved.Pre.View<ushort>(), g, cols));
-            }
-            finally
-            {
-                bdOwned?.Dispose();
-            }
+            if (m.IsDora) DoraOp.Forward(k, m, x, y, DenseBase(m, w0), yNoBias, saved);
+            else Gemm.Run(saved.Z, m.BCompute, y, transB: true, alpha: m.Scale, beta: 1f); // y += s·z·Bᵀ
             return saved;
         }
         catch
@@ -88,41 +89,19 @@ public static class LoraOp
     public static void Backward(KernelSet k, LoraModule m, Tensor x, LoraSaved saved, Tensor dy, Tensor? dx, Tensor? w0)
     {
         using var _profile = Diagnostics.OpProfiler.Time("lora.bwd", x.Device);
-        if (!m.IsDora)
-        {
-            LowRankBackward(k, m, x, saved.Z, dy, dx);
-            return;
-        }
-        w0 = DenseBase(m, w0);
-        var dev = x.Device;
-        int n = x.Dim(0), cols = m.OutFeatures;
-        float p = m.EffectiveDropout;
-        var g = saved.G!.View<float>();
-        Run(x.DType,
-            () => Dora.MagnitudeGrad<float, F32>(k, dy.View<float>(), saved.Pre!.View<float>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols),
-            () => Dora.MagnitudeGrad<ushort, Bf16>(k, dy.View<ushort>(), saved.Pre!.View<ushort>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols),
-            () => Dora.MagnitudeGrad<ushort, F16>(k, dy.View<ushort>(), saved.Pre!.View<ushort>(), saved.Norms!.View<float>(), m.MagnitudeGrad!.View<float>(), n, cols));
-        using var scaled = dev.Allocate(x.DType, n, cols);
-        ScaleColumns(k, dy, scaled, g, 0f, cols);                 // g·dy feeds the low-rank factors
-        LowRankBackward(k, m, x, saved.Z, scaled, dx);
-        if (dx == null) return;
-        ScaleColumns(k, dy, scaled, g, -1f, cols);                // (g − 1)·dy feeds u·W0ᵀ
-        if (p == 0f)
-        {
-            Gemm.Run(scaled, w0, dx, beta: 1f);
-            return;
-        }
-        using var t = dev.Allocate(x.DType, n, m.InFeatures);
-        Gemm.Run(scaled, w0, t);
-        DropoutBackward(k, m, t, dx);
+        if (m.IsDora) DoraOp.Backward(k, m, x, saved, dy, dx, DenseBase(m, w0));
+        else LowRankBackward(k, m, x, saved.Z, dy, dx);
     }
+
+    /// <summary>Merge: w += s·B·A (w [out, in], A [r, in], B [out, r], all one dtype).</summary>
+    public static void Merge(Tensor w, Tensor a, Tensor b, float scale) => Gemm.Run(b, a, w, alpha: scale, beta: 1f);
 
     // Plain LoRA never reads W0; DoRA does, so a layer whose base product is fused from NF4 codes passes null only without DoRA.
     private static Tensor DenseBase(LoraModule m, Tensor? w0) =>
         w0 ?? throw new InvalidOperationException($"{m.Target}: DoRA needs the dense base weight (QLoRA layers with DoRA use qlora_matmul scratch)");
 
     // z = dropout(x)·Aᵀ
-    private static Tensor Down(KernelSet k, LoraModule m, Tensor x)
+    internal static Tensor Down(KernelSet k, LoraModule m, Tensor x)
     {
         int n = x.Dim(0);
         float p = m.EffectiveDropout;
@@ -150,7 +129,7 @@ public static class LoraOp
     }
 
     // dB += s·dyᵀ·z; dz = s·dy·B; dA += dzᵀ·u; dx += dropoutᵀ(dz·A)
-    private static void LowRankBackward(KernelSet k, LoraModule m, Tensor x, Tensor z, Tensor dy, Tensor? dx)
+    internal static void LowRankBackward(KernelSet k, LoraModule m, Tensor x, Tensor z, Tensor dy, Tensor? dx)
     {
         int n = x.Dim(0);
         float p = m.EffectiveDropout;
@@ -178,42 +157,7 @@ public static class LoraOp
         DropoutBackward(k, m, gIn, dx);
     }
 
-    /// <summary>DoRA's ‖W0 + s·B·A‖ per output row and g = m / that norm (both f32 [out]).</summary>
-    public static (Tensor Norms, Tensor G) DoraScale(KernelSet k, LoraModule m, Tensor w0)
-    {
-        var dev = w0.Device;
-        using var merged = dev.Allocate(w0.DType, w0.Shape);
-        w0.CopyTo(merged);
-        Gemm.Run(m.BCompute, m.ACompute, merged, alpha: m.Scale, beta: 1f);
-        var norms = dev.Allocate(DType.F32, m.OutFeatures);
-        Run(w0.DType,
-            () => Dora.RowNorms<float, F32>(k, merged.View<float>(), norms.View<float>(), m.OutFeatures, m.InFeatures),
-            () => Dora.RowNorms<ushort, Bf16>(k, merged.View<ushort>(), norms.View<float>(), m.OutFeatures, m.InFeatures),
-            () => Dora.RowNorms<ushort, F16>(k, merged.View<ushort>(), norms.View<float>(), m.OutFeatures, m.InFeatures));
-        var g = dev.Allocate(DType.F32, m.OutFeatures);
-        Dora.Ratio(k, m.Magnitude!.View<float>(), norms.View<float>(), g.View<float>());
-        return (norms, g);
-    }
-
-    /// <summary>Row norms ‖W0[o,:]‖ (f32 [out]) of a base weight: DoRA's initial magnitude.</summary>
-    public static Tensor BaseRowNorms(KernelSet k, Tensor w0)
-    {
-        int rows = w0.Dim(0), cols = w0.Dim(1);
-        var norms = w0.Device.Allocate(DType.F32, rows);
-        Run(w0.DType,
-            () => Dora.RowNorms<float, F32>(k, w0.View<float>(), norms.View<float>(), rows, cols),
-            () => Dora.RowNorms<ushort, Bf16>(k, w0.View<ushort>(), norms.View<float>(), rows, cols),
-            () => Dora.RowNorms<ushort, F16>(k, w0.View<ushort>(), norms.View<float>(), rows, cols));
-        return norms;
-    }
-
-    private static void ScaleColumns(KernelSet k, Tensor src, Tensor dst, ILGPU.ArrayView<float> g, float offset, int cols) =>
-        Run(src.DType,
-            () => Dora.ScaleColumns<float, F32>(k, src.View<float>(), dst.View<float>(), g, offset, cols),
-            () => Dora.ScaleColumns<ushort, Bf16>(k, src.View<ushort>(), dst.View<ushort>(), g, offset, cols),
-            () => Dora.ScaleColumns<ushort, F16>(k, src.View<ushort>(), dst.View<ushort>(), g, offset, cols));
-
-    private static Tensor DropoutOf(KernelSet k, LoraModule m, Tensor x)
+    internal static Tensor DropoutOf(KernelSet k, LoraModule m, Tensor x)
     {
         var u = x.Device.Allocate(x.DType, x.Shape);
         float p = m.EffectiveDropout;
@@ -224,7 +168,7 @@ public static class LoraOp
         return u;
     }
 
-    private static void DropoutBackward(KernelSet k, LoraModule m, Tensor g, Tensor dx)
+    internal static void DropoutBackward(KernelSet k, LoraModule m, Tensor g, Tensor dx)
     {
         float p = m.EffectiveDropout;
         Run(g.DType,

@@ -134,6 +134,20 @@ public sealed class Nf4Tensor : IDisposable
     {
         using var _profile = Diagnostics.OpProfiler.Time("nf4.dequantize", output.Device);
         RequireElements(output, ElementCount, "NF4 output");
+        // GPU variant into bf16/f16: the fused word kernel (one pass, absmax restored in registers)
+        if (k.GpuVariants && output.DType.SizeOf() == 2 && Nf4.WordsApply(ElementCount, BlockSize, Nested ? NestedBlockSize : 0))
+        {
+            var none = QuantMap.View<float>().SubView(0, 0); // an empty f32 view for the arguments the path does not read
+            var absF = Nested ? none : Absmax.View<float>();
+            var absQ = Nested ? Absmax.View<byte>() : Packed.View<byte>().SubView(0, 0);
+            var map = Nested ? NestedQuantMap!.View<float>() : none;
+            var scale = Nested ? NestedAbsmax!.View<float>() : none;
+            if (output.DType == DType.BF16)
+                Nf4.DequantizeWords<Bf16>(k, Packed.View<byte>(), absF, absQ, map, scale, Offset, QuantMap.View<float>(), output.View<ushort>(), BlockSize, Nested ? NestedBlockSize : 0);
+            else
+                Nf4.DequantizeWords<F16>(k, Packed.View<byte>(), absF, absQ, map, scale, Offset, QuantMap.View<float>(), output.View<ushort>(), BlockSize, Nested ? NestedBlockSize : 0);
+            return;
+        }
         Tensor? restored = null;
         if (Nested)
         {

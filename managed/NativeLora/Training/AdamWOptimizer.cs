@@ -84,7 +84,7 @@ public sealed class AdamWOptimizer : IDisposable
                 foreach (var t in slot.States) Native.NativeCore.ManagedAdvise(t.DataPointer, (ulong)t.ByteLength, Native.NlMemAdvice.PreferHost);
             _slots.Add(slot);
         }
-        _partial = device.Allocate(DType.F32, 4096);
+        _partial = device.Allocate(DType.F32, Math.Max(1, _slots.Count) * PartialsPerTensor);
         if (eightBit)
         {
             _mapSigned = device.Allocate(DType.F32, 256);
@@ -101,18 +101,24 @@ public sealed class AdamWOptimizer : IDisposable
         foreach (var s in _slots) ElementwiseOp.Zero(_k, s.Grad);
     }
 
-    /// <summary>‖g‖₂ over every gradient, summed in a fixed order on the host (deterministic; NaN/∞ propagate).</summary>
+    /// <summary>
+    /// ‖g‖₂ over every gradient, summed in a fixed order on the host (deterministic; NaN/∞ propagate). Every
+    /// tensor's partial sums land in its own region of one buffer, read back once: one device round trip per
+    /// step instead of one per tensor (224 for Llama 3.2 1B with LoRA on all projections).
+    /// </summary>
     public double GradientNorm()
     {
+        var counts = new int[_slots.Count];
+        for (int i = 0; i < _slots.Count; i++)
+            counts[i] = AdamW.SumOfSquares(_k, _slots[i].Grad.View<float>(), _partial.View<float>().SubView((long)i * PartialsPerTensor, PartialsPerTensor));
+        var partial = _partial.ToArray<float>();
         double total = 0;
-        foreach (var s in _slots)
-        {
-            int count = AdamW.SumOfSquares(_k, s.Grad.View<float>(), _partial.View<float>());
-            var partial = _partial.ToArray<float>();
-            for (int i = 0; i < count; i++) total += partial[i];
-        }
+        for (int i = 0; i < _slots.Count; i++)
+            for (int j = 0; j < counts[i]; j++) total += partial[(long)i * PartialsPerTensor + j];
         return Math.Sqrt(total);
     }
+
+    private const int PartialsPerTensor = 256;
 
     /// <summary>One update with learning rate lr; gradients are multiplied by gradScale first (clipping).</summary>
     public void Step(float lr, float gradScale)

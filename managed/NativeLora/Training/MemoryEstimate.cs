@@ -20,7 +20,7 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
 {
     public long Total => Weights + Adapter + Activations + Math.Max(Logits, Workspace);
 
-    public static MemoryEstimate For(ModelConfig c, LoraConfig lora, DType dtype, int microBatch, int seqLen, bool checkpointing, bool cpuAttention,
+    public static MemoryEstimate For(ModelConfig c, LoraConfig lora, DType dtype, int microBatch, int seqLen, bool checkpointing,
         int ceChunkRows = 1024, string method = "lora")
     {
         long e = dtype.SizeOf();
@@ -53,7 +53,7 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         long rows = Math.Min(ceChunkRows, n);
         long lossPhase = 2 * n * c.HiddenSize * e + n * 4 + n * 4 + rows * c.VocabSize * 4 + (e == 4 ? 0 : rows * c.VocabSize * e) + rows * 4;
 
-        long attentionScratch = cpuAttention ? 2L * microBatch * seqLen * (long)seqLen * 4 : (long)microBatch * c.NumHeads * seqLen * 4;
+        long attentionScratch = Ops.AttentionOp.ScratchBytes(new Ops.AttentionShape(microBatch, seqLen, c.NumHeads, c.NumKvHeads, c.HeadDim), dtype, backward: true);
         int widest = Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
         long loraBackward = lora.Dropout > 0 ? n * e * (2L * widest + lora.R) : n * e * lora.R;
         long layerBackward = n * e * (3L * c.IntermediateSize + 2L * c.HiddenSize + 2L * c.QDim + 2L * c.KvDim)

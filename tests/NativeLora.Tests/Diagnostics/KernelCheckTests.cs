@@ -23,7 +23,7 @@ public class KernelCheckTests
         Assert.That(results.All(r => r.Passed), Is.True, $"seed {seed} (NATIVELORA_SEED={seed} replays):\n{Failures(results)}");
     }
 
-    /// <summary>What a GPU run executes (shared memory, shuffles, flash attention, fused dropout; bf16 everywhere), here on the CPU accelerator.</summary>
+    /// <summary>What a GPU run executes (shared memory, shuffles, fused dropout; bf16 everywhere), here on the CPU accelerator.</summary>
     [Test]
     public void TheGpuVariantsPassOnTheCpuAccelerator()
     {

@@ -6,47 +6,51 @@ namespace NativeLora.Tests.Kernels;
 
 public class AttentionTests
 {
-    /// <summary>Plain float64 attention with the full score matrix, and its backward through the softmax Jacobian.</summary>
+    /// <summary>
+    /// Plain float64 attention with the full score matrix, and its backward through the softmax Jacobian.
+    /// Queries are the last SeqLen of each row's Keys positions (query i at key position off + i).
+    /// </summary>
     internal sealed class Reference
     {
-        public double[] O = null!, Dq = null!, Dk = null!, Dv = null!;
+        public double[] O = null!, Dq = null!, Dk = null!, Dv = null!, Lse = null!;
 
-        public static bool Allowed(int[] seg, int b, int T, int i, int j) =>
-            j <= i && seg[b * T + i] >= 0 && seg[b * T + j] == seg[b * T + i];
+        public static bool Allowed(int[] seg, int b, int Tk, int p, int j) =>
+            j <= p && seg[b * Tk + p] >= 0 && seg[b * Tk + j] == seg[b * Tk + p];
 
         public static Reference Run(double[] q, double[] k, double[] v, int[] seg, double[]? dO, AttentionShape s)
         {
-            int B = s.Batch, T = s.SeqLen, H = s.Heads, KV = s.KvHeads, hd = s.HeadDim, G = H / KV;
+            int B = s.Batch, T = s.SeqLen, Tk = s.Keys, off = s.QueryOffset, H = s.Heads, KV = s.KvHeads, hd = s.HeadDim, G = H / KV;
             double scale = 1 / Math.Sqrt(hd);
-            var r = new Reference { O = new double[q.Length], Dq = new double[q.Length], Dk = new double[k.Length], Dv = new double[v.Length] };
+            var r = new Reference { O = new double[q.Length], Dq = new double[q.Length], Dk = new double[k.Length], Dv = new double[v.Length], Lse = new double[B * H * T] };
             double Q(int b, int t, int h, int d) => q[((b * T + t) * H + h) * hd + d];
-            double K(int b, int t, int g, int d) => k[((b * T + t) * KV + g) * hd + d];
-            double V(int b, int t, int g, int d) => v[((b * T + t) * KV + g) * hd + d];
+            double K(int b, int t, int g, int d) => k[((b * Tk + t) * KV + g) * hd + d];
+            double V(int b, int t, int g, int d) => v[((b * Tk + t) * KV + g) * hd + d];
             for (int b = 0; b < B; b++)
                 for (int h = 0; h < H; h++)
                 {
                     int g = h / G;
-                    var P = new double[T, T];
+                    var P = new double[T, Tk];
                     for (int i = 0; i < T; i++)
                     {
                         double max = double.NegativeInfinity;
-                        var sc = new double[T];
-                        for (int j = 0; j < T; j++)
+                        var sc = new double[Tk];
+                        for (int j = 0; j < Tk; j++)
                         {
-                            if (!Allowed(seg, b, T, i, j)) { sc[j] = double.NegativeInfinity; continue; }
+                            if (!Allowed(seg, b, Tk, off + i, j)) { sc[j] = double.NegativeInfinity; continue; }
                             double dot = 0;
                             for (int d = 0; d < hd; d++) dot += Q(b, i, h, d) * K(b, j, g, d);
                             sc[j] = dot * scale;
                             max = Math.Max(max, sc[j]);
                         }
-                        if (double.IsNegativeInfinity(max)) continue; // a padding query attends nothing: P row 0, output 0
+                        if (double.IsNegativeInfinity(max)) continue; // a padding query attends nothing: P row 0, output 0, lse 0
                         double sum = 0;
-                        for (int j = 0; j < T; j++) sum += double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max);
-                        for (int j = 0; j < T; j++) P[i, j] = double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max) / sum;
+                        for (int j = 0; j < Tk; j++) sum += double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max);
+                        r.Lse[(b * H + h) * T + i] = max + Math.Log(sum);
+                        for (int j = 0; j < Tk; j++) P[i, j] = double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max) / sum;
                         for (int d = 0; d < hd; d++)
                         {
                             double o = 0;
-                            for (int j = 0; j < T; j++) o += P[i, j] * V(b, j, g, d);
+                            for (int j = 0; j < Tk; j++) o += P[i, j] * V(b, j, g, d);
                             r.O[((b * T + i) * H + h) * hd + d] = o;
                         }
                     }
@@ -55,21 +59,21 @@ public class AttentionTests
                     for (int i = 0; i < T; i++)
                     {
                         // dP_ij = dO_i·V_j; dS_ij = P_ij (dP_ij − Σ_l P_il dP_il)  (softmax Jacobian)
-                        var dP = new double[T];
+                        var dP = new double[Tk];
                         double rowDot = 0;
-                        for (int j = 0; j < T; j++)
+                        for (int j = 0; j < Tk; j++)
                         {
                             for (int d = 0; d < hd; d++) dP[j] += DO(i, d) * V(b, j, g, d);
                             rowDot += P[i, j] * dP[j];
                         }
-                        for (int j = 0; j < T; j++)
+                        for (int j = 0; j < Tk; j++)
                         {
                             double dS = P[i, j] * (dP[j] - rowDot) * scale;
                             for (int d = 0; d < hd; d++)
                             {
                                 r.Dq[((b * T + i) * H + h) * hd + d] += dS * K(b, j, g, d);
-                                r.Dk[((b * T + j) * KV + g) * hd + d] += dS * Q(b, i, h, d);
-                                r.Dv[((b * T + j) * KV + g) * hd + d] += P[i, j] * DO(i, d);
+                                r.Dk[((b * Tk + j) * KV + g) * hd + d] += dS * Q(b, i, h, d);
+                                r.Dv[((b * Tk + j) * KV + g) * hd + d] += P[i, j] * DO(i, d);
                             }
                         }
                     }
@@ -78,6 +82,7 @@ public class AttentionTests
         }
     }
 
+    // segments of the keys [B·Tk]
     private static int[] Segments(string kind, int B, int T)
     {
         var seg = new int[B * T];
@@ -87,47 +92,55 @@ public class AttentionTests
                 {
                     "packed" => t < T / 3 ? 0 : t < T - 2 ? 1 : 2, // three packed sequences
                     "padded" => t < T - 5 ? 0 : -1,                 // five padding tokens at the end
+                    "left-padded" => t < 3 ? -1 : 0,                // three padding tokens in front (a batch of prompts after a cache)
                     _ => 0,
                 };
         return seg;
     }
 
+    // (B, T, H, KV, hd, KeyLen, blockRows): GQA 2:1 and 4:1, MHA, one token, keys before the queries,
+    // and block sizes that split the rows into uneven blocks (and split the packed segments)
     private static readonly object[] Shapes =
     {
-        new object[] { 2, 37, 4, 2, 64 },
-        new object[] { 1, 70, 2, 1, 128 },
-        new object[] { 1, 1, 1, 1, 64 },
-        new object[] { 3, 9, 6, 6, 32 },
+        new object[] { 2, 37, 4, 2, 64, 0, 0 },
+        new object[] { 2, 37, 4, 2, 64, 0, 16 },
+        new object[] { 1, 70, 8, 2, 32, 0, 13 },
+        new object[] { 1, 1, 1, 1, 64, 0, 0 },
+        new object[] { 3, 9, 6, 6, 32, 0, 4 },
+        new object[] { 2, 11, 4, 1, 16, 29, 0 },
+        new object[] { 2, 11, 4, 1, 16, 29, 5 },
     };
 
     [Test, TestCaseSource(nameof(Cases))]
-    public void ForwardAndBackwardMatchFloat64(bool gpuVariant, DType dtype, string mask, int B, int T, int H, int KV, int hd)
+    public void ForwardAndBackwardMatchFloat64(bool gpuVariant, DType dtype, string mask, int B, int T, int H, int KV, int hd, int keyLen, int blockRows)
     {
         var k = TestDevice.Variant(gpuVariant);
-        var s = new AttentionShape(B, T, H, KV, hd);
+        var s = new AttentionShape(B, T, H, KV, hd, keyLen);
+        int Tk = s.Keys;
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         var q = Ref.Random(rng, dtype, (long)B * T * H * hd, 2);
-        var kk = Ref.Random(rng, dtype, (long)B * T * KV * hd, 2);
-        var v = Ref.Random(rng, dtype, (long)B * T * KV * hd);
+        var kk = Ref.Random(rng, dtype, (long)B * Tk * KV * hd, 2);
+        var v = Ref.Random(rng, dtype, (long)B * Tk * KV * hd);
         var dO = Ref.Random(rng, dtype, (long)B * T * H * hd);
-        var seg = Segments(mask, B, T);
+        var seg = Segments(mask, B, Tk);
         using var tq = Ref.Upload(dtype, q, B * T, H * hd);
-        using var tk = Ref.Upload(dtype, kk, B * T, KV * hd);
-        using var tv = Ref.Upload(dtype, v, B * T, KV * hd);
+        using var tk = Ref.Upload(dtype, kk, B * Tk, KV * hd);
+        using var tv = Ref.Upload(dtype, v, B * Tk, KV * hd);
         using var tdO = Ref.Upload(dtype, dO, B * T, H * hd);
         using var tseg = Ref.UploadInts(seg);
         using var to = Ref.Poisoned(dtype, B * T, H * hd);
         using var tlse = Ref.Poisoned(DType.F32, B * H * T);
         using var tdq = Ref.Poisoned(dtype, B * T, H * hd);
-        using var tdk = Ref.Poisoned(dtype, B * T, KV * hd);
-        using var tdv = Ref.Poisoned(dtype, B * T, KV * hd);
-        AttentionOp.Forward(k, tq, tk, tv, tseg, to, tlse, s);
-        AttentionOp.Backward(k, tq, tk, tv, tseg, to, tlse, tdO, tdq, tdk, tdv, s);
+        using var tdk = Ref.Poisoned(dtype, B * Tk, KV * hd);
+        using var tdv = Ref.Poisoned(dtype, B * Tk, KV * hd);
+        AttentionOp.Forward(k, tq, tk, tv, tseg, to, tlse, s, blockRows);
+        AttentionOp.Backward(k, tq, tk, tv, tseg, to, tlse, tdO, tdq, tdk, tdv, s, blockRows);
         var r = Reference.Run(Ref.ToDouble(q), Ref.ToDouble(kk), Ref.ToDouble(v), seg, Ref.ToDouble(dO), s);
-        string what = $"attention {(gpuVariant ? "gpu" : "cpu")}-variant {dtype} {mask} {s}";
+        string what = $"attention {(gpuVariant ? "gpu" : "cpu")}-variant {dtype} {mask} {s} blockRows {blockRows}";
         double tol = Ref.Tolerance(dtype, 1e-4);
         Check.Close(to.ToFloatArray(), r.O, tol, what + " o", seed);
+        Check.Close(tlse.ToFloatArray(), r.Lse, 1e-5, what + " lse", seed);
         Check.Close(tdq.ToFloatArray(), r.Dq, tol, what + " dq", seed);
         Check.Close(tdk.ToFloatArray(), r.Dk, tol, what + " dk", seed);
         Check.Close(tdv.ToFloatArray(), r.Dv, tol, what + " dv", seed);
@@ -135,14 +148,26 @@ public class AttentionTests
 
     private static IEnumerable<object[]> Cases()
     {
-        foreach (var shape in Shapes)
-            foreach (var mask in new[] { "causal", "packed", "padded" })
+        foreach (object[] sh in Shapes)
+            foreach (var mask in (int)sh[5] > 0 ? new[] { "causal", "packed", "left-padded" } : new[] { "causal", "packed", "padded" })
             {
-                var sh = (object[])shape;
-                yield return new object[] { false, DType.F32, mask, sh[0], sh[1], sh[2], sh[3], sh[4] };
-                yield return new object[] { true, DType.F32, mask, sh[0], sh[1], sh[2], sh[3], sh[4] };
-                yield return new object[] { true, DType.BF16, mask, sh[0], sh[1], sh[2], sh[3], sh[4] };
+                object[] Case(bool gpu, DType dt) => new object[] { gpu, dt, mask }.Concat(sh).ToArray();
+                yield return Case(false, DType.F32);
+                yield return Case(true, DType.F32);
+                yield return Case(true, DType.BF16);
+                yield return Case(false, DType.F16);
             }
+    }
+
+    [Test]
+    public void BlockRowsFollowTheScratchBudget()
+    {
+        var s = new AttentionShape(4, 512, 32, 8, 64);
+        // a query row of scores over all heads and batch rows: 4·32·512 values of f32 + bf16 = 393,216 bytes
+        Assert.That(AttentionOp.BlockRows(s, DType.BF16, 1L << 30), Is.EqualTo(512), "the whole sequence fits in 1 GiB");
+        Assert.That(AttentionOp.BlockRows(s, DType.BF16, 100L << 20), Is.EqualTo(256), "266 rows fit in 100 MiB: 256, a multiple of 64");
+        Assert.That(AttentionOp.BlockRows(s, DType.BF16, 10L << 20), Is.EqualTo(26), "26 rows fit in 10 MiB");
+        Assert.That(AttentionOp.BlockRows(s, DType.BF16, 1000), Is.EqualTo(1), "at least one row");
     }
 
     [Test]

@@ -26,6 +26,28 @@ public class ElementwiseTests
     }
 
     [Test]
+    public void FillUniformDrawsTheHostsValuesWithTheRightScale([Values(DType.F32, DType.BF16)] DType dtype)
+    {
+        int seed = Check.FreshSeed();
+        const int n = 50_000;
+        const float bound = 0.5f;
+        using var t = Ref.Poisoned(dtype, n);
+        ElementwiseOp.FillUniform(TestDevice.Variant(false), t, (ulong)seed, bound);
+        var got = t.ToFloatArray();
+        double sum = 0, sq = 0;
+        for (int i = 0; i < n; i++)
+        {
+            float expected = Ref.Round(dtype, (2f * NativeLora.Kernels.Elementwise.Uniform01((ulong)seed, i) - 1f) * bound);
+            Assert.That(got[i], Is.EqualTo(expected), $"element {i}; seed {seed}");
+            sum += got[i];
+            sq += (double)got[i] * got[i];
+        }
+        // uniform(−b, b): mean 0 (sd of the mean b/√(3n) ≈ 0.0013), variance b²/3 ≈ 0.0833
+        Assert.That(sum / n, Is.EqualTo(0).Within(0.007), $"mean; seed {seed}");
+        Assert.That(sq / n, Is.EqualTo(bound * bound / 3).Within(0.003), $"variance; seed {seed}");
+    }
+
+    [Test]
     public void ResidualAddAndAccumulate([Values(DType.F32, DType.BF16, DType.F16)] DType dtype)
     {
         var k = TestDevice.Shared.Kernels;

@@ -53,9 +53,8 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long>)Nf4.AbsmaxSumKernel, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, float, int, long, long>)Nf4.QuantizeAbsmaxKernel, false);
         yield return ((Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, int, long, long>)Nf4.DequantizeAbsmaxKernel, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>)Attention.SoftmaxRowKernel, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>)Attention.RecomputeProbsRowKernel, false);
-        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, float>)Attention.GradScoresRowKernel, false);
+        yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<Bf16>, false);
+        yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<F16>, false);
     }
 
     private static IEnumerable<(Delegate, bool)> Instances<T, S>() where T : unmanaged where S : struct, IStorage<T>
@@ -63,6 +62,7 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long>)Elementwise.AddKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, long, long>)Elementwise.AddIntoKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, float, long, long>)Elementwise.FillKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ulong, float, long, long>)Elementwise.FillUniformKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, int, long, long>)Bias.AddKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, int, int>)Bias.GradKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int, long, long>)Embedding.ForwardKernel<T>, false);
@@ -85,17 +85,21 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long>)SwiGlu.BackwardKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.RowKernel<T, S>, false);
         yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.GroupKernel<T, S>, true);
-        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int, int, int, float>)Attention.FlashForwardKernel<T, S>, true);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, int>)Attention.SoftmaxGroupKernel<T, S>, true);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, int>)Attention.SoftmaxRowKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, long, long>)Attention.RecomputeProbsKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<float>, Attention.Block, long, long>)Attention.GradScoresKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int, long, long>)Attention.RowDotKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, int, int, int, long, long>)Attention.PermuteKernel<T, S, T, S>, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, int, int, int, long, long>)Attention.PermuteKernel<float, F32, T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<T>, int, int, int, int, int, float>)Attention.DecodeKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long>)RowScatter.ScatterKernel<T>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, long, long>)MultiLora.ShrinkKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<T>, int, int, long, long>)MultiLora.ExpandKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<byte>, ArrayView<float>, long, int, long, long>)Nf4.QuantizeKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<T>, long, int, long, long>)Nf4.DequantizeKernel<T, S>, false);
-        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, int, int, int, int, float>)Attention.FlashBackwardDqKernel<T, S>, true);
         yield return ((Action<ArrayView<T>, Nf4Weight, ArrayView<T>, int, int, int, long, long, int, int>)Nf4Matmul.TiledKernel<T, S>, true);
         yield return ((Action<Index1D, ArrayView<T>, Nf4Weight, ArrayView<T>, ArrayView<float>, int, int, int, long, long, int, long, long>)Nf4Matmul.ColumnsKernel<T, S>, false);
-        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, ArrayView<T>, int, int, int, int, float>)Attention.FlashBackwardDkDvKernel<T, S>, true);
     }
 
     private static IEnumerable<TestCaseData> Cases() =>
@@ -113,16 +117,16 @@ public class PtxCompileTests
         var compiled = (PTXCompiledKernel)s_backend!.Compile(entry, KernelSpecialization.Empty);
         Assert.That(compiled.PTXAssembly, Does.Contain(".target sm_80"));
         Assert.That(compiled.PTXAssembly, Does.Contain(".entry"));
-        // Only the flash and decode attention kernels keep per-thread rows (q, accumulators) in local memory by
+        // Only the decode attention kernel keeps per-thread rows (q, accumulators) in local memory by
         // design; anything else using .local has spilled. Exception: ILGPU passes an inline-PTX output operand
         // (CudaAsm.Emit with out) through one 4-byte local slot, which ptxas turns back into a register.
-        if (kernel.Method.DeclaringType == typeof(Nf4) && kernel.Method.Name == nameof(Nf4.DequantizeAbsmaxKernel))
+        if (kernel.Method.DeclaringType == typeof(Nf4) && kernel.Method.Name is nameof(Nf4.DequantizeAbsmaxKernel) or nameof(Nf4.DequantizeWordsKernel))
             Assert.That(compiled.PTXAssembly.Split('\n').Where(l => l.Contains(".local .align")).Select(l => l.Trim()),
                 Is.EqualTo(new[] { ".local .align 4 .b8 __local_depot0[4];" }), "only the inline-PTX operand's 4-byte slot in local memory");
         else if (kernel.Method.DeclaringType == typeof(Nf4Matmul)) // the same absmax restore, inlined at each of its call sites
             Assert.That(compiled.PTXAssembly.Split('\n').Where(l => l.Contains(".local .align")).Select(l => l.Trim()),
                 Is.All.Matches(@"^\.local \.align 4 \.b8 __local_depot\d+\[4\];$"), "only inline-PTX operands' 4-byte slots in local memory");
-        else if (kernel.Method.DeclaringType != typeof(Attention) || !(kernel.Method.Name.StartsWith("Flash") || kernel.Method.Name.StartsWith("Decode")))
+        else if (kernel.Method.DeclaringType != typeof(Attention) || !kernel.Method.Name.StartsWith("Decode"))
             Assert.That(compiled.PTXAssembly, Does.Not.Contain(".local"), "local memory in a kernel that should keep everything in registers");
     }
 

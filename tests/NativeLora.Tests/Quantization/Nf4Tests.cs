@@ -145,6 +145,21 @@ public class Nf4Tests
     }
 
     [Test]
+    public void GpuWordKernelDequantizesBitExactlyLikeTheByteKernel([Values(DType.BF16, DType.F16)] DType output, [Values(true, false)] bool nested,
+        [Values(64 * 300, 64 * 37 + 8, 64 * 5 + 3)] int n)
+    {
+        int seed = Check.FreshSeed();
+        var data = Ref.Random(new Random(seed), DType.F32, n, 3);
+        using var w = Ref.Upload(DType.F32, data, n);
+        using var state = Nf4Tensor.Quantize(K, w, doubleQuant: nested);
+        using var viaBytes = Ref.Poisoned(output, n);
+        using var viaWords = Ref.Poisoned(output, n);
+        state.Dequantize(TestDevice.Variant(false), viaBytes);
+        state.Dequantize(TestDevice.Variant(true), viaWords); // n % 8 != 0 falls back to the byte kernel
+        Assert.That(viaWords.ToArray<ushort>(), Is.EqualTo(viaBytes.ToArray<ushort>()), $"{output}, nested {nested}, n {n}; seed {seed}");
+    }
+
+    [Test]
     public void TiesFollowBitsandbytes()
     {
         // NF4: absmax 1 makes x = v. A value equal to a threshold takes the lower code, the next float up the upper one.

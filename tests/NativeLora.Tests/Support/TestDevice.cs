@@ -24,7 +24,7 @@ public static class TestDevice
 
     private static KernelSet? s_cpuVariants, s_gpuVariants;
 
-    /// <summary>The barrier-free CPU variants or the GPU variants (shared memory, shuffles, flash attention) on the test device.</summary>
+    /// <summary>The barrier-free CPU variants or the GPU variants (shared memory, shuffles) on the test device.</summary>
     public static KernelSet Variant(bool gpu) => gpu
         ? s_gpuVariants ??= new KernelSet(Shared.Accelerator, gpuVariants: true)
         : s_cpuVariants ??= new KernelSet(Shared.Accelerator, gpuVariants: false);

@@ -1,4 +1,4 @@
-namespace NativeLora.Server;
+namespace NativeLora.Text;
 
 /// <summary>
 /// OpenAI's `stop` strings over streamed text: the output ends before the first stop string and
