@@ -5,7 +5,7 @@ namespace NativeLora.Quantization;
 
 /// <summary>
 /// A GPTQ or AWQ checkpoint's <c>quantization_config</c> (config.json), and reading its linears back as dense weights:
-/// <c>generate</c>, <c>eval</c>, <c>serve</c>, <c>merge</c> and <c>export-gguf</c> dequantize them on load (we have no
+/// <c>generate</c>, <c>eval</c>, <c>serve</c> and <c>merge</c> dequantize them on load (we have no
 /// GPTQ/AWQ matmul kernels; the dense f32/bf16 model is what runs).
 /// </summary>
 public sealed record QuantizedCheckpoint(string Method, int Bits, int GroupSize, bool Sym, bool DescAct)
