@@ -16,6 +16,9 @@ namespace NativeLora.Bench;
 /// with continuous batching on, then off (max batch 1), in one invocation. Every answer is checked
 /// against the same request served alone (no lost or mixed-up responses: any difference fails the
 /// run). Reports requests/s, generated tokens/s, end-to-end and time-to-first-token P50/P95/P99.
+/// With `--system-prompt-tokens N` every prompt starts with the same N-token system prompt (the model's context is
+/// raised to hold it) and `--prefix-caching both` runs prefix caching on, then off, with batching on, reporting TTFT
+/// of both and the cache hit rate read from /metrics.
 /// </summary>
 public static class ServeLoadBench
 {
@@ -28,24 +31,32 @@ public static class ServeLoadBench
         }
         int clients = int.Parse(Arg("clients", "16")), seconds = int.Parse(Arg("duration", "120")), maxTokens = int.Parse(Arg("max-tokens", "32"));
         string modes = Arg("batching", "both");
+        int systemTokens = int.Parse(Arg("system-prompt-tokens", "0"));
+        string prefixModes = Arg("prefix-caching", "on");
         var root = TrainBench.FindRoot();
         var work = Directory.CreateTempSubdirectory("nl-serve-bench-").FullName;
         try
         {
             using var device = ComputeDevice.Open(ComputeDevice.ParseKind(Arg("device", "auto")));
             var modelDir = Arg("model", "");
-            if (modelDir == "") modelDir = MakeModel(root, work, Arg("config", Path.Combine(root, "data", "demo", "tiny-llama.json")));
+            if (modelDir == "") modelDir = MakeModel(root, work, Arg("config", Path.Combine(root, "data", "demo", "tiny-llama.json")), systemTokens + 128 + maxTokens);
             using var tokenizer = HfTokenizer.Load(modelDir);
+            var system = SystemPrompt(tokenizer, systemTokens);
             var adapterDir = Path.Combine(work, "adapter");
             using (var m = ModelDirectory.Load(device, modelDir, device.ResolveDType("auto"))) SaveRandomAdapter(m, adapterDir);
-            var prompts = Enumerable.Range(0, 32).Select(i => $"Request {i}: tell me about the number {i * 7919 % 1000} and the colour {Colours[i % Colours.Length]}.").ToArray();
+            var prompts = Enumerable.Range(0, 32).Select(i => system + $"Request {i}: tell me about the number {i * 7919 % 1000} and the colour {Colours[i % Colours.Length]}.").ToArray();
 
-            Console.WriteLine($"# serve load: {clients} clients x {seconds} s, max_tokens {maxTokens}, greedy, half base / half adapter; device {device.Description}");
+            Console.WriteLine($"# serve load: {clients} clients x {seconds} s, max_tokens {maxTokens}, greedy, half base / half adapter" +
+                (systemTokens > 0 ? $", a shared system prompt of {tokenizer.Encode(system, addSpecialTokens: true).Length} tokens" : "") + $"; device {device.Description}");
             var expected = new Dictionary<(string, string), string>();
             var results = new List<(string Mode, Summary S)>();
-            foreach (var mode in modes == "both" ? new[] { "on", "off" } : new[] { modes })
+            // (label, max batch, prefix caching): batching on/off, or prefix caching on/off with batching on
+            var runs = prefixModes == "both"
+                ? new[] { ("prefix caching on", clients, true), ("prefix caching off", clients, false) }
+                : (modes == "both" ? new[] { "on", "off" } : new[] { modes }).Select(m => ($"batching {m}", m == "on" ? clients : 1, prefixModes == "on")).ToArray();
+            foreach (var (mode, maxBatch, prefix) in runs)
             {
-                var options = new EngineOptions { MaxBatch = mode == "on" ? clients : 1, MaxQueue = clients * 2, KvCacheBytes = 256L << 20 };
+                var options = new EngineOptions { MaxBatch = maxBatch, MaxQueue = clients * 2, KvCacheBytes = 256L << 20, PrefixCaching = prefix };
                 using var model = ModelDirectory.Load(device, modelDir, device.ResolveDType("auto"));
                 using var engine = new InferenceEngine(model, options);
                 var server = OpenAiServer.StartAsync(engine, tokenizer, new ServerOptions { Port = 0, ModelName = "base" }).GetAwaiter().GetResult();
@@ -58,8 +69,12 @@ public static class ServeLoadBench
                             foreach (var p in prompts)
                                 expected[(model_, p)] = Request(http, model_, p, maxTokens).GetAwaiter().GetResult().Text;
                     var s = Load(http, prompts, clients, seconds, maxTokens, expected).GetAwaiter().GetResult();
+                    var metrics = http.GetStringAsync("/metrics").GetAwaiter().GetResult();
+                    double Sample(string name) => double.Parse(System.Text.RegularExpressions.Regex.Match(metrics, "^" + name + " (\\S+)$", System.Text.RegularExpressions.RegexOptions.Multiline).Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+                    double hits = Sample("nativelora_prefix_cache_hits_total"), queries = Sample("nativelora_prefix_cache_queries_total");
+                    s = s with { PrefixHitRate = queries > 0 ? hits / queries : 0 };
                     results.Add((mode, s));
-                    Console.WriteLine($"batching {mode}: {s}");
+                    Console.WriteLine($"{mode}: {s}");
                 }
                 finally
                 {
@@ -67,11 +82,13 @@ public static class ServeLoadBench
                 }
             }
             Console.WriteLine();
-            Console.WriteLine("| batching | requests | req/s | gen tokens/s | e2e P50 / P95 / P99 (ms) | TTFT P50 / P95 / P99 (ms) | wrong or lost |");
-            Console.WriteLine("|---|---|---|---|---|---|---|");
+            Console.WriteLine("| run | requests | req/s | gen tokens/s | e2e P50 / P95 / P99 (ms) | TTFT P50 / P95 / P99 (ms) | prefix cache hit rate | wrong or lost |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|");
             foreach (var (mode, s) in results)
-                Console.WriteLine($"| {mode} | {s.Requests} | {s.RequestsPerSecond:F2} | {s.TokensPerSecond:F1} | {s.E2e[0]:F0} / {s.E2e[1]:F0} / {s.E2e[2]:F0} | {s.Ttft[0]:F0} / {s.Ttft[1]:F0} / {s.Ttft[2]:F0} | {s.Wrong} |");
-            if (results.Count == 2)
+                Console.WriteLine($"| {mode} | {s.Requests} | {s.RequestsPerSecond:F2} | {s.TokensPerSecond:F1} | {s.E2e[0]:F0} / {s.E2e[1]:F0} / {s.E2e[2]:F0} | {s.Ttft[0]:F0} / {s.Ttft[1]:F0} / {s.Ttft[2]:F0} | {s.PrefixHitRate:P1} | {s.Wrong} |");
+            if (results.Count == 2 && prefixModes == "both")
+                Console.WriteLine($"\nTTFT P50 prefix caching off / on: {results[1].S.Ttft[0] / results[0].S.Ttft[0]:F2}x; throughput on / off: {results[0].S.TokensPerSecond / results[1].S.TokensPerSecond:F2}x (same run)");
+            else if (results.Count == 2)
                 Console.WriteLine($"\nthroughput batching on / off: {results[0].S.TokensPerSecond / results[1].S.TokensPerSecond:F2}x (generated tokens/s, same run)");
             if (Diagnostics.OpProfiler.Enabled) Console.WriteLine("op profile (NATIVELORA_PROFILE=1; synchronising slows every op; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
             return results.Any(r => r.S.Wrong > 0) ? 1 : 0;
@@ -86,9 +103,12 @@ public static class ServeLoadBench
 
     public sealed record Summary(int Requests, int Wrong, double RequestsPerSecond, double TokensPerSecond, double[] E2e, double[] Ttft)
     {
+        /// <summary>Prompt tokens served from the prefix cache over prompt tokens looked up (from /metrics).</summary>
+        public double PrefixHitRate { get; init; }
+
         public override string ToString() =>
             $"{Requests} requests ({Wrong} wrong or lost), {RequestsPerSecond:F2} req/s, {TokensPerSecond:F1} generated tokens/s, " +
-            $"e2e P50/P95/P99 {E2e[0]:F0}/{E2e[1]:F0}/{E2e[2]:F0} ms, TTFT {Ttft[0]:F0}/{Ttft[1]:F0}/{Ttft[2]:F0} ms";
+            $"e2e P50/P95/P99 {E2e[0]:F0}/{E2e[1]:F0}/{E2e[2]:F0} ms, TTFT {Ttft[0]:F0}/{Ttft[1]:F0}/{Ttft[2]:F0} ms, prefix cache hit rate {PrefixHitRate:P1}";
     }
 
     private static async Task<Summary> Load(HttpClient http, string[] prompts, int clients, int seconds, int maxTokens, Dictionary<(string, string), string> expected)
@@ -161,12 +181,25 @@ public static class ServeLoadBench
         return new Answer(text.ToString(), tokens, Stopwatch.GetElapsedTime(start).TotalSeconds, first);
     }
 
-    private static string MakeModel(string root, string work, string configPath)
+    // a fixed text of at least `tokens` tokens, ending in a paragraph break (empty for 0)
+    private static string SystemPrompt(HfTokenizer tokenizer, int tokens)
+    {
+        if (tokens <= 0) return "";
+        var sb = new System.Text.StringBuilder("System: you are a careful assistant for a colour and number catalogue. ");
+        for (int i = 0; tokenizer.Encode(sb.ToString(), addSpecialTokens: true).Length < tokens; i++)
+            sb.Append($"Rule {i + 1}: when asked about the colour {Colours[i % Colours.Length]}, describe its shade, its history and one use in painting, briefly. ");
+        return sb.Append("\n\n").ToString();
+    }
+
+    private static string MakeModel(string root, string work, string configPath, int minContext)
     {
         var tokDir = Path.Combine(root, "artifacts", "tokenizers", "mistral");
         if (!File.Exists(Path.Combine(tokDir, "tokenizer.json"))) throw new FileNotFoundException($"{tokDir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh (./build.sh does)");
         var dir = Path.Combine(work, "model");
-        RandomInit.SaveModelDirectory(dir, ModelConfig.Load(configPath), tokDir, seed: 0, Tensors.DType.F32);
+        var config = ModelConfig.Load(configPath);
+        // the context must hold the shared system prompt, the request and the answer
+        if (config.MaxPositionEmbeddings < minContext) config = config with { MaxPositionEmbeddings = Math.Max(minContext, 2 * config.MaxPositionEmbeddings) };
+        RandomInit.SaveModelDirectory(dir, config, tokDir, seed: 0, Tensors.DType.F32);
         return dir;
     }
 

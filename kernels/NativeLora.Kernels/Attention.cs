@@ -19,15 +19,15 @@ namespace NativeLora.Kernels;
 ///
 /// Layout. The model's activations are token-major: q, o [B, T, H·hd] = [B, T, KV, G·hd] with the G
 /// query heads of kv head g side by side. One strided batch cannot reach them per kv head, so the
-/// op first swaps the T and KV axes (<see cref="PermuteKernel{TI,SI,TO,SO}"/>): Qp [B, KV, T, G·hd],
+/// op first swaps the T and KV axes (<see cref="Permute{TI,SI,TO,SO}"/>): Qp [B, KV, T, G·hd],
 /// Kp/Vp [B, KV, Tk, hd]. Then, per kv head, the G·T query rows are one matrix of row stride hd,
 /// and a block of queries [i0, i1) is the contiguous rows [i0·G, i1·G): GQA costs no copies of K/V
 /// and one GEMM covers every query head of a kv head. Scores of a block live in a [B·KV, nb·G,
 /// keyEnd] buffer, row rr of (b, g) being query i0 + rr / G of head g·G + rr % G.
 ///
-/// Row kernels come in two launch shapes with one body: GPU variant one group per row (reductions
-/// by <see cref="GroupReduce"/>, coalesced), CPU variant one thread per row (barrier-free; ILGPU's
-/// CPU accelerator emulates barriers at ~100× their cost).
+/// Row kernels come in two launch shapes with one body (row, lane, lanes): GPU variant one group per
+/// row (reductions by <see cref="GroupReduce"/>, coalesced, index arithmetic once per row), CPU variant
+/// one thread per row (barrier-free; ILGPU's CPU accelerator emulates barriers at ~100× their cost).
 /// </summary>
 public static class Attention
 {
@@ -50,14 +50,14 @@ public static class Attention
     }
 
     /// <summary>Where score row <paramref name="row"/> of a block points: batch row b, head h, query i, and i's key position.</summary>
-    private static void Locate(Block blk, long row, out int b, out int h, out int i, out int keyPos)
+    private static void Locate(Block blk, int row, out int b, out int h, out int i, out int keyPos)
     {
         int g0 = blk.Group;
-        long perBg = (long)blk.Rows * g0;
-        long bg = row / perBg;
-        int rr = (int)(row - bg * perBg);
-        b = (int)(bg / blk.KvHeads);
-        int g = (int)(bg - (long)b * blk.KvHeads);
+        int perBg = blk.Rows * g0;
+        int bg = row / perBg;
+        int rr = row - bg * perBg;
+        b = bg / blk.KvHeads;
+        int g = bg - b * blk.KvHeads;
         h = g * g0 + rr % g0;
         i = blk.Row0 + rr / g0;
         keyPos = blk.QueryOffset + i;
@@ -88,52 +88,75 @@ public static class Attention
         public float Max(float value, ArrayView<float> scratch) => value;
     }
 
+    /// <summary>
+    /// One group per row on a GPU: a multiple of the warp size near the row's width (at most RowGroupSize), with
+    /// <see cref="GroupReduce"/> scratch when the kernel reduces.
+    /// </summary>
+    private static KernelConfig RowsConfig(KernelSet ks, long rows, int width, bool reduces)
+    {
+        int warp = ks.Accelerator.WarpSize;
+        int group = Math.Min(ks.RowGroupSize, Math.Max(warp, (width + warp - 1) / warp * warp));
+        return reduces
+            ? new KernelConfig(checked((int)rows), group, SharedMemoryConfig.RequestDynamic<float>(GroupReduce.ScratchLength(group, warp)))
+            : new KernelConfig(checked((int)rows), group);
+    }
+
     // ---------------------------------------------------------------- layout
 
-    /// <summary>
-    /// dst [B, Y, X, C] = src [B, X, Y, C] with axes 1 and 2 swapped, converting the element type on the
-    /// way (f32 accumulators back to the activations' dtype). Indexed by the destination: writes are
-    /// coalesced, reads are contiguous runs of C.
-    /// </summary>
-    public static void PermuteKernel<TI, SI, TO, SO>(Index1D t, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c, long n, long chunk)
+    private static void PermuteRow<TI, SI, TO, SO>(int row, int lane, int lanes, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
         where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO>
     {
         SI si = default;
         SO so = default;
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long e = t * chunk; e < end; e++)
-        {
-            long rest = e / c;
-            int cc = (int)(e - rest * c);
-            long rest2 = rest / x;
-            int xx = (int)(rest - rest2 * x);
-            long b = rest2 / y;
-            int yy = (int)(rest2 - b * y);
-            dst[e] = so.Store(si.Load(src[((b * x + xx) * y + yy) * c + cc]));
-        }
+        int rest = row / x; // destination row (b, yy, xx) of [B, Y, X]
+        int xx = row - rest * x;
+        int b = rest / y, yy = rest - b * y;
+        long from = (((long)b * x + xx) * y + yy) * c, to = (long)row * c;
+        for (int cc = lane; cc < c; cc += lanes) dst[to + cc] = so.Store(si.Load(src[from + cc]));
     }
+
+    /// <summary>
+    /// dst [B, Y, X, C] = src [B, X, Y, C] with axes 1 and 2 swapped, converting the element type on the way (f32
+    /// accumulators back to the activations' dtype). One destination row of C per group (GPU: coalesced reads and
+    /// writes, index arithmetic once per row) or per thread (CPU).
+    /// </summary>
+    public static void PermuteGroupKernel<TI, SI, TO, SO>(ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
+        where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO> =>
+        PermuteRow<TI, SI, TO, SO>(Grid.IdxX, Group.IdxX, Group.DimX, src, dst, x, y, c);
+
+    public static void PermuteRowKernel<TI, SI, TO, SO>(Index1D row, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
+        where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO> =>
+        PermuteRow<TI, SI, TO, SO>(row, 0, 1, src, dst, x, y, c);
 
     /// <summary>dst [B, Y, X, C] ← src [B, X, Y, C].</summary>
     public static void Permute<TI, SI, TO, SO>(KernelSet ks, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
         where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO>
     {
-        var (threads, chunk) = ks.ElementLaunch(dst.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<TI>, ArrayView<TO>, int, int, int, long, long> kernel = PermuteKernel<TI, SI, TO, SO>;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, x, y, c, dst.Length, chunk);
+        long rows = dst.Length / c;
+        if (rows == 0) return;
+        if (ks.GpuVariants)
+        {
+            Action<ArrayView<TI>, ArrayView<TO>, int, int, int> kernel = PermuteGroupKernel<TI, SI, TO, SO>;
+            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, c, reduces: false), src, dst, x, y, c);
+        }
+        else
+        {
+            Action<Index1D, ArrayView<TI>, ArrayView<TO>, int, int, int> kernel = PermuteRowKernel<TI, SI, TO, SO>;
+            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), src, dst, x, y, c);
+        }
     }
 
     // ---------------------------------------------------------------- forward: masked softmax with lse
 
-    private static void SoftmaxRow<T, S, R>(long row, int lane, int lanes, ArrayView<float> scores, ArrayView<T> probs,
-        ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch, ArrayView<float> scratch)
+    private static void SoftmaxRow<T, S, R>(int row, int lane, int lanes, ArrayView<float> scores, ArrayView<T> probs,
+        ArrayView<int> seg, ArrayView<float> lse, Block blk, ArrayView<float> scratch)
         where T : unmanaged where S : struct, IStorage<T> where R : struct, IRowReduce
     {
         S s = default;
         R red = default;
         Locate(blk, row, out int b, out int h, out int i, out int p);
         long keyBase = (long)b * blk.Keys;
-        long o = row * blk.KeyEnd;
+        long o = (long)row * blk.KeyEnd;
         int segI = seg[keyBase + p];
         float m = float.NegativeInfinity;
         if (segI >= 0)
@@ -151,113 +174,147 @@ public static class Attention
         if (lane == 0) lse[LseIndex(blk, b, h, i)] = rowLse;
     }
 
-    public static void SoftmaxGroupKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
+    public static void SoftmaxGroupKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
         where T : unmanaged where S : struct, IStorage<T> =>
-        SoftmaxRow<T, S, GroupLanes>(Grid.IdxX, Group.IdxX, Group.DimX, scores, probs, seg, lse, blk, batch, SharedMemory.GetDynamic<float>());
+        SoftmaxRow<T, S, GroupLanes>(Grid.IdxX, Group.IdxX, Group.DimX, scores, probs, seg, lse, blk, SharedMemory.GetDynamic<float>());
 
-    public static void SoftmaxRowKernel<T, S>(Index1D row, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
+    public static void SoftmaxRowKernel<T, S>(Index1D row, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
         where T : unmanaged where S : struct, IStorage<T> =>
-        SoftmaxRow<T, S, OneLane>(row, 0, 1, scores, probs, seg, lse, blk, batch, default);
+        SoftmaxRow<T, S, OneLane>(row, 0, 1, scores, probs, seg, lse, blk, default);
 
     /// <summary>probs = masked softmax(τ·scores) over the block's [B·H·Rows, KeyEnd] rows; writes lse of its queries.</summary>
     public static void Softmax<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        int rows = checked((int)blk.ScoreRows(batch));
+        long rows = blk.ScoreRows(batch);
         if (ks.GpuVariants)
         {
-            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, int> kernel = SoftmaxGroupKernel<T, S>;
-            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(ks.RowConfig(rows), scores, probs, seg, lse, blk, batch);
+            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = SoftmaxGroupKernel<T, S>;
+            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, blk.KeyEnd, reduces: true), scores, probs, seg, lse, blk);
         }
         else
         {
-            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, int> kernel = SoftmaxRowKernel<T, S>;
-            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, scores, probs, seg, lse, blk, batch);
+            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = SoftmaxRowKernel<T, S>;
+            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), scores, probs, seg, lse, blk);
         }
     }
 
     // ---------------------------------------------------------------- backward
 
-    /// <summary>P = exp(τ·S − lse), masked, elementwise over the block's score rows (no reduction: one body for both variants).</summary>
-    public static void RecomputeProbsKernel<T, S>(Index1D t, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse,
-        Block blk, long n, long chunk)
+    private static void RecomputeProbsRow<T, S>(int row, int lane, int lanes, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg,
+        ArrayView<float> lse, Block blk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long e = t * chunk; e < end; e++)
-        {
-            long row = e / blk.KeyEnd;
-            int j = (int)(e - row * blk.KeyEnd);
-            Locate(blk, row, out int b, out int h, out int i, out int p);
-            long keyBase = (long)b * blk.Keys;
-            int segI = seg[keyBase + p];
-            bool allowed = j <= p && segI >= 0 && seg[keyBase + j] == segI;
-            probs[e] = s.Store(allowed ? XMath.Exp(scores[e] * blk.Scale - lse[LseIndex(blk, b, h, i)]) : 0f);
-        }
+        Locate(blk, row, out int b, out int h, out int i, out int p);
+        long keyBase = (long)b * blk.Keys;
+        long o = (long)row * blk.KeyEnd;
+        int segI = seg[keyBase + p];
+        float rowLse = lse[LseIndex(blk, b, h, i)];
+        for (int j = lane; j < blk.KeyEnd; j += lanes)
+            probs[o + j] = s.Store(j <= p && segI >= 0 && seg[keyBase + j] == segI ? XMath.Exp(scores[o + j] * blk.Scale - rowLse) : 0f);
+    }
+
+    /// <summary>P = exp(τ·S − lse), masked, per score row of the block (the backward's recompute).</summary>
+    public static void RecomputeProbsGroupKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        RecomputeProbsRow<T, S>(Grid.IdxX, Group.IdxX, Group.DimX, scores, probs, seg, lse, blk);
+
+    public static void RecomputeProbsRowKernel<T, S>(Index1D row, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        RecomputeProbsRow<T, S>(row, 0, 1, scores, probs, seg, lse, blk);
+
+    private static void GradScoresRow<T, S>(int row, int lane, int lanes, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        S s = default;
+        Locate(blk, row, out int b, out int h, out int i, out _);
+        long o = (long)row * blk.KeyEnd;
+        float d = dRow[LseIndex(blk, b, h, i)];
+        for (int j = lane; j < blk.KeyEnd; j += lanes)
+            probs[o + j] = s.Store(s.Load(probs[o + j]) * (dp[o + j] - d) * blk.Scale);
     }
 
     /// <summary>In place over probs: dS = τ·P∘(dP − D), with dP the f32 scores buffer and D = rowsum(dO∘O) per query.</summary>
-    public static void GradScoresKernel<T, S>(Index1D t, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk, long n, long chunk)
-        where T : unmanaged where S : struct, IStorage<T>
+    public static void GradScoresGroupKernel<T, S>(ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        GradScoresRow<T, S>(Grid.IdxX, Group.IdxX, Group.DimX, dp, probs, dRow, blk);
+
+    public static void GradScoresRowKernel<T, S>(Index1D row, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        GradScoresRow<T, S>(row, 0, 1, dp, probs, dRow, blk);
+
+    private static void RowDotRow<T, S, R>(int r, int lane, int lanes, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow,
+        int queries, int heads, int headDim, ArrayView<float> scratch)
+        where T : unmanaged where S : struct, IStorage<T> where R : struct, IRowReduce
     {
         S s = default;
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long e = t * chunk; e < end; e++)
-        {
-            long row = e / blk.KeyEnd;
-            Locate(blk, row, out int b, out int h, out int i, out _);
-            float pr = s.Load(probs[e]);
-            probs[e] = s.Store(pr * (dp[e] - dRow[LseIndex(blk, b, h, i)]) * blk.Scale);
-        }
+        R red = default;
+        int token = r / heads, h = r - token * heads;
+        int b = token / queries, i = token - b * queries;
+        long at = (long)r * headDim;
+        float acc = 0;
+        for (int d = lane; d < headDim; d += lanes) acc += s.Load(dO[at + d]) * s.Load(o[at + d]);
+        acc = red.Sum(acc, scratch);
+        if (lane == 0) dRow[((long)b * heads + h) * queries + i] = acc;
     }
 
-    /// <summary>D[(b·H + h)·T + i] = Σ_d dO·O over the head's hd values of token (b, i); one thread per (token, head).</summary>
-    public static void RowDotKernel<T, S>(Index1D t, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim, long n, long chunk)
-        where T : unmanaged where S : struct, IStorage<T>
-    {
-        S s = default;
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long r = t * chunk; r < end; r++)
-        {
-            long token = r / heads;
-            int h = (int)(r - token * heads);
-            long b = token / queries;
-            int i = (int)(token - b * queries);
-            float acc = 0;
-            for (int d = 0; d < headDim; d++) acc += s.Load(dO[r * headDim + d]) * s.Load(o[r * headDim + d]);
-            dRow[(b * heads + h) * queries + i] = acc;
-        }
-    }
+    /// <summary>D[(b·H + h)·T + i] = Σ_d dO·O over head h of token (b, i): per (token, head) row.</summary>
+    public static void RowDotGroupKernel<T, S>(ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        RowDotRow<T, S, GroupLanes>(Grid.IdxX, Group.IdxX, Group.DimX, dO, o, dRow, queries, heads, headDim, SharedMemory.GetDynamic<float>());
+
+    public static void RowDotRowKernel<T, S>(Index1D r, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim)
+        where T : unmanaged where S : struct, IStorage<T> =>
+        RowDotRow<T, S, OneLane>(r, 0, 1, dO, o, dRow, queries, heads, headDim, default);
 
     public static void RecomputeProbs<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        long n = blk.ScoreRows(batch) * blk.KeyEnd;
-        var (threads, chunk) = ks.ElementLaunch(n);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, long, long> kernel = RecomputeProbsKernel<T, S>;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, scores, probs, seg, lse, blk, n, chunk);
+        long rows = blk.ScoreRows(batch);
+        if (ks.GpuVariants)
+        {
+            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = RecomputeProbsGroupKernel<T, S>;
+            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, blk.KeyEnd, reduces: false), scores, probs, seg, lse, blk);
+        }
+        else
+        {
+            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = RecomputeProbsRowKernel<T, S>;
+            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), scores, probs, seg, lse, blk);
+        }
     }
 
     public static void GradScores<T, S>(KernelSet ks, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        long n = blk.ScoreRows(batch) * blk.KeyEnd;
-        var (threads, chunk) = ks.ElementLaunch(n);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<float>, Block, long, long> kernel = GradScoresKernel<T, S>;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, dp, probs, dRow, blk, n, chunk);
+        long rows = blk.ScoreRows(batch);
+        if (ks.GpuVariants)
+        {
+            Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Block> kernel = GradScoresGroupKernel<T, S>;
+            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, blk.KeyEnd, reduces: false), dp, probs, dRow, blk);
+        }
+        else
+        {
+            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<float>, Block> kernel = GradScoresRowKernel<T, S>;
+            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), dp, probs, dRow, blk);
+        }
     }
 
     public static void RowDot<T, S>(KernelSet ks, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int batch, int queries, int heads, int headDim)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        long n = (long)batch * queries * heads;
-        var (threads, chunk) = ks.ElementLaunch(n);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int, long, long> kernel = RowDotKernel<T, S>;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, dO, o, dRow, queries, heads, headDim, n, chunk);
+        long rows = (long)batch * queries * heads;
+        if (rows == 0) return;
+        if (ks.GpuVariants)
+        {
+            Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int> kernel = RowDotGroupKernel<T, S>;
+            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, headDim, reduces: true), dO, o, dRow, queries, heads, headDim);
+        }
+        else
+        {
+            Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int> kernel = RowDotRowKernel<T, S>;
+            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), dO, o, dRow, queries, heads, headDim);
+        }
     }
 
     // ---------------------------------------------------------------- decoding with a paged KV cache

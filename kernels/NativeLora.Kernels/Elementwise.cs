@@ -135,7 +135,10 @@ public static class Bias
     }
 }
 
-/// <summary>Copies row i of src into row rows[i] of dst (KV-cache writes). (n, chunk) as in Elementwise, over src elements.</summary>
+/// <summary>
+/// Copies row i of src into row rows[i] of dst (KV-cache writes), and the inverse gather: row rows[i] of src into row i
+/// of dst (cached keys/values in front of new ones). (n, chunk) as in Elementwise, over the contiguous side's elements.
+/// </summary>
 public static class RowScatter
 {
     public static void ScatterKernel<T>(Index1D t, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width, long n, long chunk)
@@ -155,5 +158,24 @@ public static class RowScatter
         if (threads == 0) return;
         Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = ScatterKernel<T>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, src.Length, chunk);
+    }
+
+    public static void GatherKernel<T>(Index1D t, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width, long n, long chunk)
+        where T : unmanaged
+    {
+        long end = Math.Min(n, (t + 1L) * chunk);
+        for (long i = t * chunk; i < end; i++)
+        {
+            long r = i / width;
+            dst[i] = src[rows[r] * (long)width + (i - r * width)];
+        }
+    }
+
+    public static void Gather<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
+    {
+        var (threads, chunk) = k.ElementLaunch(dst.Length);
+        if (threads == 0) return;
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = GatherKernel<T>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, dst.Length, chunk);
     }
 }

@@ -104,7 +104,7 @@ internal static class Commands
             var stream = tok != null ? new Text.TokenStreamDecoder(tok, skipSpecialTokens: true, context: prompt) : null;
             var text = stop.NewTextMatcher();
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            var ids = new Decoder(model).Generate(prompt, o.MaxNewTokens, new Sampler(sampling), stop.Ids, id =>
+            var ids = new Generator(model).Generate(prompt, o.MaxNewTokens, new Sampler(sampling), stop.Ids, id =>
             {
                 if (o.PrintIds || stream == null) return true;
                 Console.Write(text.Push(stream.Push(id)));

@@ -287,8 +287,69 @@ public sealed class ServeOptions : DeviceOptions
     [Option("default-max-tokens", Default = 256, HelpText = "max_tokens of a request that gives none.")]
     public int DefaultMaxTokens { get; set; } = 256;
 
-    [Option("log-prompts", HelpText = "Put prompt and output text in the request logs (off by default).")]
+    [Option("log-prompts", HelpText = "Put prompt and output text in the request logs and the judge log (off by default).")]
     public bool LogPrompts { get; set; }
+
+    [Option("request-timeout", Default = 0.0, HelpText = "Seconds a generation may run before it is stopped and answered 504 (0 = no limit).")]
+    public double RequestTimeout { get; set; }
+
+    [Option("judge-sample-rate", Default = 0.0, HelpText = "Fraction of finished requests scored by an LLM judge off the request path (0 = off); needs --judge-url and --judge-model.")]
+    public double JudgeSampleRate { get; set; }
+
+    [Option("judge-url", HelpText = "OpenAI-compatible chat endpoint of the judge (base URL, with or without /v1).")]
+    public string? JudgeUrl { get; set; }
+
+    [Option("judge-model", HelpText = "Model name sent to the judge.")]
+    public string? JudgeModel { get; set; }
+
+    [Option("judge-key-env", HelpText = "Environment variable holding the judge's API key (never printed).")]
+    public string? JudgeKeyEnv { get; set; }
+
+    [Option("judge-seed", Default = 0L, HelpText = "Seed of the sampling: the same seed picks the same requests in the order they finish.")]
+    public long JudgeSeed { get; set; }
+
+    [Option("judge-log", Default = "judge-scores.jsonl", HelpText = "JSONL the judge's scores are appended to (request id, model, scores; texts only with --log-prompts).")]
+    public string JudgeLog { get; set; } = "judge-scores.jsonl";
+
+    [Option("judge-queue", Default = 64, HelpText = "Picked requests that may wait for the judge; beyond it they are dropped and counted.")]
+    public int JudgeQueue { get; set; } = 64;
+
+    [Option("judge-concurrency", Default = 2, HelpText = "Judge calls in flight at once.")]
+    public int JudgeConcurrency { get; set; } = 2;
+
+    [Option("drift-profile", HelpText = "Profile from `nativelora drift-profile`: each prompt's embedding is scored against it (nativelora_prompt_drift_distance, nativelora_prompt_out_of_distribution_total).")]
+    public string? DriftProfile { get; set; }
+
+    [Option("no-prefix-caching", HelpText = "Do not reuse the KV pages of earlier prompts' shared beginnings (prefix caching is on by default).")]
+    public bool NoPrefixCaching { get; set; }
+}
+
+[Verb("drift-profile", HelpText = "Fit the reference distribution of prompt embeddings of a data file, for `serve --drift-profile`.")]
+public sealed class DriftProfileOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "HF model directory (the one that will be served).")]
+    public string Model { get; set; } = "";
+
+    [Option("data", Required = true, HelpText = "Training data (JSON/JSONL: messages, conversations or instruction/output rows).")]
+    public string Data { get; set; } = "";
+
+    [Option("out", Required = true, HelpText = "Profile file to write (safetensors).")]
+    public string Out { get; set; } = "";
+
+    [Option("rank", Default = 32, HelpText = "Principal directions kept (the rest of the covariance is one isotropic variance).")]
+    public int Rank { get; set; } = 32;
+
+    [Option("quantile", Default = 0.99, HelpText = "Out-of-distribution threshold: this quantile of the training rows' own distances.")]
+    public double Quantile { get; set; } = 0.99;
+
+    [Option("max-rows", Default = 5000, HelpText = "Rows embedded at most (the first ones).")]
+    public int MaxRows { get; set; } = 5000;
+
+    [Option("max-seq-len", Default = 2048, HelpText = "Longest prompt embedded; longer ones keep their end.")]
+    public int MaxSeqLen { get; set; } = 2048;
+
+    [Option("dtype", Default = "auto", HelpText = "Compute dtype: auto, f32, bf16, f16 (use the serving one).")]
+    public string DType { get; set; } = "auto";
 }
 
 [Verb("quantize", HelpText = "Post-training quantization into a GPTQ or AWQ checkpoint (the formats vLLM and transformers load), calibrated on data, layer by layer on the device.")]

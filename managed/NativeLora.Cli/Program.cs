@@ -3,7 +3,7 @@ using NativeLora.Cli;
 
 // The `nativelora` command: one verb per operation. Errors are printed without a stack trace
 // (set NATIVELORA_DEBUG=1 to see it) and exit non-zero.
-return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions, EvalOptions, ExportGgufOptions, InspectOptions, ServeOptions, QuantizeOptions>(args)
+return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOptions, ImportOptions, GenerateOptions, TrainOptions, MergeOptions, PlanOptions, EvalOptions, ExportGgufOptions, InspectOptions, ServeOptions, DriftProfileOptions, QuantizeOptions>(args)
     .MapResult(
         (InfoOptions o) => Run(() => Commands.Info(o)),
         (SelfCheckOptions o) => Run(() => Commands.SelfCheck(o)),
@@ -17,6 +17,7 @@ return Parser.Default.ParseArguments<InfoOptions, SelfCheckOptions, InitModelOpt
         (ExportGgufOptions o) => Run(() => Commands.ExportGguf(o)),
         (InspectOptions o) => Run(() => Commands.Inspect(o)),
         (ServeOptions o) => Run(() => ServeCommand.Run(o)),
+        (DriftProfileOptions o) => Run(() => ServeCommand.DriftProfile(o)),
         (QuantizeOptions o) => Run(() => QuantizeCommand.Run(o)),
         _ => 2);
 

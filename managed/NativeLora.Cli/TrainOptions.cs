@@ -143,6 +143,9 @@ public sealed class TrainOptions
     [Option("logging-steps", HelpText = "Config key logging_steps.")]
     public int? LoggingSteps { get; set; }
 
+    [Option("logging", HelpText = "Config key logging (jsonl, tensorboard: also TensorBoard event files in output_dir).")]
+    public string? Logging { get; set; }
+
     [Option("max-consecutive-non-finite", HelpText = "Config key max_consecutive_non_finite.")]
     public int? MaxConsecutiveNonFinite { get; set; }
 
@@ -198,6 +201,7 @@ public sealed class TrainOptions
         yield return ("save_steps", SaveSteps == null ? null : JsonValue.Create(SaveSteps));
         yield return ("early_stopping_patience", EarlyStoppingPatience == null ? null : JsonValue.Create(EarlyStoppingPatience));
         yield return ("logging_steps", LoggingSteps == null ? null : JsonValue.Create(LoggingSteps));
+        yield return ("logging", Logging == null ? null : JsonValue.Create(Logging));
         yield return ("max_consecutive_non_finite", MaxConsecutiveNonFinite == null ? null : JsonValue.Create(MaxConsecutiveNonFinite));
     }
 }

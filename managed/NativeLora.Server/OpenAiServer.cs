@@ -50,6 +50,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private long _requestCounter;
 
     public ServerMetrics Metrics { get; }
+    /// <summary>Live quality sampling (null without --judge-sample-rate).</summary>
+    public QualitySampler? Judge { get; }
     /// <summary>The bound address, e.g. http://127.0.0.1:8000.</summary>
     public Uri Address { get; private set; } = null!;
 
@@ -60,7 +62,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         _tokenizer = tokenizer;
         _options = options;
         _chat = new ExampleFormatterGate(tokenizer);
-        Metrics = new ServerMetrics(engine);
+        Metrics = new ServerMetrics(engine, options.Drift);
+        if (options.Judge != null) Judge = new QualitySampler(options.Judge with { LogPrompts = options.LogPrompts }, Metrics.Registry);
         _stop = StopRule.For(tokenizer.Directory, engine.Model.Config, tokenizer);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = Array.Empty<string>() });
@@ -115,6 +118,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         await _app.StopAsync();
         await _app.DisposeAsync();
+        if (Judge != null) await Judge.DisposeAsync();
     }
 
     // ------------------------------------------------------------------ middleware: auth, errors, metrics
@@ -162,7 +166,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (model.Length > 0 && model != _options.ModelName && !_engine.AdapterNames.Contains(model)) model = "unknown";
             if (path.StartsWith("/v1/", StringComparison.Ordinal))
                 Metrics.Requests.WithLabels(Endpoints.Contains(path) ? path : "other", model, status.ToString()).Inc();
-            if (status >= 400) Metrics.Errors.WithLabels(model, ctx.Items.TryGetValue("error", out var et) ? (string)et! : status.ToString()).Inc();
+            if (status >= 400) Metrics.Errors.WithLabels(model, ServerMetrics.ErrorKind(status)).Inc();
         }
     }
 
@@ -177,8 +181,11 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private async Task WriteError(HttpContext ctx, ApiException e)
     {
-        ctx.Items["error"] = e.Type;
-        if (ctx.Response.HasStarted) return; // mid-stream: the stream's own error event was sent
+        if (ctx.Response.HasStarted)
+        {
+            ctx.Items["status"] = e.Status; // mid-stream: the stream's own error event was sent; count the error, not the 200
+            return;
+        }
         ctx.Response.Clear();
         if (e.Status == 401) ctx.Response.Headers.WWWAuthenticate = "Bearer";
         if (e.RetryAfter is TimeSpan ra) ctx.Response.Headers.RetryAfter = ((int)Math.Ceiling(ra.TotalSeconds)).ToString();
@@ -286,18 +293,25 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     // ------------------------------------------------------------------ completions
 
-    private sealed record Parsed(string Model, string? Adapter, int[] Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stops, bool Stream, bool IncludeUsage, string? PromptText);
+    private sealed record Parsed(string Model, string? Adapter, int[] Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stops, bool Stream, bool IncludeUsage, string? PromptText)
+    {
+        /// <summary>The last user message's token range (the whole prompt for completions): what drift monitoring embeds.</summary>
+        public (int Start, int End) UserSpan { get; init; }
+    }
 
     private async Task Generate(HttpContext ctx, bool chat)
     {
         var arrived = Stopwatch.GetTimestamp();
         var body = await ReadBody(ctx);
         var p = Parse(ctx, body, chat);
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
+        using var deadline = new CancellationTokenSource();
+        if (_options.RequestTimeoutSeconds > 0) deadline.CancelAfter(TimeSpan.FromSeconds(_options.RequestTimeoutSeconds));
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, deadline.Token);
         GenerationHandle handle;
         try
         {
-            handle = _engine.Submit(new GenerationRequest(p.Prompt, p.Adapter, p.MaxTokens, p.Sampling, _stop.Ids), stop.Token);
+            handle = _engine.Submit(new GenerationRequest(p.Prompt, p.Adapter, p.MaxTokens, p.Sampling, _stop.Ids)
+                { Embed = _options.Drift != null ? p.UserSpan : null }, stop.Token);
         }
         catch (QueueFullException e)
         {
@@ -351,6 +365,19 @@ public sealed class OpenAiServer : IAsyncDisposable
                 }
             }
             var reason = await handle.Completion;
+            if (_options.Drift != null && handle.PromptEmbedding is { } embedding)
+            {
+                double distance = _options.Drift.Distance(embedding);
+                Metrics.DriftDistance!.WithLabels(p.Model).Observe(distance);
+                if (_options.Drift.IsOutOfDistribution(distance)) Metrics.OutOfDistribution!.WithLabels(p.Model).Inc();
+            }
+            if (reason == FinishReason.Cancelled && deadline.IsCancellationRequested && !text.Stopped && !ctx.RequestAborted.IsCancellationRequested)
+            {
+                var timeout = new ApiException(504, $"the request did not finish within --request-timeout {_options.RequestTimeoutSeconds:0.###} s ({generated} tokens generated)", "timeout_error", code: "request_timeout");
+                Log(ctx, p, "timeout", generated, ttft, arrived, text.Text);
+                if (started) await SendEvent(ctx, ErrorBody(timeout));
+                throw timeout;
+            }
             finish ??= reason == FinishReason.Length ? "length" : "stop";
             if (!text.Stopped) await Send(text.Push(decoder.Flush()) + text.Flush(), force: true);
         }
@@ -403,6 +430,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         Metrics.RequestDuration.WithLabels(p.Model).Observe(Stopwatch.GetElapsedTime(arrived).TotalSeconds);
         Log(ctx, p, finish, generated, ttft, arrived, text.Text);
+        // the response is complete: the judge sees it from here on, off the request's path
+        Judge?.Offer(id, p.Model, () => p.PromptText ?? _tokenizer.Decode(p.Prompt, skipSpecialTokens: true), text.Text);
     }
 
     private void Log(HttpContext ctx, Parsed p, string finish, int generated, double ttft, long arrived, string output)
@@ -434,11 +463,18 @@ public sealed class OpenAiServer : IAsyncDisposable
 
         int[] prompt;
         string? promptText;
+        (int, int)? userSpan = null;
         if (chat)
         {
             var messages = ParseMessages(body);
             promptText = string.Join("\n", messages.Select(m => $"{m.Role}: {m.Content}"));
-            prompt = _chat.PromptIds(messages);
+            if (_options.Drift != null)
+            {
+                int start, end;
+                (prompt, start, end) = _chat.PromptWithLastUserMessage(messages);
+                userSpan = (start, end);
+            }
+            else prompt = _chat.PromptIds(messages);
         }
         else (prompt, promptText) = ParsePrompt(body);
         if (prompt.Length == 0) throw new ApiException(400, "the prompt is empty", param: chat ? "messages" : "prompt");
@@ -468,7 +504,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         };
         bool stream = OptionalBool(body, "stream") ?? false;
         bool includeUsage = body["stream_options"] is JsonObject so && so["include_usage"] is JsonValue iu && iu.TryGetValue(out bool inc) && inc;
-        return new Parsed(model, adapter, prompt, maxTokens, new SamplingOptions((float)temperature, 0, (float)topP, 1f, seed), stops, stream, includeUsage, promptText);
+        return new Parsed(model, adapter, prompt, maxTokens, new SamplingOptions((float)temperature, 0, (float)topP, 1f, seed), stops, stream, includeUsage, promptText)
+            { UserSpan = userSpan ?? (0, prompt.Length) };
     }
 
     private (int[] Ids, string? Text) ParsePrompt(JsonObject body)
@@ -589,6 +626,21 @@ public sealed class OpenAiServer : IAsyncDisposable
                 try
                 {
                     return _formatter.PromptIds(messages);
+                }
+                catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
+                {
+                    throw new ApiException(400, $"the chat template failed on these messages: {e.Message}", param: "messages");
+                }
+            }
+        }
+
+        public (int[] Ids, int Start, int End) PromptWithLastUserMessage(IReadOnlyList<ChatMessage> messages)
+        {
+            lock (_formatter)
+            {
+                try
+                {
+                    return _formatter.PromptWithLastUserMessage(messages);
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
                 {

@@ -21,6 +21,12 @@ public sealed record ServerOptions
     public int DefaultMaxTokens { get; init; } = 256;
     /// <summary>Request logs carry prompt and output text only when this is set.</summary>
     public bool LogPrompts { get; init; }
+    /// <summary>A generation still running after this long is stopped and answered 504 (counted as a timeout); 0: no limit.</summary>
+    public double RequestTimeoutSeconds { get; init; }
+    /// <summary>Live quality sampling by an LLM judge; null: off.</summary>
+    public JudgeSamplingOptions? Judge { get; init; }
+    /// <summary>Input drift: each prompt's embedding (its last user message) is scored against this profile; null: off.</summary>
+    public Serving.DriftProfile? Drift { get; init; }
 
     public void Validate()
     {
@@ -28,7 +34,9 @@ public sealed record ServerOptions
         if (ParseHost(Host) == null) throw new ArgumentException($"--host must be an IP address or 'localhost', got '{Host}'");
         if (MaxBodyBytes < 1024) throw new ArgumentException($"the request body limit must be ≥ 1024 bytes, got {MaxBodyBytes}");
         if (MaxPromptTokens < 1 || DefaultMaxTokens < 1) throw new ArgumentException("prompt and max_tokens limits must be ≥ 1");
+        if (!(RequestTimeoutSeconds >= 0) || double.IsInfinity(RequestTimeoutSeconds)) throw new ArgumentException($"--request-timeout must be ≥ 0 seconds (0: none), got {RequestTimeoutSeconds}");
         if (ApiKey is { Length: 0 }) throw new ArgumentException("the API key is empty (is the environment variable set?)");
+        Judge?.Validate();
         if (AdapterDirectory != null && !Directory.Exists(AdapterDirectory)) throw new DirectoryNotFoundException($"--adapter-dir {AdapterDirectory} does not exist");
     }
 

@@ -30,7 +30,7 @@ extern "C" {
 #define NL_API __attribute__((visibility("default")))
 #endif
 
-#define NL_ABI_VERSION 2
+#define NL_ABI_VERSION 3
 
 typedef enum nl_status {
     NL_OK = 0,
@@ -74,6 +74,34 @@ NL_API nl_status nl_set_stream(void* stream);
 /* Wait until all work queued by the core has finished. */
 NL_API nl_status nl_synchronize(void);
 NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes);
+
+/* --- monitoring -----------------------------------------------------------------
+ * What a metrics endpoint reports about the device and the process. A field the
+ * backend cannot measure is -1 (never a guess).
+ * CUDA: memory used/total and utilisation (percent of the last sample period in
+ * which a kernel ran) from NVML, which the core loads at run time from
+ * libnvidia-ml.so.1 (nvml.dll on Windows) — there is no build-time dependency —
+ * for the device nl_init bound, matched by PCI bus id (cudaDeviceGetPCIBusId).
+ * Without NVML: memory from cudaMemGetInfo, utilisation -1, source CUDA_RUNTIME.
+ * CPU: host memory (MemTotal − MemAvailable of /proc/meminfo) as device memory,
+ * utilisation -1. Both: the process's CPU time (user + system) and resident set. */
+typedef enum nl_stats_source {
+    NL_STATS_HOST = 0,         /* CPU backend: host memory */
+    NL_STATS_NVML = 1,         /* CUDA: NVML, matched by PCI bus id */
+    NL_STATS_CUDA_RUNTIME = 2  /* CUDA without NVML: cudaMemGetInfo only */
+} nl_stats_source;
+
+typedef struct nl_device_stats {
+    int32_t source;              /* nl_stats_source */
+    int32_t utilization_percent; /* 0..100, or -1 */
+    int64_t memory_used_bytes;   /* or -1 */
+    int64_t memory_total_bytes;  /* or -1 */
+    double process_cpu_seconds;  /* user + system, or -1 */
+    int64_t process_rss_bytes;   /* resident set size, or -1 */
+    char pci_bus_id[32];         /* CUDA: "0000:3B:00.0"; CPU: "" */
+} nl_device_stats;
+
+NL_API nl_status nl_query_device_stats(nl_device_stats* out);
 
 /* --- GEMM -------------------------------------------------------------------- */
 NL_API nl_status nl_gemm(nl_dtype ab_dtype, nl_dtype c_dtype, int trans_a, int trans_b,

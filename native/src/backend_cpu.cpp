@@ -12,6 +12,7 @@
 
 #include "errors.h"
 #include "half.h"
+#include "process_stats.h"
 
 #if defined(_WIN32)
 #define NOMINMAX
@@ -101,6 +102,31 @@ void gemm_one(nl_dtype dtype, nl_dtype c_dtype, int ta, int tb, int m, int n, in
     from_f32(dtype, fc, m, n, c, ldc);
 }
 
+// Host memory is the device memory here: total and available (what can be allocated without swapping).
+void host_memory(size_t* free_bytes, size_t* total_bytes) {
+#if defined(_WIN32)
+    MEMORYSTATUSEX status{};
+    status.dwLength = sizeof(status);
+    if (!GlobalMemoryStatusEx(&status)) fail(NL_ERR_BACKEND, "GlobalMemoryStatusEx failed");
+    *total_bytes = static_cast<size_t>(status.ullTotalPhys);
+    *free_bytes = static_cast<size_t>(status.ullAvailPhys);
+#else
+    std::ifstream meminfo("/proc/meminfo");
+    if (!meminfo) fail(NL_ERR_BACKEND, "cannot read /proc/meminfo");
+    size_t total_kb = 0, avail_kb = 0;
+    std::string key;
+    size_t value;
+    std::string unit;
+    while (meminfo >> key >> value >> unit) {
+        if (key == "MemTotal:") total_kb = value;
+        else if (key == "MemAvailable:") avail_kb = value;
+    }
+    if (total_kb == 0) fail(NL_ERR_BACKEND, "MemTotal not found in /proc/meminfo");
+    *total_bytes = total_kb * 1024;
+    *free_bytes = avail_kb * 1024;
+#endif
+}
+
 size_t elem_size(nl_dtype dtype) { return dtype == NL_DTYPE_F32 ? 4 : 2; }
 
 }  // namespace
@@ -131,28 +157,21 @@ NL_API nl_status nl_synchronize(void) {
 NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes) {
     return guarded("nl_device_memory_info", [&] {
         require(free_bytes != nullptr && total_bytes != nullptr, "output pointers must not be NULL");
-        // Host memory is the device memory here.
-#if defined(_WIN32)
-        MEMORYSTATUSEX status{};
-        status.dwLength = sizeof(status);
-        if (!GlobalMemoryStatusEx(&status)) fail(NL_ERR_BACKEND, "GlobalMemoryStatusEx failed");
-        *total_bytes = static_cast<size_t>(status.ullTotalPhys);
-        *free_bytes = static_cast<size_t>(status.ullAvailPhys);
-#else
-        std::ifstream meminfo("/proc/meminfo");
-        if (!meminfo) fail(NL_ERR_BACKEND, "cannot read /proc/meminfo");
-        size_t total_kb = 0, avail_kb = 0;
-        std::string key;
-        size_t value;
-        std::string unit;
-        while (meminfo >> key >> value >> unit) {
-            if (key == "MemTotal:") total_kb = value;
-            else if (key == "MemAvailable:") avail_kb = value;
-        }
-        if (total_kb == 0) fail(NL_ERR_BACKEND, "MemTotal not found in /proc/meminfo");
-        *total_bytes = total_kb * 1024;
-        *free_bytes = avail_kb * 1024;
-#endif
+        host_memory(free_bytes, total_bytes);
+    });
+}
+
+NL_API nl_status nl_query_device_stats(nl_device_stats* out) {
+    return guarded("nl_query_device_stats", [&] {
+        require(out != nullptr, "output pointer must not be NULL");
+        *out = nl_device_stats{};
+        out->source = NL_STATS_HOST;
+        out->utilization_percent = -1;  // no device to be busy: the process's CPU time says how busy the host is
+        size_t free_bytes = 0, total_bytes = 0;
+        host_memory(&free_bytes, &total_bytes);
+        out->memory_total_bytes = static_cast<int64_t>(total_bytes);
+        out->memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
+        nl::process_stats(&out->process_cpu_seconds, &out->process_rss_bytes);
     });
 }
 

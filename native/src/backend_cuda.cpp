@@ -10,9 +10,18 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <cstring>
+#include <mutex>
 #include <string>
 
 #include "errors.h"
+#include "process_stats.h"
+
+#if defined(_WIN32)
+#include <windows.h>
+#else
+#include <dlfcn.h>
+#endif
 
 using nl::fail;
 using nl::guarded;
@@ -89,6 +98,64 @@ void gemm_batched(nl_dtype dtype, nl_dtype c_dtype, int ta, int tb, int m, int n
                                                 &beta, c, tc, ldc, sc, batch, compute, CUBLAS_GEMM_DEFAULT),
                      "cublasGemmStridedBatchedEx");
 }
+
+// NVML, loaded at run time (no build-time dependency: the toolkit's nvml.h and
+// libnvidia-ml stubs are not needed). The few declarations we use, from NVML's
+// public API: nvmlReturn_t is an int (0 = success), handles are opaque pointers.
+namespace nvml {
+struct Memory { unsigned long long total, free, used; };
+struct Utilization { unsigned int gpu, memory; };
+using Device = void*;
+using InitFn = int (*)();
+using HandleByBusIdFn = int (*)(const char*, Device*);
+using MemoryFn = int (*)(Device, Memory*);
+using UtilizationFn = int (*)(Device, Utilization*);
+
+struct Api {
+    bool tried = false, ok = false;
+    InitFn init = nullptr;
+    HandleByBusIdFn handle_by_bus_id = nullptr;
+    MemoryFn memory = nullptr;
+    UtilizationFn utilization = nullptr;
+    Device device = nullptr;
+    int device_ordinal = -1;
+};
+Api g_api;
+std::mutex g_mutex;
+
+void* symbol(void* lib, const char* name) {
+#if defined(_WIN32)
+    return reinterpret_cast<void*>(GetProcAddress(static_cast<HMODULE>(lib), name));
+#else
+    return dlsym(lib, name);
+#endif
+}
+
+// Loads the library once per process; binds the device of `ordinal` by its PCI bus id. False: no NVML.
+bool bind(int ordinal, const char* bus_id) {
+    if (!g_api.tried) {
+        g_api.tried = true;
+#if defined(_WIN32)
+        void* lib = LoadLibraryA("nvml.dll");
+#else
+        void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+#endif
+        if (lib == nullptr) return false;
+        g_api.init = reinterpret_cast<InitFn>(symbol(lib, "nvmlInit_v2"));
+        g_api.handle_by_bus_id = reinterpret_cast<HandleByBusIdFn>(symbol(lib, "nvmlDeviceGetHandleByPciBusId_v2"));
+        g_api.memory = reinterpret_cast<MemoryFn>(symbol(lib, "nvmlDeviceGetMemoryInfo"));
+        g_api.utilization = reinterpret_cast<UtilizationFn>(symbol(lib, "nvmlDeviceGetUtilizationRates"));
+        g_api.ok = g_api.init && g_api.handle_by_bus_id && g_api.memory && g_api.utilization && g_api.init() == 0;
+    }
+    if (!g_api.ok) return false;
+    if (g_api.device_ordinal != ordinal) {
+        g_api.device = nullptr;
+        if (g_api.handle_by_bus_id(bus_id, &g_api.device) != 0) return false;
+        g_api.device_ordinal = ordinal;
+    }
+    return true;
+}
+}  // namespace nvml
 
 // CUDA 13 replaced the device ordinal of cudaMemAdvise / cudaMemPrefetchAsync with a cudaMemLocation
 // (and gave the prefetch a flags argument); CUDA 12 still takes the ordinal (cudaCpuDeviceId = host).
@@ -176,6 +243,35 @@ NL_API nl_status nl_device_memory_info(size_t* free_bytes, size_t* total_bytes) 
         require(free_bytes != nullptr && total_bytes != nullptr, "output pointers must not be NULL");
         make_current();
         check_cuda(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+    });
+}
+
+NL_API nl_status nl_query_device_stats(nl_device_stats* out) {
+    return guarded("nl_query_device_stats", [&] {
+        require(out != nullptr, "output pointer must not be NULL");
+        *out = nl_device_stats{};
+        out->utilization_percent = -1;
+        out->memory_used_bytes = out->memory_total_bytes = -1;
+        nl::process_stats(&out->process_cpu_seconds, &out->process_rss_bytes);
+        make_current();
+        // NVML numbers devices in its own order (all GPUs, ignoring CUDA_VISIBLE_DEVICES); the PCI bus id
+        // names the same card for both
+        check_cuda(cudaDeviceGetPCIBusId(out->pci_bus_id, sizeof(out->pci_bus_id), g_device), "cudaDeviceGetPCIBusId");
+        std::lock_guard<std::mutex> lock(nvml::g_mutex);
+        nvml::Memory mem{};
+        nvml::Utilization util{};
+        if (nvml::bind(g_device, out->pci_bus_id) && nvml::g_api.memory(nvml::g_api.device, &mem) == 0) {
+            out->source = NL_STATS_NVML;
+            out->memory_total_bytes = static_cast<int64_t>(mem.total);
+            out->memory_used_bytes = static_cast<int64_t>(mem.used);
+            if (nvml::g_api.utilization(nvml::g_api.device, &util) == 0) out->utilization_percent = static_cast<int32_t>(util.gpu);
+            return;
+        }
+        out->source = NL_STATS_CUDA_RUNTIME;
+        size_t free_bytes = 0, total_bytes = 0;
+        check_cuda(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+        out->memory_total_bytes = static_cast<int64_t>(total_bytes);
+        out->memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
     });
 }
 

@@ -126,6 +126,43 @@ public sealed class ExampleFormatter
         return new TrainingExample(p.Concat(r).ToArray(), Enumerable.Repeat(TrainOnPrompt, p.Length).Concat(Enumerable.Repeat(true, r.Count)).ToArray());
     }
 
+    /// <summary>
+    /// The prompt ids of a conversation (as <see cref="PromptIds"/>) and the token range [Start, End) of its last user
+    /// message there: where the rendering up to the message ends, to where the rendering with it ends (its role header and
+    /// end-of-turn markers included), counted in tokens of those renderings. Input-drift monitoring averages the model's
+    /// hidden states over this range. Without a chat template: the user text inside the Alpaca prompt.
+    /// </summary>
+    public (int[] Ids, int Start, int End) PromptWithLastUserMessage(IReadOnlyList<ChatMessage> messages)
+    {
+        var ids = PromptIds(messages);
+        int last = -1;
+        for (int i = 0; i < messages.Count; i++) if (messages[i].Role == "user") last = i;
+        if (last < 0) return (ids, 0, ids.Length); // no user message: the whole prompt
+        int Count(string text)
+        {
+            var t = _tok.Encode(text, addSpecialTokens: false).ToList();
+            bool bos = _tok.BosId is int b && _tok.AddBosToken == true && (t.Count == 0 || t[0] != b);
+            return t.Count + (bos ? 1 : 0);
+        }
+        int start, end;
+        if (_template == null)
+        {
+            var users = messages.Where(m => m.Role == "user").Select(m => m.Content).ToList();
+            var before = string.Join("\n\n", users.Take(users.Count - 1).Append(""));
+            int open = AlpacaPrompt.IndexOf("{0}", StringComparison.Ordinal);
+            start = _tok.Encode(AlpacaPrompt[..open] + before, addSpecialTokens: true).Length;
+            end = _tok.Encode(AlpacaPrompt[..open] + before + users[^1], addSpecialTokens: true).Length;
+        }
+        else
+        {
+            start = Count(_template.Render(messages.Take(last).ToList(), addGenerationPrompt: false, _tok.BosToken, _tok.EosToken));
+            end = Count(_template.Render(messages.Take(last + 1).ToList(), addGenerationPrompt: false, _tok.BosToken, _tok.EosToken));
+        }
+        end = Math.Min(end, ids.Length);
+        start = Math.Clamp(start, 0, Math.Max(0, end - 1));
+        return (ids, start, end);
+    }
+
     /// <summary>The prompt of a conversation for generation (chat template with the generation prompt).</summary>
     public int[] PromptIds(IReadOnlyList<ChatMessage> messages)
     {

@@ -60,7 +60,7 @@ public static class EvalRunner
                     var (rows, bad) = DatasetReader.ReadPromptsAndReferences(task.Path);
                     foreach (var b in bad) report?.Invoke($"skipped {b}");
                     var hyps = new List<string>();
-                    var decoder = new Decoder(model);
+                    var decoder = new Generator(model);
                     var stop = StopRule.For(tokenizer.Directory, model.Config, tokenizer);
                     foreach (var (prompt, _) in rows)
                     {

@@ -43,10 +43,20 @@ public sealed class LlmJudge : IDisposable
         "- style: is its tone, fluency, format and length appropriate for the instruction?\n" +
         "Reply with only a JSON object of the form {\"relevance\": n, \"coherence\": n, \"style\": n} and nothing else.";
 
+    /// <summary>For live traffic, which has no reference answer: the same three criteria judged from the request alone.</summary>
+    public const string ReferenceFreeRubric =
+        "You are a strict, impartial evaluator of answers written by an AI assistant. " +
+        "You are given a request and the assistant's answer; there is no reference answer. " +
+        "Rate the answer on three criteria, each an integer from 1 (very poor) to 10 (excellent):\n" +
+        "- relevance: does it address the request, correctly and completely?\n" +
+        "- coherence: is it logically consistent, well organised and easy to follow?\n" +
+        "- style: is its tone, fluency, format and length appropriate for the request?\n" +
+        "Reply with only a JSON object of the form {\"relevance\": n, \"coherence\": n, \"style\": n} and nothing else.";
+
     private readonly Uri _endpoint;
     private readonly string _model;
     private readonly string? _apiKey;
-    private readonly string _cacheDir;
+    private readonly string? _cacheDir;
     private readonly int _maxRetries;
     private readonly HttpClient _http;
     private readonly bool _ownsHttp;
@@ -63,11 +73,12 @@ public sealed class LlmJudge : IDisposable
 
     public string Endpoint => _endpoint.ToString();
 
-    public LlmJudge(Uri baseUrl, string model, string? apiKey, string cacheDir, int maxConcurrency = 4, int maxRetries = 4, HttpClient? http = null)
+    /// <summary>cacheDir null: nothing is cached on disk (live sampling, where every answer is new).</summary>
+    public LlmJudge(Uri baseUrl, string model, string? apiKey, string? cacheDir, int maxConcurrency = 4, int maxRetries = 4, HttpClient? http = null)
     {
         ArgumentNullException.ThrowIfNull(baseUrl);
         if (string.IsNullOrWhiteSpace(model)) throw new ArgumentException("the judge model name is empty", nameof(model));
-        if (string.IsNullOrWhiteSpace(cacheDir)) throw new ArgumentException("the judge cache directory is empty", nameof(cacheDir));
+        if (cacheDir is not null && string.IsNullOrWhiteSpace(cacheDir)) throw new ArgumentException("the judge cache directory is empty", nameof(cacheDir));
         if (maxConcurrency < 1) throw new ArgumentOutOfRangeException(nameof(maxConcurrency), "must be at least 1");
         if (maxRetries < 0) throw new ArgumentOutOfRangeException(nameof(maxRetries), "must be 0 or more");
         var root = baseUrl.ToString().TrimEnd('/');
@@ -79,8 +90,12 @@ public sealed class LlmJudge : IDisposable
         _ownsHttp = http is null;
         _http = http ?? new HttpClient { Timeout = Timeout.InfiniteTimeSpan };
         _gate = new SemaphoreSlim(maxConcurrency, maxConcurrency);
-        Directory.CreateDirectory(cacheDir);
+        if (cacheDir is not null) Directory.CreateDirectory(cacheDir);
     }
+
+    /// <summary>Scores one answer; reference null uses <see cref="ReferenceFreeRubric"/>. Throws <see cref="JudgeException"/> when it cannot.</summary>
+    public Task<JudgeScore> ScoreOneAsync(string instruction, string? reference, string candidate, CancellationToken ct) =>
+        ScoreOneAsync(0, (instruction, reference, candidate), ct);
 
     /// <summary>Scores every item (results in input order). The first item that fails cancels the rest and is thrown as a <see cref="JudgeException"/>.</summary>
     public async Task<IReadOnlyList<JudgeScore>> ScoreAsync(IReadOnlyList<(string Instruction, string Reference, string Candidate)> items, CancellationToken ct)
@@ -107,12 +122,14 @@ public sealed class LlmJudge : IDisposable
         }
     }
 
-    private async Task<JudgeScore> ScoreOneAsync(int index, (string Instruction, string Reference, string Candidate) item, CancellationToken ct)
+    private async Task<JudgeScore> ScoreOneAsync(int index, (string Instruction, string? Reference, string Candidate) item, CancellationToken ct)
     {
-        var key = CacheKey(_model, item.Instruction, item.Reference, item.Candidate);
-        var cachePath = Path.Combine(_cacheDir, key + ".json");
-        var cached = ReadCache(cachePath);
-        if (cached is not null) return cached;
+        string? cachePath = null;
+        if (_cacheDir is not null && item.Reference is not null)
+        {
+            cachePath = Path.Combine(_cacheDir, CacheKey(_model, item.Instruction, item.Reference, item.Candidate) + ".json");
+            if (ReadCache(cachePath) is { } cached) return cached;
+        }
 
         await _gate.WaitAsync(ct).ConfigureAwait(false);
         try
@@ -137,7 +154,7 @@ public sealed class LlmJudge : IDisposable
                         if (scores is { } s)
                         {
                             var result = new JudgeScore(s.Relevance, s.Coherence, s.Style, FromCache: false);
-                            WriteCache(cachePath, result);
+                            if (cachePath is not null) WriteCache(cachePath, result);
                             return result;
                         }
                         lastReason = content is null
@@ -172,15 +189,15 @@ public sealed class LlmJudge : IDisposable
         finally { _gate.Release(); }
     }
 
-    private HttpRequestMessage BuildRequest((string Instruction, string Reference, string Candidate) item)
+    private HttpRequestMessage BuildRequest((string Instruction, string? Reference, string Candidate) item)
     {
         var payload = new JsonObject
         {
             ["model"] = _model,
             ["messages"] = new JsonArray
             {
-                new JsonObject { ["role"] = "system", ["content"] = Rubric },
-                new JsonObject { ["role"] = "user", ["content"] = UserMessage(item.Instruction, item.Reference, item.Candidate) },
+                new JsonObject { ["role"] = "system", ["content"] = item.Reference is null ? ReferenceFreeRubric : Rubric },
+                new JsonObject { ["role"] = "user", ["content"] = item.Reference is null ? ReferenceFreeMessage(item.Instruction, item.Candidate) : UserMessage(item.Instruction, item.Reference, item.Candidate) },
             },
             ["temperature"] = 0,
         };
@@ -195,6 +212,10 @@ public sealed class LlmJudge : IDisposable
     public static string UserMessage(string instruction, string reference, string candidate) =>
         $"### Instruction\n{instruction}\n\n### Reference answer\n{reference}\n\n### Candidate answer\n{candidate}\n\n" +
         "Rate the candidate answer. Reply with only {\"relevance\": n, \"coherence\": n, \"style\": n}.";
+
+    public static string ReferenceFreeMessage(string request, string answer) =>
+        $"### Request\n{request}\n\n### Answer\n{answer}\n\n" +
+        "Rate the answer. Reply with only {\"relevance\": n, \"coherence\": n, \"style\": n}.";
 
     private TimeSpan? RetryAfter(RetryConditionHeaderValue? header)
     {

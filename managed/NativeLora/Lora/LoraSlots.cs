@@ -124,6 +124,9 @@ public sealed class LoraSlots : IDisposable
 
     public bool Contains(string name) => _byName.ContainsKey(name);
 
+    /// <summary>Slots holding weights: loaded adapters, and unloaded ones that running requests still use.</summary>
+    public int InUse => Enumerable.Range(0, Capacity).Count(s => _loaded[s] || _refs[s] > 0);
+
     /// <summary>
     /// Loads the PEFT adapter in dir under name into a free slot. Plain LoRA and rsLoRA only: DoRA
     /// and modules_to_save change more than a low-rank product (merge them instead).

@@ -50,8 +50,7 @@ public sealed class CausalLm : IDisposable
     private readonly Dictionary<string, Tensor> _parameters;
     private readonly Dictionary<string, Tensor> _gradients = new();
     private readonly Tensor _cos, _sin;
-    internal Tensor RopeCos => _cos;
-    internal Tensor RopeSin => _sin;
+    public RopeTables Rope => new(_cos, _sin);
 
     /// <summary>Every tensor a checkpoint of this config must hold, with its PyTorch shape.</summary>
     public static List<(string Name, int[] Shape)> ExpectedParameters(ModelConfig c)
@@ -108,17 +107,9 @@ public sealed class CausalLm : IDisposable
 
         _parameters = parameters;
         FinalNorm = parameters["model.norm.weight"];
-        var layers = new List<DecoderLayer>();
-        for (int i = 0; i < config.NumLayers; i++)
-        {
-            string p = $"model.layers.{i}.";
-            Linear L(string n, bool bias) => new(p + n, parameters[p + n + ".weight"], bias ? parameters[p + n + ".bias"] : null);
-            layers.Add(new DecoderLayer(i, parameters[p + "input_layernorm.weight"], parameters[p + "post_attention_layernorm.weight"],
-                L("self_attn.q_proj", config.AttentionBias), L("self_attn.k_proj", config.AttentionBias), L("self_attn.v_proj", config.AttentionBias),
-                L("self_attn.o_proj", false), L("mlp.gate_proj", false), L("mlp.up_proj", false), L("mlp.down_proj", false)));
-        }
+        var layers = Enumerable.Range(0, config.NumLayers).Select(i => DecoderLayer.FromParameters(i, config, parameters)).ToList();
         Layers = layers;
-        var (cos, sin) = Rope.BuildTable(config.HeadDim, config.MaxPositionEmbeddings, config.RopeTheta, config.RopeScaling);
+        var (cos, sin) = NativeLora.Kernels.Rope.BuildTable(config.HeadDim, config.MaxPositionEmbeddings, config.RopeTheta, config.RopeScaling);
         _cos = device.Allocate(DType.F32, config.MaxPositionEmbeddings, config.HeadDim / 2);
         _sin = device.Allocate(DType.F32, config.MaxPositionEmbeddings, config.HeadDim / 2);
         _cos.CopyFrom<float>(cos);
@@ -174,137 +165,135 @@ public sealed class CausalLm : IDisposable
         foreach (var g in _gradients.Values) ElementwiseOp.Zero(Kernels, g);
     }
 
-    private sealed class BatchTensors : IDisposable
-    {
-        public Tensor Ids = null!, Positions = null!, Segments = null!;
-        public void Dispose() { Ids.Dispose(); Positions.Dispose(); Segments.Dispose(); }
-    }
-
-    private BatchTensors Upload(TokenBatch batch)
-    {
-        batch.Validate();
-        EmbeddingOp.CheckIds(batch.Ids, Config.VocabSize);
-        RopeOp.CheckPositions(batch.Positions, Config.MaxPositionEmbeddings);
-        var t = new BatchTensors
-        {
-            Ids = Device.Allocate(DType.I32, batch.Tokens),
-            Positions = Device.Allocate(DType.I32, batch.Tokens),
-            Segments = Device.Allocate(DType.I32, batch.Tokens),
-        };
-        t.Ids.CopyFrom<int>(batch.Ids);
-        t.Positions.CopyFrom<int>(batch.Positions);
-        t.Segments.CopyFrom<int>(batch.Segments);
-        return t;
-    }
-
-    private AttentionShape Shape(TokenBatch b) => new(b.Batch, b.SeqLen, Config.NumHeads, Config.NumKvHeads, Config.HeadDim);
-
-    /// <summary>
-    /// Forward and backward of the mean next-token loss. Gradients accumulate into <see cref="Gradients"/>
-    /// (when enabled); returns the mean loss over counted tokens and their number.
-    /// </summary>
+    /// <summary>Forward and backward of the mean next-token loss. Gradients accumulate into <see cref="Gradients"/> (when
+    /// enabled) and into attached adapters; returns the mean loss over counted tokens and their number.</summary>
     public (double Loss, int Count) ForwardBackward(TokenBatch batch, float? gradScale = null)
     {
-        var k = Kernels;
         int n = batch.Tokens, d = Config.HiddenSize;
-        var shape = Shape(batch);
-        using var bt = Upload(batch);
-        var hidden = new List<Tensor>(); // layer inputs: hidden[0] = embeddings, hidden[l+1] = layer l output
-        var acts = new List<LayerActivations>();
-        try
-        {
-            hidden.Add(Device.Allocate(DType, n, d));
-            EmbeddingOp.Forward(k, bt.Ids, batch.Ids, Embedding, hidden[0]);
-            foreach (var layer in Layers)
-            {
-                var output = Device.Allocate(DType, n, d);
-                var a = layer.Forward(Device, k, Config, hidden[^1], output, bt.Positions, bt.Segments, _cos, _sin, shape);
-                if (GradientCheckpointing) a.Dispose(); // recomputed in the backward from hidden[l]
-                else acts.Add(a);
-                hidden.Add(output);
-            }
-            using var normed = Device.Allocate(DType, n, d);
-            using var rstd = Device.Allocate(DType.F32, n);
-            RmsNormOp.Forward(k, hidden[^1], FinalNorm, normed, rstd, (float)Config.RmsNormEps);
-
-            using var dNormed = Device.Allocate(DType, n, d);
-            var dOutW = _outputCopyGrad ?? _gradients.GetValueOrDefault(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-            var (loss, count) = CrossEntropyOp.ForwardBackward(k, normed, OutputWeight, batch.Labels, dNormed, dOutW, CrossEntropyChunkRows, gradScale);
-
-            using var dH = Device.Allocate(DType, n, d);
-            _gradients.TryGetValue("model.norm.weight", out var dFinalNorm);
-            RmsNormOp.Backward(k, hidden[^1], FinalNorm, dNormed, rstd, dH, dFinalNorm);
-            using var dPrev = Device.Allocate(DType, n, d);
-            var (cur, next) = (dH, dPrev);
-            for (int l = Layers.Count - 1; l >= 0; l--)
-            {
-                if (GradientCheckpointing)
-                {
-                    using var scratch = Device.Allocate(DType, n, d);
-                    using var a = Layers[l].Forward(Device, k, Config, hidden[l], scratch, bt.Positions, bt.Segments, _cos, _sin, shape);
-                    Layers[l].Backward(Device, k, Config, a, cur, next, bt.Positions, bt.Segments, _cos, _sin, shape);
-                }
-                else Layers[l].Backward(Device, k, Config, acts[l], cur, next, bt.Positions, bt.Segments, _cos, _sin, shape);
-                (cur, next) = (next, cur);
-            }
-            if ((_embeddingCopyGrad ?? _gradients.GetValueOrDefault("model.embed_tokens.weight")) is Tensor dEmb)
-                EmbeddingOp.Backward(k, bt.Ids, cur, dEmb);
-            return (loss, count);
-        }
-        finally
-        {
-            foreach (var a in acts) a.Dispose();
-            foreach (var h in hidden) h.Dispose();
-        }
+        using var f = ForwardContext.For(this, batch);
+        using var tape = new Tape();
+        using var normed = Forward(f, tape);
+        using var dNormed = Device.Allocate(DType, n, d);
+        var dOutW = _outputCopyGrad ?? _gradients.GetValueOrDefault(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+        var (loss, count) = CrossEntropyOp.ForwardBackward(Kernels, normed, OutputWeight, batch.Labels, dNormed, dOutW, CrossEntropyChunkRows, gradScale);
+        Backward(f, tape, dNormed);
+        return (loss, count);
     }
 
     /// <summary>Mean loss over counted tokens of a forward pass (no gradients, nothing kept): evaluation.</summary>
     public (double Loss, int Count) Loss(TokenBatch batch)
     {
-        using var normed = FinalHidden(batch);
+        using var f = ForwardContext.For(this, batch);
+        using var normed = Forward(f);
         return CrossEntropyOp.ForwardBackward(Kernels, normed, OutputWeight, batch.Labels, null, null, CrossEntropyChunkRows);
     }
 
     /// <summary>Logits [tokens, vocab] (f32) of a forward pass (no loss, nothing kept).</summary>
     public float[] Logits(TokenBatch batch)
     {
-        using var normed = FinalHidden(batch);
-        using var logits = Device.Allocate(DType.F32, batch.Tokens, Config.VocabSize);
+        using var f = ForwardContext.For(this, batch);
+        using var normed = Forward(f);
+        return LogitsOf(normed);
+    }
+
+    /// <summary>The output projection of final hidden rows [R, D] → f32 logits [R·vocab] on the host.</summary>
+    internal float[] LogitsOf(Tensor normed)
+    {
+        using var logits = Device.Allocate(DType.F32, normed.Dim(0), Config.VocabSize);
         Gemm.Run(normed, OutputWeight, logits, transB: true);
         return logits.ToArray<float>();
     }
 
-    // embedding → layers → final RMSNorm without keeping anything for a backward; the caller owns the result
-    private Tensor FinalHidden(TokenBatch batch)
+    /// <summary>What the training forward keeps for its backward.</summary>
+    private sealed class Tape : IDisposable
     {
-        var k = Kernels;
-        int n = batch.Tokens, d = Config.HiddenSize;
-        var shape = Shape(batch);
-        using var bt = Upload(batch);
-        var x = Device.Allocate(DType, n, d);
-        var y = Device.Allocate(DType, n, d);
+        /// <summary>Layer inputs: Hidden[0] the embeddings, Hidden[l+1] layer l's output (the last: the final norm's input).</summary>
+        public readonly List<Tensor> Hidden = new();
+        /// <summary>Each layer's activations (empty with gradient checkpointing: the backward recomputes them).</summary>
+        public readonly List<LayerActivations> Layers = new();
+        public Tensor? FinalRstd;
+
+        public void Dispose()
+        {
+            foreach (var a in Layers) a.Dispose();
+            foreach (var h in Hidden) h.Dispose();
+            FinalRstd?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The model forward: embedding → decoder layers → final RMSNorm, as the context says (packed or paged attention,
+    /// KV-cache writes, served adapters). Returns the final hidden states [tokens, D] (the caller owns them); keeps nothing.
+    /// </summary>
+    public Tensor Forward(ForwardContext f) => Forward(f, null);
+
+    private Tensor Forward(ForwardContext f, Tape? tape)
+    {
+        var k = f.Kernels;
+        int n = f.Tokens, d = Config.HiddenSize;
+        if (f.Ids == null || f.HostIds == null) throw new ArgumentException("a model forward needs the tokens' ids in its context");
+        // without a tape, x (the current input) and y (the tensor being written) are the only hidden states alive
+        Tensor x = Device.Allocate(DType, n, d), y = null!;
+        Tensor? rstd = null;
         try
         {
-            EmbeddingOp.Forward(k, bt.Ids, batch.Ids, Embedding, x);
+            tape?.Hidden.Add(x);
+            EmbeddingOp.Forward(k, f.Ids, f.HostIds, Embedding, x);
             foreach (var layer in Layers)
             {
-                using (layer.Forward(Device, k, Config, x, y, bt.Positions, bt.Segments, _cos, _sin, shape)) { }
-                (x, y) = (y, x);
+                y = Device.Allocate(DType, n, d);
+                tape?.Hidden.Add(y);
+                if (layer.Forward(f, x, y, keep: tape != null && !GradientCheckpointing) is { } a) tape!.Layers.Add(a);
+                if (tape == null) x.Dispose();
+                (x, y) = (y, null!);
             }
-            using var rstd = Device.Allocate(DType.F32, n);
+            y = Device.Allocate(DType, n, d);
+            rstd = Device.Allocate(DType.F32, n);
             RmsNormOp.Forward(k, x, FinalNorm, y, rstd, (float)Config.RmsNormEps);
-            (x, y) = (y, x); // x: the result, returned; y: the last layer's output, freed below
-            return x;
+            if (tape != null) tape.FinalRstd = rstd;
+            else
+            {
+                rstd.Dispose();
+                x.Dispose();
+            }
+            return y;
         }
         catch
         {
-            x.Dispose();
+            y?.Dispose();
+            if (tape == null) // on the tape they go with the tape
+            {
+                x.Dispose();
+                rstd?.Dispose();
+            }
+            else if (tape.FinalRstd == null) rstd?.Dispose();
             throw;
         }
-        finally
+    }
+
+    // the backward of Forward(f, tape) from the gradient of its result; recomputes layers under gradient checkpointing
+    private void Backward(ForwardContext f, Tape tape, Tensor dNormed)
+    {
+        var k = f.Kernels;
+        int n = f.Tokens, d = Config.HiddenSize;
+        using var dH = Device.Allocate(DType, n, d);
+        _gradients.TryGetValue("model.norm.weight", out var dFinalNorm);
+        RmsNormOp.Backward(k, tape.Hidden[^1], FinalNorm, dNormed, tape.FinalRstd!, dH, dFinalNorm);
+        using var dPrev = Device.Allocate(DType, n, d);
+        var (cur, next) = (dH, dPrev);
+        for (int l = Layers.Count - 1; l >= 0; l--)
         {
-            y.Dispose();
+            if (GradientCheckpointing)
+            {
+                using var scratch = Device.Allocate(DType, n, d);
+                using var a = Layers[l].Forward(f, tape.Hidden[l], scratch, keep: true)!;
+                Layers[l].Backward(f, a, cur, next);
+            }
+            else Layers[l].Backward(f, tape.Layers[l], cur, next);
+            (cur, next) = (next, cur);
         }
+        if ((_embeddingCopyGrad ?? _gradients.GetValueOrDefault("model.embed_tokens.weight")) is Tensor dEmb)
+            EmbeddingOp.Backward(k, f.Ids!, cur, dEmb);
     }
 
     public void Dispose()

@@ -1,32 +1,105 @@
-using NativeLora.Devices;
-using NativeLora.Kernels;
 using NativeLora.Lora;
 using NativeLora.Ops;
 using NativeLora.Tensors;
+using Saved = NativeLora.Model.LayerActivations.Saved;
 
 namespace NativeLora.Model;
 
-/// <summary>What one decoder layer's forward keeps for its backward.</summary>
+/// <summary>
+/// The tensors one layer's forward allocates (and keeps for its backward when asked), declared once: the layer
+/// forward allocates each from <see cref="Declared"/>, and the memory planner (Training/MemoryEstimate.cs) sums the
+/// same declaration, as llm.c's fill_in_activation_sizes feeds both its allocation and its size report.
+/// </summary>
 public sealed class LayerActivations : IDisposable
 {
-    public Tensor X = null!, Xn = null!, Rstd1 = null!, Q = null!, K = null!, V = null!, O = null!, Lse = null!;
-    public Tensor H = null!, Hn = null!, Rstd2 = null!, Gate = null!, Up = null!, M = null!;
+    public enum Saved { Xn, Rstd1, Q, K, V, O, Lse, H, Hn, Rstd2, Gate, Up, M }
+
+    /// <summary>Dtype and shape of one saved tensor for a forward of this attention shape (activations in dt).</summary>
+    public static (DType DType, int[] Shape) Declared(Saved s, ModelConfig c, DType dt, AttentionShape a) => s switch
+    {
+        Saved.Xn or Saved.H or Saved.Hn => (dt, new[] { a.Tokens, c.HiddenSize }),
+        Saved.Rstd1 or Saved.Rstd2 => (DType.F32, new[] { a.Tokens }),
+        Saved.Q or Saved.O => (dt, new[] { a.Tokens, c.QDim }),
+        Saved.K or Saved.V => (dt, new[] { a.Batch * a.Keys, c.KvDim }), // cached keys gathered in front of the new ones
+        Saved.Lse => (DType.F32, new[] { a.Batch * a.Heads * a.SeqLen }),
+        Saved.Gate or Saved.Up or Saved.M => (dt, new[] { a.Tokens, c.IntermediateSize }),
+        _ => throw new ArgumentOutOfRangeException(nameof(s)),
+    };
+
+    /// <summary>Bytes of everything a layer's forward keeps for its backward (the adapters' state aside).</summary>
+    public static long DeclaredBytes(ModelConfig c, DType dt, AttentionShape a) =>
+        Enum.GetValues<Saved>().Sum(s => { var (t, shape) = Declared(s, c, dt, a); return Tensor.CountElements(shape) * t.SizeOf(); });
+
+    private readonly Tensor?[] _saved = new Tensor?[Enum.GetValues<Saved>().Length];
+    private readonly Devices.ComputeDevice _device;
+    private readonly ModelConfig _config;
+    private readonly DType _dtype;
+    private readonly AttentionShape _shape;
+    private readonly bool _keep;
+
+    internal LayerActivations(Devices.ComputeDevice device, ModelConfig c, DType dt, AttentionShape shape, bool keep, Tensor x)
+    {
+        (_device, _config, _dtype, _shape, _keep, X) = (device, c, dt, shape, keep, x);
+    }
+
+    /// <summary>The layer's input (owned by the caller).</summary>
+    public Tensor X { get; }
     /// <summary>Adapter state of q, k, v, o, gate, up, down (null where a projection has no adapter).</summary>
     public readonly LoraSaved?[] Lora = new LoraSaved?[7];
 
+    public Tensor this[Saved s] => _saved[(int)s] ?? throw new InvalidOperationException($"activation {s} was not kept");
+    public Tensor Xn => this[Saved.Xn];
+    public Tensor Rstd1 => this[Saved.Rstd1];
+    public Tensor Q => this[Saved.Q];
+    public Tensor K => this[Saved.K];
+    public Tensor V => this[Saved.V];
+    public Tensor O => this[Saved.O];
+    public Tensor Lse => this[Saved.Lse];
+    public Tensor H => this[Saved.H];
+    public Tensor Hn => this[Saved.Hn];
+    public Tensor Rstd2 => this[Saved.Rstd2];
+    public Tensor Gate => this[Saved.Gate];
+    public Tensor Up => this[Saved.Up];
+    public Tensor M => this[Saved.M];
+
+    internal Tensor Allocate(Saved s)
+    {
+        var (t, shape) = Declared(s, _config, _dtype, _shape);
+        return _saved[(int)s] = _device.Allocate(t, shape);
+    }
+
+    /// <summary>Without a backward to feed, tensors are freed as soon as the forward is past them.</summary>
+    internal void Done(params Saved[] which)
+    {
+        if (_keep) return;
+        foreach (var s in which)
+        {
+            _saved[(int)s]?.Dispose();
+            _saved[(int)s] = null;
+        }
+    }
+
+    internal void Adapter(int projection, LoraSaved? state)
+    {
+        if (_keep) Lora[projection] = state;
+        else state?.Dispose();
+    }
+
     public void Dispose()
     {
-        // X is the layer's input, owned by the caller
-        foreach (var t in new[] { Xn, Rstd1, Q, K, V, O, Lse, H, Hn, Rstd2, Gate, Up, M }) t?.Dispose();
+        foreach (var t in _saved) t?.Dispose();
         foreach (var t in Lora) t?.Dispose();
     }
 }
+
+/// <summary>The projections of one decoder layer.</summary>
+public readonly record struct LayerProjections(Linear Q, Linear K, Linear V, Linear O, Linear Gate, Linear Up, Linear Down);
 
 /// <summary>
 /// One Llama decoder layer (also Mistral and Qwen2):
 ///   h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
 ///   out = h + down_proj(silu(gate_proj(n2)) · up_proj(n2)),                   n2 = rmsnorm(h)
-/// Forward keeps the activations its backward needs; the backward walks the same steps in reverse.
+/// One forward for every caller (see <see cref="ForwardContext"/>); the backward walks the same steps in reverse.
 /// </summary>
 public sealed class DecoderLayer
 {
@@ -43,129 +116,126 @@ public sealed class DecoderLayer
     public Tensor? InputNormGrad { get; set; }
     public Tensor? PostNormGrad { get; set; }
 
-    public DecoderLayer(int index, Tensor inputNorm, Tensor postNorm, Linear q, Linear k, Linear v, Linear o, Linear gate, Linear up, Linear down)
+    public DecoderLayer(int index, Tensor inputNorm, Tensor postNorm, LayerProjections p)
     {
         Index = index;
         InputNorm = inputNorm;
         PostNorm = postNorm;
-        QProj = q; KProj = k; VProj = v; OProj = o;
-        GateProj = gate; UpProj = up; DownProj = down;
+        (QProj, KProj, VProj, OProj, GateProj, UpProj, DownProj) = (p.Q, p.K, p.V, p.O, p.Gate, p.Up, p.Down);
+    }
+
+    /// <summary>Layer `index` of a checkpoint, from its HF tensor names (model.layers.{index}.…).</summary>
+    public static DecoderLayer FromParameters(int index, ModelConfig c, IReadOnlyDictionary<string, Tensor> parameters)
+    {
+        string p = $"model.layers.{index}.";
+        Linear L(string n, bool bias) => new(p + n, parameters[p + n + ".weight"], bias ? parameters[p + n + ".bias"] : null);
+        return new DecoderLayer(index, parameters[p + "input_layernorm.weight"], parameters[p + "post_attention_layernorm.weight"],
+            new LayerProjections(L("self_attn.q_proj", c.AttentionBias), L("self_attn.k_proj", c.AttentionBias), L("self_attn.v_proj", c.AttentionBias),
+                L("self_attn.o_proj", false), L("mlp.gate_proj", false), L("mlp.up_proj", false), L("mlp.down_proj", false)));
     }
 
     public IEnumerable<Linear> Linears => new[] { QProj, KProj, VProj, OProj, GateProj, UpProj, DownProj };
 
     /// <summary>
-    /// Runs the layer on x [N, D] into output [N, D]; the returned activations hold x (not owned).
-    /// adapterSlots (serving only) picks each row's served adapter.
+    /// Runs the layer on x [N, D] into output [N, D]. keep: return the activations for <see cref="Backward"/> (they
+    /// hold x, not owned); otherwise each temporary is freed once used and null is returned. With a cache in the
+    /// context the new keys/values are written to it; attention is packed or paged as the context says.
     /// </summary>
-    public LayerActivations Forward(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output,
-        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape, AdapterRows? adapterSlots = null)
+    public LayerActivations? Forward(ForwardContext f, Tensor x, Tensor output, bool keep)
     {
-        int n = x.Dim(0);
-        var dt = x.DType;
-        var a = new LayerActivations { X = x };
-        a.Xn = device.Allocate(dt, n, c.HiddenSize);
-        a.Rstd1 = device.Allocate(DType.F32, n);
-        RmsNormOp.Forward(k, x, InputNorm, a.Xn, a.Rstd1, (float)c.RmsNormEps);
-        a.Q = device.Allocate(dt, n, c.QDim);
-        a.K = device.Allocate(dt, n, c.KvDim);
-        a.V = device.Allocate(dt, n, c.KvDim);
-        a.Lora[0] = QProj.Forward(k, a.Xn, a.Q, adapterSlots);
-        a.Lora[1] = KProj.Forward(k, a.Xn, a.K, adapterSlots);
-        a.Lora[2] = VProj.Forward(k, a.Xn, a.V, adapterSlots);
-        RopeOp.Forward(k, a.Q, a.Q, positions, cos, sin, c.NumHeads, c.HeadDim);
-        RopeOp.Forward(k, a.K, a.K, positions, cos, sin, c.NumKvHeads, c.HeadDim);
-        a.O = device.Allocate(dt, n, c.QDim);
-        a.Lse = device.Allocate(DType.F32, shape.Batch * c.NumHeads * shape.SeqLen);
-        AttentionOp.Forward(k, a.Q, a.K, a.V, segments, a.O, a.Lse, shape);
-        a.H = device.Allocate(dt, n, c.HiddenSize);
-        a.Lora[3] = OProj.Forward(k, a.O, a.H, adapterSlots);
-        ElementwiseOp.AddInto(k, a.H, x);
-        a.Hn = device.Allocate(dt, n, c.HiddenSize);
-        a.Rstd2 = device.Allocate(DType.F32, n);
-        RmsNormOp.Forward(k, a.H, PostNorm, a.Hn, a.Rstd2, (float)c.RmsNormEps);
-        a.Gate = device.Allocate(dt, n, c.IntermediateSize);
-        a.Up = device.Allocate(dt, n, c.IntermediateSize);
-        a.Lora[4] = GateProj.Forward(k, a.Hn, a.Gate, adapterSlots);
-        a.Lora[5] = UpProj.Forward(k, a.Hn, a.Up, adapterSlots);
-        a.M = device.Allocate(dt, n, c.IntermediateSize);
-        SwiGluOp.Forward(k, a.Gate, a.Up, a.M);
-        a.Lora[6] = DownProj.Forward(k, a.M, output, adapterSlots);
-        ElementwiseOp.AddInto(k, output, a.H);
-        return a;
+        if (keep && f.Paged) throw new InvalidOperationException("a paged (decode) forward keeps no activations for a backward");
+        var (k, c, s, adapters) = (f.Kernels, f.Config, f.Shape, f.Adapters);
+        float eps = (float)c.RmsNormEps;
+        var a = new LayerActivations(f.Device, c, x.DType, s, keep, x);
+        try
+        {
+            var xn = a.Allocate(Saved.Xn);
+            RmsNormOp.Forward(k, x, InputNorm, xn, a.Allocate(Saved.Rstd1), eps);
+            var q = a.Allocate(Saved.Q);
+            var keys = a.Allocate(Saved.K);
+            var values = a.Allocate(Saved.V);
+            int cached = keys.Dim(0) - s.Tokens; // rows in front of the new tokens' keys: cached ones, gathered below
+            var (kNew, vNew) = (keys.Slice(cached, s.Tokens), values.Slice(cached, s.Tokens));
+            a.Adapter(0, QProj.Forward(k, xn, q, adapters));
+            a.Adapter(1, KProj.Forward(k, xn, kNew, adapters));
+            a.Adapter(2, VProj.Forward(k, xn, vNew, adapters));
+            a.Done(Saved.Xn, Saved.Rstd1);
+            RopeOp.Forward(k, q, q, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumHeads, c.HeadDim);
+            RopeOp.Forward(k, kNew, kNew, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumKvHeads, c.HeadDim);
+            if (f.Cache != null)
+            {
+                KvCacheOp.Write(k, kNew, f.Cache.Keys[Index], f.CacheRows!);
+                KvCacheOp.Write(k, vNew, f.Cache.Values[Index], f.CacheRows!);
+                if (f.PrefixRows != null)
+                {
+                    KvCacheOp.Read(k, f.Cache.Keys[Index], f.PrefixRows, keys.Slice(0, cached));
+                    KvCacheOp.Read(k, f.Cache.Values[Index], f.PrefixRows, values.Slice(0, cached));
+                }
+            }
+            var o = a.Allocate(Saved.O);
+            if (f.Paged) KvCacheOp.Attend(k, q, f.Cache!.Keys[Index], f.Cache.Values[Index], f.Lengths!, f.PageTable!, o, c, f.Cache.PageSize);
+            else AttentionOp.Forward(k, q, keys, values, f.Segments!, o, a.Allocate(Saved.Lse), s);
+            a.Done(Saved.Q, Saved.K, Saved.V, Saved.Lse);
+            var h = a.Allocate(Saved.H);
+            a.Adapter(3, OProj.Forward(k, o, h, adapters));
+            a.Done(Saved.O);
+            ElementwiseOp.AddInto(k, h, x);
+            var hn = a.Allocate(Saved.Hn);
+            RmsNormOp.Forward(k, h, PostNorm, hn, a.Allocate(Saved.Rstd2), eps);
+            var gate = a.Allocate(Saved.Gate);
+            var up = a.Allocate(Saved.Up);
+            a.Adapter(4, GateProj.Forward(k, hn, gate, adapters));
+            a.Adapter(5, UpProj.Forward(k, hn, up, adapters));
+            a.Done(Saved.Hn, Saved.Rstd2);
+            var m = a.Allocate(Saved.M);
+            SwiGluOp.Forward(k, gate, up, m);
+            a.Done(Saved.Gate, Saved.Up);
+            a.Adapter(6, DownProj.Forward(k, m, output, adapters));
+            ElementwiseOp.AddInto(k, output, h);
+            if (keep) return a;
+            a.Dispose();
+            return null;
+        }
+        catch
+        {
+            a.Dispose();
+            throw;
+        }
     }
 
     /// <summary>dOut [N, D] is the gradient of the layer output; writes dX [N, D] (may not alias dOut).</summary>
-    public void Backward(ComputeDevice device, KernelSet k, ModelConfig c, LayerActivations a, Tensor dOut, Tensor dX,
-        Tensor positions, Tensor segments, Tensor cos, Tensor sin, AttentionShape shape)
+    public void Backward(ForwardContext f, LayerActivations a, Tensor dOut, Tensor dX)
     {
+        var (dev, k, c, s) = (f.Device, f.Kernels, f.Config, f.Shape);
+        if (s.Keys != s.SeqLen) throw new NotSupportedException("the backward of a forward after cached keys is not supported");
         int n = dOut.Dim(0);
         var dt = dOut.DType;
         // MLP branch: out = h + down(m)
-        using var dM = device.Allocate(dt, n, c.IntermediateSize);
+        using var dM = dev.Allocate(dt, n, c.IntermediateSize);
         DownProj.Backward(k, a.M, a.Lora[6], dOut, dM, accumulate: false);
-        using var dGate = device.Allocate(dt, n, c.IntermediateSize);
-        using var dUp = device.Allocate(dt, n, c.IntermediateSize);
+        using var dGate = dev.Allocate(dt, n, c.IntermediateSize);
+        using var dUp = dev.Allocate(dt, n, c.IntermediateSize);
         SwiGluOp.Backward(k, a.Gate, a.Up, dM, dGate, dUp);
-        using var dHn = device.Allocate(dt, n, c.HiddenSize);
+        using var dHn = dev.Allocate(dt, n, c.HiddenSize);
         GateProj.Backward(k, a.Hn, a.Lora[4], dGate, dHn, accumulate: false);
         UpProj.Backward(k, a.Hn, a.Lora[5], dUp, dHn, accumulate: true);
-        using var dH = device.Allocate(dt, n, c.HiddenSize);
+        using var dH = dev.Allocate(dt, n, c.HiddenSize);
         RmsNormOp.Backward(k, a.H, PostNorm, dHn, a.Rstd2, dH, PostNormGrad);
         ElementwiseOp.AddInto(k, dH, dOut); // residual
         // attention branch: h = x + o_proj(attn)
-        using var dO = device.Allocate(dt, n, c.QDim);
+        using var dO = dev.Allocate(dt, n, c.QDim);
         OProj.Backward(k, a.O, a.Lora[3], dH, dO, accumulate: false);
-        using var dQ = device.Allocate(dt, n, c.QDim);
-        using var dK = device.Allocate(dt, n, c.KvDim);
-        using var dV = device.Allocate(dt, n, c.KvDim);
-        AttentionOp.Backward(k, a.Q, a.K, a.V, segments, a.O, a.Lse, dO, dQ, dK, dV, shape);
-        RopeOp.Backward(k, dQ, dQ, positions, cos, sin, c.NumHeads, c.HeadDim);
-        RopeOp.Backward(k, dK, dK, positions, cos, sin, c.NumKvHeads, c.HeadDim);
-        using var dXn = device.Allocate(dt, n, c.HiddenSize);
+        using var dQ = dev.Allocate(dt, n, c.QDim);
+        using var dK = dev.Allocate(dt, n, c.KvDim);
+        using var dV = dev.Allocate(dt, n, c.KvDim);
+        AttentionOp.Backward(k, a.Q, a.K, a.V, f.Segments!, a.O, a.Lse, dO, dQ, dK, dV, s);
+        RopeOp.Backward(k, dQ, dQ, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumHeads, c.HeadDim);
+        RopeOp.Backward(k, dK, dK, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumKvHeads, c.HeadDim);
+        using var dXn = dev.Allocate(dt, n, c.HiddenSize);
         QProj.Backward(k, a.Xn, a.Lora[0], dQ, dXn, accumulate: false);
         KProj.Backward(k, a.Xn, a.Lora[1], dK, dXn, accumulate: true);
         VProj.Backward(k, a.Xn, a.Lora[2], dV, dXn, accumulate: true);
         RmsNormOp.Backward(k, a.X, InputNorm, dXn, a.Rstd1, dX, InputNormGrad);
         ElementwiseOp.AddInto(k, dX, dH); // residual
-    }
-
-    /// <summary>
-    /// One decoding step for B rows: x [B, D] holds each row's newest token; its k/v go into the
-    /// paged cache at cache row cacheRows[b] and attention reads the first lengths[b] positions of
-    /// row b through its page table (pageTable [B, maxPages]). adapterSlots as in Forward.
-    /// </summary>
-    public void DecodeStep(ComputeDevice device, KernelSet k, ModelConfig c, Tensor x, Tensor output, Tensor positions,
-        Tensor cacheRows, Tensor lengths, Tensor pageTable, Tensor kCache, Tensor vCache, int pageSize, Tensor cos, Tensor sin, AdapterRows? adapterSlots = null)
-    {
-        int b = x.Dim(0);
-        var dt = x.DType;
-        using var xn = device.Allocate(dt, b, c.HiddenSize);
-        using var rstd = device.Allocate(DType.F32, b);
-        RmsNormOp.Forward(k, x, InputNorm, xn, rstd, (float)c.RmsNormEps);
-        using var q = device.Allocate(dt, b, c.QDim);
-        using var kk = device.Allocate(dt, b, c.KvDim);
-        using var v = device.Allocate(dt, b, c.KvDim);
-        QProj.Forward(k, xn, q, adapterSlots)?.Dispose();
-        KProj.Forward(k, xn, kk, adapterSlots)?.Dispose();
-        VProj.Forward(k, xn, v, adapterSlots)?.Dispose();
-        RopeOp.Forward(k, q, q, positions, cos, sin, c.NumHeads, c.HeadDim);
-        RopeOp.Forward(k, kk, kk, positions, cos, sin, c.NumKvHeads, c.HeadDim);
-        KvCacheOp.Write(k, kk, kCache, cacheRows);
-        KvCacheOp.Write(k, v, vCache, cacheRows);
-        using var o = device.Allocate(dt, b, c.QDim);
-        KvCacheOp.Attend(k, q, kCache, vCache, lengths, pageTable, o, c, pageSize);
-        using var h = device.Allocate(dt, b, c.HiddenSize);
-        OProj.Forward(k, o, h, adapterSlots)?.Dispose();
-        ElementwiseOp.AddInto(k, h, x);
-        using var hn = device.Allocate(dt, b, c.HiddenSize);
-        RmsNormOp.Forward(k, h, PostNorm, hn, rstd, (float)c.RmsNormEps);
-        using var gate = device.Allocate(dt, b, c.IntermediateSize);
-        using var up = device.Allocate(dt, b, c.IntermediateSize);
-        GateProj.Forward(k, hn, gate, adapterSlots)?.Dispose();
-        UpProj.Forward(k, hn, up, adapterSlots)?.Dispose();
-        SwiGluOp.Forward(k, gate, up, gate);
-        DownProj.Forward(k, gate, output, adapterSlots)?.Dispose();
-        ElementwiseOp.AddInto(k, output, h);
     }
 }

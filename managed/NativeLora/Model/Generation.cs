@@ -73,19 +73,26 @@ public sealed class KvSequence
     public int Length { get; internal set; }
     public List<int> Pages { get; } = new();
     public int Capacity(int pageSize) => Pages.Count * pageSize;
+
+    /// <summary>The cache row (page·PageSize + slot) that holds this sequence's position.</summary>
+    public int CacheRow(KvCache cache, int position) => Pages[position / cache.PageSize] * cache.PageSize + position % cache.PageSize;
 }
 
+/// <summary>What a prefill returns: each sequence's last-position logits [vocab] and, when asked, the final hidden
+/// states (after the final norm) of chosen positions, Hidden[i][j] [hidden size] for sequence i's j-th chosen position.</summary>
+public sealed record PrefillResult(float[][] Logits, float[][][]? Hidden);
+
 /// <summary>
-/// KV-cached incremental decoding: Prefill runs a sequence's prompt through the ordinary forward and
-/// keeps its keys/values; Step feeds one new token to each of a batch of sequences and returns the
-/// next-token logits. Each row may name a served adapter slot (see <see cref="Lora.LoraSlots"/>;
+/// Token generation over a paged KV cache: Prefill runs prompts through the model forward, writing their keys/values
+/// into the sequences' pages; Step feeds one new token to each of a batch of sequences (the paged decode kernel) and
+/// returns the next-token logits. Each row may name a served adapter slot (see <see cref="Lora.LoraSlots"/>;
 /// −1 = the base model), so requests for different adapters share one batch.
 /// </summary>
-public sealed class Decoder
+public sealed class Generator
 {
     private readonly CausalLm _model;
 
-    public Decoder(CausalLm model) => _model = model;
+    public Generator(CausalLm model) => _model = model;
 
     /// <summary>Runs the prompt of an empty sequence from position 0; returns the logits of its last position [vocab].</summary>
     public float[] Prefill(KvCache cache, KvSequence seq, ReadOnlySpan<int> prompt, int adapterSlot = -1) =>
@@ -99,65 +106,55 @@ public sealed class Decoder
     /// </summary>
     public float[][] Prefill(KvCache cache, IReadOnlyList<KvSequence> seqs, IReadOnlyList<int[]> prompts, int[] adapterSlots)
     {
+        if (seqs.Any(s => s.Length != 0)) throw new InvalidOperationException("prefill needs an empty sequence (Extend continues a cached one)");
+        return Extend(cache, seqs, prompts, adapterSlots).Logits;
+    }
+
+    /// <summary>
+    /// Prefills tokens[i] after the seqs[i].Length positions sequence i already has cached (0: a fresh prompt), all in
+    /// one packed forward; each new token attends to its sequence's cached keys (gathered from the pages) and to the
+    /// new ones before it, so the result equals a prefill of the whole sequence (prefix caching). hiddenPositions[i]
+    /// (optional) names positions of sequence i, among the new ones, whose final hidden states are returned.
+    /// Pages are reserved for every sequence first.
+    /// </summary>
+    public PrefillResult Extend(KvCache cache, IReadOnlyList<KvSequence> seqs, IReadOnlyList<int[]> tokens, int[] adapterSlots,
+        IReadOnlyList<int[]>? hiddenPositions = null)
+    {
         var m = _model;
         var c = m.Config;
-        var k = m.Kernels;
-        var dev = m.Device;
         int n = seqs.Count;
-        if (prompts.Count != n || adapterSlots.Length != n) throw new ArgumentException($"{n} sequences, {prompts.Count} prompts and {adapterSlots.Length} adapter slots");
+        if (tokens.Count != n || adapterSlots.Length != n || (hiddenPositions != null && hiddenPositions.Count != n))
+            throw new ArgumentException($"{n} sequences, {tokens.Count} token lists, {adapterSlots.Length} adapter slots{(hiddenPositions == null ? "" : $" and {hiddenPositions.Count} hidden-position lists")}");
         for (int i = 0; i < n; i++)
         {
-            if (prompts[i].Length == 0) throw new ArgumentException("the prompt is empty");
-            if (seqs[i].Length != 0) throw new InvalidOperationException("prefill needs an empty sequence");
+            if (tokens[i].Length == 0) throw new ArgumentException($"sequence {i}: nothing to prefill");
+            if (seqs[i].Length + tokens[i].Length > c.MaxPositionEmbeddings)
+                throw new ArgumentException($"sequence {i}: {seqs[i].Length} cached + {tokens[i].Length} new tokens exceed the model's context ({c.MaxPositionEmbeddings})");
+            foreach (int p in hiddenPositions?[i] ?? Array.Empty<int>())
+                if (p < seqs[i].Length || p >= seqs[i].Length + tokens[i].Length)
+                    throw new ArgumentException($"sequence {i}: hidden state of position {p} asked, but this prefill covers positions {seqs[i].Length}..{seqs[i].Length + tokens[i].Length - 1}");
         }
-        int needed = Enumerable.Range(0, n).Sum(i => Math.Max(0, cache.PagesFor(prompts[i].Length) - seqs[i].Pages.Count));
+        EmbeddingOp.CheckIds(tokens.SelectMany(t => t).ToArray(), c.VocabSize);
+        int needed = Enumerable.Range(0, n).Sum(i => Math.Max(0, cache.PagesFor(seqs[i].Length + tokens[i].Length) - seqs[i].Pages.Count));
         if (needed > cache.FreePages) throw new InvalidOperationException($"the KV cache has {cache.FreePages} free pages; the prompts need {needed}");
-        for (int i = 0; i < n; i++) cache.TryReserve(seqs[i], prompts[i].Length);
-        int t = prompts.Sum(p => p.Length);
-        var idsHost = prompts.SelectMany(p => p).ToArray();
-        EmbeddingOp.CheckIds(idsHost, c.VocabSize);
-        var posHost = prompts.SelectMany(p => Enumerable.Range(0, p.Length)).ToArray();
-        var segHost = prompts.SelectMany((p, i) => Enumerable.Repeat(i, p.Length)).ToArray();
-        var rowHost = Enumerable.Range(0, n).SelectMany(i => Enumerable.Range(0, prompts[i].Length).Select(j => CacheRow(cache, seqs[i], j))).ToArray();
-        using var ids = dev.Allocate(DType.I32, t);
-        using var pos = dev.Allocate(DType.I32, t);
-        using var seg = dev.Allocate(DType.I32, t);
-        using var rows = dev.Allocate(DType.I32, t);
-        using var slots = AdapterSlots(prompts.SelectMany((p, i) => Enumerable.Repeat(adapterSlots[i], p.Length)).ToArray());
-        ids.CopyFrom<int>(idsHost);
-        pos.CopyFrom<int>(posHost);
-        seg.CopyFrom<int>(segHost);
-        rows.CopyFrom<int>(rowHost);
-        var shape = new AttentionShape(1, t, c.NumHeads, c.NumKvHeads, c.HeadDim);
-        var x = dev.Allocate(m.DType, t, c.HiddenSize);
-        var y = dev.Allocate(m.DType, t, c.HiddenSize);
-        try
+        for (int i = 0; i < n; i++) cache.TryReserve(seqs[i], seqs[i].Length + tokens[i].Length);
+        using var f = ForwardContext.ForPrefill(m, cache, seqs, tokens, adapterSlots);
+        using var normed = m.Forward(f);
+        // row of each sequence's first new token in the packed forward
+        var start = new int[n];
+        for (int i = 1; i < n; i++) start[i] = start[i - 1] + tokens[i - 1].Length;
+        var last = Enumerable.Range(0, n).Select(i => start[i] + tokens[i].Length - 1).ToArray();
+        var logits = LogitsOf(normed, last);
+        float[][][]? hidden = null;
+        if (hiddenPositions != null)
         {
-            EmbeddingOp.Forward(k, ids, idsHost, m.Embedding, x);
-            for (int l = 0; l < m.Layers.Count; l++)
-            {
-                using (var a = m.Layers[l].Forward(dev, k, c, x, y, pos, seg, m.RopeCos, m.RopeSin, shape, slots))
-                {
-                    KvCacheOp.Write(k, a.K, cache.Keys[l], rows);
-                    KvCacheOp.Write(k, a.V, cache.Values[l], rows);
-                }
-                (x, y) = (y, x);
-            }
-            for (int i = 0; i < n; i++) seqs[i].Length = prompts[i].Length;
-            if (n == 1) return LastLogits(x.Slice(t - 1, 1));
-            using var last = dev.Allocate(m.DType, n, c.HiddenSize); // each prompt's last position
-            for (int i = 0, end = 0; i < n; i++)
-            {
-                end += prompts[i].Length;
-                x.Slice(end - 1, 1).CopyTo(last.Slice(i, 1));
-            }
-            return LastLogits(last);
+            var all = normed.ToFloatArray();
+            int d = c.HiddenSize;
+            hidden = Enumerable.Range(0, n).Select(i => hiddenPositions[i]
+                .Select(p => all.AsSpan((start[i] + p - seqs[i].Length) * d, d).ToArray()).ToArray()).ToArray();
         }
-        finally
-        {
-            x.Dispose();
-            y.Dispose();
-        }
+        for (int i = 0; i < n; i++) seqs[i].Length += tokens[i].Length;
+        return new PrefillResult(logits, hidden);
     }
 
     /// <summary>
@@ -169,8 +166,6 @@ public sealed class Decoder
     {
         var m = _model;
         var c = m.Config;
-        var k = m.Kernels;
-        var dev = m.Device;
         int b = seqs.Count;
         if (tokens.Length != b) throw new ArgumentException($"{tokens.Length} tokens for {b} sequences");
         if (adapterSlots != null && adapterSlots.Length != b) throw new ArgumentException($"{adapterSlots.Length} adapter slots for {b} sequences");
@@ -182,44 +177,11 @@ public sealed class Decoder
             if (!cache.TryReserve(seqs[r], seqs[r].Length + 1))
                 throw new InvalidOperationException($"the KV cache is out of pages ({cache.PageCount} pages of {cache.PageSize} positions)");
         }
-        int maxPages = seqs.Max(s => s.Pages.Count);
-        var table = new int[b * maxPages];
-        for (int r = 0; r < b; r++) seqs[r].Pages.CopyTo(table, r * maxPages);
-        using var ids = dev.Allocate(DType.I32, b);
-        using var pos = dev.Allocate(DType.I32, b);
-        using var rows = dev.Allocate(DType.I32, b);
-        using var lens = dev.Allocate(DType.I32, b);
-        using var pages = dev.Allocate(DType.I32, b, maxPages);
-        using var slots = adapterSlots != null ? AdapterSlots(adapterSlots) : null;
-        ids.CopyFrom(tokens);
-        pos.CopyFrom<int>(seqs.Select(s => s.Length).ToArray());
-        rows.CopyFrom<int>(seqs.Select(s => CacheRow(cache, s, s.Length)).ToArray());
-        lens.CopyFrom<int>(seqs.Select(s => s.Length + 1).ToArray());
-        pages.CopyFrom<int>(table);
-        var x = dev.Allocate(m.DType, b, c.HiddenSize);
-        var y = dev.Allocate(m.DType, b, c.HiddenSize);
-        try
-        {
-            EmbeddingOp.Forward(k, ids, tokens, m.Embedding, x);
-            for (int l = 0; l < m.Layers.Count; l++)
-            {
-                m.Layers[l].DecodeStep(dev, k, c, x, y, pos, rows, lens, pages, cache.Keys[l], cache.Values[l], cache.PageSize, m.RopeCos, m.RopeSin, slots);
-                (x, y) = (y, x);
-            }
-            foreach (var s in seqs) s.Length++;
-            return LastLogits(x);
-        }
-        finally
-        {
-            x.Dispose();
-            y.Dispose();
-        }
+        using var f = ForwardContext.ForDecode(m, cache, seqs, tokens.ToArray(), adapterSlots);
+        using var normed = m.Forward(f);
+        foreach (var s in seqs) s.Length++;
+        return LogitsOf(normed, Enumerable.Range(0, b).ToArray());
     }
-
-    private static int CacheRow(KvCache cache, KvSequence seq, int position) =>
-        seq.Pages[position / cache.PageSize] * cache.PageSize + position % cache.PageSize;
-
-    private Lora.AdapterRows? AdapterSlots(int[] slots) => slots.All(s => s < 0) ? null : new Lora.AdapterRows(_model.Device, slots);
 
     /// <summary>
     /// Generates up to maxNewTokens after the prompt (one row). Stops after a token in stopIds (it is
@@ -248,18 +210,20 @@ public sealed class Decoder
         return generated;
     }
 
-    // final norm and output projection of hidden rows [R, D] → R rows of logits (f32 result)
-    private float[][] LastLogits(Tensor hidden)
+    // output projection of chosen rows of the final hidden states → one f32 logits row each
+    private float[][] LogitsOf(Tensor normed, int[] rows)
     {
         var m = _model;
-        using var _profile = Diagnostics.OpProfiler.Time("logits (norm, lm_head, to host)", m.Device);
-        int r = hidden.Dim(0), vocab = m.Config.VocabSize;
-        using var normed = m.Device.Allocate(m.DType, r, m.Config.HiddenSize);
-        using var rstd = m.Device.Allocate(DType.F32, r);
-        RmsNormOp.Forward(m.Kernels, hidden, m.FinalNorm, normed, rstd, (float)m.Config.RmsNormEps);
-        using var logits = m.Device.Allocate(DType.F32, r, vocab);
-        Gemm.Run(normed, m.OutputWeight, logits, transB: true);
-        var flat = logits.ToArray<float>();
-        return Enumerable.Range(0, r).Select(i => flat.AsSpan(i * vocab, vocab).ToArray()).ToArray();
+        using var _profile = Diagnostics.OpProfiler.Time("logits (lm_head, to host)", m.Device);
+        int vocab = m.Config.VocabSize;
+        float[] flat;
+        if (rows.Length == normed.Dim(0)) flat = m.LogitsOf(normed);
+        else
+        {
+            using var picked = m.Device.Allocate(m.DType, rows.Length, m.Config.HiddenSize);
+            for (int i = 0; i < rows.Length; i++) normed.Slice(rows[i], 1).CopyTo(picked.Slice(i, 1));
+            flat = m.LogitsOf(picked);
+        }
+        return Enumerable.Range(0, rows.Length).Select(i => flat.AsSpan(i * vocab, vocab).ToArray()).ToArray();
     }
 }

@@ -16,6 +16,10 @@ public sealed class NativeCoreException : Exception
     }
 }
 
+/// <summary>What <see cref="NativeCore.QueryDeviceStats"/> reports; null where the backend cannot measure it.</summary>
+public sealed record DeviceStats(NlStatsSource Source, double? Utilization, long? MemoryUsedBytes, long? MemoryTotalBytes,
+    double? ProcessCpuSeconds, long? ProcessRssBytes, string PciBusId);
+
 /// <summary>
 /// Thin checked wrappers over the C ABI: every call's status becomes an exception whose
 /// message names the call and carries nl_last_error_message(). Everything managed goes
@@ -23,7 +27,7 @@ public sealed class NativeCoreException : Exception
 /// </summary>
 public static class NativeCore
 {
-    public const int ExpectedAbiVersion = 2;
+    public const int ExpectedAbiVersion = 3;
 
     /// <summary>"cuda" or "cpu-openblas": which backend CMake built.</summary>
     public static string BackendName => Marshal.PtrToStringUTF8(NativeMethods.nl_backend_name()) ?? "";
@@ -55,6 +59,19 @@ public static class NativeCore
     {
         Check(NativeMethods.nl_device_memory_info(out var free, out var total), "nl_device_memory_info");
         return (free, total);
+    }
+
+    /// <summary>
+    /// Device and process figures for monitoring (nl_query_device_stats): on CUDA memory and utilisation from NVML
+    /// (loaded at run time, matched by PCI bus id) or cudaMemGetInfo without it; on the CPU host memory. Unknown: null.
+    /// </summary>
+    public static unsafe DeviceStats QueryDeviceStats()
+    {
+        Check(NativeMethods.nl_query_device_stats(out var s), "nl_query_device_stats");
+        static long? Known(long v) => v < 0 ? null : v;
+        return new DeviceStats((NlStatsSource)s.Source, s.UtilizationPercent < 0 ? null : s.UtilizationPercent / 100.0,
+            Known(s.MemoryUsedBytes), Known(s.MemoryTotalBytes), s.ProcessCpuSeconds < 0 ? null : s.ProcessCpuSeconds,
+            Known(s.ProcessRssBytes), Marshal.PtrToStringUTF8((nint)s.PciBusId) ?? "");
     }
 
     private static long s_gemmCalls;

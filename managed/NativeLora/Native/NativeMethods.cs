@@ -30,6 +30,27 @@ public enum NlMemAdvice
     AccessedByDevice = 2,
 }
 
+/// <summary>Mirrors <c>nl_stats_source</c>: where the memory and utilisation figures came from.</summary>
+public enum NlStatsSource
+{
+    Host = 0,
+    Nvml = 1,
+    CudaRuntime = 2,
+}
+
+/// <summary>Mirrors <c>nl_device_stats</c> field for field (sequential layout, the C struct's natural alignment).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct NlDeviceStatsNative
+{
+    public int Source;
+    public int UtilizationPercent;
+    public long MemoryUsedBytes;
+    public long MemoryTotalBytes;
+    public double ProcessCpuSeconds;
+    public long ProcessRssBytes;
+    public fixed byte PciBusId[32];
+}
+
 /// <summary>
 /// Source-generated P/Invoke bindings of native/include/nativelora.h, one per NL_API function,
 /// in header order. BindingCoverageTests parses the header and fails if the two drift apart.
@@ -48,6 +69,7 @@ internal static partial class NativeMethods
     [LibraryImport(Library)] internal static partial NlStatus nl_set_stream(nint stream);
     [LibraryImport(Library)] internal static partial NlStatus nl_synchronize();
     [LibraryImport(Library)] internal static partial NlStatus nl_device_memory_info(out nuint freeBytes, out nuint totalBytes);
+    [LibraryImport(Library)] internal static partial NlStatus nl_query_device_stats(out NlDeviceStatsNative stats);
 
     [LibraryImport(Library)]
     internal static partial NlStatus nl_gemm(NlDType abDtype, NlDType cDtype, int transA, int transB, int m, int n, int k,

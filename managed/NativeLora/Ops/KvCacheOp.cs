@@ -5,7 +5,7 @@ using static NativeLora.Ops.FloatDispatch;
 
 namespace NativeLora.Ops;
 
-/// <summary>KV-cache writes and single-query attention over the cache (kernels: Attention.DecodeKernel, RowScatter).</summary>
+/// <summary>KV-cache writes and reads and single-query attention over the cache (kernels: Attention.DecodeKernel, RowScatter).</summary>
 public static class KvCacheOp
 {
     /// <summary>Row i of src [R, width] goes to row rows[i] of the cache [B·maxT, width].</summary>
@@ -21,6 +21,22 @@ public static class KvCacheOp
             case 4: RowScatter.Run(k, src.View<float>(), cache.View<float>(), rows.View<int>(), width); break;
             case 2: RowScatter.Run(k, src.View<ushort>(), cache.View<ushort>(), rows.View<int>(), width); break;
             default: throw new ArgumentException($"KV cache of {src.DType.Name()} is not supported");
+        }
+    }
+
+    /// <summary>Row rows[i] of the cache [B·maxT, width] goes to row i of dst [R, width] (cached keys in front of new ones).</summary>
+    public static void Read(KernelSet k, Tensor cache, Tensor rows, Tensor dst)
+    {
+        using var _profile = Diagnostics.OpProfiler.Time("kv-cache read", dst.Device);
+        SameDType(cache.DType, (dst, "dst"));
+        Require(rows, DType.I32, "rows");
+        int width = cache.Dim(1);
+        RequireElements(dst, rows.ElementCount * width, "dst");
+        switch (dst.DType.SizeOf())
+        {
+            case 4: RowScatter.Gather(k, cache.View<float>(), dst.View<float>(), rows.View<int>(), width); break;
+            case 2: RowScatter.Gather(k, cache.View<ushort>(), dst.View<ushort>(), rows.View<int>(), width); break;
+            default: throw new ArgumentException($"KV cache of {dst.DType.Name()} is not supported");
         }
     }
 

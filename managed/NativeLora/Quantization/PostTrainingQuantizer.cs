@@ -230,9 +230,15 @@ public static class PostTrainingQuantizer
     /// activations (inputs of each projection group: Xn, O, Hn, M; and H = x + attention). Kept alone so a change of the
     /// forward's signature touches one place.
     /// </summary>
-    private static LayerActivations LayerForward(ComputeDevice device, ModelConfig c, DecoderLayer layer, Chunk ch, Tensor x, Tensor output, Tensor cos, Tensor sin) =>
-        layer.Forward(device, device.Kernels, c, x, output, ch.Positions, ch.Segments, cos, sin,
-            new Ops.AttentionShape(1, ch.Tokens, c.NumHeads, c.NumKvHeads, c.HeadDim));
+    private static LayerActivations LayerForward(ComputeDevice device, ModelConfig c, DecoderLayer layer, Chunk ch, Tensor x, Tensor output, Tensor cos, Tensor sin)
+    {
+        using var f = new ForwardContext
+        {
+            Device = device, Kernels = device.Kernels, Config = c, Rope = new RopeTables(cos, sin), Positions = ch.Positions, Segments = ch.Segments,
+            Shape = new Ops.AttentionShape(1, ch.Tokens, c.NumHeads, c.NumKvHeads, c.HeadDim),
+        };
+        return layer.Forward(f, x, output, keep: true)!;
+    }
 
     // ---- GPTQ ----
 
@@ -528,9 +534,9 @@ public static class PostTrainingQuantizer
             return t;
         }
         Linear L(string n, bool bias) => new(p + n, T(p + n + ".weight"), bias ? T(p + n + ".bias") : null);
-        return new DecoderLayer(l, T(p + "input_layernorm.weight"), T(p + "post_attention_layernorm.weight"),
+        return new DecoderLayer(l, T(p + "input_layernorm.weight"), T(p + "post_attention_layernorm.weight"), new LayerProjections(
             L("self_attn.q_proj", c.AttentionBias), L("self_attn.k_proj", c.AttentionBias), L("self_attn.v_proj", c.AttentionBias),
-            L("self_attn.o_proj", false), L("mlp.gate_proj", false), L("mlp.up_proj", false), L("mlp.down_proj", false));
+            L("self_attn.o_proj", false), L("mlp.gate_proj", false), L("mlp.up_proj", false), L("mlp.down_proj", false)));
     }
 
     private static void DisposeLayer(DecoderLayer layer)

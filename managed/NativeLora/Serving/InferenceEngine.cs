@@ -18,6 +18,8 @@ public sealed record EngineOptions
     /// <summary>Adapters that can be loaded at once, and their largest rank.</summary>
     public int MaxLoras { get; init; } = 4;
     public int MaxLoraRank { get; init; } = 64;
+    /// <summary>Keep the KV pages of prefilled prompts in a radix tree and reuse them for prompts with the same start (<see cref="PrefixCache"/>).</summary>
+    public bool PrefixCaching { get; init; } = true;
 
     public void Validate()
     {
@@ -30,7 +32,14 @@ public sealed record EngineOptions
 }
 
 /// <summary>One generation: prompt ids, which model (null: the base; else a loaded adapter's name), limits, sampling.</summary>
-public sealed record GenerationRequest(int[] Prompt, string? Adapter, int MaxTokens, SamplingOptions Sampling, IReadOnlySet<int> StopIds);
+public sealed record GenerationRequest(int[] Prompt, string? Adapter, int MaxTokens, SamplingOptions Sampling, IReadOnlySet<int> StopIds)
+{
+    /// <summary>
+    /// Prompt positions [Start, End) whose final hidden states are averaged into <see cref="GenerationHandle.PromptEmbedding"/>
+    /// (input-drift monitoring: the last user message). They are always prefilled, whatever the prefix cache holds.
+    /// </summary>
+    public (int Start, int End)? Embed { get; init; }
+}
 
 public enum FinishReason { Stop, Length, Cancelled }
 
@@ -45,6 +54,10 @@ public sealed class GenerationHandle
     public Task<FinishReason> Completion => _done.Task;
     /// <summary>Seconds from Submit until the request entered the batch (its prefill began).</summary>
     public double QueueSeconds { get; internal set; }
+    /// <summary>Mean final hidden state over the request's <see cref="GenerationRequest.Embed"/> positions, set before the first token.</summary>
+    public float[]? PromptEmbedding { get; internal set; }
+    /// <summary>Prompt tokens whose keys and values came from the prefix cache (not prefilled).</summary>
+    public int CachedPromptTokens { get; internal set; }
 
     internal void Emit(int token) => _tokens.Writer.TryWrite(token);
     internal void Finish(FinishReason reason)
@@ -78,8 +91,11 @@ public sealed class QueueFullException(int queued, TimeSpan retryAfter)
 public sealed class InferenceEngine : IDisposable
 {
     private readonly CausalLm _model;
-    private readonly Decoder _decoder;
+    private readonly Generator _generator;
     private readonly KvCache _cache;
+    private readonly PrefixCache? _prefix;
+    private readonly Dictionary<string, int> _adapterKeys = new(StringComparer.Ordinal); // a fresh key per load: a reloaded name never meets stale KV
+    private int _lastAdapterKey;
     private readonly LoraSlots _slots;
     private readonly EngineOptions _options;
     private readonly object _lock = new();
@@ -97,13 +113,23 @@ public sealed class InferenceEngine : IDisposable
     public int QueueDepth { get { lock (_lock) return _waiting.Count; } }
     public int RunningCount => Volatile.Read(ref _runningCount);
     public int KvPagesTotal => _cache.PageCount;
+    /// <summary>Pages held by running requests (the prefix cache's unpinned pages are free to reclaim and not counted).</summary>
     public int KvPagesUsed => Volatile.Read(ref _kvPagesUsed);
+    /// <summary>Pages the prefix cache holds (some may also be in use by running requests).</summary>
+    public int PrefixCachedPages => Volatile.Read(ref _prefixCachedPages);
+    /// <summary>Prompt tokens looked up in the prefix cache, and those found (the hit rate is their ratio); pages evicted.</summary>
+    public long PrefixQueryTokens => Interlocked.Read(ref _prefixQueryTokens);
+    public long PrefixHitTokens => Interlocked.Read(ref _prefixHitTokens);
+    public long PrefixEvictedPages => Interlocked.Read(ref _prefixEvictedPages);
     public int KvPageSize => _cache.PageSize;
+    public int AdapterSlotsTotal => _slots.Capacity;
+    public int AdapterSlotsUsed => Volatile.Read(ref _adapterSlotsUsed);
     public IReadOnlySet<string> AdapterNames { get { lock (_lock) return _adapterNames; } }
     /// <summary>Called on the engine loop after each decode step with (rows, seconds).</summary>
     public Action<int, double>? OnStep { get; set; }
 
-    private int _runningCount, _kvPagesUsed;
+    private int _runningCount, _kvPagesUsed, _adapterSlotsUsed, _prefixCachedPages;
+    private long _prefixQueryTokens, _prefixHitTokens, _prefixEvictedPages;
 
     private sealed record Pending(GenerationRequest Request, GenerationHandle Handle, CancellationToken Cancel, long SubmittedTicks);
 
@@ -116,6 +142,9 @@ public sealed class InferenceEngine : IDisposable
         public required Sampler Sampler;
         public required List<int> History;
         public int Slot = -1;
+        public int AdapterKey = -1;
+        public PrefixCache.Match? Match;
+        public HashSet<int> SharedPages = new(); // pages of Seq the prefix cache owns
         public int Generated;
         public int Next;
     }
@@ -125,8 +154,9 @@ public sealed class InferenceEngine : IDisposable
         options.Validate();
         _model = model;
         _options = options;
-        _decoder = new Decoder(model);
+        _generator = new Generator(model);
         _cache = KvCache.ForBudget(model, options.KvCacheBytes, options.PageSize);
+        if (options.PrefixCaching) _prefix = new PrefixCache(options.PageSize);
         try
         {
             _slots = new LoraSlots(model, options.MaxLoras, options.MaxLoraRank);
@@ -179,14 +209,18 @@ public sealed class InferenceEngine : IDisposable
     public Task LoadAdapterAsync(string name, string dir) => RunOnLoop(() =>
     {
         _slots.Load(name, dir);
+        _adapterKeys[name] = ++_lastAdapterKey;
         lock (_lock) _adapterNames = new HashSet<string>(_slots.Names, StringComparer.Ordinal);
+        Publish();
     });
 
     /// <summary>Drops an adapter; requests already running on it finish with it, new ones are refused.</summary>
     public Task UnloadAdapterAsync(string name) => RunOnLoop(() =>
     {
         _slots.Unload(name);
+        if (_adapterKeys.Remove(name, out int key) && _prefix != null) ReturnPages(_prefix.Forget(key)); // what no request pins goes now, the rest by LRU
         lock (_lock) _adapterNames = new HashSet<string>(_slots.Names, StringComparer.Ordinal);
+        Publish();
     });
 
     private Task RunOnLoop(Action action)
@@ -260,11 +294,22 @@ public sealed class InferenceEngine : IDisposable
         while (_running.Count + admitted.Count < _options.MaxBatch)
         {
             Pending p;
+            PrefixCache.Match? match = null;
             lock (_lock)
             {
                 if (_waiting.First == null) break;
                 p = _waiting.First.Value;
-                if (!p.Cancel.IsCancellationRequested && _cache.PagesFor(p.Request.Prompt.Length + p.Request.MaxTokens) > _cache.FreePages) break;
+                if (!p.Cancel.IsCancellationRequested)
+                {
+                    match = Lookup(p.Request);
+                    int need = _cache.PagesFor(p.Request.Prompt.Length + p.Request.MaxTokens) - (match?.Pages.Count ?? 0);
+                    if (need > _cache.FreePages && _prefix != null) ReturnPages(_prefix.Evict(need - _cache.FreePages));
+                    if (need > _cache.FreePages)
+                    {
+                        if (match != null) _prefix!.Release(match);
+                        break;
+                    }
+                }
                 _waiting.RemoveFirst();
             }
             p.Handle.QueueSeconds = Stopwatch.GetElapsedTime(p.SubmittedTicks).TotalSeconds;
@@ -277,11 +322,22 @@ public sealed class InferenceEngine : IDisposable
             var r = new Running
             {
                 Request = req, Handle = p.Handle, Cancel = p.Cancel, Seq = new KvSequence(),
-                Sampler = new Sampler(req.Sampling), History = new List<int>(req.Prompt),
+                Sampler = new Sampler(req.Sampling), History = new List<int>(req.Prompt), Match = match,
+                AdapterKey = match != null ? AdapterKey(req.Adapter) : -1,
             };
             try
             {
                 if (req.Adapter != null) r.Slot = _slots.Acquire(req.Adapter); // unloaded while it waited: KeyNotFound
+                if (match != null)
+                {
+                    // the cached prefix's pages come first; the sequence continues after them
+                    r.Seq.Pages.AddRange(match.Pages);
+                    r.SharedPages.UnionWith(match.Pages);
+                    r.Seq.Length = match.Tokens;
+                    r.Handle.CachedPromptTokens = match.Tokens;
+                    Interlocked.Add(ref _prefixQueryTokens, req.Prompt.Length);
+                    Interlocked.Add(ref _prefixHitTokens, match.Tokens);
+                }
                 if (!_cache.TryReserve(r.Seq, req.Prompt.Length + req.MaxTokens)) throw new InvalidOperationException("the KV cache has no room for the request");
                 admitted.Add(r);
             }
@@ -292,19 +348,51 @@ public sealed class InferenceEngine : IDisposable
         }
         if (admitted.Count == 0) return;
         _running.AddRange(admitted);
-        float[][] logits;
+        PrefillResult result;
         try
         {
+            var embed = admitted.Any(r => r.Request.Embed != null)
+                ? admitted.Select(r => r.Request.Embed is { } e ? Enumerable.Range(e.Start, e.End - e.Start).ToArray() : Array.Empty<int>()).ToList()
+                : null;
             using (Diagnostics.OpProfiler.Time("prefill", _model.Device))
-                logits = _decoder.Prefill(_cache, admitted.Select(r => r.Seq).ToList(), admitted.Select(r => r.Request.Prompt).ToList(), admitted.Select(r => r.Slot).ToArray());
+                result = _generator.Extend(_cache, admitted.Select(r => r.Seq).ToList(),
+                    admitted.Select(r => r.Request.Prompt[r.Seq.Length..]).ToList(), admitted.Select(r => r.Slot).ToArray(), embed);
         }
         catch (Exception e)
         {
             foreach (var r in admitted) Finish(r, null, e);
             return;
         }
-        for (int i = 0; i < admitted.Count; i++) Accept(admitted[i], logits[i]);
+        for (int i = 0; i < admitted.Count; i++)
+        {
+            var r = admitted[i];
+            if (result.Hidden?[i] is { Length: > 0 } rows) r.Handle.PromptEmbedding = DriftProfile.MeanOf(rows);
+            if (r.Match != null) r.SharedPages.UnionWith(_prefix!.Insert(r.AdapterKey, r.Request.Prompt, r.Seq.Pages, r.Match));
+        }
+        for (int i = 0; i < admitted.Count; i++) Accept(admitted[i], result.Logits[i]);
         Publish();
+    }
+
+    // the longest cached prefix this request may reuse: never its last token (its logits are needed) nor the positions
+    // whose hidden states it asks for
+    private PrefixCache.Match? Lookup(GenerationRequest req)
+    {
+        if (_prefix == null) return null;
+        int key = AdapterKey(req.Adapter);
+        if (key == int.MinValue) return null; // unloaded while waiting: admission fails with the adapter's error
+        int cap = req.Embed is { } e ? Math.Min(req.Prompt.Length, e.Start + 1) : req.Prompt.Length;
+        return _prefix.Acquire(key, req.Prompt.AsSpan(0, cap));
+    }
+
+    private int AdapterKey(string? adapter) => adapter == null ? -1 : _adapterKeys.GetValueOrDefault(adapter, int.MinValue);
+
+    private void ReturnPages(List<int> pages)
+    {
+        if (pages.Count == 0) return;
+        var freed = new KvSequence();
+        freed.Pages.AddRange(pages);
+        _cache.Release(freed);
+        Interlocked.Add(ref _prefixEvictedPages, pages.Count);
     }
 
     private void DecodeStep()
@@ -316,7 +404,7 @@ public sealed class InferenceEngine : IDisposable
         var slots = batch.Any(r => r.Slot >= 0) ? batch.Select(r => r.Slot).ToArray() : null;
         float[][] logits;
         using (Diagnostics.OpProfiler.Time("decode step", _model.Device))
-            logits = _decoder.Step(_cache, batch.Select(r => r.Seq).ToList(), batch.Select(r => r.Next).ToArray(), slots);
+            logits = _generator.Step(_cache, batch.Select(r => r.Seq).ToList(), batch.Select(r => r.Next).ToArray(), slots);
         for (int i = 0; i < batch.Count; i++) Accept(batch[i], logits[i]);
         double seconds = Stopwatch.GetElapsedTime(start).TotalSeconds;
         _stepSeconds = 0.9 * _stepSeconds + 0.1 * seconds;
@@ -341,6 +429,12 @@ public sealed class InferenceEngine : IDisposable
     private void Finish(Running r, FinishReason? reason, Exception? error = null)
     {
         _running.Remove(r);
+        if (r.Match != null)
+        {
+            _prefix!.Release(r.Match);
+            r.Match = null;
+            r.Seq.Pages.RemoveAll(r.SharedPages.Contains); // the prefix cache keeps those
+        }
         _cache.Release(r.Seq);
         if (r.Slot >= 0) _slots.Release(r.Slot);
         r.Slot = -1;
@@ -352,7 +446,10 @@ public sealed class InferenceEngine : IDisposable
     private void Publish()
     {
         Volatile.Write(ref _runningCount, _running.Count);
-        Volatile.Write(ref _kvPagesUsed, _cache.UsedPages);
+        int cached = _prefix?.CachedPages ?? 0;
+        Volatile.Write(ref _prefixCachedPages, cached);
+        Volatile.Write(ref _kvPagesUsed, _cache.UsedPages - (_prefix?.EvictablePages ?? 0));
+        Volatile.Write(ref _adapterSlotsUsed, _slots.InUse);
     }
 
     public void Dispose()

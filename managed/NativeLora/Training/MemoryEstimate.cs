@@ -44,9 +44,9 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         long persistent = 2L * c.MaxPositionEmbeddings * (c.HeadDim / 2) * 4 + 4 * n * 4;
 
         int targets = lora.TargetModules.Length;
-        // saved by one layer's forward: xn, h, hn [D]; q, o [QD]; k, v [KVD]; gate, up, m [I]; rstd×2, lse; the adapters' z
-        long perLayer = n * e * (3L * c.HiddenSize + 2L * c.QDim + 2L * c.KvDim + 3L * c.IntermediateSize)
-                        + n * 4 * 2 + (long)microBatch * c.NumHeads * seqLen * 4 + n * e * lora.R * targets;
+        // saved by one layer's forward: its declaration (the same list the layer forward allocates from), plus the adapters' z
+        var shape = new Ops.AttentionShape(microBatch, seqLen, c.NumHeads, c.NumKvHeads, c.HeadDim);
+        long perLayer = LayerActivations.DeclaredBytes(c, dtype, shape) + n * e * lora.R * targets;
         long hidden = (c.NumLayers + 1) * n * c.HiddenSize * e;
         long activations = hidden + (checkpointing ? 0 : perLayer * c.NumLayers) + persistent;
 

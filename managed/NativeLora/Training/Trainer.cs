@@ -101,6 +101,8 @@ public sealed class Trainer
         var clock = Stopwatch.StartNew();
         long peakMemory = 0;
         using var metrics = new StreamWriter(metricsPath, append: true);
+        // a resumed run starts a new event file; TensorBoard reads every file of the directory
+        using var tensorBoard = _c.Logging == "tensorboard" ? new TensorBoardWriter(_c.OutputDir) : null;
 
         for (int epoch = state.Epoch; state.GlobalStep < total; epoch++)
         {
@@ -167,6 +169,7 @@ public sealed class Trainer
                 {
                     metrics.WriteLine(JsonSerializer.Serialize(sm, MetricsJson));
                     metrics.Flush();
+                    tensorBoard?.WriteStep(sm);
                 }
 
                 // no checkpoint during a non-finite streak: the last one written stays the last good one

@@ -64,6 +64,8 @@ public sealed record TrainingConfig
     public int SaveSteps { get; init; } = 100;
     public int EarlyStoppingPatience { get; init; } = 0; // 0 = off
     public int LoggingSteps { get; init; } = 1;
+    /// <summary>jsonl: metrics.jsonl only; tensorboard: also TensorBoard event files in output_dir (metrics.jsonl is always written).</summary>
+    public string Logging { get; init; } = "jsonl";
     public int MaxConsecutiveNonFinite { get; init; } = 5;
 
     public LoraConfig ToLoraConfig() => new()
@@ -92,6 +94,7 @@ public sealed record TrainingConfig
         Need(Overlong is "truncate" or "drop", $"overlong must be truncate or drop, got '{Overlong}'");
         Need(MaxBadRowFraction >= 0 && MaxBadRowFraction <= 1, "max_bad_row_fraction must be in [0, 1]");
         Need(EvalSteps >= 1 && SaveSteps >= 1 && LoggingSteps >= 1, "eval_steps, save_steps and logging_steps must be ≥ 1");
+        Need(Logging is "jsonl" or "tensorboard", $"logging must be jsonl or tensorboard, got '{Logging}'");
         Need(MaxConsecutiveNonFinite >= 1, "max_consecutive_non_finite must be ≥ 1");
         ToLoraConfig().Validate();
     }

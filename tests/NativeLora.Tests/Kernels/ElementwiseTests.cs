@@ -25,6 +25,29 @@ public class ElementwiseTests
         }
     }
 
+    /// <summary>KV-cache rows: Write scatters rows to the named cache rows and leaves the others alone; Read gathers them back.</summary>
+    [Test]
+    public void KvCacheWriteScattersAndReadGathersRows([Values(DType.F32, DType.BF16)] DType dtype, [Values(false, true)] bool gpuVariant)
+    {
+        var k = TestDevice.Variant(gpuVariant);
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        const int cacheRows = 24, width = 19, n = 9;
+        var rows = Enumerable.Range(0, cacheRows).OrderBy(_ => rng.Next()).Take(n).ToArray();
+        var before = Ref.Random(rng, dtype, cacheRows * width);
+        var src = Ref.Random(rng, dtype, n * width);
+        using var cache = Ref.Upload(dtype, before, cacheRows, width);
+        using var s = Ref.Upload(dtype, src, n, width);
+        using var r = Ref.UploadInts(rows);
+        using var back = Ref.Poisoned(dtype, n, width);
+        KvCacheOp.Write(k, s, cache, r);
+        KvCacheOp.Read(k, cache, r, back);
+        var expected = (float[])before.Clone();
+        for (int i = 0; i < n; i++) Array.Copy(src, i * width, expected, rows[i] * width, width);
+        Assert.That(cache.ToFloatArray(), Is.EqualTo(expected), $"cache after the write; seed {seed}");
+        Assert.That(back.ToFloatArray(), Is.EqualTo(src), $"rows read back; seed {seed}");
+    }
+
     [Test]
     public void FillUniformDrawsTheHostsValuesWithTheRightScale([Values(DType.F32, DType.BF16)] DType dtype)
     {

@@ -142,7 +142,7 @@ public class MultiLoraTests
             slots.Load("b", dirB);
             var slotOf = new[] { slots.Acquire("a"), -1, slots.Acquire("b") };
             using var cache = new KvCache(model, pageCount: 16, pageSize: 4);
-            var decoder = new Decoder(model);
+            var decoder = new Generator(model);
             var kv = prompts.Select(_ => new KvSequence()).ToArray();
             var served = prompts.Select(p => p.ToList()).ToArray();
             var step = new float[3][];
@@ -190,7 +190,7 @@ public class MultiLoraTests
             var rng = new Random(seed);
             var prompts = new[] { 3, 9, 1, 6 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray()).ToArray();
             var slotOf = new[] { a, -1, a, -1 };
-            var decoder = new Decoder(model);
+            var decoder = new Generator(model);
             using var one = new KvCache(model, pageCount: 16, pageSize: 4);
             var alone = prompts.Select((p, i) => decoder.Prefill(one, new KvSequence(), p, slotOf[i])).ToArray();
             using var packed = new KvCache(model, pageCount: 16, pageSize: 4);

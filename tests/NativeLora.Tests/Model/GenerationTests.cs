@@ -39,7 +39,7 @@ public class GenerationTests
         var rng = new Random(seed);
         var prompts = new[] { Enumerable.Range(0, 5).Select(_ => rng.Next(c.VocabSize)).ToArray(), Enumerable.Range(0, 9).Select(_ => rng.Next(c.VocabSize)).ToArray() };
         using var cache = new KvCache(model, pageCount: 8, pageSize: 4); // rows cross pages, pages interleave
-        var decoder = new Decoder(model);
+        var decoder = new Generator(model);
         var kv = new[] { new KvSequence(), new KvSequence() };
         var seqs = prompts.Select(p => p.ToList()).ToArray();
         var next = new int[2];
@@ -64,6 +64,78 @@ public class GenerationTests
         }
         Assert.That(kv.Select(q => q.Length), Is.EqualTo(new[] { 5 + 6, 9 + 6 }));
         Assert.That(cache.UsedPages, Is.EqualTo(3 + 4));
+    }
+
+    /// <summary>
+    /// A packed prefill hands back the final hidden states (after the final norm) of the positions asked for, equal to
+    /// a full forward's rows; positions outside the prefill are refused before anything runs.
+    /// </summary>
+    [Test]
+    public void PrefillReturnsTheFinalHiddenStatesOfChosenPositions([Values(false, true)] bool gpuVariant)
+    {
+        int seed = Check.FreshSeed();
+        var c = TinyConfig("llama");
+        using var model = TinyModel(c, seed);
+        model.Kernels = TestDevice.Variant(gpuVariant);
+        var rng = new Random(seed);
+        var prompts = new[] { 6, 11 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray()).ToArray();
+        var asked = new[] { new[] { 0, 5, 2 }, new[] { 7, 10 } };
+        using var cache = new KvCache(model, pageCount: 8, pageSize: 4);
+        var seqs = new[] { new KvSequence(), new KvSequence() };
+        Assert.Throws<ArgumentException>(() => new Generator(model).Extend(cache, seqs, prompts, new[] { -1, -1 }, new[] { new[] { 6 }, new[] { 0 } }));
+        Assert.That(cache.UsedPages, Is.Zero, "a refused prefill takes no pages");
+        var result = new Generator(model).Extend(cache, seqs, prompts, new[] { -1, -1 }, asked);
+        for (int i = 0; i < 2; i++)
+        {
+            using var f = ForwardContext.For(model, TokenBatch.FromSequences(new[] { prompts[i] }));
+            using var normed = model.Forward(f);
+            var full = normed.ToFloatArray();
+            Assert.That(result.Hidden![i].Length, Is.EqualTo(asked[i].Length));
+            for (int j = 0; j < asked[i].Length; j++)
+                Check.Close(result.Hidden[i][j], Ref.ToDouble(full.AsSpan(asked[i][j] * c.HiddenSize, c.HiddenSize).ToArray()), 1e-5, $"sequence {i} position {asked[i][j]}", seed);
+            var logits = model.Logits(TokenBatch.FromSequences(new[] { prompts[i] }));
+            Check.Close(result.Logits[i], Ref.ToDouble(logits.AsSpan((prompts[i].Length - 1) * c.VocabSize, c.VocabSize).ToArray()), 1e-5, $"logits {i}", seed);
+        }
+    }
+
+    /// <summary>
+    /// Prefix caching: prefilling the rest of two prompts after their cached prefixes (one packed forward, prefixes
+    /// crossing page boundaries) gives the logits, the cached keys/values and the next decoding step of a prefill of
+    /// the whole prompts.
+    /// </summary>
+    [Test]
+    public void SuffixPrefillAfterACachedPrefixEqualsAFullPrefill([Values(false, true)] bool gpuVariant)
+    {
+        int seed = Check.FreshSeed();
+        var c = TinyConfig("qwen2");
+        using var model = TinyModel(c, seed);
+        model.Kernels = TestDevice.Variant(gpuVariant);
+        var rng = new Random(seed);
+        var prompts = new[] { 7, 10 }.Select(n => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray()).ToArray();
+        var cut = new[] { 5, 3 };
+        var generator = new Generator(model);
+        using var fullCache = new KvCache(model, pageCount: 8, pageSize: 4);
+        var fullSeqs = new[] { new KvSequence(), new KvSequence() };
+        var full = generator.Prefill(fullCache, fullSeqs, prompts, new[] { -1, -1 });
+        using var splitCache = new KvCache(model, pageCount: 8, pageSize: 4);
+        var splitSeqs = new[] { new KvSequence(), new KvSequence() };
+        generator.Prefill(splitCache, splitSeqs, prompts.Select((p, i) => p[..cut[i]]).ToArray(), new[] { -1, -1 });
+        var suffix = generator.Extend(splitCache, splitSeqs, prompts.Select((p, i) => p[cut[i]..]).ToArray(), new[] { -1, -1 });
+        for (int i = 0; i < 2; i++) Check.Close(suffix.Logits[i], Ref.ToDouble(full[i]), 1e-5, $"prompt {i} after {cut[i]} cached", seed);
+        Assert.That(splitSeqs.Select(q => q.Length), Is.EqualTo(prompts.Select(p => p.Length)));
+        for (int l = 0; l < c.NumLayers; l++)
+            foreach (var (a, b, what) in new[] { (fullCache.Keys[l], splitCache.Keys[l], "keys"), (fullCache.Values[l], splitCache.Values[l], "values") })
+            {
+                var (fa, fb) = (a.ToFloatArray(), b.ToFloatArray());
+                for (int i = 0; i < 2; i++)
+                    for (int p = 0; p < prompts[i].Length; p++)
+                        Check.Close(fb.AsSpan(splitSeqs[i].CacheRow(splitCache, p) * c.KvDim, c.KvDim),
+                            Ref.ToDouble(fa.AsSpan(fullSeqs[i].CacheRow(fullCache, p) * c.KvDim, c.KvDim).ToArray()), 1e-5, $"layer {l} {what} of prompt {i} position {p}", seed);
+            }
+        var next = full.Select(l => Sampler.ArgMax(l)).ToArray();
+        var stepFull = generator.Step(fullCache, fullSeqs, next);
+        var stepSplit = generator.Step(splitCache, splitSeqs, next);
+        for (int i = 0; i < 2; i++) Check.Close(stepSplit[i], Ref.ToDouble(stepFull[i]), 1e-5, $"step after prompt {i}", seed);
     }
 
     [Test]

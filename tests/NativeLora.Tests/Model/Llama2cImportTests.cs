@@ -140,7 +140,7 @@ public class Llama2cImportTests
             }
             Assert.That(tokens, Is.EqualTo(refTokens), "greedy continuation differs from run.c's");
             // and the KV-cached generator continues the same way
-            var generated = new Decoder(model).Generate(new[] { 1, 403, 407, 261, 378 }, 24, new Sampler(new SamplingOptions()), new HashSet<int>());
+            var generated = new Generator(model).Generate(new[] { 1, 403, 407, 261, 378 }, 24, new Sampler(new SamplingOptions()), new HashSet<int>());
             Assert.That(generated, Is.EqualTo(refTokens.Skip(5).ToList()), "KV-cached greedy generation differs");
             var all = model.Logits(TokenBatch.FromSequences(new[] { tokens.ToArray() }));
             var expected = reference.Forward(tokens.ToArray()).SelectMany(r => r).ToArray();

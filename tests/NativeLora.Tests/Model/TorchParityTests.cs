@@ -84,7 +84,7 @@ public class TorchParityTests
         var grads = names.ToDictionary(x => x, x => { var g = dev.Allocate(DType.F32, expected[x]); ElementwiseOp.Zero(k, g); return g; });
         Linear L(string x) => new(x, w[x + ".weight"], null) { WeightGrad = grads[x + ".weight"] };
         var layer = new DecoderLayer(0, w["input_layernorm.weight"], w["post_attention_layernorm.weight"],
-            L("self_attn.q_proj"), L("self_attn.k_proj"), L("self_attn.v_proj"), L("self_attn.o_proj"), L("mlp.gate_proj"), L("mlp.up_proj"), L("mlp.down_proj"))
+            new(L("self_attn.q_proj"), L("self_attn.k_proj"), L("self_attn.v_proj"), L("self_attn.o_proj"), L("mlp.gate_proj"), L("mlp.up_proj"), L("mlp.down_proj")))
         {
             InputNormGrad = grads["input_layernorm.weight"],
             PostNormGrad = grads["post_attention_layernorm.weight"],
@@ -99,8 +99,9 @@ public class TorchParityTests
         using var y = Ref.Poisoned(DType.F32, n, c.HiddenSize);
         using var dx = Ref.Poisoned(DType.F32, n, c.HiddenSize);
         var shape = new AttentionShape(batch, seq, c.NumHeads, c.NumKvHeads, c.HeadDim);
-        using (var acts = layer.Forward(dev, k, c, x, y, pos, seg, tcos, tsin, shape))
-            layer.Backward(dev, k, c, acts, dOut, dx, pos, seg, tcos, tsin, shape);
+        using var context = new ForwardContext { Device = dev, Kernels = k, Config = c, Rope = new(tcos, tsin), Positions = pos, Segments = seg, Shape = shape };
+        using (var acts = layer.Forward(context, x, y, keep: true)!)
+            layer.Backward(context, acts, dOut, dx);
         Check.Close(y.ToFloatArray(), D(f.ReadAsFloat32("output.hidden")), 1e-5, "block output", 0);
         Check.Close(dx.ToFloatArray(), D(f.ReadAsFloat32("grad.hidden")), 1e-4, "block dx", 0);
         foreach (var name in names)

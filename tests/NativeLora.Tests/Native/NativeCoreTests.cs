@@ -53,6 +53,51 @@ public class NativeCoreTests
     }
 
     [Test]
+    public unsafe void DeviceStatsReportTheProcessAndTheDevice()
+    {
+        _ = Support.TestDevice.Shared;
+        var before = NativeCore.QueryDeviceStats();
+        Assert.That(before.ProcessCpuSeconds, Is.Not.Null.And.GreaterThan(0));
+        Assert.That(before.ProcessRssBytes, Is.Not.Null.And.GreaterThan(0));
+        // the process's own CPU time, read independently by .NET, brackets the core's figure
+        var lo = System.Diagnostics.Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+        var mid = NativeCore.QueryDeviceStats().ProcessCpuSeconds!.Value;
+        var hi = System.Diagnostics.Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+        Assert.That(mid, Is.InRange(lo - 0.05, hi + 0.05));
+
+        // touching 64 MiB of fresh native memory raises the resident set by about that much
+        const int bytes = 64 << 20;
+        var p = (byte*)System.Runtime.InteropServices.NativeMemory.Alloc(bytes);
+        try
+        {
+            for (int i = 0; i < bytes; i += 4096) p[i] = 1;
+            var after = NativeCore.QueryDeviceStats();
+            Assert.That(after.ProcessRssBytes!.Value - before.ProcessRssBytes!.Value, Is.GreaterThan(48L << 20));
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.Free(p);
+        }
+
+        Assert.That(before.MemoryTotalBytes, Is.Not.Null.And.GreaterThan(0));
+        Assert.That(before.MemoryUsedBytes, Is.Not.Null.And.InRange(0, before.MemoryTotalBytes!.Value));
+        if (NativeCore.IsCuda)
+        {
+            Assert.That(before.Source, Is.AnyOf(NlStatsSource.Nvml, NlStatsSource.CudaRuntime));
+            Assert.That(before.PciBusId, Does.Match("^[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\\.[0-9]$"));
+            if (before.Source == NlStatsSource.Nvml) Assert.That(before.Utilization, Is.Not.Null.And.InRange(0.0, 1.0));
+        }
+        else
+        {
+            Assert.That(before.Source, Is.EqualTo(NlStatsSource.Host));
+            Assert.That(before.Utilization, Is.Null, "the CPU backend has no device utilisation to report");
+            Assert.That(before.PciBusId, Is.Empty);
+            var (free, total) = NativeCore.MemoryInfo();
+            Assert.That(before.MemoryTotalBytes, Is.EqualTo((long)total));
+        }
+    }
+
+    [Test]
     public void EventsMeasureElapsedTime()
     {
         _ = Support.TestDevice.Shared;

@@ -34,7 +34,7 @@ public class PtqQualityTests
     internal static List<int[]> SelfSampled(CausalLm model, int count, int length, int seed, int bos)
     {
         var result = new List<int[]>();
-        var decoder = new Decoder(model);
+        var decoder = new Generator(model);
         for (int i = 0; i < count; i++)
         {
             var tokens = decoder.Generate([bos], length - 1, new Sampler(new SamplingOptions(Temperature: 1f, Seed: seed + i)), new HashSet<int>());
@@ -154,8 +154,11 @@ public class PtqQualityTests
                 var yf = D.Allocate(DType.F32, n, c.HiddenSize);
                 using var yq = D.Allocate(DType.F32, n, c.HiddenSize);
                 yq.Poison();
-                using (fp.Layers[l].Forward(D, D.Kernels, c, x, yf, pos, seg, fp.RopeCos, fp.RopeSin, shape)) { }
-                using (q.Layers[l].Forward(D, D.Kernels, c, x, yq, pos, seg, q.RopeCos, q.RopeSin, shape)) { }
+                using (var f = new ForwardContext { Device = D, Kernels = D.Kernels, Config = c, Rope = fp.Rope, Positions = pos, Segments = seg, Shape = shape })
+                {
+                    fp.Layers[l].Forward(f, x, yf, keep: false);
+                    q.Layers[l].Forward(f, x, yq, keep: false);
+                }
                 var a = yf.ToArray<float>();
                 var b = yq.ToArray<float>();
                 double e = 0;

@@ -57,7 +57,7 @@ public sealed class ServerWorld : IDisposable
             if (_memo.TryGetValue(key, out var hit)) return hit;
             using var attached = adapter != null ? LoraAdapter.Load(_reference, AdapterDir(adapter)) : null;
             var stop = new HashSet<int> { Tokenizer.EosId!.Value };
-            var ids = new Decoder(_reference).Generate(prompt, maxTokens, new Sampler(new SamplingOptions()), stop);
+            var ids = new Generator(_reference).Generate(prompt, maxTokens, new Sampler(new SamplingOptions()), stop);
             _memo[key] = ids;
             return ids;
         }

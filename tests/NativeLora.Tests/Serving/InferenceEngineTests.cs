@@ -35,7 +35,7 @@ public class InferenceEngineTests
         Assert.That(widest, Is.EqualTo(2), "the cache holds two requests at a time: no more may run, and two should");
         Assert.That(engine.KvPagesUsed, Is.Zero, "finished requests give their pages back");
         for (int i = 0; i < prompts.Length; i++)
-            Assert.That(outputs[i], Is.EqualTo(new Decoder(reference).Generate(prompts[i], max, new Sampler(new SamplingOptions()), none)), $"request {i}; seed {seed}");
+            Assert.That(outputs[i], Is.EqualTo(new Generator(reference).Generate(prompts[i], max, new Sampler(new SamplingOptions()), none)), $"request {i}; seed {seed}");
         // a request that can never fit is refused at once, not queued forever
         var tooLong = Enumerable.Range(0, prompt).ToArray();
         var e = Assert.Throws<ArgumentException>(() => engine.Submit(new GenerationRequest(tooLong, null, 2 * pagesPerRequest * pageSize, new SamplingOptions(), none)));

@@ -56,7 +56,7 @@ public class LearningTests
             TestContext.Progress.WriteLine($"{variant}: validation loss {before:F3} -> {after:F3} in {trainer.History.Count} steps");
             Assert.That(after, Is.LessThan(before * 0.25), $"{variant}: validation loss {before:F3} -> {after:F3}");
 
-            var decoder = new Decoder(model);
+            var decoder = new Generator(model);
             int correct = 0;
             foreach (var (a, fa) in map)
             {
