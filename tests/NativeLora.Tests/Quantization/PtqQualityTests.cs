@@ -61,9 +61,12 @@ public class PtqQualityTests
         }
         ModelDirectory.Save(dir, c, w, DType.F32);
         using var model = Build(c, w);
-        // the random model's FFN input (256 wide) needs more tokens than stories260K's for its Hessian to hold on held-out data
-        var calibration = SelfSampled(model, which == "stories260K" ? 24 : 64, 64, seed, 1);
-        var heldOut = SelfSampled(model, 8, 64, seed + 1000, 1);
+        // The random model's activations are nearly isotropic, so GPTQ's edge on some linears (its layer-1 down_proj,
+        // 256 wide) is a few percent: its Hessian needs more tokens than stories260K's, and its held-out error more
+        // tokens to be measured above the sampling noise (8 held-out sequences gave ratios up to 1.04 there).
+        bool random = which != "stories260K";
+        var calibration = SelfSampled(model, random ? 128 : 24, 64, seed, 1);
+        var heldOut = SelfSampled(model, random ? 32 : 8, 64, seed + 1000, 1);
         return new Subject(which, dir, c, w, calibration, heldOut);
     }
 
