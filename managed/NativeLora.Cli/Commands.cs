@@ -19,6 +19,14 @@ internal static class Commands
     internal static string ModelOf(string? model, string? adapter) =>
         model ?? (adapter != null ? Hub.ModelSource.BaseModelOf(adapter) : throw new ArgumentException("give --model (or an --adapter whose adapter_config.json names its base model)"));
 
+    /// <summary>Loads a model directory for inference; a GPTQ/AWQ checkpoint is dequantized on load, and says so.</summary>
+    internal static CausalLm LoadModel(ComputeDevice device, string dir, DType dtype)
+    {
+        if (ModelDirectory.DescribeQuantization(dir) is string q)
+            Console.Error.WriteLine($"model: {q} checkpoint, dequantized to {dtype.Name()} on load (no GPTQ/AWQ kernels here: memory and speed are the dense model's)");
+        return ModelDirectory.Load(device, dir, dtype);
+    }
+
     public static int Info(InfoOptions o)
     {
         using var device = OpenDevice(o); // first: --device decides which core loads where both are installed
@@ -83,7 +91,7 @@ internal static class Commands
         if (hasIds == (o.Prompt != null)) throw new ArgumentException("give exactly one of --prompt or --prompt-ids");
         var modelDir = ModelOf(o.Model, o.Adapter);
         using var device = OpenDevice(o);
-        using var model = ModelDirectory.Load(device, modelDir, device.ResolveDType(o.DType));
+        using var model = LoadModel(device, modelDir, device.ResolveDType(o.DType));
         using var adapter = o.Adapter != null ? Lora.LoraAdapter.Load(model, o.Adapter) : null;
         Text.HfTokenizer? tok = null;
         try
@@ -169,7 +177,7 @@ internal static class Commands
         if (tasks.Count > 0)
         {
             using var device = OpenDevice(o);
-            using var model = ModelDirectory.Load(device, modelDir!, device.ResolveDType(o.DType));
+            using var model = LoadModel(device, modelDir!, device.ResolveDType(o.DType));
             using var tok = Text.HfTokenizer.Load(modelDir!);
             using var judge = o.JudgeUrl == null ? null : new Evaluation.LlmJudge(new Uri(o.JudgeUrl),
                 o.JudgeModel ?? throw new ArgumentException("--judge-url needs --judge-model"), Environment.GetEnvironmentVariable(o.JudgeKeyEnv), o.JudgeCache);
@@ -275,9 +283,29 @@ internal static class Commands
         using var f = SafeTensors.SafeTensorsFile.Open(o.File);
         Console.WriteLine($"{o.File}: safetensors, header {f.HeaderLength:N0} bytes, {f.Tensors.Count} tensors, {f.DataLength:N0} data bytes");
         foreach (var (k, v) in f.Metadata) Console.WriteLine($"  __metadata__.{k} = {v}");
+        var quant = Quantization.QuantizedCheckpoint.Read(Path.GetDirectoryName(Path.GetFullPath(o.File))!);
+        if (quant != null) Console.WriteLine($"  quantization_config (config.json beside it): {quant.Describe()}");
         foreach (var t in f.Tensors.Take(o.MaxTensors))
-            Console.WriteLine($"  {t.Name,-60} {t.DType,-5} [{string.Join(", ", t.Shape)}] bytes {t.DataBegin:N0}..{t.DataEnd:N0}");
+            Console.WriteLine($"  {t.Name,-60} {t.DType,-5} [{string.Join(", ", t.Shape)}] bytes {t.DataBegin:N0}..{t.DataEnd:N0}{QuantizationNote(quant, t)}");
         if (f.Tensors.Count > o.MaxTensors) Console.WriteLine($"  ... {f.Tensors.Count - o.MaxTensors} more");
         return 0;
+    }
+
+    // What a packed GPTQ/AWQ tensor holds (the weight it encodes and how), for inspect.
+    private static string QuantizationNote(Quantization.QuantizedCheckpoint? q, SafeTensors.SafeTensorInfo t)
+    {
+        if (q == null) return "";
+        string group = q.GroupSize == -1 ? "per-channel" : $"groups of {q.GroupSize}";
+        int perWord = 32 / q.Bits;
+        bool gptq = q.Method == "gptq";
+        if (t.Name.EndsWith(".qweight") && t.Shape.Length == 2)
+        {
+            long outF = gptq ? t.Shape[1] : t.Shape[1] * perWord, inF = gptq ? t.Shape[0] * perWord : t.Shape[0];
+            return $"  <- {q.Method.ToUpperInvariant()} {q.Bits}-bit weight [{outF}, {inF}], {group}, {perWord} codes per int32 along {(gptq ? "the input" : "the output (AWQ order)")}";
+        }
+        if (t.Name.EndsWith(".qzeros")) return gptq ? $"  <- zero points - 1 ({q.Bits}-bit, packed along the output)" : "  <- zero points (4-bit, AWQ order)";
+        if (t.Name.EndsWith(".scales")) return $"  <- f16 scale per group and output";
+        if (t.Name.EndsWith(".g_idx")) return $"  <- group of each input channel{(q.DescAct ? " (act-order)" : "")}";
+        return "  (dense)";
     }
 }

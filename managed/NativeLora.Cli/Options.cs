@@ -354,3 +354,46 @@ public sealed class DriftProfileOptions : DeviceOptions
     [Option("dtype", Default = "auto", HelpText = "Compute dtype: auto, f32, bf16, f16 (use the serving one).")]
     public string DType { get; set; } = "auto";
 }
+
+[Verb("quantize", HelpText = "Post-training quantization into a GPTQ or AWQ checkpoint (the formats vLLM and transformers load), calibrated on data, layer by layer on the device.")]
+public sealed class QuantizeOptions : DeviceOptions
+{
+    [Option("model", Required = true, HelpText = "HF model directory (e.g. the output of merge).")]
+    public string Model { get; set; } = "";
+
+    [Option("out", Required = true, HelpText = "Output model directory.")]
+    public string Out { get; set; } = "";
+
+    [Option("method", Required = true, HelpText = "gptq or awq (rtn: round-to-nearest in the GPTQ format, a baseline).")]
+    public string Method { get; set; } = "";
+
+    [Option("data", HelpText = "Calibration data: JSON/JSONL files in the training formats or plain {\"text\": ...} (repeatable).")]
+    public IEnumerable<string> Data { get; set; } = Array.Empty<string>();
+
+    [Option("calibration-ids", HelpText = "Instead of --data: a file with one sequence of token ids per line (models without a tokenizer).")]
+    public string? CalibrationIds { get; set; }
+
+    [Option("samples", Default = 128, HelpText = "Calibration samples drawn from the data.")]
+    public int Samples { get; set; } = 128;
+
+    [Option("max-tokens", Default = 2048, HelpText = "Tokens per calibration sample at most.")]
+    public int MaxTokens { get; set; } = 2048;
+
+    [Option("seed", Default = 42, HelpText = "Seed of the calibration draw.")]
+    public int Seed { get; set; } = 42;
+
+    [Option("bits", Default = 4, HelpText = "GPTQ: 4 or 8 (AWQ: 4).")]
+    public int Bits { get; set; } = 4;
+
+    [Option("group-size", Default = 128, HelpText = "Input channels per quantization group; GPTQ: -1 for per-channel.")]
+    public int GroupSize { get; set; } = 128;
+
+    [Option("desc-act", HelpText = "GPTQ: act-order (columns by decreasing Hessian diagonal; g_idx records each column's group).")]
+    public bool DescAct { get; set; }
+
+    [Option("asym", HelpText = "GPTQ: asymmetric (zero-point) quantization instead of the symmetric default.")]
+    public bool Asym { get; set; }
+
+    [Option("damp-percent", Default = 0.01, HelpText = "GPTQ: dampening, a fraction of the mean Hessian diagonal.")]
+    public double DampPercent { get; set; } = 0.01;
+}

@@ -8,7 +8,7 @@ Type[] verbs =
 [
     typeof(InfoOptions), typeof(SelfCheckOptions), typeof(InitModelOptions), typeof(ImportOptions), typeof(GenerateOptions), typeof(TrainOptions),
     typeof(MergeOptions), typeof(PlanOptions), typeof(EvalOptions), typeof(ExportGgufOptions), typeof(InspectOptions), typeof(ServeOptions),
-    typeof(DriftProfileOptions),
+    typeof(DriftProfileOptions), typeof(QuantizeOptions),
 ];
 NativeLora.Hub.ModelSource.DownloadProgress = new DownloadBar(Console.Error);
 using var parser = new Parser(s => { s.HelpWriter = null; s.AutoHelp = true; s.AutoVersion = true; });
@@ -30,6 +30,7 @@ return Run(() => parsed.Value switch
     InspectOptions o => Commands.Inspect(o),
     ServeOptions o => ServeCommand.Run(o),
     DriftProfileOptions o => ServeCommand.DriftProfile(o),
+    QuantizeOptions o => QuantizeCommand.Run(o),
     var o => throw new InvalidOperationException($"no command for {o.GetType().Name}"),
 });
 

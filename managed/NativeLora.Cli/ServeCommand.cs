@@ -56,7 +56,7 @@ public static class ServeCommand
         engineOptions.Validate();
 
         using var device = Commands.OpenDevice(o);
-        using var model = ModelDirectory.Load(device, o.Model, device.ResolveDType(o.DType));
+        using var model = Commands.LoadModel(device, o.Model, device.ResolveDType(o.DType));
         using var tokenizer = Text.HfTokenizer.Load(o.Model);
         using var engine = new InferenceEngine(model, engineOptions);
         var server = OpenAiServer.StartAsync(engine, tokenizer, serverOptions, b => b.AddJsonConsole()).GetAwaiter().GetResult();

@@ -37,6 +37,16 @@ public static class ModelDirectory
         return false;
     }
 
+    // A GPTQ/AWQ checkpoint's quantization_config, read once per opened checkpoint (null for a dense one).
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ShardedSafeTensors, QuantHolder> s_quant = new();
+    private sealed record QuantHolder(QuantizedCheckpoint? Value);
+
+    private static QuantizedCheckpoint? QuantOf(ShardedSafeTensors files) =>
+        s_quant.GetValue(files, f => new QuantHolder(f.Shards.Count == 0 ? null : QuantizedCheckpoint.Read(Path.GetDirectoryName(Path.GetFullPath(f.Shards[0].Path))!))).Value;
+
+    /// <summary>"GPTQ 4-bit, group size 128, symmetric" etc. when the directory holds a GPTQ/AWQ checkpoint (dequantized on load), else null.</summary>
+    public static string? DescribeQuantization(string dir) => QuantizedCheckpoint.Read(dir)?.Describe();
+
     public static ModelConfig ReadConfig(string dir)
     {
         dir = Hub.ModelSource.Resolve(dir);
@@ -78,8 +88,10 @@ public static class ModelDirectory
     {
         var expected = CausalLm.ExpectedParameters(config);
         var problems = new List<string>();
+        var quant = QuantOf(files);
         foreach (var (name, shape) in expected)
         {
+            if (quant != null && quant.IsQuantized(files, name)) continue; // its packed tensors are checked when it is unpacked
             if (!files.TryGet(name, out var info)) { problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]"); continue; }
             if (IsBnb4Bit(files, name)) continue; // shape and dtype come from its quant_state, checked when it is read
             if (!info.Shape.Select(d => (int)d).SequenceEqual(shape) || info.Shape.Length != shape.Length)
@@ -88,7 +100,7 @@ public static class ModelDirectory
                 problems.Add($"tensor '{name}' has dtype {info.DType}, expected F32, BF16 or F16");
         }
         var names = expected.Select(e => e.Name).ToHashSet();
-        foreach (var extra in files.Names.Where(n => !names.Contains(n) && !IsIgnorable(n, config) && !IsBnb4BitCompanion(files, n)).OrderBy(n => n))
+        foreach (var extra in files.Names.Where(n => !names.Contains(n) && !IsIgnorable(n, config) && !IsBnb4BitCompanion(files, n) && quant?.IsCompanion(files, n) != true).OrderBy(n => n))
             problems.Add($"unexpected tensor '{extra}' in {Path.GetFileName(files.FileOf(extra))}");
         if (problems.Count > 0)
             throw new InvalidDataException($"{dir}: the checkpoint does not match its {config.ModelType} config.json ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
@@ -100,6 +112,7 @@ public static class ModelDirectory
     private static unsafe void Upload(ShardedSafeTensors files, string name, Tensor t)
     {
         if (IsBnb4Bit(files, name)) { UploadBnb4Bit(files, name, t); return; }
+        if (QuantOf(files) is { } quant && quant.IsQuantized(files, name)) { t.CopyFromFloats(quant.Dequantize(files, name, t.Shape)); return; }
         var info = files.Get(name);
         var fileDType = info.DType switch { SafeTensorsDType.F32 => DType.F32, SafeTensorsDType.BF16 => DType.BF16, _ => DType.F16 };
         if (fileDType == t.DType && info.ByteLength <= int.MaxValue)
@@ -116,6 +129,7 @@ public static class ModelDirectory
     /// </summary>
     public static float[] ReadAsFloat32(ComputeDevice device, ShardedSafeTensors files, string name, int[] shape)
     {
+        if (QuantOf(files) is { } quant && quant.IsQuantized(files, name)) return quant.Dequantize(files, name, shape);
         if (!IsBnb4Bit(files, name)) return files.ReadAsFloat32(name);
         using var t = device.Allocate(DType.F32, shape);
         UploadBnb4Bit(files, name, t);

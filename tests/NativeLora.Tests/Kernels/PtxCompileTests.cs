@@ -51,6 +51,26 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, int, long, long>)Nf4.DequantizeAbsmaxKernel, false);
         yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<Bf16>, false);
         yield return ((Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int>)Nf4.DequantizeWordsKernel<F16>, false);
+        // GPTQ and AWQ (f32 only)
+        yield return ((Action<Index1D, ArrayView<float>, int, int, int, ArrayView<int>>)Gptq.CholeskyDiagKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, int, int, int>)Gptq.CholeskyPanelKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>)Gptq.LowerSolveColumnKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, int>)Gptq.ZeroUpperKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, int, int, float>)Gptq.SetDiagonalKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, int>)Gptq.DeadColumnsKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int>)Gptq.DiagonalKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, int, float>)Gptq.AddDiagonalKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, int, int>)Gptq.RowParamsKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int>)Gptq.BlockKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>)Gptq.RtnKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>)Awq.QuantizeKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, int>)Awq.GroupAbsMaxKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>)Awq.WeightMeanKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, int>)Awq.InputMeanKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, long, long>)Awq.ScaleKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int>)Awq.SquaredDiffRowsKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>)Awq.ClipSearchKernel, false);
+        yield return ((Action<Index1D, ArrayView<float>, ArrayView<float>, int, int>)Awq.ClampKernel, false);
     }
 
     private static IEnumerable<(Delegate, bool)> Instances<T, S>() where T : unmanaged where S : struct, IStorage<T>

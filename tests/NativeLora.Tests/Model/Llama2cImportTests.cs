@@ -12,7 +12,21 @@ namespace NativeLora.Tests.Model;
 /// </summary>
 public class Llama2cImportTests
 {
-    internal static string Stories260K => Path.GetFullPath(Path.Combine(Native.BindingCoverageTests.RepoRoot(), "..", "shared", "data", "stories260K.bin"));
+    /// <summary>../shared/data/stories260K.bin beside the checkout (or beside a folder of worktrees above it).</summary>
+    internal static string Stories260K
+    {
+        get
+        {
+            var root = Native.BindingCoverageTests.RepoRoot();
+            var first = Path.GetFullPath(Path.Combine(root, "..", "shared", "data", "stories260K.bin"));
+            for (var dir = Directory.GetParent(root)?.Parent; dir != null && !File.Exists(first); dir = dir.Parent)
+            {
+                var candidate = Path.Combine(dir.FullName, "shared", "data", "stories260K.bin");
+                if (File.Exists(candidate)) return candidate;
+            }
+            return first;
+        }
+    }
 
     /// <summary>llama2.c's forward() in float64, straight from the .bin layout.</summary>
     private sealed class RunC
