@@ -27,7 +27,9 @@ internal static class TrainCommand
 
         if (Diagnostics.OpProfiler.Enabled) Console.Error.WriteLine("op profile (NATIVELORA_PROFILE=1; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
         var s = result.State;
-        Console.WriteLine($"validation loss: {result.ValLossBefore:F4} before, {result.ValLossAfter:F4} after ({s.GlobalStep} steps; best {s.BestValLoss:F4} at step {s.BestStep})");
+        Console.WriteLine(double.IsNaN(result.ValLossAfter)
+            ? $"{s.GlobalStep} steps; no validation loss"
+            : $"validation loss: {result.ValLossBefore:F4} before, {result.ValLossAfter:F4} after ({s.GlobalStep} steps; best {(s.BestStep < 0 ? "-" : $"{s.BestValLoss:F4} at step {s.BestStep}")})");
         Console.WriteLine($"adapter: {result.AdapterDir}   best: {result.BestAdapterDir ?? "-"}   metrics: {result.MetricsPath}   plot: {result.PlotPath}");
         return 0;
     }

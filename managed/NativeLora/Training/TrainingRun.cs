@@ -99,8 +99,11 @@ public sealed partial class Trainer
         };
         Directory.CreateDirectory(c.OutputDir);
         File.WriteAllText(Path.Combine(c.OutputDir, "train_config.json"), c.ToJson());
+        if (!trainer.HasValidationTargets)
+            progress?.Report(new TrainingProgress(TrainingProgressKind.Warning,
+                $"no validation loss: the validation set {(val.Count == 0 ? "is empty" : "has no target token")} ({(c.EvalData != null ? $"eval_data {c.EvalData}" : $"val_split {c.ValSplit} of {all.Count} examples")}); no best adapter is kept"));
         double before = trainer.ValidationLoss();
-        if (runStart.Checkpoint == null) Info(progress, $"validation loss before training: {before:F4}");
+        if (runStart.Checkpoint == null && trainer.HasValidationTargets) Info(progress, $"validation loss before training: {before:F4}");
 
         var state = trainer.Run(runStart);
         double after = trainer.ValidationLoss();

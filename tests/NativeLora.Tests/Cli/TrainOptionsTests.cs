@@ -25,7 +25,7 @@ public class TrainOptionsTests
             Assert.That(c.ModulesToSave, Is.EqualTo(new[] { "lm_head" }), "an empty list flag is not given");
             File.WriteAllText(file, """{ "model": "m", "lora_rank": 4 }""");
             var e = Assert.Throws<InvalidDataException>(() => TrainingConfig.Load(file))!;
-            Assert.That(e.Message, Does.StartWith(file + ": ").And.Contain("lora_rank"), "an unknown key is named with the file");
+            Assert.That(e.Message, Does.StartWith(file + ":").And.Contain("lora_rank"), "an unknown key is named with the file");
         }
         finally { File.Delete(file); }
     }
