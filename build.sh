@@ -111,15 +111,15 @@ run_pack() {
 
 run_demo() {
   local cli="$ART/bin/nativelora" model="$ROOT/runs/demo-model"
-  log "demo 1/4: backend and GEMM self-check"
+  log "demo 1/5: backend and GEMM self-check"
   "$cli" selfcheck
   if [ ! -f "$model/config.json" ]; then
-    log "demo 2/4: a small random-init Llama with Mistral's tokenizer -> runs/demo-model"
+    log "demo 2/5: a small random-init Llama with Mistral's tokenizer -> runs/demo-model"
     "$cli" init-model --config "$ROOT/data/demo/tiny-llama.json" --tokenizer "$ART/tokenizers/mistral" --out "$model" --seed 0
   else
-    log "demo 2/4: reusing runs/demo-model"
+    log "demo 2/5: reusing runs/demo-model"
   fi
-  log "demo 3/4: LoRA fine-tune on data/demo/instructions.jsonl (config data/demo/train.json)"
+  log "demo 3/5: LoRA fine-tune on data/demo/instructions.jsonl (config data/demo/train.json)"
   (cd "$ROOT" && "$cli" train --config data/demo/train.json)
   log "demo 4/5: a sample generation with the adapter"
   (cd "$ROOT" && "$cli" generate --model runs/demo-model --adapter runs/demo/adapter --prompt "What is the capital of France?" --chat --max-new-tokens 24)
