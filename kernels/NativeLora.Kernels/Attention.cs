@@ -317,6 +317,84 @@ public static class Attention
         }
     }
 
+    /// <summary>
+    /// The float64 reference shared by the tests and `selfcheck --kernels`: plain attention with the full score
+    /// matrix, and its backward through the softmax Jacobian (checked against finite differences in the tests).
+    /// Queries are the last <c>queries</c> of each row's <c>keys</c> positions (query i at key position off + i).
+    /// </summary>
+    public sealed class Reference
+    {
+        public double[] O = null!, Dq = null!, Dk = null!, Dv = null!, Lse = null!;
+
+        public static bool Allowed(int[] seg, int b, int Tk, int p, int j) =>
+            j <= p && seg[b * Tk + p] >= 0 && seg[b * Tk + j] == seg[b * Tk + p];
+
+        public static Reference Run(double[] q, double[] k, double[] v, int[] seg, double[]? dO, int batch, int queries, int keys, int heads, int kvHeads, int headDim)
+        {
+            int B = batch, T = queries, Tk = keys, off = keys - queries, H = heads, KV = kvHeads, hd = headDim, G = H / KV;
+            double scale = 1 / Math.Sqrt(hd);
+            var r = new Reference { O = new double[q.Length], Dq = new double[q.Length], Dk = new double[k.Length], Dv = new double[v.Length], Lse = new double[B * H * T] };
+            double Q(int b, int t, int h, int d) => q[((b * T + t) * H + h) * hd + d];
+            double K(int b, int t, int g, int d) => k[((b * Tk + t) * KV + g) * hd + d];
+            double V(int b, int t, int g, int d) => v[((b * Tk + t) * KV + g) * hd + d];
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < H; h++)
+                {
+                    int g = h / G;
+                    var P = new double[T, Tk];
+                    for (int i = 0; i < T; i++)
+                    {
+                        double max = double.NegativeInfinity;
+                        var sc = new double[Tk];
+                        for (int j = 0; j < Tk; j++)
+                        {
+                            if (!Allowed(seg, b, Tk, off + i, j)) { sc[j] = double.NegativeInfinity; continue; }
+                            double dot = 0;
+                            for (int d = 0; d < hd; d++) dot += Q(b, i, h, d) * K(b, j, g, d);
+                            sc[j] = dot * scale;
+                            max = Math.Max(max, sc[j]);
+                        }
+                        if (double.IsNegativeInfinity(max)) continue; // a padding query attends nothing: P row 0, output 0, lse 0
+                        double sum = 0;
+                        for (int j = 0; j < Tk; j++) sum += double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max);
+                        r.Lse[(b * H + h) * T + i] = max + Math.Log(sum);
+                        for (int j = 0; j < Tk; j++) P[i, j] = double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max) / sum;
+                        for (int d = 0; d < hd; d++)
+                        {
+                            double o = 0;
+                            for (int j = 0; j < Tk; j++) o += P[i, j] * V(b, j, g, d);
+                            r.O[((b * T + i) * H + h) * hd + d] = o;
+                        }
+                    }
+                    if (dO == null) continue;
+                    double DO(int t, int d) => dO[((b * T + t) * H + h) * hd + d];
+                    for (int i = 0; i < T; i++)
+                    {
+                        // dP_ij = dO_i·V_j; dS_ij = P_ij (dP_ij − Σ_l P_il dP_il)  (softmax Jacobian)
+                        var dP = new double[Tk];
+                        double rowDot = 0;
+                        for (int j = 0; j < Tk; j++)
+                        {
+                            for (int d = 0; d < hd; d++) dP[j] += DO(i, d) * V(b, j, g, d);
+                            rowDot += P[i, j] * dP[j];
+                        }
+                        for (int j = 0; j < Tk; j++)
+                        {
+                            double dS = P[i, j] * (dP[j] - rowDot) * scale;
+                            for (int d = 0; d < hd; d++)
+                            {
+                                r.Dq[((b * T + i) * H + h) * hd + d] += dS * K(b, j, g, d);
+                                r.Dk[((b * Tk + j) * KV + g) * hd + d] += dS * Q(b, i, h, d);
+                                r.Dv[((b * Tk + j) * KV + g) * hd + d] += P[i, j] * DO(i, d);
+                            }
+                        }
+                    }
+                }
+            return r;
+        }
+    }
+
+
     // ---------------------------------------------------------------- decoding with a paged KV cache
 
     /// <summary>

@@ -274,62 +274,13 @@ public sealed class KernelCheck
         AttentionOp.Forward(_k, tq, tk, tv, tseg, to, tlse, s);
         AttentionOp.Backward(_k, tq, tk, tv, tseg, to, tlse, tdO, tdq, tdk, tdv, s);
 
-        // float64: full score matrix, softmax over allowed keys (causal, same segment, query not padding), and its Jacobian
-        int G = H / KV;
-        double scale = 1 / Math.Sqrt(hd);
-        var o = new double[q.Length];
-        var dq = new double[q.Length];
-        var dk = new double[kk.Length];
-        var dv = new double[v.Length];
-        long Qi(int b, int i, int h) => ((long)(b * T + i) * H + h) * hd;
-        long Ki(int b, int j, int g) => ((long)(b * T + j) * KV + g) * hd;
-        var p = new double[T];
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++)
-                for (int i = 0; i < T; i++)
-                {
-                    int g = h / G;
-                    double max = double.NegativeInfinity;
-                    for (int j = 0; j < T; j++)
-                    {
-                        p[j] = double.NegativeInfinity;
-                        if (j > i || seg[b * T + i] < 0 || seg[b * T + j] != seg[b * T + i]) continue;
-                        double dot = 0;
-                        for (int d = 0; d < hd; d++) dot += (double)q[Qi(b, i, h) + d] * kk[Ki(b, j, g) + d];
-                        p[j] = dot * scale;
-                        max = Math.Max(max, p[j]);
-                    }
-                    if (double.IsNegativeInfinity(max)) continue; // a padding query attends nothing: output and gradients 0
-                    double sum = 0;
-                    for (int j = 0; j < T; j++) sum += p[j] = double.IsNegativeInfinity(p[j]) ? 0 : Math.Exp(p[j] - max);
-                    double rowDot = 0;
-                    var dP = new double[T];
-                    for (int j = 0; j < T; j++)
-                    {
-                        p[j] /= sum;
-                        for (int d = 0; d < hd; d++)
-                        {
-                            o[Qi(b, i, h) + d] += p[j] * v[Ki(b, j, g) + d];
-                            dP[j] += (double)dO[Qi(b, i, h) + d] * v[Ki(b, j, g) + d];
-                        }
-                        rowDot += p[j] * dP[j];
-                    }
-                    for (int j = 0; j < T; j++)
-                    {
-                        double dS = p[j] * (dP[j] - rowDot) * scale;
-                        for (int d = 0; d < hd; d++)
-                        {
-                            dq[Qi(b, i, h) + d] += dS * kk[Ki(b, j, g) + d];
-                            dk[Ki(b, j, g) + d] += dS * q[Qi(b, i, h) + d];
-                            dv[Ki(b, j, g) + d] += p[j] * dO[Qi(b, i, h) + d];
-                        }
-                    }
-                }
+        // float64: the reference the tests check against finite differences (Kernels/Attention.cs)
+        var r = Kernels.Attention.Reference.Run(D(q), D(kk), D(v), seg, D(dO), B, T, T, H, KV, hd);
         string what = $"{t.Name()} B{B} T{T} H{H}/{KV} hd{hd}";
-        Compare($"forward o {what}", to, o, Tol(t, 1e-4));
-        Compare($"backward dq {what}", tdq, dq, Tol(t, 1e-4));
-        Compare($"backward dk {what}", tdk, dk, Tol(t, 1e-4));
-        Compare($"backward dv {what}", tdv, dv, Tol(t, 1e-4));
+        Compare($"forward o {what}", to, r.O, Tol(t, 1e-4));
+        Compare($"backward dq {what}", tdq, r.Dq, Tol(t, 1e-4));
+        Compare($"backward dk {what}", tdk, r.Dk, Tol(t, 1e-4));
+        Compare($"backward dv {what}", tdv, r.Dv, Tol(t, 1e-4));
     }
 
     // Generation's path: KV-cache row writes into pages, then one query per sequence against its cached positions

@@ -37,7 +37,7 @@ public class AttentionCpuTests
         using var tdv = Ref.Poisoned(dtype, s.Tokens, s.KvHeads * s.HeadDim);
         AttentionOp.Forward(k, tq, tk, tv, tseg, to, tlse, s, blockRows);
         AttentionOp.Backward(k, tq, tk, tv, tseg, to, tlse, tdO, tdq, tdk, tdv, s, blockRows);
-        var r = AttentionTests.Reference.Run(Ref.ToDouble(q), Ref.ToDouble(kk), Ref.ToDouble(v), seg, Ref.ToDouble(dO), s);
+        var r = NativeLora.Kernels.Attention.Reference.Run(Ref.ToDouble(q), Ref.ToDouble(kk), Ref.ToDouble(v), seg, Ref.ToDouble(dO), s.Batch, s.SeqLen, s.Keys, s.Heads, s.KvHeads, s.HeadDim);
         string what = $"attention cpu-variant {dtype} ids that come back, blockRows {blockRows}";
         double tol = Ref.Tolerance(dtype, 1e-4);
         Check.Close(to.ToFloatArray(), r.O, tol, what + " o", seed);

@@ -6,81 +6,8 @@ namespace NativeLora.Tests.Kernels;
 
 public class AttentionTests
 {
-    /// <summary>
-    /// Plain float64 attention with the full score matrix, and its backward through the softmax Jacobian.
-    /// Queries are the last SeqLen of each row's Keys positions (query i at key position off + i).
-    /// </summary>
-    internal sealed class Reference
-    {
-        public double[] O = null!, Dq = null!, Dk = null!, Dv = null!, Lse = null!;
-
-        public static bool Allowed(int[] seg, int b, int Tk, int p, int j) =>
-            j <= p && seg[b * Tk + p] >= 0 && seg[b * Tk + j] == seg[b * Tk + p];
-
-        public static Reference Run(double[] q, double[] k, double[] v, int[] seg, double[]? dO, AttentionShape s)
-        {
-            int B = s.Batch, T = s.SeqLen, Tk = s.Keys, off = s.QueryOffset, H = s.Heads, KV = s.KvHeads, hd = s.HeadDim, G = H / KV;
-            double scale = 1 / Math.Sqrt(hd);
-            var r = new Reference { O = new double[q.Length], Dq = new double[q.Length], Dk = new double[k.Length], Dv = new double[v.Length], Lse = new double[B * H * T] };
-            double Q(int b, int t, int h, int d) => q[((b * T + t) * H + h) * hd + d];
-            double K(int b, int t, int g, int d) => k[((b * Tk + t) * KV + g) * hd + d];
-            double V(int b, int t, int g, int d) => v[((b * Tk + t) * KV + g) * hd + d];
-            for (int b = 0; b < B; b++)
-                for (int h = 0; h < H; h++)
-                {
-                    int g = h / G;
-                    var P = new double[T, Tk];
-                    for (int i = 0; i < T; i++)
-                    {
-                        double max = double.NegativeInfinity;
-                        var sc = new double[Tk];
-                        for (int j = 0; j < Tk; j++)
-                        {
-                            if (!Allowed(seg, b, Tk, off + i, j)) { sc[j] = double.NegativeInfinity; continue; }
-                            double dot = 0;
-                            for (int d = 0; d < hd; d++) dot += Q(b, i, h, d) * K(b, j, g, d);
-                            sc[j] = dot * scale;
-                            max = Math.Max(max, sc[j]);
-                        }
-                        if (double.IsNegativeInfinity(max)) continue; // a padding query attends nothing: P row 0, output 0, lse 0
-                        double sum = 0;
-                        for (int j = 0; j < Tk; j++) sum += double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max);
-                        r.Lse[(b * H + h) * T + i] = max + Math.Log(sum);
-                        for (int j = 0; j < Tk; j++) P[i, j] = double.IsNegativeInfinity(sc[j]) ? 0 : Math.Exp(sc[j] - max) / sum;
-                        for (int d = 0; d < hd; d++)
-                        {
-                            double o = 0;
-                            for (int j = 0; j < Tk; j++) o += P[i, j] * V(b, j, g, d);
-                            r.O[((b * T + i) * H + h) * hd + d] = o;
-                        }
-                    }
-                    if (dO == null) continue;
-                    double DO(int t, int d) => dO[((b * T + t) * H + h) * hd + d];
-                    for (int i = 0; i < T; i++)
-                    {
-                        // dP_ij = dO_i·V_j; dS_ij = P_ij (dP_ij − Σ_l P_il dP_il)  (softmax Jacobian)
-                        var dP = new double[Tk];
-                        double rowDot = 0;
-                        for (int j = 0; j < Tk; j++)
-                        {
-                            for (int d = 0; d < hd; d++) dP[j] += DO(i, d) * V(b, j, g, d);
-                            rowDot += P[i, j] * dP[j];
-                        }
-                        for (int j = 0; j < Tk; j++)
-                        {
-                            double dS = P[i, j] * (dP[j] - rowDot) * scale;
-                            for (int d = 0; d < hd; d++)
-                            {
-                                r.Dq[((b * T + i) * H + h) * hd + d] += dS * K(b, j, g, d);
-                                r.Dk[((b * Tk + j) * KV + g) * hd + d] += dS * Q(b, i, h, d);
-                                r.Dv[((b * Tk + j) * KV + g) * hd + d] += P[i, j] * DO(i, d);
-                            }
-                        }
-                    }
-                }
-            return r;
-        }
-    }
+    private static NativeLora.Kernels.Attention.Reference Run(double[] q, double[] k, double[] v, int[] seg, double[]? dO, AttentionShape s) =>
+        NativeLora.Kernels.Attention.Reference.Run(q, k, v, seg, dO, s.Batch, s.SeqLen, s.Keys, s.Heads, s.KvHeads, s.HeadDim);
 
     // segments of the keys [B·Tk]
     private static int[] Segments(string kind, int B, int T)
@@ -136,7 +63,7 @@ public class AttentionTests
         using var tdv = Ref.Poisoned(dtype, B * Tk, KV * hd);
         AttentionOp.Forward(k, tq, tk, tv, tseg, to, tlse, s, blockRows);
         AttentionOp.Backward(k, tq, tk, tv, tseg, to, tlse, tdO, tdq, tdk, tdv, s, blockRows);
-        var r = Reference.Run(Ref.ToDouble(q), Ref.ToDouble(kk), Ref.ToDouble(v), seg, Ref.ToDouble(dO), s);
+        var r = Run(Ref.ToDouble(q), Ref.ToDouble(kk), Ref.ToDouble(v), seg, Ref.ToDouble(dO), s);
         string what = $"attention {(gpuVariant ? "gpu" : "cpu")}-variant {dtype} {mask} {s} blockRows {blockRows}";
         double tol = Ref.Tolerance(dtype, 1e-4);
         Check.Close(to.ToFloatArray(), r.O, tol, what + " o", seed);
@@ -184,8 +111,8 @@ public class AttentionTests
         var v = Ref.ToDouble(Check.RandomFloats(rng, nk));
         var dO = Ref.ToDouble(Check.RandomFloats(rng, nq));
         var seg = new[] { 0, 0, 1, 1, 1 };
-        var r = Reference.Run(q, k, v, seg, dO, s);
-        double Loss(double[] qq, double[] kk, double[] vv) => Ref.Dot(Reference.Run(qq, kk, vv, seg, null, s).O, dO);
+        var r = Run(q, k, v, seg, dO, s);
+        double Loss(double[] qq, double[] kk, double[] vv) => Ref.Dot(Run(qq, kk, vv, seg, null, s).O, dO);
         Assert.That(Check.RelativeError(Array.ConvertAll(r.Dq, x => (float)x), Ref.NumericGradient(x => Loss(x, k, v), q)), Is.LessThan(1e-6));
         Assert.That(Check.RelativeError(Array.ConvertAll(r.Dk, x => (float)x), Ref.NumericGradient(x => Loss(q, x, v), k)), Is.LessThan(1e-6));
         Assert.That(Check.RelativeError(Array.ConvertAll(r.Dv, x => (float)x), Ref.NumericGradient(x => Loss(q, k, x), v)), Is.LessThan(1e-6));
