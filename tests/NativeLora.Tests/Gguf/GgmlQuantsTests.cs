@@ -145,8 +145,20 @@ public class GgmlQuantsTests
             var xs = x.AsSpan(b * block, block);
             float amax = 0, min = float.MaxValue, max = float.MinValue;
             foreach (var v in xs) { amax = Math.Max(amax, Math.Abs(v)); min = Math.Min(min, v); max = Math.Max(max, v); }
+            // Q4_0/Q5_0 scale by the signed extreme (d = extreme / −8 or −16): the grid is [−8, 7]·d (or [−16, 15]·d), so
+            // on the side opposite the extreme, values past 7.5|d| (15.5|d|) clip to the last code: their error is exact
+            float extreme = 0;
+            foreach (var v in xs) if (Math.Abs(v) > Math.Abs(extreme)) extreme = v;
             foreach (var v in xs)
             {
+                int top = type == GgmlType.Q4_0 ? 8 : type == GgmlType.Q5_0 ? 16 : 0;
+                if (top > 0 && Math.Sign(v) == -Math.Sign(extreme) && Math.Abs(v) > (top - 0.5) * amax / top)
+                {
+                    double clipped = Math.Abs(v) - (top - 1) * (double)amax / top;
+                    steps += clipped * clipped;
+                    norm += (double)v * v;
+                    continue;
+                }
                 double step = type switch
                 {
                     GgmlType.Q8_0 => amax / 127.0,
