@@ -25,9 +25,9 @@ namespace NativeLora.Kernels;
 /// and one GEMM covers every query head of a kv head. Scores of a block live in a [B·KV, nb·G,
 /// keyEnd] buffer, row rr of (b, g) being query i0 + rr / G of head g·G + rr % G.
 ///
-/// Row kernels come in two launch shapes with one body (row, lane, lanes): GPU variant one group per
-/// row (reductions by <see cref="GroupReduce"/>, coalesced, index arithmetic once per row), CPU variant
-/// one thread per row (barrier-free; ILGPU's CPU accelerator emulates barriers at ~100× their cost).
+/// The ILGPU row kernels here are the GPU variant: one group per row (reductions by
+/// <see cref="GroupReduce"/>, coalesced, index arithmetic once per row). The CPU variant of the same
+/// row ops is host SIMD code, Kernels/AttentionCpu.cs; Ops/AttentionOp.cs picks between them.
 /// </summary>
 public static class Attention
 {
@@ -65,29 +65,6 @@ public static class Attention
 
     internal static long LseIndex(Block blk, int b, int h, int i) => ((long)b * blk.Heads + h) * blk.Queries + i;
 
-    // ---------------------------------------------------------------- reductions: a group's, or one thread's
-
-    /// <summary>How a row kernel's lanes combine partial results.</summary>
-    public interface IRowReduce
-    {
-        float Sum(float value, ArrayView<float> scratch);
-        float Max(float value, ArrayView<float> scratch);
-    }
-
-    /// <summary>All lanes of a group (GPU variant).</summary>
-    public struct GroupLanes : IRowReduce
-    {
-        public float Sum(float value, ArrayView<float> scratch) => GroupReduce.Sum(value, scratch);
-        public float Max(float value, ArrayView<float> scratch) => GroupReduce.Max(value, scratch);
-    }
-
-    /// <summary>A single lane (CPU variant): nothing to combine.</summary>
-    public struct OneLane : IRowReduce
-    {
-        public float Sum(float value, ArrayView<float> scratch) => value;
-        public float Max(float value, ArrayView<float> scratch) => value;
-    }
-
     /// <summary>
     /// One group per row on a GPU: a multiple of the warp size near the row's width (at most RowGroupSize), with
     /// <see cref="GroupReduce"/> scratch when the kernel reduces.
@@ -103,30 +80,23 @@ public static class Attention
 
     // ---------------------------------------------------------------- layout
 
-    private static void PermuteRow<TI, SI, TO, SO>(int row, int lane, int lanes, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
+    /// <summary>
+    /// dst [B, Y, X, C] = src [B, X, Y, C] with axes 1 and 2 swapped, converting the element type on the way (f32
+    /// accumulators back to the activations' dtype). One destination row of C per group: coalesced reads and
+    /// writes, index arithmetic once per row.
+    /// </summary>
+    public static void PermuteKernel<TI, SI, TO, SO>(ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
         where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO>
     {
         SI si = default;
         SO so = default;
+        int row = Grid.IdxX;
         int rest = row / x; // destination row (b, yy, xx) of [B, Y, X]
         int xx = row - rest * x;
         int b = rest / y, yy = rest - b * y;
         long from = (((long)b * x + xx) * y + yy) * c, to = (long)row * c;
-        for (int cc = lane; cc < c; cc += lanes) dst[to + cc] = so.Store(si.Load(src[from + cc]));
+        for (int cc = Group.IdxX; cc < c; cc += Group.DimX) dst[to + cc] = so.Store(si.Load(src[from + cc]));
     }
-
-    /// <summary>
-    /// dst [B, Y, X, C] = src [B, X, Y, C] with axes 1 and 2 swapped, converting the element type on the way (f32
-    /// accumulators back to the activations' dtype). One destination row of C per group (GPU: coalesced reads and
-    /// writes, index arithmetic once per row) or per thread (CPU).
-    /// </summary>
-    public static void PermuteGroupKernel<TI, SI, TO, SO>(ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
-        where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO> =>
-        PermuteRow<TI, SI, TO, SO>(Grid.IdxX, Group.IdxX, Group.DimX, src, dst, x, y, c);
-
-    public static void PermuteRowKernel<TI, SI, TO, SO>(Index1D row, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
-        where TI : unmanaged where SI : struct, IStorage<TI> where TO : unmanaged where SO : struct, IStorage<TO> =>
-        PermuteRow<TI, SI, TO, SO>(row, 0, 1, src, dst, x, y, c);
 
     /// <summary>dst [B, Y, X, C] ← src [B, X, Y, C].</summary>
     public static void Permute<TI, SI, TO, SO>(KernelSet ks, ArrayView<TI> src, ArrayView<TO> dst, int x, int y, int c)
@@ -134,26 +104,19 @@ public static class Attention
     {
         long rows = dst.Length / c;
         if (rows == 0) return;
-        if (ks.GpuVariants)
-        {
-            Action<ArrayView<TI>, ArrayView<TO>, int, int, int> kernel = PermuteGroupKernel<TI, SI, TO, SO>;
-            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, c, reduces: false), src, dst, x, y, c);
-        }
-        else
-        {
-            Action<Index1D, ArrayView<TI>, ArrayView<TO>, int, int, int> kernel = PermuteRowKernel<TI, SI, TO, SO>;
-            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), src, dst, x, y, c);
-        }
+        Action<ArrayView<TI>, ArrayView<TO>, int, int, int> kernel = PermuteKernel<TI, SI, TO, SO>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, c, reduces: false), src, dst, x, y, c);
     }
 
     // ---------------------------------------------------------------- forward: masked softmax with lse
 
-    private static void SoftmaxRow<T, S, R>(int row, int lane, int lanes, ArrayView<float> scores, ArrayView<T> probs,
-        ArrayView<int> seg, ArrayView<float> lse, Block blk, ArrayView<float> scratch)
-        where T : unmanaged where S : struct, IStorage<T> where R : struct, IRowReduce
+    /// <summary>probs = masked softmax(τ·scores) per score row of the block; writes the lse of its query.</summary>
+    public static void SoftmaxKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        R red = default;
+        var scratch = SharedMemory.GetDynamic<float>();
+        int row = Grid.IdxX, lane = Group.IdxX, lanes = Group.DimX;
         Locate(blk, row, out int b, out int h, out int i, out int p);
         long keyBase = (long)b * blk.Keys;
         long o = (long)row * blk.KeyEnd;
@@ -162,142 +125,83 @@ public static class Attention
         if (segI >= 0)
             for (int j = lane; j <= p; j += lanes)
                 if (seg[keyBase + j] == segI) m = XMath.Max(m, scores[o + j] * blk.Scale);
-        m = red.Max(m, scratch);
+        m = GroupReduce.Max(m, scratch);
         float sum = 0;
         if (m > float.NegativeInfinity)
             for (int j = lane; j <= p; j += lanes)
                 if (seg[keyBase + j] == segI) sum += XMath.Exp(scores[o + j] * blk.Scale - m);
-        sum = red.Sum(sum, scratch);
+        sum = GroupReduce.Sum(sum, scratch);
         float rowLse = sum > 0 ? m + XMath.Log(sum) : 0f;
         for (int j = lane; j < blk.KeyEnd; j += lanes)
             probs[o + j] = s.Store(sum > 0 && j <= p && seg[keyBase + j] == segI ? XMath.Exp(scores[o + j] * blk.Scale - rowLse) : 0f);
         if (lane == 0) lse[LseIndex(blk, b, h, i)] = rowLse;
     }
 
-    public static void SoftmaxGroupKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        SoftmaxRow<T, S, GroupLanes>(Grid.IdxX, Group.IdxX, Group.DimX, scores, probs, seg, lse, blk, SharedMemory.GetDynamic<float>());
-
-    public static void SoftmaxRowKernel<T, S>(Index1D row, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        SoftmaxRow<T, S, OneLane>(row, 0, 1, scores, probs, seg, lse, blk, default);
-
     /// <summary>probs = masked softmax(τ·scores) over the block's [B·H·Rows, KeyEnd] rows; writes lse of its queries.</summary>
     public static void Softmax<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        long rows = blk.ScoreRows(batch);
-        if (ks.GpuVariants)
-        {
-            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = SoftmaxGroupKernel<T, S>;
-            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, blk.KeyEnd, reduces: true), scores, probs, seg, lse, blk);
-        }
-        else
-        {
-            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = SoftmaxRowKernel<T, S>;
-            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), scores, probs, seg, lse, blk);
-        }
+        Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = SoftmaxKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, blk.ScoreRows(batch), blk.KeyEnd, reduces: true), scores, probs, seg, lse, blk);
     }
 
     // ---------------------------------------------------------------- backward
 
-    private static void RecomputeProbsRow<T, S>(int row, int lane, int lanes, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg,
-        ArrayView<float> lse, Block blk)
+    /// <summary>P = exp(τ·S − lse), masked, per score row of the block (the backward's recompute).</summary>
+    public static void RecomputeProbsKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
+        int row = Grid.IdxX;
         Locate(blk, row, out int b, out int h, out int i, out int p);
         long keyBase = (long)b * blk.Keys;
         long o = (long)row * blk.KeyEnd;
         int segI = seg[keyBase + p];
         float rowLse = lse[LseIndex(blk, b, h, i)];
-        for (int j = lane; j < blk.KeyEnd; j += lanes)
+        for (int j = Group.IdxX; j < blk.KeyEnd; j += Group.DimX)
             probs[o + j] = s.Store(j <= p && segI >= 0 && seg[keyBase + j] == segI ? XMath.Exp(scores[o + j] * blk.Scale - rowLse) : 0f);
     }
 
-    /// <summary>P = exp(τ·S − lse), masked, per score row of the block (the backward's recompute).</summary>
-    public static void RecomputeProbsGroupKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        RecomputeProbsRow<T, S>(Grid.IdxX, Group.IdxX, Group.DimX, scores, probs, seg, lse, blk);
-
-    public static void RecomputeProbsRowKernel<T, S>(Index1D row, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        RecomputeProbsRow<T, S>(row, 0, 1, scores, probs, seg, lse, blk);
-
-    private static void GradScoresRow<T, S>(int row, int lane, int lanes, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
+    /// <summary>In place over probs: dS = τ·P∘(dP − D), with dP the f32 scores buffer and D = rowsum(dO∘O) per query.</summary>
+    public static void GradScoresKernel<T, S>(ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
+        int row = Grid.IdxX;
         Locate(blk, row, out int b, out int h, out int i, out _);
         long o = (long)row * blk.KeyEnd;
         float d = dRow[LseIndex(blk, b, h, i)];
-        for (int j = lane; j < blk.KeyEnd; j += lanes)
+        for (int j = Group.IdxX; j < blk.KeyEnd; j += Group.DimX)
             probs[o + j] = s.Store(s.Load(probs[o + j]) * (dp[o + j] - d) * blk.Scale);
     }
 
-    /// <summary>In place over probs: dS = τ·P∘(dP − D), with dP the f32 scores buffer and D = rowsum(dO∘O) per query.</summary>
-    public static void GradScoresGroupKernel<T, S>(ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        GradScoresRow<T, S>(Grid.IdxX, Group.IdxX, Group.DimX, dp, probs, dRow, blk);
-
-    public static void GradScoresRowKernel<T, S>(Index1D row, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        GradScoresRow<T, S>(row, 0, 1, dp, probs, dRow, blk);
-
-    private static void RowDotRow<T, S, R>(int r, int lane, int lanes, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow,
-        int queries, int heads, int headDim, ArrayView<float> scratch)
-        where T : unmanaged where S : struct, IStorage<T> where R : struct, IRowReduce
+    /// <summary>D[(b·H + h)·T + i] = Σ_d dO·O over head h of token (b, i): per (token, head) row.</summary>
+    public static void RowDotKernel<T, S>(ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        R red = default;
+        int r = Grid.IdxX;
         int token = r / heads, h = r - token * heads;
         int b = token / queries, i = token - b * queries;
         long at = (long)r * headDim;
         float acc = 0;
-        for (int d = lane; d < headDim; d += lanes) acc += s.Load(dO[at + d]) * s.Load(o[at + d]);
-        acc = red.Sum(acc, scratch);
-        if (lane == 0) dRow[((long)b * heads + h) * queries + i] = acc;
+        for (int d = Group.IdxX; d < headDim; d += Group.DimX) acc += s.Load(dO[at + d]) * s.Load(o[at + d]);
+        acc = GroupReduce.Sum(acc, SharedMemory.GetDynamic<float>());
+        if (Group.IdxX == 0) dRow[((long)b * heads + h) * queries + i] = acc;
     }
-
-    /// <summary>D[(b·H + h)·T + i] = Σ_d dO·O over head h of token (b, i): per (token, head) row.</summary>
-    public static void RowDotGroupKernel<T, S>(ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        RowDotRow<T, S, GroupLanes>(Grid.IdxX, Group.IdxX, Group.DimX, dO, o, dRow, queries, heads, headDim, SharedMemory.GetDynamic<float>());
-
-    public static void RowDotRowKernel<T, S>(Index1D r, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        RowDotRow<T, S, OneLane>(r, 0, 1, dO, o, dRow, queries, heads, headDim, default);
 
     public static void RecomputeProbs<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        long rows = blk.ScoreRows(batch);
-        if (ks.GpuVariants)
-        {
-            Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = RecomputeProbsGroupKernel<T, S>;
-            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, blk.KeyEnd, reduces: false), scores, probs, seg, lse, blk);
-        }
-        else
-        {
-            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = RecomputeProbsRowKernel<T, S>;
-            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), scores, probs, seg, lse, blk);
-        }
+        Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = RecomputeProbsKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, blk.ScoreRows(batch), blk.KeyEnd, reduces: false), scores, probs, seg, lse, blk);
     }
 
     public static void GradScores<T, S>(KernelSet ks, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        long rows = blk.ScoreRows(batch);
-        if (ks.GpuVariants)
-        {
-            Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Block> kernel = GradScoresGroupKernel<T, S>;
-            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, blk.KeyEnd, reduces: false), dp, probs, dRow, blk);
-        }
-        else
-        {
-            Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<float>, Block> kernel = GradScoresRowKernel<T, S>;
-            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), dp, probs, dRow, blk);
-        }
+        Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Block> kernel = GradScoresKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, blk.ScoreRows(batch), blk.KeyEnd, reduces: false), dp, probs, dRow, blk);
     }
 
     public static void RowDot<T, S>(KernelSet ks, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int batch, int queries, int heads, int headDim)
@@ -305,16 +209,8 @@ public static class Attention
     {
         long rows = (long)batch * queries * heads;
         if (rows == 0) return;
-        if (ks.GpuVariants)
-        {
-            Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int> kernel = RowDotGroupKernel<T, S>;
-            ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, headDim, reduces: true), dO, o, dRow, queries, heads, headDim);
-        }
-        else
-        {
-            Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int> kernel = RowDotRowKernel<T, S>;
-            ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)rows), dO, o, dRow, queries, heads, headDim);
-        }
+        Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int> kernel = RowDotKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, headDim, reduces: true), dO, o, dRow, queries, heads, headDim);
     }
 
     /// <summary>
