@@ -66,7 +66,7 @@ public static class AttentionOp
     {
         long e = dtype.SizeOf();
         long q = (long)s.Tokens * s.Heads * s.HeadDim, kv = (long)s.Batch * s.Keys * s.KvHeads * s.HeadDim;
-        int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dtype);
+        int nb = ResolveBlockRows(s, dtype, blockRows);
         long block = (long)s.Batch * s.Heads * nb * s.Keys * (4 + e);
         return backward
             ? (3 * q + 2 * kv) * e + 2 * kv * 4 + (long)s.Batch * s.Heads * s.SeqLen * 4 + block
@@ -82,7 +82,7 @@ public static class AttentionOp
         RequireElements(o, q.ElementCount, "o");
         var dev = q.Device;
         var dt = q.DType;
-        int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dt);
+        int nb = ResolveBlockRows(s, dt, blockRows);
         using var qp = Flat(dev, dt, q.ElementCount);
         using var kp = Flat(dev, dt, key.ElementCount);
         using var vp = Flat(dev, dt, v.ElementCount);
@@ -117,7 +117,7 @@ public static class AttentionOp
         RequireElements(dv, v.ElementCount, "dv");
         var dev = q.Device;
         var dt = q.DType;
-        int nb = blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dt);
+        int nb = ResolveBlockRows(s, dt, blockRows);
         using var dRow = Flat(dev, DType.F32, lse.ElementCount);
         Run(k, dt, new RowDotCall(k, dO, o, dRow, s));
         using var qp = Flat(dev, dt, q.ElementCount);
@@ -151,6 +151,10 @@ public static class AttentionOp
         FromHeadMajor(k, dkp, dk, s, s.Keys, 1);
         FromHeadMajor(k, dvp, dv, s, s.Keys, 1);
     }
+
+    // a caller's block size (tests pin several), else the one the scratch budget gives
+    private static int ResolveBlockRows(AttentionShape s, DType dtype, int blockRows) =>
+        blockRows > 0 ? Math.Min(blockRows, s.SeqLen) : BlockRows(s, dtype);
 
     private static Tensor Flat(Devices.ComputeDevice dev, DType dtype, long count) => dev.Allocate(dtype, checked((int)count));
 
