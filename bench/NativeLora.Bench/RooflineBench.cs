@@ -118,21 +118,13 @@ public static class RooflineBench
 
         if (peer == "torch")
         {
-            var root = TrainBench.FindRoot();
-            var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("NATIVELORA_PYTHON") ?? "python3") { RedirectStandardOutput = true, RedirectStandardError = true };
-            psi.ArgumentList.Add(Path.Combine(root, "bench", "peer", "attention_peer.py"));
-            psi.ArgumentList.Add("--device");
-            psi.ArgumentList.Add(device.IsCuda ? "cuda" : "cpu");
-            psi.ArgumentList.Add("--dtype");
-            psi.ArgumentList.Add(dtype.Name());
-            foreach (var (shape, _) in ours) { psi.ArgumentList.Add("--shape"); psi.ArgumentList.Add(shape); }
-            using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start python3");
-            var err = p.StandardError.ReadToEndAsync();
-            var lines = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
-            p.WaitForExit();
-            if (p.ExitCode != 0)
+            var args2 = new List<string> { "--device", device.IsCuda ? "cuda" : "cpu", "--dtype", dtype.Name() };
+            foreach (var (shape, _) in ours) args2.AddRange(new[] { "--shape", shape });
+            string[] lines;
+            try { lines = PeerScript.Run(Environment.GetEnvironmentVariable("NATIVELORA_PYTHON") ?? "python3", "attention_peer.py", args2, "it needs torch"); }
+            catch (InvalidOperationException e)
             {
-                Console.Error.WriteLine($"error: the attention peer (bench/peer/attention_peer.py) failed: {err.Result.Trim().Split('\n').Last()}");
+                Console.Error.WriteLine($"error: {e.Message}");
                 return 1;
             }
             Console.WriteLine();

@@ -125,21 +125,10 @@ public static class TrainBench
         return 0;
 
         // the peer runs the same shape, LoRA targets, optimizer, sequence length and micro-batch and prints one JSON line
-        JsonObject RunPeer(string python, string script, string hint, params string[] extra)
-        {
-            var psi = new ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in new[] { Path.Combine(root, "bench", "peer", script), configPath, "--seq", seq.ToString(), "--micro-batch", micro.ToString(),
-                         "--steps", steps.ToString(), "--warmup", warmup.ToString(), "--reps", reps.ToString(), "--r", r.ToString(), "--alpha", (2 * r).ToString(), "--targets", targets }.Concat(extra))
-                psi.ArgumentList.Add(a);
-            psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
-            using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {python}");
-            var stderrTask = p.StandardError.ReadToEndAsync();
-            var stdout = p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
-            if (p.ExitCode != 0)
-                throw new InvalidOperationException($"the {peer} peer ({python} {script}) failed ({hint}):\n{stderrTask.Result}");
-            return JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
-        }
+        JsonObject RunPeer(string python, string script, string hint, params string[] extra) =>
+            JsonNode.Parse(PeerScript.Run(python, script, new[] { configPath, "--seq", seq.ToString(), "--micro-batch", micro.ToString(),
+                "--steps", steps.ToString(), "--warmup", warmup.ToString(), "--reps", reps.ToString(), "--r", r.ToString(), "--alpha", (2 * r).ToString(),
+                "--targets", targets }.Concat(extra), hint).Last())!.AsObject();
     }
 
     /// <summary>

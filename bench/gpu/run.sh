@@ -140,7 +140,8 @@ main() {
     echo "HF PEFT is not importable by python3 (python3 -c 'import torch, transformers, peft' failed): no peer ratio"
   fi
   local attn_peer=none
-  python3 -c "import torch" 2>/dev/null && attn_peer=torch
+  # SDPA with enable_gqa needs torch 2.5 or newer
+  python3 -c "import torch, sys; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < (2, 5))" 2>/dev/null && attn_peer=torch
   stage "roofline (copy, GEMM, NF4, cross-entropy, attention vs torch)" 90 roofline.log \
     "$dotnet" "$bench" roofline --device "$device" --peer $attn_peer
 
