@@ -47,7 +47,7 @@ public static class TrainBench
         var lora = new LoraConfig { R = r, Alpha = 2 * r, Dropout = 0, TargetModules = targets.Split(',') };
         using var adapter = LoraAdapter.Attach(model, lora, 0);
         adapter.SetTraining(true);
-        using var optimizer = new AdamWOptimizer(device, adapter.Trainables());
+        using var optimizer = new AdamWOptimizer(device, adapter.Arenas);
         var rng = new Random(0);
         TokenBatch MakeBatch() => TokenBatch.FromSequences(Enumerable.Range(0, micro).Select(_ => Enumerable.Range(0, seq).Select(_ => rng.Next(config.VocabSize)).ToArray()).ToArray());
 

@@ -133,7 +133,11 @@ public sealed class ComputeDevice : IDisposable
 
     // the one allocator of device memory (see CachingAllocator for its scheme)
     private CachingAllocator Allocator { get; }
-    private long _pagedBytes, _hostBytes;
+    private long _pagedBytes, _hostBytes, _memsets;
+
+    /// <summary>Memsets issued on this device so far (with KernelSet.Launches and NativeCore.GemmCalls: the device operations of a step).</summary>
+    public long Memsets => Interlocked.Read(ref _memsets);
+    internal void CountMemset() => Interlocked.Increment(ref _memsets);
 
     /// <summary>Bytes held by live tensors (their blocks' rounded sizes), and the peak since <see cref="ResetPeak"/>.</summary>
     public long LiveBytes => Allocator.Stats().Allocated;

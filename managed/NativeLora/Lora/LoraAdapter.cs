@@ -7,6 +7,7 @@ using NativeLora.Model;
 using NativeLora.Ops;
 using NativeLora.SafeTensors;
 using NativeLora.Tensors;
+using NativeLora.Training;
 
 namespace NativeLora.Lora;
 
@@ -27,21 +28,25 @@ public sealed class LoraAdapter : IDisposable
     private readonly List<SavedModule> _saved = new();
     private CausalLm? _model;
     private readonly List<Linear> _targets = new();
+    private ParameterArena? _arena;
 
     private LoraAdapter(LoraConfig config) => Config = config;
 
     public long TrainableParameters => _modules.Sum(m => m.ParameterCount) + _saved.Sum(m => m.Master.ElementCount);
 
-    /// <summary>Every trainable tensor with its gradient, in a fixed order (optimizer state and checkpoints rely on it).</summary>
-    public IEnumerable<(string Name, Tensor Value, Tensor Grad)> Trainables() =>
-        _modules.SelectMany(m => m.Trainables().Select(t => ($"{m.Target}.{t.Name}", t.Value, t.Grad)))
-            .Concat(_saved.Select(m => (m.ParameterName, m.Master, m.Grad)));
+    /// <summary>
+    /// Every trainable tensor, by arena: the modules' A, B and magnitudes in one, each modules_to_save copy in its own.
+    /// The optimizer works arena by arena (one launch per arena, not per tensor).
+    /// </summary>
+    public IEnumerable<ParameterArena> Arenas => (_arena == null ? Array.Empty<ParameterArena>() : new[] { _arena }).Concat(_saved.Select(m => m.Arena));
 
-    /// <summary>Refreshes every compute-dtype copy after an optimizer step.</summary>
+    /// <summary>Every trainable tensor with its gradient (checkpoint keys).</summary>
+    public IEnumerable<(string Name, Tensor Value, Tensor Grad)> Trainables() => Arenas.SelectMany(a => a.Trainables());
+
+    /// <summary>Refreshes every compute-dtype copy after an optimizer step: one cast per arena.</summary>
     public void SyncCompute(NativeLora.Kernels.KernelSet k)
     {
-        foreach (var m in _modules) m.SyncCompute(k);
-        foreach (var m in _saved) m.SyncCompute(k);
+        foreach (var a in Arenas) a.SyncCompute(k);
     }
 
     private void AddSaved(CausalLm model)
@@ -89,33 +94,48 @@ public sealed class LoraAdapter : IDisposable
 
     private void Initialize(CausalLm model, int seed)
     {
-        var adapter = this;
-        var config = Config;
         var rng = new Random(seed);
-        foreach (var lin in Targets(model, config))
+        foreach (var (lin, m) in AddModules(model))
         {
-            var m = adapter.Add(model, lin);
             LoraOp.InitializeLikePeft(m, rng);
             if (m.IsDora)
             {
                 using var w0 = lin.AcquireWeight(model.Kernels);
                 DoraOp.InitializeMagnitude(model.Kernels, m, w0.Tensor);
             }
-            m.SyncCompute(model.Kernels);
         }
-        if (adapter._modules.Count == 0) throw new ArgumentException("no projection of the model matches target_modules");
-        adapter.AddSaved(model);
+        _arena!.SyncCompute(model.Kernels);
+        AddSaved(model);
     }
 
-    private LoraModule Add(CausalLm model, Linear lin)
+    /// <summary>
+    /// One module on every target projection, all in one arena laid out as every A (in the model's order: q, k, v, o,
+    /// gate, up, down per layer), then every B, then DoRA's magnitudes: the A's of q, k and v, which read the same
+    /// input, lie back to back, and a layer's big tensors come before the small ones the 8-bit optimizer keeps in f32.
+    /// </summary>
+    private List<(Linear Lin, LoraModule Module)> AddModules(CausalLm model)
     {
-        if (lin.Lora != null) throw new InvalidOperationException($"{lin.Name} already has an adapter");
         _model = model;
-        var m = new LoraModule(model.Device, lin.Name, lin.InFeatures, lin.OutFeatures, Config.R, Config.Scale, (float)Config.Dropout, model.DType, Config.UseDora);
-        lin.Lora = m;
-        _modules.Add(m);
-        _targets.Add(lin);
-        return m;
+        var targets = Targets(model, Config).ToList();
+        if (targets.Count == 0) throw new ArgumentException("no projection of the model matches target_modules");
+        foreach (var lin in targets)
+            if (lin.Lora != null) throw new InvalidOperationException($"{lin.Name} already has an adapter");
+        LoraModule.Validate(Config.R, (float)Config.Dropout);
+        var entries = targets.Select(l => LoraModule.EntryA(l.Name, l.InFeatures, Config.R))
+            .Concat(targets.Select(l => LoraModule.EntryB(l.Name, l.OutFeatures, Config.R)))
+            .Concat(Config.UseDora ? targets.Select(l => LoraModule.EntryMagnitude(l.Name, l.OutFeatures)) : []);
+        _arena = new ParameterArena(model.Device, model.Kernels, model.DType, entries);
+        var added = new List<(Linear, LoraModule)>();
+        for (int i = 0; i < targets.Count; i++)
+        {
+            var lin = targets[i];
+            var m = new LoraModule(lin.Name, Config.R, Config.Scale, (float)Config.Dropout, _arena, i, targets.Count + i, Config.UseDora ? 2 * targets.Count + i : -1);
+            lin.Lora = m;
+            _modules.Add(m);
+            _targets.Add(lin);
+            added.Add((lin, m));
+        }
+        return added;
     }
 
     /// <summary>Writes adapter_config.json (sorted keys, indent 2) and adapter_model.safetensors ({"format":"pt"}), f32.</summary>
@@ -158,8 +178,7 @@ public sealed class LoraAdapter : IDisposable
         var adapter = new LoraAdapter(file.Config);
         try
         {
-            foreach (var lin in Targets(model, file.Config))
-                adapter.Add(model, lin);
+            adapter.AddModules(model);
             adapter.AddSaved(model);
             adapter.CopyWeightsFrom(file);
             return adapter;
@@ -188,8 +207,8 @@ public sealed class LoraAdapter : IDisposable
             m.A.CopyFromFloats(file.ReadA(m.Target));
             m.B.CopyFromFloats(file.ReadB(m.Target));
             if (m.Magnitude != null) m.Magnitude.CopyFromFloats(file.ReadMagnitude(m.Target));
-            m.SyncCompute(_model!.Kernels);
         }
+        _arena?.SyncCompute(_model!.Kernels);
         foreach (var m in _saved)
         {
             m.Master.CopyFromFloats(file.ReadSavedParameter(m.ParameterName)!);
@@ -206,7 +225,8 @@ public sealed class LoraAdapter : IDisposable
     public void Dispose()
     {
         foreach (var lin in _targets) lin.Lora = null;
-        foreach (var m in _modules) m.Dispose();
+        _arena?.Dispose();
+        _arena = null;
         foreach (var m in _saved)
         {
             _model?.UseTrainableCopy(m.Module, null, null);

@@ -2,6 +2,7 @@ using NativeLora.Devices;
 using NativeLora.Kernels;
 using NativeLora.Ops;
 using NativeLora.Tensors;
+using NativeLora.Training;
 
 namespace NativeLora.Lora;
 
@@ -14,31 +15,22 @@ public sealed class SavedModule : IDisposable
 {
     public string Module { get; }          // embed_tokens or lm_head
     public string ParameterName { get; }   // model.embed_tokens.weight or lm_head.weight
-    public Tensor Master { get; }
-    public Tensor Compute { get; }
-    public Tensor Grad { get; }
+    /// <summary>The master, its gradient and its compute copy, as the one entry of an arena (one launch per step each).</summary>
+    public ParameterArena Arena { get; }
+    public Tensor Master => Arena.Value(0);
+    public Tensor Compute => Arena.ComputeCopy(0);
+    public Tensor Grad => Arena.Grad(0);
 
     public SavedModule(ComputeDevice device, KernelSet k, string module, Tensor baseWeight)
     {
         Module = module;
         ParameterName = PeftAdapterFile.SavedParameter(module);
-        Master = device.Allocate(DType.F32, baseWeight.Shape);
+        Arena = new ParameterArena(device, k, baseWeight.DType, new[] { (ParameterName, baseWeight.Shape) });
         ElementwiseOp.Cast(k, baseWeight, Master);
-        Compute = baseWeight.DType == DType.F32 ? Master : device.Allocate(baseWeight.DType, baseWeight.Shape);
-        Grad = device.Allocate(DType.F32, baseWeight.Shape);
-        ElementwiseOp.Zero(k, Grad);
-        SyncCompute(k);
+        Arena.SyncCompute(k);
     }
 
-    public void SyncCompute(KernelSet k)
-    {
-        if (!ReferenceEquals(Compute, Master)) ElementwiseOp.Cast(k, Master, Compute);
-    }
+    public void SyncCompute(KernelSet k) => Arena.SyncCompute(k);
 
-    public void Dispose()
-    {
-        Master.Dispose();
-        if (!ReferenceEquals(Compute, Master)) Compute.Dispose();
-        Grad.Dispose();
-    }
+    public void Dispose() => Arena.Dispose();
 }

@@ -251,6 +251,7 @@ public sealed class Tensor : IDisposable
     {
         ThrowIfDisposed();
         Device.BeforeNativeCall();
+        Device.CountMemset();
         Buffer.AsRawArrayView(ByteOffset, ByteLength).MemSet(value);
     }
 

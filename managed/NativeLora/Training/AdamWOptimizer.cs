@@ -9,17 +9,27 @@ namespace NativeLora.Training;
 /// <summary>
 /// AdamW over the adapter's f32 parameters with f32 moments (kernel: Kernels/AdamW.cs), the
 /// global gradient norm for clipping, and exact save/load of its state for resumable checkpoints.
+/// It works on <see cref="ParameterArena"/>s: each arena is one or two runs of back-to-back tensors (8-bit and 32-bit
+/// state, as bitsandbytes picks per tensor), and zeroing, the norm and the update are one launch per run, not per
+/// tensor (PyTorch's fused/foreach AdamW does the same). The state of each tensor is a view of its run's state, so the
+/// checkpoint keeps one entry per tensor.
 /// </summary>
 public sealed class AdamWOptimizer : IDisposable
 {
-    // 32-bit slots use M and V; 8-bit slots use the codes QM/QV (u8) with one absmax per block of 256
-    private sealed record Slot(string Name, Tensor Param, Tensor Grad, Tensor? M, Tensor? V, Tensor? QM, Tensor? QV, Tensor? AbsM, Tensor? AbsV)
+    // A run: arena entries [First, Last] updated by one launch. 32-bit runs use M and V; 8-bit runs use the codes QM/QV
+    // (u8) with one absmax per block of 256, each block inside one tensor (the arena aligns tensors to 256 elements).
+    private sealed record Run(long Start, long Length, Tensor Param, Tensor Grad, Tensor? M, Tensor? V, Tensor? QM, Tensor? QV, Tensor? AbsM, Tensor? AbsV)
     {
         public bool EightBit => QM != null;
         public IEnumerable<Tensor> States => new[] { M, V, QM, QV, AbsM, AbsV }.Where(t => t != null)!;
     }
 
+    // the checkpoint's view of one tensor's state
+    private readonly record struct Slot(string Name, IReadOnlyList<(string Key, Tensor Tensor)> States);
+
+    private readonly List<Run> _runs = new();
     private readonly List<Slot> _slots = new();
+    private readonly List<ParameterArena> _arenas;
     private readonly Tensor _partial;
     private readonly KernelSet _k;
     public float Beta1 { get; }
@@ -42,49 +52,45 @@ public sealed class AdamWOptimizer : IDisposable
     public bool EightBit { get; }
     public const long MinEightBitElementsDefault = 4096;
 
-    public AdamWOptimizer(ComputeDevice device, IEnumerable<(string Name, Tensor Param, Tensor Grad)> parameters,
+    public AdamWOptimizer(ComputeDevice device, IEnumerable<ParameterArena> arenas,
         float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, float weightDecay = 0f, bool paged = false,
-        bool eightBit = false, long minEightBitElements = MinEightBitElementsDefault)
+        bool eightBit = false, long minEightBitElements = MinEightBitElementsDefault, KernelSet? kernels = null)
     {
         EightBit = eightBit;
-        _k = device.Kernels;
+        _k = kernels ?? device.Kernels; // tests count the GPU variants' launches on the CPU
         _device = device;
         Paged = paged;
         Beta1 = beta1; Beta2 = beta2; Epsilon = eps; WeightDecay = weightDecay;
-        var list = parameters.ToList();
+        _arenas = arenas.ToList();
+        bool Quantized(ParameterArena.Entry e) => eightBit && e.Count >= minEightBitElements;
+        // runs: maximal stretches of consecutive entries with the same kind of state
+        var spans = new List<(ParameterArena Arena, int First, int Last)>();
+        foreach (var arena in _arenas)
+            for (int i = 0; i < arena.Entries.Count;)
+            {
+                int j = i;
+                while (j + 1 < arena.Entries.Count && Quantized(arena.Entries[j + 1]) == Quantized(arena.Entries[i])) j++;
+                spans.Add((arena, i, j));
+                i = j + 1;
+            }
         if (paged)
         {
             // never ask for more managed memory than the device has free
-            long need = list.Sum(x => 2 * x.Param.ElementCount * (eightBit ? 1 : 4));
+            long need = spans.Sum(x => 2 * (x.Arena.Entries[x.Last].End - x.Arena.Entries[x.First].Offset) * (Quantized(x.Arena.Entries[x.First]) ? 1 : 4));
             var (free, _) = device.MemoryInfo();
             if ((ulong)need > free)
                 throw new OutOfMemoryException($"paged AdamW states need {need:N0} bytes; the device reports {free:N0} free");
         }
-        foreach (var (name, p, g) in list)
+        try
         {
-            if (p.DType != DType.F32 || g.DType != DType.F32) throw new ArgumentException($"{name}: AdamW needs f32 parameters and gradients");
-            Tensor Alloc(DType t, params int[] shape) => paged ? device.AllocatePaged(t, shape) : device.Allocate(t, shape);
-            Slot slot;
-            if (eightBit && p.ElementCount >= minEightBitElements)
-            {
-                int blocks = (int)((p.ElementCount + AdamW8bit.BlockSize - 1) / AdamW8bit.BlockSize);
-                slot = new Slot(name, p, g, null, null, Alloc(DType.U8, (int)p.ElementCount), Alloc(DType.U8, (int)p.ElementCount), Alloc(DType.F32, blocks), Alloc(DType.F32, blocks));
-                slot.QM!.FillBytes(0);
-                slot.QV!.FillBytes(0);
-                ElementwiseOp.Zero(_k, slot.AbsM!); // absmax 0: every moment starts at exactly 0
-                ElementwiseOp.Zero(_k, slot.AbsV!);
-            }
-            else
-            {
-                slot = new Slot(name, p, g, Alloc(DType.F32, p.Shape), Alloc(DType.F32, p.Shape), null, null, null, null);
-                ElementwiseOp.Zero(_k, slot.M!);
-                ElementwiseOp.Zero(_k, slot.V!);
-            }
-            if (paged)
-                foreach (var t in slot.States) Native.NativeCore.ManagedAdvise(t.DataPointer, (ulong)t.ByteLength, Native.NlMemAdvice.PreferHost);
-            _slots.Add(slot);
+            foreach (var (arena, first, last) in spans) AddRun(arena, first, last, Quantized(arena.Entries[first]));
         }
-        _partial = device.Allocate(DType.F32, Math.Max(1, _slots.Count) * PartialsPerTensor);
+        catch
+        {
+            Dispose();
+            throw;
+        }
+        _partial = device.Allocate(DType.F32, Math.Max(1, _runs.Count) * PartialsPerRun);
         if (eightBit)
         {
             _mapSigned = device.Allocate(DType.F32, 256);
@@ -94,49 +100,93 @@ public sealed class AdamWOptimizer : IDisposable
         }
     }
 
-    public long ParameterCount => _slots.Sum(s => s.Param.ElementCount);
-
-    public void ZeroGradients()
+    private void AddRun(ParameterArena arena, int first, int last, bool eightBit)
     {
-        foreach (var s in _slots) ElementwiseOp.Zero(_k, s.Grad);
-    }
-
-    /// <summary>
-    /// ‖g‖₂ over every gradient, summed in a fixed order on the host (deterministic; NaN/∞ propagate). Every
-    /// tensor's partial sums land in its own region of one buffer, read back once: one device round trip per
-    /// step instead of one per tensor (224 for Llama 3.2 1B with LoRA on all projections).
-    /// </summary>
-    public double GradientNorm() => Math.Sqrt(AdamWOp.SumOfSquares(_k, _slots.Select(s => s.Grad).ToList(), _partial, PartialsPerTensor));
-
-    private const int PartialsPerTensor = 256;
-
-    /// <summary>One update with learning rate lr; gradients are multiplied by gradScale first (clipping).</summary>
-    public void Step(float lr, float gradScale)
-    {
-        StepCount++;
-        foreach (var s in _slots)
+        long start = arena.Entries[first].Offset, length = arena.Entries[last].End - start;
+        Tensor Alloc(DType t, long n) => Paged ? _device.AllocatePaged(t, (int)n) : _device.Allocate(t, (int)n);
+        var param = arena.Values.Slice((int)start, (int)length);
+        var grad = arena.Grads.Slice((int)start, (int)length);
+        Run run;
+        if (eightBit)
         {
-            if (Paged) // bring the pages to the GPU for the update; they may be evicted again afterwards
-                foreach (var t in s.States) Native.NativeCore.ManagedPrefetch(t.DataPointer, (ulong)t.ByteLength, toDevice: true);
-            if (s.EightBit)
+            long blocks = (length + AdamW8bit.BlockSize - 1) / AdamW8bit.BlockSize;
+            run = new Run(start, length, param, grad, null, null, Alloc(DType.U8, length), Alloc(DType.U8, length), Alloc(DType.F32, blocks), Alloc(DType.F32, blocks));
+            // every code starts at the map's exact zero, so the padding between tensors decodes to a zero moment whatever
+            // the block's absmax (also after a resume, which restores only the tensors' own codes)
+            run.QM!.FillBytes((byte)Array.IndexOf(Nf4.SignedDynamicMap(), 0f));
+            run.QV!.FillBytes((byte)Array.IndexOf(Nf4.UnsignedDynamicMap(), 0f));
+            ElementwiseOp.Zero(_k, run.AbsM!); // absmax 0: every moment starts at exactly 0
+            ElementwiseOp.Zero(_k, run.AbsV!);
+        }
+        else
+        {
+            run = new Run(start, length, param, grad, Alloc(DType.F32, length), Alloc(DType.F32, length), null, null, null, null);
+            ElementwiseOp.Zero(_k, run.M!);
+            ElementwiseOp.Zero(_k, run.V!);
+        }
+        _runs.Add(run);
+        if (Paged)
+            foreach (var t in run.States) Native.NativeCore.ManagedAdvise(t.DataPointer, (ulong)t.ByteLength, Native.NlMemAdvice.PreferHost);
+        for (int i = first; i <= last; i++)
+        {
+            var e = arena.Entries[i];
+            int at = (int)(e.Offset - start);
+            Tensor Of(Tensor state, int offset, int count) => state.Slice(offset, count);
+            if (eightBit)
             {
-                AdamW8bit.Update(_k, s.Param.View<float>(), s.Grad.View<float>(), s.QM!.View<byte>(), s.QV!.View<byte>(), s.AbsM!.View<float>(), s.AbsV!.View<float>(),
-                    _mapSigned!.View<float>(), _mapUnsigned!.View<float>(), lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
-                continue;
+                int b0 = at / AdamW8bit.BlockSize, nb = (int)((e.Count + AdamW8bit.BlockSize - 1) / AdamW8bit.BlockSize);
+                _slots.Add(new Slot(e.Name, new[]
+                {
+                    (e.Name + ".exp_avg.q8", Of(run.QM!, at, (int)e.Count)), (e.Name + ".exp_avg.absmax", Of(run.AbsM!, b0, nb)),
+                    (e.Name + ".exp_avg_sq.q8", Of(run.QV!, at, (int)e.Count)), (e.Name + ".exp_avg_sq.absmax", Of(run.AbsV!, b0, nb)),
+                }));
             }
-            AdamWOp.Update(_k, s.Param, s.Grad, s.M!, s.V!, lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
+            else
+                _slots.Add(new Slot(e.Name, new[] { (e.Name + ".exp_avg", Of(run.M!, at, (int)e.Count).Reshape(e.Shape)), (e.Name + ".exp_avg_sq", Of(run.V!, at, (int)e.Count).Reshape(e.Shape)) }));
         }
     }
 
-    // checkpoint keys of a slot's state tensors
-    private static IEnumerable<(string Key, Tensor Tensor)> StateKeys(Slot s) => s.EightBit
-        ? new[] { (s.Name + ".exp_avg.q8", s.QM!), (s.Name + ".exp_avg.absmax", s.AbsM!), (s.Name + ".exp_avg_sq.q8", s.QV!), (s.Name + ".exp_avg_sq.absmax", s.AbsV!) }
-        : new[] { (s.Name + ".exp_avg", s.M!), (s.Name + ".exp_avg_sq", s.V!) };
+    /// <summary>Runs of back-to-back tensors, one launch each per update (1 or 2 per arena).</summary>
+    public int RunCount => _runs.Count;
+
+    public long ParameterCount => _arenas.Sum(a => a.Entries.Sum(e => e.Count));
+
+    /// <summary>One memset per arena.</summary>
+    public void ZeroGradients()
+    {
+        foreach (var a in _arenas) a.ZeroGradients(_k);
+    }
+
+    /// <summary>
+    /// ‖g‖₂ over every gradient, summed in a fixed order on the host (deterministic; NaN/∞ propagate). One
+    /// sum-of-squares launch per run, every run's partial sums in its own region of one buffer, read back once.
+    /// </summary>
+    public double GradientNorm() => Math.Sqrt(AdamWOp.SumOfSquares(_k, _runs.Select(r => r.Grad).ToList(), _partial, PartialsPerRun));
+
+    private const int PartialsPerRun = 256;
+
+    /// <summary>One update with learning rate lr; gradients are multiplied by gradScale first (clipping). One launch per run.</summary>
+    public void Step(float lr, float gradScale)
+    {
+        StepCount++;
+        foreach (var r in _runs)
+        {
+            if (Paged) // bring the pages to the GPU for the update; they may be evicted again afterwards
+                foreach (var t in r.States) Native.NativeCore.ManagedPrefetch(t.DataPointer, (ulong)t.ByteLength, toDevice: true);
+            if (r.EightBit)
+            {
+                AdamW8bit.Update(_k, r.Param.View<float>(), r.Grad.View<float>(), r.QM!.View<byte>(), r.QV!.View<byte>(), r.AbsM!.View<float>(), r.AbsV!.View<float>(),
+                    _mapSigned!.View<float>(), _mapUnsigned!.View<float>(), lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
+                continue;
+            }
+            AdamWOp.Update(_k, r.Param, r.Grad, r.M!, r.V!, lr, Beta1, Beta2, Epsilon, WeightDecay, StepCount, gradScale);
+        }
+    }
 
     public void SaveState(SafeTensorsWriter w)
     {
         foreach (var s in _slots)
-            foreach (var (key, t) in StateKeys(s))
+            foreach (var (key, t) in s.States)
                 w.Add(key, t.DType == DType.U8 ? SafeTensorsDType.U8 : SafeTensorsDType.F32, t.Shape.Select(d => (long)d).ToArray(), t.ToBytes());
         w.SetMetadata("step", StepCount.ToString());
     }
@@ -144,7 +194,7 @@ public sealed class AdamWOptimizer : IDisposable
     public void LoadState(SafeTensorsFile f)
     {
         foreach (var s in _slots)
-            foreach (var (key, t) in StateKeys(s))
+            foreach (var (key, t) in s.States)
             {
                 if (!f.TryGet(key, out var info)) throw new InvalidDataException($"{f.Path}: optimizer state '{key}' is missing (was the run started with another optim?)");
                 if (info.ByteLength != t.ByteLength) throw new InvalidDataException($"{f.Path}: optimizer state '{key}' has {info.ByteLength} bytes, expected {t.ByteLength}");
@@ -155,10 +205,10 @@ public sealed class AdamWOptimizer : IDisposable
 
     public void Dispose()
     {
-        foreach (var s in _slots)
-            foreach (var t in s.States) t.Dispose();
+        foreach (var r in _runs)
+            foreach (var t in r.States) t.Dispose();
         _mapSigned?.Dispose();
         _mapUnsigned?.Dispose();
-        _partial.Dispose();
+        _partial?.Dispose();
     }
 }

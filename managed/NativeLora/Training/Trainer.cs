@@ -109,8 +109,7 @@ public sealed partial class Trainer
     {
         Directory.CreateDirectory(_c.OutputDir);
         _model.GradientCheckpointing = _c.GradientCheckpointing;
-        var trainables = _adapter.Trainables().ToList();
-        using var optimizer = new AdamWOptimizer(_model.Device, trainables, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay, paged: _c.Optim.StartsWith("paged_"), eightBit: _c.Optim.EndsWith("_8bit"), minEightBitElements: MinEightBitElements);
+        using var optimizer = new AdamWOptimizer(_model.Device, _adapter.Arenas, (float)_c.AdamBeta1, (float)_c.AdamBeta2, (float)_c.AdamEpsilon, (float)_c.WeightDecay, paged: _c.Optim.StartsWith("paged_"), eightBit: _c.Optim.EndsWith("_8bit"), minEightBitElements: MinEightBitElements);
         var state = new TrainerState { Seed = _c.Seed, RunId = start.RunId };
         var metricsPath = Path.Combine(_c.OutputDir, "metrics.jsonl");
         if (start.Checkpoint is string ckpt)

@@ -3,6 +3,7 @@ using NativeLora.Lora;
 using NativeLora.Tensors;
 using NativeLora.Tests.Model;
 using NativeLora.Tests.Support;
+using NativeLora.SafeTensors;
 using NativeLora.Training;
 
 namespace NativeLora.Tests.Training;
@@ -34,9 +35,11 @@ public class EightBitOptimizerTests
         int n = 600; // three blocks, the last partial
         var p0 = Check.RandomFloats(rng, n);
         var g = Check.RandomFloats(rng, n, 0.1);
-        using var tp = Ref.Upload(DType.F32, p0, n);
-        using var tg = Ref.Upload(DType.F32, g, n);
-        using var opt = new AdamWOptimizer(dev, new[] { ("w", tp, tg) }, weightDecay: 0.01f, eightBit: true, minEightBitElements: 0);
+        using var arena = new ParameterArena(dev, dev.Kernels, DType.F32, new[] { ("w", new[] { n }) });
+        var (tp, tg) = (arena.Value(0), arena.Grad(0));
+        tp.CopyFrom<float>(p0);
+        tg.CopyFrom<float>(g);
+        using var opt = new AdamWOptimizer(dev, new[] { arena }, weightDecay: 0.01f, eightBit: true, minEightBitElements: 0);
         opt.Step(1e-2f, 1f); // from zero state
         opt.Step(1e-2f, 1f); // from the quantized state of step 1
         var ms = Nf4.SignedDynamicMap();
@@ -66,6 +69,70 @@ public class EightBitOptimizerTests
             }
         }
         Check.Close(tp.ToArray<float>(), p, 1e-6, "8-bit AdamW parameters after two steps", seed);
+    }
+
+    /// <summary>
+    /// Tensors sharing an arena (one launch per run, padding between them) take exactly the steps they take alone, in
+    /// 8-bit and 32-bit state and mixed; and a fresh optimizer loaded from a saved state continues bit for bit, the
+    /// padding's moments included.
+    /// </summary>
+    [TestCase(true, 0L)]
+    [TestCase(false, 0L)]
+    [TestCase(true, 500L)] // the 300-element tensor keeps 32-bit state: two runs
+    public void ArenaStepsEqualPerTensorStepsAndResumeExactly(bool eightBit, long minEightBit)
+    {
+        var dev = TestDevice.Shared;
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        var shapes = new[] { new[] { 3, 200 }, new[] { 300 }, new[] { 7, 90 } }; // 600, 300, 630: partial blocks, padding
+        var p0 = shapes.Select(s => Check.RandomFloats(rng, (int)Tensor.CountElements(s))).ToArray();
+        var grads = Enumerable.Range(0, 3).Select(_ => shapes.Select(s => Check.RandomFloats(rng, (int)Tensor.CountElements(s), 0.1)).ToArray()).ToArray();
+        ParameterArena Arena(int[] which)
+        {
+            var a = new ParameterArena(dev, dev.Kernels, DType.F32, which.Select(i => ($"t{i}", shapes[i])));
+            for (int j = 0; j < which.Length; j++) a.Value(j).CopyFrom<float>(p0[which[j]]);
+            return a;
+        }
+        AdamWOptimizer Optimizer(IEnumerable<ParameterArena> arenas) => new(dev, arenas, weightDecay: 0.01f, eightBit: eightBit, minEightBitElements: minEightBit);
+        void Step(AdamWOptimizer o, IReadOnlyList<(ParameterArena A, int Entry, int Tensor)> where, int step)
+        {
+            o.ZeroGradients();
+            foreach (var (a, e, t) in where) a.Grad(e).CopyFrom<float>(grads[step][t]);
+            o.Step(1e-2f, 0.7f);
+        }
+
+        // three tensors alone, two steps, then the third step
+        var alone = Enumerable.Range(0, 3).Select(i => Arena(new[] { i })).ToArray();
+        using var aloneOpts = new CompositeDisposable(alone.Select(a => (IDisposable)Optimizer(new[] { a })).Concat(alone));
+        for (int step = 0; step < 3; step++)
+            for (int i = 0; i < 3; i++) Step((AdamWOptimizer)aloneOpts.Items[i], new[] { (alone[i], 0, i) }, step);
+
+        // one arena, two steps, state saved; a fresh arena + optimizer loads it and takes the third step
+        var all = new[] { 0, 1, 2 };
+        using var shared = Arena(all);
+        var where = all.Select(i => (shared, i, i)).ToArray();
+        var path = Path.Combine(Directory.CreateTempSubdirectory("nl-arena-").FullName, "optimizer.safetensors");
+        using (var opt = Optimizer(new[] { shared }))
+        {
+            for (int step = 0; step < 2; step++) Step(opt, where, step);
+            var w = new SafeTensorsWriter();
+            opt.SaveState(w);
+            w.Write(path);
+        }
+        using var resumed = Arena(all);
+        for (int i = 0; i < 3; i++) shared.Value(i).CopyTo(resumed.Value(i));
+        using var opt2 = Optimizer(new[] { resumed });
+        using (var f = SafeTensorsFile.Open(path)) opt2.LoadState(f);
+        Step(opt2, all.Select(i => (resumed, i, i)).ToArray(), 2);
+        for (int i = 0; i < 3; i++)
+            Assert.That(resumed.Value(i).ToArray<float>(), Is.EqualTo(alone[i].Value(0).ToArray<float>()), $"tensor {i} after three steps (seed {seed})");
+        Assert.That(resumed.Values.ToArray<float>().Where((v, j) => !resumed.Entries.Any(e => j >= e.Offset && j < e.End)), Is.All.EqualTo(0f), "the padding stays zero");
+    }
+
+    private sealed class CompositeDisposable(IEnumerable<IDisposable> items) : IDisposable
+    {
+        public readonly List<IDisposable> Items = items.ToList();
+        public void Dispose() { foreach (var d in Items) d.Dispose(); }
     }
 
     [Test]
