@@ -125,7 +125,7 @@ public class KernelBenchmarks
     [Benchmark] public void GemmPeak() { Gemm.Run(_a, _b, _c, transB: true); Sync(); }
     [Benchmark] public void RmsNormForward() { RmsNormOp.Forward(_k, _x, _w, _y, _rstd, 1e-5f); Sync(); }
     [Benchmark] public void RmsNormBackward() { RmsNormOp.Backward(_k, _x, _w, _y, _rstd, _dx, null); Sync(); }
-    [Benchmark] public void RopeForward() { RopeOp.Forward(_k, _x, _y, _pos, _cos, _sin, Current.Heads, Current.HeadDim); Sync(); }
+    [Benchmark] public void RopeForward() { RopeOp.Forward(_k, new(_x, _y, Current.Heads), null, _pos, _cos, _sin, Current.HeadDim); Sync(); }
     [Benchmark] public void SwiGluForward() { SwiGluOp.Forward(_k, _g, _u, _h); Sync(); }
     [Benchmark] public void SwiGluBackward() { SwiGluOp.Backward(_k, _g, _u, _h, _dg, _du); Sync(); }
     [Benchmark] public void EmbeddingForward() { EmbeddingOp.Forward(_k, _ids, _hostIds, _emb, _y); Sync(); }

@@ -13,31 +13,48 @@ namespace NativeLora.Kernels;
 /// </summary>
 public static class RmsNorm
 {
-    public static void ForwardGroupKernel<T, S>(ArrayView<T> x, ArrayView<T> w, ArrayView<T> y, ArrayView<float> rstd, int dim, float eps)
+    // residual (empty: none): x += residual first, written back (the residual stream h = x + branch), then the norm of
+    // the stored, rounded sum, so the fused form gives what an add followed by the norm gives.
+    public static void ForwardGroupKernel<T, S>(ArrayView<T> x, ArrayView<T> residual, ArrayView<T> w, ArrayView<T> y, ArrayView<float> rstd, int dim, float eps)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
         var scratch = SharedMemory.GetDynamic<float>();
         long o = Grid.IdxX * (long)dim;
+        bool add = residual.Length > 0;
         float ss = 0;
-        for (int j = Group.IdxX; j < dim; j += Group.DimX) { float v = s.Load(x[o + j]); ss += v * v; }
+        for (int j = Group.IdxX; j < dim; j += Group.DimX)
+        {
+            float v = s.Load(x[o + j]);
+            if (add)
+            {
+                x[o + j] = s.Store(v + s.Load(residual[o + j]));
+                v = s.Load(x[o + j]);
+            }
+            ss += v * v;
+        }
         float r = XMath.Rsqrt(GroupReduce.Sum(ss, scratch) / dim + eps);
         if (Group.IdxX == 0) rstd[Grid.IdxX] = r;
         for (int j = Group.IdxX; j < dim; j += Group.DimX) y[o + j] = s.Store(s.Load(x[o + j]) * r * s.Load(w[j]));
     }
 
-    public static void BackwardGroupKernel<T, S>(ArrayView<T> x, ArrayView<T> w, ArrayView<T> dy, ArrayView<float> rstd, ArrayView<T> dx, int dim)
+    // residualGrad (empty: none) is added to dx: the gradient reaching the residual stream around the norm.
+    public static void BackwardGroupKernel<T, S>(ArrayView<T> x, ArrayView<T> w, ArrayView<T> dy, ArrayView<float> rstd, ArrayView<T> residualGrad, ArrayView<T> dx, int dim)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
         var scratch = SharedMemory.GetDynamic<float>();
         long o = Grid.IdxX * (long)dim;
+        bool add = residualGrad.Length > 0;
         float r = rstd[Grid.IdxX];
         float gx = 0;
         for (int j = Group.IdxX; j < dim; j += Group.DimX) gx += s.Load(dy[o + j]) * s.Load(w[j]) * s.Load(x[o + j]);
         float c = r * r * GroupReduce.Sum(gx, scratch) / dim;
         for (int j = Group.IdxX; j < dim; j += Group.DimX)
-            dx[o + j] = s.Store(r * (s.Load(dy[o + j]) * s.Load(w[j]) - s.Load(x[o + j]) * c));
+        {
+            float g = s.Load(s.Store(r * (s.Load(dy[o + j]) * s.Load(w[j]) - s.Load(x[o + j]) * c)));
+            dx[o + j] = s.Store(add ? g + s.Load(residualGrad[o + j]) : g);
+        }
     }
 
     public static void WeightGradKernel<T, S>(Index1D col, ArrayView<T> x, ArrayView<T> dy, ArrayView<float> rstd, ArrayView<float> dw, int rows, int dim)
@@ -53,19 +70,23 @@ public static class RmsNorm
         dw[col] += acc;
     }
 
-    public static void ForwardGpu<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> w, ArrayView<T> y, ArrayView<float> rstd, int rows, int dim, float eps)
+    /// <summary>y = norm(x); with a residual (non-empty view) x += residual first, in place.</summary>
+    public static void ForwardGpu<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> residual, ArrayView<T> w, ArrayView<T> y, ArrayView<float> rstd, int rows, int dim, float eps)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float> kernel = ForwardGroupKernel<T, S>;
-        k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), x, w, y, rstd, dim, eps);
+        Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float> kernel = ForwardGroupKernel<T, S>;
+        k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), x, residual, w, y, rstd, dim, eps);
     }
 
-    /// <summary>Writes dx; accumulates dw (f32) — zero it first for a fresh gradient, or pass an empty view to skip it.</summary>
-    public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> w, ArrayView<T> dy, ArrayView<float> rstd, ArrayView<T> dx, ArrayView<float> dw, int rows, int dim)
+    /// <summary>
+    /// Writes dx, plus residualGrad when that view is non-empty; accumulates dw (f32) — zero it first for a fresh
+    /// gradient, or pass an empty view to skip it.
+    /// </summary>
+    public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> w, ArrayView<T> dy, ArrayView<float> rstd, ArrayView<T> residualGrad, ArrayView<T> dx, ArrayView<float> dw, int rows, int dim)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int> kernel = BackwardGroupKernel<T, S>;
-        k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), x, w, dy, rstd, dx, dim);
+        Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, int> kernel = BackwardGroupKernel<T, S>;
+        k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), x, w, dy, rstd, residualGrad, dx, dim);
         if (dw.Length > 0)
         {
             Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int> wk = WeightGradKernel<T, S>;
@@ -75,17 +96,27 @@ public static class RmsNorm
 
     // ---- CPU: host SIMD kernels, rows over cores ----
 
-    public static void ForwardCpu<T, S>(HostView<T> x, HostView<T> w, HostView<T> y, HostView<float> rstd, int rows, int dim, float eps)
+    /// <summary>As <see cref="ForwardGpu"/>: with a residual (non-empty), x += residual first, in place.</summary>
+    public static void ForwardCpu<T, S>(HostView<T> x, HostView<T> residual, HostView<T> w, HostView<T> y, HostView<float> rstd, int rows, int dim, float eps)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var wf = new float[dim];
         HostFloats.Widen<T, S>(w.Span, wf);
+        bool add = residual.Length > 0;
         HostLoop.For(rows, Math.Max(1, 8192 / dim), (r0, r1) =>
         {
             var inBuf = HostScratch.Floats(0, dim);
             var outBuf = HostScratch.Floats(1, dim);
+            var resBuf = HostScratch.Floats(2, dim);
+            var sum = HostScratch.Floats(3, dim);
             for (long r = r0; r < r1; r++)
             {
+                if (add) // h = x + residual, stored rounded, then read back: the norm sees what is stored
+                {
+                    HostFloats.Widen<T, S>(x.Slice(r * dim, dim), sum);
+                    TensorPrimitives.Add(sum, HostFloats.Read<T, S>(residual.Slice(r * dim, dim), resBuf), sum);
+                    HostFloats.Narrow<T, S>(sum, x.Slice(r * dim, dim));
+                }
                 var xs = HostFloats.Read<T, S>(x.Slice(r * dim, dim), inBuf);
                 float rs = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(xs) / dim + eps);
                 rstd.Span[(int)r] = rs;
@@ -97,17 +128,19 @@ public static class RmsNorm
         });
     }
 
-    /// <summary>As <see cref="BackwardGpu"/>; dx may not alias x or dy.</summary>
-    public static void BackwardCpu<T, S>(HostView<T> x, HostView<T> w, HostView<T> dy, HostView<float> rstd, HostView<T> dx, HostView<float> dw, int rows, int dim)
+    /// <summary>As <see cref="BackwardGpu"/>; dx may not alias x, dy or residualGrad.</summary>
+    public static void BackwardCpu<T, S>(HostView<T> x, HostView<T> w, HostView<T> dy, HostView<float> rstd, HostView<T> residualGrad, HostView<T> dx, HostView<float> dw, int rows, int dim)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var wf = new float[dim];
         HostFloats.Widen<T, S>(w.Span, wf);
+        bool add = residualGrad.Length > 0;
         HostLoop.For(rows, Math.Max(1, 8192 / dim), (r0, r1) =>
         {
             var xBuf = HostScratch.Floats(0, dim);
             var dyBuf = HostScratch.Floats(1, dim);
             var g = HostScratch.Floats(2, dim);
+            var resBuf = HostScratch.Floats(3, dim);
             for (long r = r0; r < r1; r++)
             {
                 var xs = HostFloats.Read<T, S>(x.Slice(r * dim, dim), xBuf);
@@ -116,6 +149,15 @@ public static class RmsNorm
                 TensorPrimitives.Multiply(dys, wf, g);                   // g = dy·w
                 float c = rs * rs * TensorPrimitives.Dot(g, xs) / dim;
                 TensorPrimitives.MultiplyAdd(xs, -c, g, g);              // g − x·c
+                if (add) // the norm's dx rounded to T as a separate kernel would store it, then the residual's gradient added
+                {
+                    TensorPrimitives.Multiply(g, rs, g);
+                    HostFloats.Narrow<T, S>(g, dx.Slice(r * dim, dim));
+                    HostFloats.Widen<T, S>(dx.Slice(r * dim, dim), g);
+                    TensorPrimitives.Add(g, HostFloats.Read<T, S>(residualGrad.Slice(r * dim, dim), resBuf), g);
+                    HostFloats.Narrow<T, S>(g, dx.Slice(r * dim, dim));
+                    continue;
+                }
                 var dxs = HostFloats.Target(dx.Slice(r * dim, dim), g);
                 TensorPrimitives.Multiply(g, rs, dxs);
                 HostFloats.Write<T, S>(dxs, dx.Slice(r * dim, dim));

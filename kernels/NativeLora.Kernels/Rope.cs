@@ -78,14 +78,15 @@ public static class Rope
         return (cos, sin);
     }
 
-    // x, y: [tokens, heads·headDim]; one thread per (token, head, pair). y may alias x.
-    public static void RotateKernel<T, S>(Index1D th, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
-        ArrayView<float> cos, ArrayView<float> sin, int heads, int headDim, float sign, long n, long chunk)
+    // Two tensors in one launch (q and k: one pass instead of two): xa → ya with headsA heads and xb → yb with headsB
+    // (0: none), each [tokens, heads·headDim]; one thread per (token, head of either, pair). y may alias its x.
+    public static void RotateKernel<T, S>(Index1D th, ArrayView<T> xa, ArrayView<T> ya, ArrayView<T> xb, ArrayView<T> yb, ArrayView<int> positions,
+        ArrayView<float> cos, ArrayView<float> sin, int headsA, int headsB, int headDim, float sign, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
         int half = headDim / 2;
-        long perToken = (long)heads * half;
+        long perToken = (long)(headsA + headsB) * half;
         long end = Math.Min(n, (th + 1L) * chunk);
         for (long i = th * chunk; i < end; i++)
         {
@@ -93,7 +94,10 @@ public static class Rope
             long rem = i - t * perToken;
             long h = rem / half;
             long p = rem - h * half;
-            long b = t * heads * headDim + h * headDim + p;
+            bool inA = h < headsA;
+            long b = inA ? t * headsA * headDim + h * headDim + p : t * headsB * headDim + (h - headsA) * headDim + p;
+            var x = inA ? xa : xb;
+            var y = inA ? ya : yb;
             long tab = positions[t] * (long)half + p;
             float c = cos[tab];
             float sn = sin[tab] * sign;
@@ -104,27 +108,20 @@ public static class Rope
         }
     }
 
-    private static void Rotate<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
-        ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim, float sign)
+    /// <summary>
+    /// The GPU variant: rotates xa into ya (headsA heads) and xb into yb (headsB, 0 for none) in one launch; sign −1 is
+    /// the backward (the rotation by −angle). Positions must lie in [0, maxPositions) of the table (checked by the caller).
+    /// </summary>
+    public static void RotateGpu<T, S>(KernelSet k, ArrayView<T> xa, ArrayView<T> ya, ArrayView<T> xb, ArrayView<T> yb, ArrayView<int> positions,
+        ArrayView<float> cos, ArrayView<float> sin, int tokens, int headsA, int headsB, int headDim, float sign)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        long n = (long)tokens * heads * (headDim / 2);
+        long n = (long)tokens * (headsA + headsB) * (headDim / 2);
         var (threads, chunk) = k.ElementLaunch(n);
         if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float, long, long> kernel = RotateKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, y, positions, cos, sin, heads, headDim, sign, n, chunk);
+        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, float, long, long> kernel = RotateKernel<T, S>;
+        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, xa, ya, xb, yb, positions, cos, sin, headsA, headsB, headDim, sign, n, chunk);
     }
-
-    /// <summary>Positions must lie in [0, maxPositions) of the table (checked by the caller).</summary>
-    public static void ForwardGpu<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> y, ArrayView<int> positions,
-        ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        Rotate<T, S>(k, x, y, positions, cos, sin, tokens, heads, headDim, 1f);
-
-    public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<T> dx, ArrayView<int> positions,
-        ArrayView<float> cos, ArrayView<float> sin, int tokens, int heads, int headDim)
-        where T : unmanaged where S : struct, IStorage<T> =>
-        Rotate<T, S>(k, dy, dx, positions, cos, sin, tokens, heads, headDim, -1f);
 
     /// <summary>The CPU variant: tokens over cores, each head's two halves rotated with SIMD; sign −1 is the backward. y may alias x.</summary>
     public static void RotateCpu<T, S>(HostView<T> x, HostView<T> y, HostView<int> positions, HostView<float> cos, HostView<float> sin,

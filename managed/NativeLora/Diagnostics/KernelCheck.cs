@@ -242,8 +242,8 @@ public sealed class KernelCheck
         using var tdy = Up(t, dy, tokens, heads * hd);
         using var ty = Poisoned(t, tokens, heads * hd);
         using var tdx = Poisoned(t, tokens, heads * hd);
-        RopeOp.Forward(_k, tx, ty, tpos, tcos, tsin, heads, hd);
-        RopeOp.Backward(_k, tdy, tdx, tpos, tcos, tsin, heads, hd);
+        RopeOp.Forward(_k, new(tx, ty, heads), null, tpos, tcos, tsin, hd);
+        RopeOp.Backward(_k, new(tdy, tdx, heads), null, tpos, tcos, tsin, hd);
         var inv = Kernels.Rope.InverseFrequencies(hd, 500000, scaling);
         Compare($"forward llama3-scaled {t.Name()}", ty, Kernels.Rope.Reference.Rotate(D(x), pos, tokens, heads, hd, inv, inverse: false), Tol(t, 1e-5));
         Compare($"backward {t.Name()}", tdx, Kernels.Rope.Reference.Rotate(D(dy), pos, tokens, heads, hd, inv, inverse: true), Tol(t, 1e-5));

@@ -160,8 +160,7 @@ public sealed class DecoderLayer
             a.Adapter(1, KProj.Forward(k, xn, kNew, adapters));
             a.Adapter(2, VProj.Forward(k, xn, vNew, adapters));
             a.Done(Saved.Xn, Saved.Rstd1);
-            RopeOp.Forward(k, q, q, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumHeads, c.HeadDim);
-            RopeOp.Forward(k, kNew, kNew, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumKvHeads, c.HeadDim);
+            RopeOp.Forward(k, new(q, q, c.NumHeads), new(kNew, kNew, c.NumKvHeads), f.Positions, f.Rope.Cos, f.Rope.Sin, c.HeadDim);
             if (f.Cache != null)
             {
                 KvCacheOp.Write(k, kNew, f.Cache.Keys[Index], f.CacheRows!);
@@ -179,9 +178,8 @@ public sealed class DecoderLayer
             var h = a.Allocate(Saved.H);
             a.Adapter(3, OProj.Forward(k, o, h, adapters));
             a.Done(Saved.O);
-            ElementwiseOp.AddInto(k, h, x);
             var hn = a.Allocate(Saved.Hn);
-            RmsNormOp.Forward(k, h, PostNorm, hn, a.Allocate(Saved.Rstd2), eps);
+            RmsNormOp.Forward(k, h, PostNorm, hn, a.Allocate(Saved.Rstd2), eps, residual: x); // h += x, then its norm
             var gate = a.Allocate(Saved.Gate);
             var up = a.Allocate(Saved.Up);
             a.Adapter(4, GateProj.Forward(k, hn, gate, adapters));
@@ -220,8 +218,7 @@ public sealed class DecoderLayer
         GateProj.Backward(k, a.Hn, a.Lora[4], dGate, dHn, accumulate: false);
         UpProj.Backward(k, a.Hn, a.Lora[5], dUp, dHn, accumulate: true);
         using var dH = dev.Allocate(dt, n, c.HiddenSize);
-        RmsNormOp.Backward(k, a.H, PostNorm, dHn, a.Rstd2, dH, PostNormGrad);
-        ElementwiseOp.AddInto(k, dH, dOut); // residual
+        RmsNormOp.Backward(k, a.H, PostNorm, dHn, a.Rstd2, dH, PostNormGrad, residualGrad: dOut); // + dOut through the residual
         // attention branch: h = x + o_proj(attn)
         using var dO = dev.Allocate(dt, n, c.QDim);
         OProj.Backward(k, a.O, a.Lora[3], dH, dO, accumulate: false);
@@ -229,13 +226,11 @@ public sealed class DecoderLayer
         using var dK = dev.Allocate(dt, n, c.KvDim);
         using var dV = dev.Allocate(dt, n, c.KvDim);
         AttentionOp.Backward(k, a.Q, a.K, a.V, f.Segments!, a.O, a.Lse, dO, dQ, dK, dV, s);
-        RopeOp.Backward(k, dQ, dQ, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumHeads, c.HeadDim);
-        RopeOp.Backward(k, dK, dK, f.Positions, f.Rope.Cos, f.Rope.Sin, c.NumKvHeads, c.HeadDim);
+        RopeOp.Backward(k, new(dQ, dQ, c.NumHeads), new(dK, dK, c.NumKvHeads), f.Positions, f.Rope.Cos, f.Rope.Sin, c.HeadDim);
         using var dXn = dev.Allocate(dt, n, c.HiddenSize);
         QProj.Backward(k, a.Xn, a.Lora[0], dQ, dXn, accumulate: false);
         KProj.Backward(k, a.Xn, a.Lora[1], dK, dXn, accumulate: true);
         VProj.Backward(k, a.Xn, a.Lora[2], dV, dXn, accumulate: true);
-        RmsNormOp.Backward(k, a.X, InputNorm, dXn, a.Rstd1, dX, InputNormGrad);
-        ElementwiseOp.AddInto(k, dX, dH); // residual
+        RmsNormOp.Backward(k, a.X, InputNorm, dXn, a.Rstd1, dX, InputNormGrad, residualGrad: dH); // + dH through the residual
     }
 }

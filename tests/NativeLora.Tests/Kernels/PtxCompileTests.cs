@@ -83,10 +83,10 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, int, int>)Bias.GradKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int, long, long>)Embedding.ForwardKernel<T>, false);
         yield return ((Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int>)Embedding.BackwardKernel<T, S>, false);
-        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float>)RmsNorm.ForwardGroupKernel<T, S>, true);
-        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int>)RmsNorm.BackwardGroupKernel<T, S>, true);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, float>)RmsNorm.ForwardGroupKernel<T, S>, true);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, int>)RmsNorm.BackwardGroupKernel<T, S>, true);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>)RmsNorm.WeightGradKernel<T, S>, false);
-        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, float, long, long>)Rope.RotateKernel<T, S>, false);
+        yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, float, long, long>)Rope.RotateKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long>)NativeLora.Kernels.Lora.DropoutKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long>)NativeLora.Kernels.Lora.DropoutBackwardKernel<T, S>, false);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float>)NativeLora.Kernels.Lora.FusedDownKernel<T, S>, false);

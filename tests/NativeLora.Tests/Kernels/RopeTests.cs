@@ -34,16 +34,27 @@ public class RopeTests
         using var tx = Ref.Upload(dtype, x, tokens, heads * hd);
         using var ty = Ref.Poisoned(dtype, tokens, heads * hd);
         using var tdx = Ref.Poisoned(dtype, tokens, heads * hd);
-        RopeOp.Forward(k, tx, ty, tpos, tcos, tsin, heads, hd);
-        RopeOp.Backward(k, tx, tdx, tpos, tcos, tsin, heads, hd); // dy = x
+        RopeOp.Forward(k, new(tx, ty, heads), null, tpos, tcos, tsin, hd);
+        RopeOp.Backward(k, new(tx, tdx, heads), null, tpos, tcos, tsin, hd); // dy = x
+        // a layer's q and k in one call: q in place (y may be x itself), k (2 heads) into another tensor, and back
+        int kvHeads = 2;
+        var x2 = Ref.Random(rng, dtype, tokens * kvHeads * hd);
         using var inPlace = Ref.Upload(dtype, x, tokens, heads * hd);
-        RopeOp.Forward(k, inPlace, inPlace, tpos, tcos, tsin, heads, hd); // y may be x itself
+        using var tx2 = Ref.Upload(dtype, x2, tokens, kvHeads * hd);
+        using var ty2 = Ref.Poisoned(dtype, tokens, kvHeads * hd);
+        RopeOp.Forward(k, new(inPlace, inPlace, heads), new(tx2, ty2, kvHeads), tpos, tcos, tsin, hd);
+        using var tdx2 = Ref.Poisoned(dtype, tokens, kvHeads * hd);
+        using var tdxPair = Ref.Poisoned(dtype, tokens, heads * hd);
+        RopeOp.Backward(k, new(tx, tdxPair, heads), new(tx2, tdx2, kvHeads), tpos, tcos, tsin, hd);
 
         var inv = ReferenceInverseFrequencies(hd, 500000, sc);
         double tol = Ref.Tolerance(dtype, 1e-5);
         string what = $"rope {(gpuVariant ? "gpu" : "cpu")}-variant {dtype} hd={hd} {scaling}";
         Check.Close(ty.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, false), tol, what, seed);
-        Check.Close(inPlace.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, false), tol, what + " in place", seed);
+        Check.Close(inPlace.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, false), tol, what + " q in place, with k", seed);
+        Check.Close(ty2.ToFloatArray(), Reference(Ref.ToDouble(x2), pos, tokens, kvHeads, hd, inv, false), tol, what + " k, with q", seed);
+        Check.Close(tdxPair.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, true), tol, what + " backward q, with k", seed);
+        Check.Close(tdx2.ToFloatArray(), Reference(Ref.ToDouble(x2), pos, tokens, kvHeads, hd, inv, true), tol, what + " backward k, with q", seed);
         // the transpose of a rotation is the rotation by −angle
         Check.Close(tdx.ToFloatArray(), Reference(Ref.ToDouble(x), pos, tokens, heads, hd, inv, true), tol, what + " backward", seed);
     }
