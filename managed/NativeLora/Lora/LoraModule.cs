@@ -51,6 +51,7 @@ public sealed class LoraModule : IDisposable
         Scale = scale;
         Dropout = dropout;
         Arena = arena;
+        AEntry = a;
         _ownsArena = ownsArena;
         (A, AGrad, ACompute) = (arena.Value(a), arena.Grad(a), arena.ComputeCopy(a));
         (B, BGrad, BCompute) = (arena.Value(b), arena.Grad(b), arena.ComputeCopy(b));
@@ -59,6 +60,8 @@ public sealed class LoraModule : IDisposable
 
     /// <summary>The arena holding this module's tensors (shared with the adapter's other modules).</summary>
     public ParameterArena Arena { get; }
+    /// <summary>A's entry in the arena: modules whose A entries follow each other can be stacked (<see cref="Ops.LoraOp.StackedA"/>).</summary>
+    public int AEntry { get; }
     private readonly bool _ownsArena;
 
     internal static void Validate(int rank, float dropout)

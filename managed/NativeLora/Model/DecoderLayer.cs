@@ -156,9 +156,8 @@ public sealed class DecoderLayer
             var values = a.Allocate(Saved.V);
             int cached = keys.Dim(0) - s.Tokens; // rows in front of the new tokens' keys: cached ones, gathered below
             var (kNew, vNew) = (keys.Slice(cached, s.Tokens), values.Slice(cached, s.Tokens));
-            a.Adapter(0, QProj.Forward(k, xn, q, adapters));
-            a.Adapter(1, KProj.Forward(k, xn, kNew, adapters));
-            a.Adapter(2, VProj.Forward(k, xn, vNew, adapters));
+            var qkv = Linear.ForwardShared(k, [QProj, KProj, VProj], xn, [q, kNew, vNew], adapters);
+            for (int i = 0; i < 3; i++) a.Adapter(i, qkv[i]);
             a.Done(Saved.Xn, Saved.Rstd1);
             RopeOp.Forward(k, new(q, q, c.NumHeads), new(kNew, kNew, c.NumKvHeads), f.Positions, f.Rope.Cos, f.Rope.Sin, c.HeadDim);
             if (f.Cache != null)
@@ -182,8 +181,9 @@ public sealed class DecoderLayer
             RmsNormOp.Forward(k, h, PostNorm, hn, a.Allocate(Saved.Rstd2), eps, residual: x); // h += x, then its norm
             var gate = a.Allocate(Saved.Gate);
             var up = a.Allocate(Saved.Up);
-            a.Adapter(4, GateProj.Forward(k, hn, gate, adapters));
-            a.Adapter(5, UpProj.Forward(k, hn, up, adapters));
+            var gateUp = Linear.ForwardShared(k, [GateProj, UpProj], hn, [gate, up], adapters);
+            a.Adapter(4, gateUp[0]);
+            a.Adapter(5, gateUp[1]);
             a.Done(Saved.Hn, Saved.Rstd2);
             var m = a.Allocate(Saved.M);
             SwiGluOp.Forward(k, gate, up, m);
@@ -215,8 +215,7 @@ public sealed class DecoderLayer
         using var dUp = dev.Allocate(dt, n, c.IntermediateSize);
         SwiGluOp.Backward(k, a.Gate, a.Up, dM, dGate, dUp);
         using var dHn = dev.Allocate(dt, n, c.HiddenSize);
-        GateProj.Backward(k, a.Hn, a.Lora[4], dGate, dHn, accumulate: false);
-        UpProj.Backward(k, a.Hn, a.Lora[5], dUp, dHn, accumulate: true);
+        Linear.BackwardShared(k, [GateProj, UpProj], a.Hn, [a.Lora[4], a.Lora[5]], [dGate, dUp], dHn);
         using var dH = dev.Allocate(dt, n, c.HiddenSize);
         RmsNormOp.Backward(k, a.H, PostNorm, dHn, a.Rstd2, dH, PostNormGrad, residualGrad: dOut); // + dOut through the residual
         // attention branch: h = x + o_proj(attn)
@@ -228,9 +227,7 @@ public sealed class DecoderLayer
         AttentionOp.Backward(k, a.Q, a.K, a.V, f.Segments!, a.O, a.Lse, dO, dQ, dK, dV, s);
         RopeOp.Backward(k, new(dQ, dQ, c.NumHeads), new(dK, dK, c.NumKvHeads), f.Positions, f.Rope.Cos, f.Rope.Sin, c.HeadDim);
         using var dXn = dev.Allocate(dt, n, c.HiddenSize);
-        QProj.Backward(k, a.Xn, a.Lora[0], dQ, dXn, accumulate: false);
-        KProj.Backward(k, a.Xn, a.Lora[1], dK, dXn, accumulate: true);
-        VProj.Backward(k, a.Xn, a.Lora[2], dV, dXn, accumulate: true);
+        Linear.BackwardShared(k, [QProj, KProj, VProj], a.Xn, [a.Lora[0], a.Lora[1], a.Lora[2]], [dQ, dK, dV], dXn);
         RmsNormOp.Backward(k, a.X, InputNorm, dXn, a.Rstd1, dX, InputNormGrad, residualGrad: dH); // + dH through the residual
     }
 }

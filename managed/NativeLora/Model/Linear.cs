@@ -97,22 +97,27 @@ public sealed class Linear
     /// Returns what the adapter's backward needs besides x, or null without an adapter. adapterRows
     /// (inference only) adds each row's served adapter.
     /// </summary>
-    public LoraSaved? Forward(KernelSet k, Tensor x, Tensor y, AdapterRows? adapterRows = null)
+    public LoraSaved? Forward(KernelSet k, Tensor x, Tensor y, AdapterRows? adapterRows = null) => Forward(k, x, y, adapterRows, withAdapter: true);
+
+    private LoraSaved? Forward(KernelSet k, Tensor x, Tensor y, AdapterRows? adapterRows, bool withAdapter)
     {
         using var lease = AcquireBase(k, x.Dim(0), x.Device);
         var weight = lease?.Tensor;
         if (weight != null) Gemm.Run(x, weight, y, transB: true);
         else Nf4MatmulOp.Forward(k, Quantized!, x, y);
-        using var noBias = Bias != null && Lora != null && LoraOp.ReadsBaseProduct(Lora) ? y.Device.Allocate(y.DType, y.Shape) : null;
+        var lora = withAdapter ? Lora : null;
+        using var noBias = Bias != null && lora != null && LoraOp.ReadsBaseProduct(lora) ? y.Device.Allocate(y.DType, y.Shape) : null;
         if (noBias != null) y.CopyTo(noBias);
         if (Bias != null) ElementwiseOp.AddBias(k, y, Bias);
         if (adapterRows != null && ServedAdapters != null && ServedAdapters.Touches(adapterRows.Host))
             MultiLoraOp.Forward(k, ServedAdapters, x, y, adapterRows.Slots);
-        return Lora == null ? null : LoraOp.Forward(k, Lora, x, y, weight, noBias ?? y);
+        return lora == null ? null : LoraOp.Forward(k, lora, x, y, weight, noBias ?? y);
     }
 
     /// <summary>dx is written (accumulate=false) or added to (accumulate=true); null skips it.</summary>
-    public void Backward(KernelSet k, Tensor x, LoraSaved? saved, Tensor dy, Tensor? dx, bool accumulate)
+    public void Backward(KernelSet k, Tensor x, LoraSaved? saved, Tensor dy, Tensor? dx, bool accumulate) => Backward(k, x, saved, dy, dx, accumulate, withAdapter: true);
+
+    private void Backward(KernelSet k, Tensor x, LoraSaved? saved, Tensor dy, Tensor? dx, bool accumulate, bool withAdapter)
     {
         using var lease = AcquireBase(k, dy.Dim(0), dy.Device);
         var weight = lease?.Tensor;
@@ -120,6 +125,43 @@ public sealed class Linear
         else if (dx != null) Nf4MatmulOp.BackwardData(k, Quantized!, dy, dx, accumulate);
         if (WeightGrad != null) Gemm.Run(dy, x, WeightGrad, transA: true, beta: 1f);
         if (BiasGrad != null) ElementwiseOp.BiasGrad(k, dy, BiasGrad);
-        if (Lora != null) LoraOp.Backward(k, Lora, x, saved ?? throw new InvalidOperationException($"{Name}: the adapter's forward state is missing"), dy, dx, weight);
+        if (Lora != null && withAdapter) LoraOp.Backward(k, Lora, x, saved ?? throw new InvalidOperationException($"{Name}: the adapter's forward state is missing"), dy, dx, weight);
+    }
+
+    /// <summary>
+    /// The projections that read one input (q, k, v; gate, up) on x: each one's base product into ys[i], and their
+    /// adapters as one stacked low-rank product where <see cref="LoraOp.StackedA"/> allows it, else one by one.
+    /// </summary>
+    public static LoraSaved?[] ForwardShared(KernelSet k, Linear[] lins, Tensor x, Tensor[] ys, AdapterRows? adapterRows)
+    {
+        var adapted = Enumerable.Range(0, lins.Length).Where(i => lins[i].Lora != null).ToArray();
+        var modules = adapted.Select(i => lins[i].Lora!).ToArray();
+        var stackedA = LoraOp.StackedA(modules);
+        var saved = new LoraSaved?[lins.Length];
+        try
+        {
+            for (int i = 0; i < lins.Length; i++) saved[i] = lins[i].Forward(k, x, ys[i], adapterRows, withAdapter: stackedA == null);
+            if (stackedA == null) return saved;
+            var states = LoraOp.ForwardStacked(modules, stackedA, x, adapted.Select(i => ys[i]).ToArray());
+            for (int j = 0; j < adapted.Length; j++) saved[adapted[j]] = states[j];
+            return saved;
+        }
+        catch
+        {
+            foreach (var st in saved) st?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The backward of <see cref="ForwardShared"/>: dx (written, then accumulated) gets every projection's part.</summary>
+    public static void BackwardShared(KernelSet k, Linear[] lins, Tensor x, LoraSaved?[] saved, Tensor[] dys, Tensor? dx)
+    {
+        var adapted = Enumerable.Range(0, lins.Length).Where(i => lins[i].Lora != null).ToArray();
+        bool stacked = adapted.Length > 0 && saved[adapted[0]]?.Stacked == true;
+        for (int i = 0; i < lins.Length; i++) lins[i].Backward(k, x, saved[i], dys[i], dx, accumulate: i > 0, withAdapter: !stacked);
+        if (!stacked) return;
+        var modules = adapted.Select(i => lins[i].Lora!).ToArray();
+        var stackedA = LoraOp.StackedA(modules) ?? throw new InvalidOperationException($"{lins[adapted[0]].Name}: the adapters were stacked in the forward and cannot be now");
+        LoraOp.BackwardStacked(modules, stackedA, LoraOp.StackedA(modules, grad: true)!, x, adapted.Select(i => saved[i]!).ToArray(), adapted.Select(i => dys[i]).ToArray(), dx);
     }
 }

@@ -8,7 +8,9 @@ namespace NativeLora.Ops;
 /// <summary>What an adapted linear keeps from its forward for its backward.</summary>
 public sealed class LoraSaved : IDisposable
 {
-    public Tensor Z = null!;      // dropout(x)·Aᵀ [N, r]
+    public Tensor Z = null!;      // dropout(x)·Aᵀ [N, r]; or, for stacked adapters, zᵀ [r, N] (a view of Stack)
+    public Tensor? Stack;         // stacked adapters: zᵀ of the whole group [G·r, N], owned by the group's first state
+    public bool Stacked;
     public Tensor? Pre;           // DoRA: u·W0ᵀ + s·z·Bᵀ [N, out]
     public Tensor? G;             // DoRA: m / ‖W0 + sBA‖ [out]
     public Tensor? Norms;         // DoRA: ‖W0 + sBA‖ [out]
@@ -16,6 +18,7 @@ public sealed class LoraSaved : IDisposable
     public void Dispose()
     {
         Z?.Dispose();
+        Stack?.Dispose();
         Pre?.Dispose();
         G?.Dispose();
         Norms?.Dispose();
@@ -95,6 +98,64 @@ public static class LoraOp
 
     /// <summary>Merge: w += s·B·A (w [out, in], A [r, in], B [out, r], all one dtype).</summary>
     public static void Merge(Tensor w, Tensor a, Tensor b, float scale) => Gemm.Run(b, a, w, alpha: scale, beta: 1f);
+
+    /// <summary>
+    /// The adapters of projections reading the same x (q, k and v; gate and up) as one: without dropout and DoRA, and
+    /// with their A's back to back in the adapter's arena (the layout puts them so), Aₛ = [A₁; …; A_G] is one [G·r, in]
+    /// matrix, so zᵀ = Aₛ·xᵀ is one GEMM instead of G, x is read once, and the backward's dAₛ += dZᵀ·x and
+    /// dx += dZᵀᵀ·Aₛ are one GEMM each instead of G. z is kept transposed ([r, N] rows of one [G·r, N] tensor) so
+    /// every product is a plain GEMM on contiguous slices. Null when the modules cannot be stacked.
+    /// </summary>
+    public static Tensor? StackedA(IReadOnlyList<LoraModule?> ms, bool grad = false)
+    {
+        if (ms.Count < 2 || ms.Any(m => m == null || m.IsDora || m.EffectiveDropout != 0f || m.Rank != ms[0]!.Rank || m.Arena != ms[0]!.Arena)) return null;
+        var arena = ms[0]!.Arena;
+        for (int i = 1; i < ms.Count; i++) if (ms[i]!.AEntry != ms[0]!.AEntry + i) return null;
+        return arena.Stacked(grad ? arena.Grads : arena.Compute, ms[0]!.AEntry, ms[^1]!.AEntry);
+    }
+
+    /// <summary>ys[g] already hold x·W0ᵀ (+ bias); adds each adapter: zᵀ = Aₛ·xᵀ once, then yᵍ += s·(zᵍ)ᵀᵀ·Bᵍᵀ.</summary>
+    public static LoraSaved[] ForwardStacked(LoraModule[] ms, Tensor stackedA, Tensor x, Tensor[] ys)
+    {
+        using var _profile = Diagnostics.OpProfiler.Time("lora", x.Device);
+        int r = ms[0].Rank, n = x.Dim(0);
+        var zt = x.Device.Allocate(x.DType, ms.Length * r, n);
+        var saved = new LoraSaved[ms.Length];
+        try
+        {
+            Gemm.Run(stackedA, x, zt, transB: true); // [G·r, in]·[N, in]ᵀ
+            for (int g = 0; g < ms.Length; g++)
+            {
+                saved[g] = new LoraSaved { Z = zt.Slice(g * r, r), Stacked = true, Stack = g == 0 ? zt : null };
+                Gemm.Run(saved[g].Z, ms[g].BCompute, ys[g], transA: true, transB: true, alpha: ms[g].Scale, beta: 1f); // y += s·z·Bᵀ
+            }
+            return saved;
+        }
+        catch
+        {
+            if (saved[0] == null) zt.Dispose();
+            foreach (var st in saved) st?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The backward of <see cref="ForwardStacked"/>: dBᵍ += s·dyᵍᵀ·zᵍ, dzᵍᵀ = s·Bᵍᵀ·dyᵍᵀ (rows of one dZᵀ), then
+    /// dAₛ += dZᵀ·x and dx += (dZᵀ)ᵀ·Aₛ once for the group (dx already holds the base products).
+    /// </summary>
+    public static void BackwardStacked(LoraModule[] ms, Tensor stackedA, Tensor stackedAGrad, Tensor x, LoraSaved[] saved, Tensor[] dys, Tensor? dx)
+    {
+        using var _profile = Diagnostics.OpProfiler.Time("lora.bwd", x.Device);
+        int r = ms[0].Rank, n = x.Dim(0);
+        using var dzt = x.Device.Allocate(x.DType, ms.Length * r, n);
+        for (int g = 0; g < ms.Length; g++)
+        {
+            Gemm.Run(dys[g], saved[g].Z, ms[g].BGrad, transA: true, transB: true, alpha: ms[g].Scale, beta: 1f);
+            Gemm.Run(ms[g].BCompute, dys[g], dzt.Slice(g * r, r), transA: true, transB: true, alpha: ms[g].Scale);
+        }
+        Gemm.Run(dzt, x, stackedAGrad, beta: 1f);
+        if (dx != null) Gemm.Run(dzt, stackedA, dx, transA: true, beta: 1f);
+    }
 
     // Plain LoRA never reads W0; DoRA does, so a layer whose base product is fused from NF4 codes passes null only without DoRA.
     private static Tensor DenseBase(LoraModule m, Tensor? w0) =>

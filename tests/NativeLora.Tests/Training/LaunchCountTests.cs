@@ -28,7 +28,8 @@ public class LaunchCountTests
         var c = GenerationTests.TinyConfig("llama") with { NumLayers = layers };
         using var model = GenerationTests.TinyModel(c, 5);
         model.Kernels = TestDevice.Variant(gpu: true);
-        var lora = new LoraConfig { R = 4, Alpha = 8, TargetModules = new[] { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" } };
+        // the bench's adapter: r on all seven projections, no dropout (so q/k/v and gate/up stack)
+        var lora = new LoraConfig { R = 4, Alpha = 8, Dropout = 0, TargetModules = new[] { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" } };
         using var adapter = LoraAdapter.Attach(model, lora, 1);
         adapter.SetTraining(true);
         using var opt = new AdamWOptimizer(model.Device, adapter.Arenas, eightBit: optim.EndsWith("8bit"), minEightBitElements: 0, kernels: model.Kernels);
