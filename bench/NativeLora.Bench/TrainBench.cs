@@ -73,7 +73,7 @@ public static class TrainBench
         var tps = new List<double>();
         double data = 0, fb = 0, opt = 0;
         device.ResetPeak();
-        long launches0 = model.Kernels.Launches, gemms0 = NativeLora.Native.NativeCore.GemmCalls;
+        long launches0 = model.Kernels.Launches, gemms0 = NativeLora.Native.NativeCore.GemmCalls, memsets0 = device.Memsets;
         for (int rep = 0; rep < reps; rep++)
         {
             var sw = Stopwatch.StartNew();
@@ -87,7 +87,8 @@ public static class TrainBench
         var memory = device.MemoryStats; // before the forward-only timing and the GEMM peak allocate more
         var planned = MemoryEstimate.For(config, lora, dtype, micro, seq, checkpointing: false, method: method);
         int n = reps * steps;
-        double kernelsPerStep = (double)(model.Kernels.Launches - launches0) / n, gemmsPerStep = (double)(NativeLora.Native.NativeCore.GemmCalls - gemms0) / n;
+        double kernelsPerStep = (double)(model.Kernels.Launches - launches0) / n, gemmsPerStep = (double)(NativeLora.Native.NativeCore.GemmCalls - gemms0) / n,
+            memsetsPerStep = (double)(device.Memsets - memsets0) / n;
         var fwdBatch = MakeBatch();
         var swf = Stopwatch.StartNew();
         for (int i = 0; i < steps; i++) model.Loss(fwdBatch);
@@ -108,7 +109,8 @@ public static class TrainBench
         Console.WriteLine($"  memory: planner {MemoryEstimate.Gb(planned.Total)} vs allocator peak {MemoryEstimate.Gb(memory.PeakAllocated)} in live tensors " +
                           $"(ratio {(double)planned.Total / memory.PeakAllocated:F3}), {MemoryEstimate.Gb(memory.PeakReserved)} reserved on the device; planner terms: {planned}");
         Console.WriteLine($"  model FLOPs {flops / 1e9:F2} GFLOP/step; MFU {flops / (stepMs / 1000) / (peak * 1e9) * 100:F1}% of the measured {dtype.Name()} GEMM peak {peak:F0} GFLOP/s");
-        Console.WriteLine($"  launches per step: {kernelsPerStep + gemmsPerStep:F0} ({kernelsPerStep:F0} ILGPU kernels + {gemmsPerStep:F0} GEMMs), {(kernelsPerStep + gemmsPerStep) / config.NumLayers:F0} per layer (all launches ÷ {config.NumLayers} layers)");
+        double ops = kernelsPerStep + gemmsPerStep + memsetsPerStep;
+        Console.WriteLine($"  device operations per step: {ops:F0} ({kernelsPerStep:F0} ILGPU kernels + {gemmsPerStep:F0} GEMMs + {memsetsPerStep:F0} memsets), {ops / config.NumLayers:F0} per layer (all ÷ {config.NumLayers} layers)");
         if (Diagnostics.OpProfiler.Enabled) Console.WriteLine("op profile (NATIVELORA_PROFILE=1; synchronising slows the step; nested ops count in both):\n" + Diagnostics.OpProfiler.Report());
         if (peer != "none")
         {

@@ -10,7 +10,7 @@
 #   roofline             copy and GEMM ceilings, NF4 dequantize, fused cross-entropy, attention vs PyTorch SDPA and
 #                        the materialised path (nativelora-bench roofline --peer torch, bench/peer/attention_peer.py)
 #   train (peer: PEFT)   Llama 3.2 1B at seq 512 x 4 and 2048 x 1, the full 32-layer Llama 3 8B (2 timed steps),
-#                        134M and one 8B layer: tokens/s, phases, MFU, launches per step; NativeLora / PEFT ratio
+#                        134M and one 8B layer: tokens/s, phases, MFU, device operations per step; NativeLora / PEFT ratio
 #   op profile           NATIVELORA_PROFILE=1 on the 1B step: time per op family
 #   PEFT interop         LoRA, rsLoRA and DoRA adapters trained by the CLI, loaded by PeftModel.from_pretrained,
 #                        equal the merged model in transformers (bench/gpu/interop.sh, bench/peer/peft_interop.py)
@@ -225,7 +225,7 @@ summary() {
   for f in "$RESULTS"/train-*.log; do
     [ -f "$f" ] || continue
     echo
-    grep -E '^(device:|nativelora:|  phases|  peak|  launches|  planner|pytorch|peft|ratio|error)' "$f" | sed 's/^/    /'
+    grep -E '^(device:|nativelora:|  phases|  peak|  device operations|  planner|pytorch|peft|ratio|error)' "$f" | sed 's/^/    /'
   done
   echo
   echo "### nativelora-bench serve"
