@@ -133,19 +133,21 @@ public static class AttentionOp
         ToHeadMajor(k, dO, dOp, s, s.SeqLen, s.Group);
         ToHeadMajor(k, key, kp, s, s.Keys, 1);
         ToHeadMajor(k, v, vp, s, s.Keys, 1);
-        dkp.ZeroBytes(); // the blocks accumulate into dK/dV; keys no query sees keep 0
-        dvp.ZeroBytes();
-        for (int i0 = 0; i0 < s.SeqLen; i0 += nb)
+        // The blocks accumulate into dK/dV. The last block comes first: its keys reach the end (KeyEnd = Keys), so its
+        // GEMMs write every row with beta 0 and no fill is needed; the earlier blocks add into their key prefix.
+        int lastStart = (s.SeqLen - 1) / nb * nb;
+        for (int i0 = lastStart; i0 >= 0; i0 -= nb)
         {
             var blk = Block(s, i0, Math.Min(nb, s.SeqLen - i0));
             var m = new BlockMatrices(s, blk);
+            float accumulate = i0 == lastStart ? 0f : 1f;
             GemmStrided.Run(m.QueryRows(qp), m.KeyRows(kp), m.Scores(scores), m.Batch, transB: true);
             Run(k, dt, new RecomputeProbsCall(k, scores, probs, segments, lse, blk, s.Batch));
-            GemmStrided.Run(m.Scores(probs), m.QueryRows(dOp), m.KeyRows(dvp), m.Batch, transA: true, beta: 1f);    // dV += Pᵀ·dO
-            GemmStrided.Run(m.QueryRows(dOp), m.KeyRows(vp), m.Scores(scores), m.Batch, transB: true);             // dP = dO·Vᵀ
+            GemmStrided.Run(m.Scores(probs), m.QueryRows(dOp), m.KeyRows(dvp), m.Batch, transA: true, beta: accumulate);    // dV += Pᵀ·dO
+            GemmStrided.Run(m.QueryRows(dOp), m.KeyRows(vp), m.Scores(scores), m.Batch, transB: true);                     // dP = dO·Vᵀ
             Run(k, dt, new GradScoresCall(k, scores, probs, dRow, blk, s.Batch));
-            GemmStrided.Run(m.Scores(probs), m.KeyRows(kp), m.QueryRows(dqp), m.Batch);                            // dQ = τ·dS·K
-            GemmStrided.Run(m.Scores(probs), m.QueryRows(qp), m.KeyRows(dkp), m.Batch, transA: true, beta: 1f);    // dK += τ·dSᵀ·Q
+            GemmStrided.Run(m.Scores(probs), m.KeyRows(kp), m.QueryRows(dqp), m.Batch);                                    // dQ = τ·dS·K
+            GemmStrided.Run(m.Scores(probs), m.QueryRows(qp), m.KeyRows(dkp), m.Batch, transA: true, beta: accumulate);    // dK += τ·dSᵀ·Q
         }
         FromHeadMajor(k, dqp, dq, s, s.SeqLen, s.Group);
         FromHeadMajor(k, dkp, dk, s, s.Keys, 1);

@@ -23,7 +23,7 @@ public class LaunchCountTests
     private static Count Now(CausalLm m) => new(m.Kernels.Launches, NativeCore.GemmCalls, m.Device.Memsets);
 
     // one step as the Trainer takes it: zero, forward+backward, norm, update, refresh the compute copies
-    private static (Count Step, Count Optimizer, int Tensors, int Runs) CountStep(int layers, string optim)
+    private static (Count Step, Count Optimizer, int Tensors, int Runs, long SegmentsAllocated) CountStep(int layers, string optim)
     {
         var c = GenerationTests.TinyConfig("llama") with { NumLayers = layers };
         using var model = GenerationTests.TinyModel(c, 5);
@@ -43,16 +43,18 @@ public class LaunchCountTests
             opt.Step(1e-3f, (float)Math.Min(1, 1 / (norm + 1e-6)));
             adapter.SyncCompute(model.Kernels);
         }
-        Step(); // compiles the kernels; the count does not depend on it
+        Step(); // compiles the kernels and fills the allocator's cache; the count does not depend on it
         var t0 = Now(model);
+        long segments0 = model.Device.MemoryStats.SegmentAllocations;
         Step();
         var step = Now(model) - t0;
+        long segments = model.Device.MemoryStats.SegmentAllocations - segments0;
         var o0 = Now(model);
         opt.ZeroGradients();
         opt.GradientNorm();
         opt.Step(1e-3f, 1f);
         adapter.SyncCompute(model.Kernels);
-        return (step, Now(model) - o0, adapter.Trainables().Count(), opt.RunCount);
+        return (step, Now(model) - o0, adapter.Trainables().Count(), opt.RunCount, segments);
     }
 
     [TestCase("adamw")]
@@ -78,6 +80,9 @@ public class LaunchCountTests
         var fixedPart = two.Step - new Count(2 * perLayer.Kernels, 2 * perLayer.Gemms, 2 * perLayer.Memsets);
         TestContext.Progress.WriteLine($"per layer: {perLayer.Kernels} ILGPU kernels + {perLayer.Gemms} GEMMs + {perLayer.Memsets} memsets = {perLayer.Total}; " +
                                        $"per step besides: {fixedPart.Kernels} + {fixedPart.Gemms} + {fixedPart.Memsets} = {fixedPart.Total}");
+        Assert.That(two.SegmentsAllocated + four.SegmentsAllocated, Is.EqualTo(0), "a step like the one before it takes no new device memory: every tensor comes from the allocator's cache");
+        Assert.That(perLayer.Memsets, Is.EqualTo(0), "no fills inside a layer (attention's dK/dV: the last block writes with beta 0)");
+        Assert.That(fixedPart.Memsets, Is.EqualTo(1), "one fill per step: the gradients, one memset for the arena");
         Assert.That(four.Step - two.Step, Is.EqualTo(new Count(2 * perLayer.Kernels, 2 * perLayer.Gemms, 2 * perLayer.Memsets)), "every layer issues the same operations");
         // the ceilings sit at today's counts (bench/RESULTS.md, issue #14): more operations per layer is a regression to explain
         Assert.That(perLayer.Total, Is.LessThanOrEqualTo(PerLayerCeiling));
