@@ -429,7 +429,6 @@ public sealed class KernelCheck
     {
         int n = 37, inF = 96, outF = 80, r = 8;
         var cfg = new LoraConfig { R = r, Alpha = 16, Dropout = dropout, UseRslora = rslora, UseDora = dora };
-        double s = cfg.Scale;
         var x = Rand(t, n * inF);
         var w0 = Rand(t, outF * inF, 0.3);
         var bias = withBias ? Rand(t, outF, 0.5) : null;
@@ -454,73 +453,14 @@ public sealed class KernelCheck
         using (var saved = linear.Forward(_k, tx, ty))
             linear.Backward(_k, tx, saved, tdy, tdx, accumulate: false);
 
-        ulong seed = module.DropoutSeed;
-        bool Keep(long i) => dropout == 0 || Kernels.Lora.Keep(seed, i, dropout);
-        double[] Mat(double[] lhs, int rows, int k, double[] rhsT, int cols) // lhs [rows, k] · rhsTᵀ ([cols, k])
-        {
-            var o = new double[rows * cols];
-            for (int i = 0; i < rows; i++)
-                for (int j = 0; j < cols; j++) { double acc = 0; for (int q = 0; q < k; q++) acc += lhs[i * k + q] * rhsT[j * k + q]; o[i * cols + j] = acc; }
-            return o;
-        }
-        var u = new double[n * inF];
-        for (int i = 0; i < u.Length; i++) u[i] = Keep(i) ? x[i] / (1 - dropout) : 0;
-        double[] dA = D(a), dBm = D(bB), dW0 = D(w0), dX = D(x);
-        var z = Mat(u, n, inF, dA, r);
-        var l = Mat(z, n, r, dBm, outF).Select(v => v * s).ToArray();
-        var xw = Mat(dX, n, inF, dW0, outF);
-        var g = Enumerable.Repeat(1.0, outF).ToArray();
-        var norms = new double[outF];
-        var bd = xw;
-        if (dora)
-        {
-            for (int o = 0; o < outF; o++)
-            {
-                double ss = 0;
-                for (int i = 0; i < inF; i++) { double ba = 0; for (int q = 0; q < r; q++) ba += dBm[o * r + q] * dA[q * inF + i]; double v = dW0[o * inF + i] + s * ba; ss += v * v; }
-                norms[o] = Math.Sqrt(ss);
-                g[o] = mag![o] / norms[o];
-            }
-            bd = Mat(u, n, inF, dW0, outF);
-        }
-        var y = new double[n * outF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-            {
-                int e = i * outF + o;
-                y[e] = xw[e] + (bias?[o] ?? 0) + (dora ? (g[o] - 1) * bd[e] + g[o] * l[e] : l[e]);
-            }
-        var dl = new double[n * outF];
-        for (int e = 0; e < dl.Length; e++) dl[e] = g[e % outF] * dy[e];
-        var dBRef = new double[outF * r];
-        var dz = new double[n * r];
-        for (int o = 0; o < outF; o++) for (int q = 0; q < r; q++) { double acc = 0; for (int i = 0; i < n; i++) acc += dl[i * outF + o] * z[i * r + q]; dBRef[o * r + q] = s * acc; }
-        for (int i = 0; i < n; i++) for (int q = 0; q < r; q++) { double acc = 0; for (int o = 0; o < outF; o++) acc += dl[i * outF + o] * dBm[o * r + q]; dz[i * r + q] = s * acc; }
-        var dARef = new double[r * inF];
-        for (int q = 0; q < r; q++) for (int c = 0; c < inF; c++) { double acc = 0; for (int i = 0; i < n; i++) acc += dz[i * r + q] * u[i * inF + c]; dARef[q * inF + c] = acc; }
-        var dxRef = new double[n * inF];
-        for (int i = 0; i < n; i++)
-            for (int c = 0; c < inF; c++)
-            {
-                double viaU = 0, viaBase = 0;
-                for (int q = 0; q < r; q++) viaU += dz[i * r + q] * dA[q * inF + c];
-                for (int o = 0; o < outF; o++)
-                {
-                    viaBase += dy[i * outF + o] * dW0[o * inF + c];
-                    if (dora) viaU += (g[o] - 1) * dy[i * outF + o] * dW0[o * inF + c];
-                }
-                int e = i * inF + c;
-                dxRef[e] = viaBase + (Keep(e) ? viaU / (1 - dropout) : 0);
-            }
+        var re = Kernels.Lora.Reference.Run(D(x), D(w0), bias == null ? null : D(bias), D(a), D(bB), mag == null ? null : D(mag), D(dy),
+            n, inF, outF, r, cfg.Scale, dropout, module.DropoutSeed);
         string what = $"{t.Name()} dropout {dropout}{(rslora ? " rslora" : "")}{(withBias ? " bias" : "")}";
-        Compare($"forward y {what}", ty, y, Tol(t, 1e-4));
-        Compare($"backward dx {what}", tdx, dxRef, Tol(t, 1e-4));
-        Compare($"backward dA {what}", module.AGrad.ToArray<float>(), dARef, Tol(t, 1e-4));
-        Compare($"backward dB {what}", module.BGrad.ToArray<float>(), dBRef, Tol(t, 1e-4));
-        if (!dora) return;
-        var dm = new double[outF];
-        for (int o = 0; o < outF; o++) { double acc = 0; for (int i = 0; i < n; i++) acc += dy[i * outF + o] * (bd[i * outF + o] + l[i * outF + o]); dm[o] = acc / norms[o]; }
-        Compare($"backward dmagnitude {what}", module.MagnitudeGrad!.ToArray<float>(), dm, Tol(t, 1e-4));
+        Compare($"forward y {what}", ty, re.Y, Tol(t, 1e-4));
+        Compare($"backward dx {what}", tdx, re.Dx, Tol(t, 1e-4));
+        Compare($"backward dA {what}", module.AGrad.ToArray<float>(), re.DA, Tol(t, 1e-4));
+        Compare($"backward dB {what}", module.BGrad.ToArray<float>(), re.DB, Tol(t, 1e-4));
+        if (dora) Compare($"backward dmagnitude {what}", module.MagnitudeGrad!.ToArray<float>(), re.Dm, Tol(t, 1e-4));
     }
 
     /// <summary>Nearest entry of a table in float64, and whether the runner-up is within rounding (1e-6) of a tie.</summary>
@@ -570,21 +510,7 @@ public sealed class KernelCheck
         using var ty = Up(t, y0, n, outF);
         using var ts = Ints(slotOf);
         MultiLoraOp.Forward(_k, bank, tx, ty, ts);
-        var y = new double[n * outF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-            {
-                double acc = 0;
-                int sl = slotOf[i];
-                if (sl >= 0)
-                    for (int j = 0; j < ranks[sl]; j++)
-                    {
-                        double z = 0;
-                        for (int q = 0; q < inF; q++) z += (double)x[i * inF + q] * a[(sl * r + j) * inF + q];
-                        acc += z * b[(sl * outF + o) * r + j];
-                    }
-                y[i * outF + o] = y0[i * outF + o] + (sl >= 0 ? scales[sl] * acc : 0);
-            }
+        var y = Kernels.MultiLora.Reference.Forward(D(x), D(y0), D(a), D(b), slotOf, D(scales), ranks, inF, outF, r);
         Compare($"per-row adapters {t.Name()} {n}x{inF}->{outF}", ty, y, Tol(t, 1e-5));
     }
 

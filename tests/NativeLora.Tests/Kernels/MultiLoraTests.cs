@@ -8,7 +8,7 @@ using NativeLora.Tests.Support;
 namespace NativeLora.Tests.Kernels;
 
 /// <summary>
-/// Per-row served adapters (MultiLora.cs): the batched shrink/expand against float64, and a decoding
+/// Per-row served adapters (MultiLora.cs): the batched shrink/expand against float64 (Kernels.MultiLora.Reference), and a decoding
 /// batch mixing adapters against each request run alone with its adapter attached the ordinary way.
 /// </summary>
 public class MultiLoraTests
@@ -33,21 +33,8 @@ public class MultiLoraTests
         using var bank = new TestBank(dtype, a, b, scales, ranks, slots, rMax, inF, outF);
         using var st = Ref.UploadInts(rowSlot);
         MultiLoraOp.Forward(k, bank.Bank, xt, yt, st);
-        var expected = new double[n * outF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-            {
-                int s = rowSlot[i];
-                double acc = 0;
-                if (s >= 0)
-                    for (int j = 0; j < ranks[s]; j++)
-                    {
-                        double z = 0;
-                        for (int q = 0; q < inF; q++) z += (double)x[i * inF + q] * a[(s * rMax + j) * inF + q];
-                        acc += z * b[(s * outF + o) * rMax + j];
-                    }
-                expected[i * outF + o] = y0[i * outF + o] + (s >= 0 ? scales[s] * acc : 0);
-            }
+        var expected = NativeLora.Kernels.MultiLora.Reference.Forward(Ref.ToDouble(x), Ref.ToDouble(y0), Ref.ToDouble(a), Ref.ToDouble(b), rowSlot,
+            Ref.ToDouble(scales), ranks, inF, outF, rMax);
         var got = yt.ToFloatArray();
         Check.Close(got, expected, Ref.Tolerance(dtype, 1e-5), $"multi-lora {dtype} n={n}", seed);
         for (int i = 0; i < n; i++) // rows without an adapter are left exactly as they were
