@@ -22,9 +22,8 @@ public readonly record struct KernelCheckResult(string Family, string Name, doub
 /// reference of the same rounded random inputs. Outputs are poisoned (NaN) first, so an element a kernel
 /// forgets to write fails. Bounds are DESIGN.md's: f32 elementwise and norms 1e-5, f32 chains through GEMMs
 /// (attention, LoRA) 1e-4, bf16/f16 operands 1e-2; discrete outputs (NF4 codes) must match exactly wherever the
-/// reference is not within rounding of a tie. The references of embedding, RMSNorm, RoPE, SwiGLU, cross-entropy
-/// and AdamW are the kernel families' own (<c>Kernels.X.Reference</c>), which tests/ checks against finite
-/// differences; the others are still transcribed here.
+/// reference is not within rounding of a tie. The references are the kernel families' own (<c>Kernels.X.Reference</c>),
+/// which tests/ uses too and checks against finite differences where there is a backward.
 /// </summary>
 public sealed class KernelCheck
 {
@@ -319,22 +318,14 @@ public sealed class KernelCheck
         for (int r = 0; r < rows.Length; r++)
             for (int c = 0; c < width; c++) { gathered[r * width + c] = written[rows[r] * width + c]; expected[r * width + c] = kSrc[r * width + c]; }
         Compare($"kv-cache row write {t.Name()}", gathered, expected, 1e-7); // an exact copy
+        // each sequence's cached rows gathered in position order, its one query after them: plain attention (Kernels.Attention.Reference)
         var o = new double[B * H * hd];
-        double scale = 1 / Math.Sqrt(hd);
         for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++)
-            {
-                int g = h / (H / KV);
-                var sc = new double[lengths[b]];
-                for (int i = 0; i < lengths[b]; i++)
-                {
-                    for (int d = 0; d < hd; d++) sc[i] += q[(b * H + h) * hd + d] * kc[Slot(b, i) * width + g * hd + d];
-                    sc[i] *= scale;
-                }
-                double max = sc.Max(), sum = sc.Sum(x => Math.Exp(x - max));
-                for (int i = 0; i < lengths[b]; i++)
-                    for (int d = 0; d < hd; d++) o[(b * H + h) * hd + d] += Math.Exp(sc[i] - max) / sum * vc[Slot(b, i) * width + g * hd + d];
-            }
+        {
+            double[] Gather(double[] cache) => Enumerable.Range(0, lengths[b]).SelectMany(i => cache.AsSpan(Slot(b, i) * width, width).ToArray()).ToArray();
+            Kernels.Attention.Reference.Run(D(q.AsSpan(b * H * hd, H * hd).ToArray()), Gather(kc), Gather(vc), new int[lengths[b]], null, 1, 1, lengths[b], H, KV, hd).O
+                .CopyTo(o, b * H * hd);
+        }
         Compare($"decode (KV cache) {t.Name()} lengths {lengths[0]},{lengths[1]}", to, o, Tol(t, 1e-5));
     }
 
@@ -463,18 +454,6 @@ public sealed class KernelCheck
         if (dora) Compare($"backward dmagnitude {what}", module.MagnitudeGrad!.ToArray<float>(), re.Dm, Tol(t, 1e-4));
     }
 
-    /// <summary>Nearest entry of a table in float64, and whether the runner-up is within rounding (1e-6) of a tie.</summary>
-    private static (int Index, bool Tie) Nearest(float[] table, double x)
-    {
-        int best = 0, second = -1;
-        for (int i = 1; i < table.Length; i++)
-        {
-            if (Math.Abs(table[i] - x) < Math.Abs(table[best] - x)) { second = best; best = i; }
-            else if (second < 0 || Math.Abs(table[i] - x) < Math.Abs(table[second] - x)) second = i;
-        }
-        return (best, Math.Abs(Math.Abs(table[best] - x) - Math.Abs(table[second] - x)) <= 1e-6);
-    }
-
     /// <summary>Codes must equal the reference's nearest codes, except where the reference is within rounding of a tie.</summary>
     private void CompareCodes(string name, byte[] codes, (int Index, bool Tie)[] reference)
     {
@@ -520,9 +499,6 @@ public sealed class KernelCheck
         var w = Rand(t, (long)outF * inF, 0.05);
         using var tw = Up(t, w, outF, inF);
         using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
-        using var dense = Poisoned(DType.F32, outF, inF);
-        state.Dequantize(_k, dense);
-        var wq = dense.ToFloatArray(); // the dequantize kernel itself is checked by the nf4 family
         var x = Rand(t, (long)n * inF);
         var dy = Rand(t, (long)n * outF);
         using var tx = Up(t, x, n, inF);
@@ -531,62 +507,41 @@ public sealed class KernelCheck
         using var tdx = Poisoned(t, n, inF);
         Nf4MatmulOp.Forward(_k, state, tx, ty);
         Nf4MatmulOp.BackwardData(_k, state, tdy, tdx, accumulate: false);
-        var y = new double[n * outF];
-        var dx = new double[n * inF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-                for (int q = 0; q < inF; q++)
-                {
-                    y[i * outF + o] += (double)x[i * inF + q] * wq[o * inF + q];
-                    dx[i * inF + q] += (double)dy[i * outF + o] * wq[o * inF + q];
-                }
+        // the weights decoded on the host from the state's bytes (the dequantize kernel is checked by the nf4 family)
+        var (y, dx) = Kernels.Nf4Matmul.Reference.Run(D(x), D(dy), state.ReferenceDequantize().Weights, n, inF, outF);
         Compare($"fused forward {t.Name()} {n}x{inF}->{outF}", ty, y, Tol(t, 1e-5));
         Compare($"fused backward dx {t.Name()} {n}x{inF}->{outF}", tdx, dx, Tol(t, 1e-5));
     }
 
     private void Nf4(DType t)
     {
-        int rows = 97, cols = 97, n = rows * cols, bs = Nf4Tensor.DefaultBlockSize, blocks = (n + bs - 1) / bs;
+        int rows = 97, cols = 97, n = rows * cols;
         var w = Rand(t, n, 0.05);
         using var tw = Up(t, w, rows, cols);
-        var absmax = new double[blocks];
-        for (int i = 0; i < n; i++) absmax[i / bs] = Math.Max(absmax[i / bs], Math.Abs((double)w[i]));
-        var codes = new (int, bool)[n];
-        for (int i = 0; i < n; i++) codes[i] = Nearest(Kernels.Nf4.Code, w[i] / absmax[i / bs]);
+        var (absmax, codes) = Kernels.Nf4.Reference.Quantize(D(w), Nf4Tensor.DefaultBlockSize, tie: 1e-6);
         using (var plain = Nf4Tensor.Quantize(_k, tw, doubleQuant: false))
         {
             Compare($"quantize absmax {t.Name()}", plain.Absmax.ToArray<float>(), absmax, 1e-7);
             var packed = plain.Packed.ToArray<byte>();
-            var nibbles = new byte[n];
-            for (int i = 0; i < n; i++) nibbles[i] = (byte)((i & 1) == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15);
-            CompareCodes($"quantize codes {t.Name()}", nibbles, codes);
+            CompareCodes($"quantize codes {t.Name()}", Enumerable.Range(0, n).Select(i => (byte)Kernels.Nf4.Reference.Nibble(packed, i)).ToArray(), codes);
         }
         using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
         // double quantization: offset = mean(absmax) (an f32 reduction), then per 256 blocks a scale max|a − offset| and
         // 8-bit codes of the signed map. The scales and codes are checked against the device's f32 offset: a − offset
         // cancels, so the offset's own rounding would otherwise dominate their error.
         Compare($"double-quant offset {t.Name()}", new[] { state.Offset }, new[] { absmax.Average() }, 1e-5);
-        double offset = state.Offset;
-        int nbs = state.NestedBlockSize, groups = (blocks + nbs - 1) / nbs;
-        var scale = new double[groups];
-        for (int b = 0; b < blocks; b++) scale[b / nbs] = Math.Max(scale[b / nbs], Math.Abs(absmax[b] - offset));
+        var (scale, absmaxCodes) = Kernels.Nf4.Reference.DoubleQuantize(absmax, state.Offset, state.NestedQuantMap!.ToArray<float>(), state.NestedBlockSize, tie: 1e-6);
         Compare($"double-quant scales {t.Name()}", state.NestedAbsmax!.ToArray<float>(), scale, 1e-6);
-        var map = state.NestedQuantMap!.ToArray<float>();
-        CompareCodes($"double-quant codes {t.Name()}", state.Absmax.ToArray<byte>(), Enumerable.Range(0, blocks).Select(b => Nearest(map, (absmax[b] - offset) / scale[b / nbs])).ToArray());
+        CompareCodes($"double-quant codes {t.Name()}", state.Absmax.ToArray<byte>(), absmaxCodes);
         // dequantize from the state the device wrote: w' = code[q]·(map[qa]·scale + offset)
-        var q = state.Packed.ToArray<byte>();
-        var qa = state.Absmax.ToArray<byte>();
-        var sc = state.NestedAbsmax!.ToArray<float>();
-        using var restoredAbsmax = Poisoned(DType.F32, blocks);
+        var (aRef, wRef) = state.ReferenceDequantize();
+        using var restoredAbsmax = Poisoned(DType.F32, aRef.Length);
         state.DequantizeAbsmax(_k, restoredAbsmax);
-        var aRef = Enumerable.Range(0, blocks).Select(b => (double)map[qa[b]] * sc[b / nbs] + state.Offset).ToArray();
         Compare($"dequantize absmax {t.Name()}", restoredAbsmax, aRef, 1e-6);
         foreach (var outType in new[] { DType.F32, t }.Distinct())
         {
             using var output = Poisoned(outType, rows, cols);
             state.Dequantize(_k, output);
-            var wRef = new double[n];
-            for (int i = 0; i < n; i++) wRef[i] = Kernels.Nf4.Code[(i & 1) == 0 ? q[i / 2] >> 4 : q[i / 2] & 15] * aRef[i / bs];
             Compare($"dequantize {t.Name()} weight to {outType.Name()}", output, wRef, Tol(outType, 1e-6));
         }
     }
@@ -648,42 +603,12 @@ public sealed class KernelCheck
         tg.CopyFromFloats(g2);
         Step(2);
         var p = D(p0);
-        var cm = new int[n];
-        var cv = new int[n];
         var codesM = new (int Index, bool Tie)[n];
         var codesV = new (int Index, bool Tie)[n];
         var absm = new double[blocks];
         var absv = new double[blocks];
         for (int step = 1; step <= 2; step++)
-        {
-            var g = step == 1 ? g1 : g2;
-            double bc1 = 1 - Math.Pow(Beta1, step), bc2 = 1 - Math.Pow(Beta2, step);
-            for (int b = 0; b < blocks; b++)
-            {
-                int s0 = b * bs, s1 = Math.Min(n, s0 + bs);
-                var m = new double[s1 - s0];
-                var v = new double[s1 - s0];
-                double nm = 0, nv = 0;
-                for (int i = s0; i < s1; i++)
-                {
-                    double gi = (double)g[i] * GradScale;
-                    m[i - s0] = Beta1 * ms[cm[i]] * absm[b] + (1 - Beta1) * gi;
-                    v[i - s0] = Beta2 * us[cv[i]] * absv[b] + (1 - Beta2) * gi * gi;
-                    nm = Math.Max(nm, Math.Abs(m[i - s0]));
-                    nv = Math.Max(nv, v[i - s0]);
-                    p[i] = p[i] * (1 - (double)Lr * Wd) - Lr * (m[i - s0] / bc1) / (Math.Sqrt(v[i - s0] / bc2) + Eps);
-                }
-                for (int i = s0; i < s1; i++)
-                {
-                    codesM[i] = Nearest(ms, m[i - s0] / nm);
-                    codesV[i] = Nearest(us, v[i - s0] / nv);
-                    cm[i] = codesM[i].Index;
-                    cv[i] = codesV[i].Index;
-                }
-                absm[b] = nm;
-                absv[b] = nv;
-            }
-        }
+            AdamW8bit.Reference.Step(p, D(step == 1 ? g1 : g2), codesM, codesV, absm, absv, ms, us, Lr, Beta1, Beta2, Eps, Wd, step, GradScale, tie: 1e-6);
         var dp = tp.ToFloatArray().Select((x, i) => x - p0[i]).ToArray();
         Compare("8-bit update p − p0 (2 steps)", dp, p.Select((x, i) => x - p0[i]).ToArray(), 1e-4);
         CompareCodes("8-bit first-moment codes", qm.ToArray<byte>(), codesM);
