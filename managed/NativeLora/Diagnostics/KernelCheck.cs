@@ -23,7 +23,8 @@ public readonly record struct KernelCheckResult(string Family, string Name, doub
 /// forgets to write fails. Bounds are DESIGN.md's: f32 elementwise and norms 1e-5, f32 chains through GEMMs
 /// (attention, LoRA) 1e-4, bf16/f16 operands 1e-2; discrete outputs (NF4 codes) must match exactly wherever the
 /// reference is not within rounding of a tie. The references are the kernel families' own (<c>Kernels.X.Reference</c>),
-/// which tests/ uses too and checks against finite differences where there is a backward.
+/// which tests/ uses too and checks against finite differences where there is a backward; the elementwise sums are
+/// written in place and the casts' reference is <see cref="DTypeInfo.Round"/>.
 /// </summary>
 public sealed class KernelCheck
 {
@@ -134,18 +135,11 @@ public sealed class KernelCheck
         return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
     }
 
-    private static float Round(DType t, float v) => t switch
-    {
-        DType.BF16 => FloatBits.Bf16ToFloat(FloatBits.FloatToBf16(v)),
-        DType.F16 => FloatBits.HalfToFloat(FloatBits.FloatToHalf(v)),
-        _ => v,
-    };
-
     /// <summary>Uniform in ±scale, already rounded to t, so the reference sees exactly what the device sees.</summary>
     private float[] Rand(DType t, long n, double scale = 1)
     {
         var a = new float[n];
-        for (long i = 0; i < n; i++) a[i] = Round(t, (float)((_rng.NextDouble() * 2 - 1) * scale));
+        for (long i = 0; i < n; i++) a[i] = t.Round((float)((_rng.NextDouble() * 2 - 1) * scale));
         return a;
     }
 
@@ -392,7 +386,7 @@ public sealed class KernelCheck
                 using var src = Up(from, x, x.Length);
                 using var dst = Poisoned(to, x.Length);
                 ElementwiseOp.Cast(_k, src, dst);
-                Compare($"cast {from.Name()}->{to.Name()}", dst, x.Select(v => (double)Round(to, v)).ToArray(), 1e-7); // round to nearest even, exactly
+                Compare($"cast {from.Name()}->{to.Name()}", dst, x.Select(v => (double)to.Round(v)).ToArray(), 1e-7); // round to nearest even, exactly
             }
     }
 

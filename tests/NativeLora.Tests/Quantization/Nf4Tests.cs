@@ -215,7 +215,7 @@ public class Nf4Tests
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         var v = Gaussian(rng, n, 0.02);
-        for (int i = 0; i < n; i++) v[i] = Ref.Round(input, v[i]);
+        for (int i = 0; i < n; i++) v[i] = input.Round(v[i]);
         if (n > 100) { v[64] = 0f; for (int i = 65; i < 128; i++) v[i] = 0f; } // an all-zero block
         using var w = Ref.Upload(input, v, n);
         using var state = Nf4Tensor.Quantize(K, w, doubleQuant: false);
@@ -245,7 +245,7 @@ public class Nf4Tests
             state.Dequantize(K, output);
             var got = output.ToFloatArray();
             for (int i = 0; i < n; i++)
-                Assert.That(got[i], Is.EqualTo(Ref.Round(outType, (float)restored[i])), $"dequantized element {i} to {outType}; {what}");
+                Assert.That(got[i], Is.EqualTo(outType.Round((float)restored[i])), $"dequantized element {i} to {outType}; {what}");
         }
     }
 
@@ -415,7 +415,7 @@ public class Nf4Tests
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         const string prefix = "model.layers.0.mlp.down_proj.weight";
-        var v = Gaussian(rng, 5 * 77, 0.02).Select(x => Ref.Round(DType.BF16, x)).ToArray();
+        var v = Gaussian(rng, 5 * 77, 0.02).Select(x => DType.BF16.Round(x)).ToArray();
         using var w = Ref.Upload(DType.BF16, v, 5, 77);
         using var state = Nf4Tensor.Quantize(K, w, doubleQuant);
         var dict = state.ToStateDict(prefix);
