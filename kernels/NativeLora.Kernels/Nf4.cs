@@ -343,7 +343,7 @@ public static class Nf4
     /// </summary>
     public static class Reference
     {
-        /// <summary>Index of the entry of table nearest to x (the first of equals); Tie: the runner-up is within tie of as near.</summary>
+        /// <summary>Index of the entry of table nearest to x (the first of equals); Tie: the runner-up is at most tie farther away.</summary>
         public static (int Index, bool Tie) Nearest(float[] table, double x, double tie)
         {
             int best = 0, second = -1;
