@@ -206,4 +206,42 @@ public static class AdamW8bit
         Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Hyper> kernel = UpdateKernel;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, p, g, qm, qv, absm, absv, mapSigned, mapUnsigned, h);
     }
+
+    /// <summary>
+    /// The float64 reference of one step, shared by the tests and `selfcheck --kernels`, in place on p, the codes qm, qv and
+    /// the absmax am, av. Per block of 256: g' = g·gradScale, m = β1·mapSigned[qm]·am + (1−β1)·g', v = β2·mapUnsigned[qv]·av
+    /// + (1−β2)·g'², p = p·(1 − lr·wd) − lr·(m/(1−β1^step)) / (√(v/(1−β2^step)) + eps); then am = max|m|, av = max v and
+    /// the new codes are <see cref="Nf4.Reference.Nearest"/>(map, m/am) and (map, v/av) (0/0 = 0), with their tie flags.
+    /// </summary>
+    public static class Reference
+    {
+        public static void Step(double[] p, double[] g, (int Index, bool Tie)[] qm, (int Index, bool Tie)[] qv, double[] am, double[] av,
+            float[] mapSigned, float[] mapUnsigned, double lr, double beta1, double beta2, double eps, double weightDecay, int step, double gradScale, double tie)
+        {
+            double bc1 = 1 - Math.Pow(beta1, step), bc2 = 1 - Math.Pow(beta2, step);
+            for (int b = 0; b < am.Length; b++)
+            {
+                int s0 = b * BlockSize, s1 = Math.Min(p.Length, s0 + BlockSize);
+                var m = new double[s1 - s0];
+                var v = new double[s1 - s0];
+                double nm = 0, nv = 0;
+                for (int i = s0; i < s1; i++)
+                {
+                    double gi = g[i] * gradScale;
+                    m[i - s0] = beta1 * mapSigned[qm[i].Index] * am[b] + (1 - beta1) * gi;
+                    v[i - s0] = beta2 * mapUnsigned[qv[i].Index] * av[b] + (1 - beta2) * gi * gi;
+                    nm = Math.Max(nm, Math.Abs(m[i - s0]));
+                    nv = Math.Max(nv, v[i - s0]);
+                    p[i] = p[i] * (1 - lr * weightDecay) - lr * (m[i - s0] / bc1) / (Math.Sqrt(v[i - s0] / bc2) + eps);
+                }
+                for (int i = s0; i < s1; i++)
+                {
+                    qm[i] = Nf4.Reference.Nearest(mapSigned, nm > 0 ? m[i - s0] / nm : 0, tie);
+                    qv[i] = Nf4.Reference.Nearest(mapUnsigned, nv > 0 ? v[i - s0] / nv : 0, tie);
+                }
+                am[b] = nm;
+                av[b] = nv;
+            }
+        }
+    }
 }

@@ -125,4 +125,80 @@ public static class Lora
                 if (Keep(seed, i, p)) ds[(int)i] = s.Store(s.Load(ds[(int)i]) + s.Load(gs[(int)i]) * scale);
         });
     }
+
+    /// <summary>
+    /// The float64 reference of an adapted linear, forward and backward, shared by the tests (which check it against
+    /// finite differences) and `selfcheck --kernels`. u = dropout(x) (element i kept where <see cref="Keep"/>(seed, i, p),
+    /// scaled by 1/(1−p)), z = u·Aᵀ, l = s·z·Bᵀ, y = x·W0ᵀ + bias + l. DoRA (magnitude m given): g = m/‖W0 + s·B·A‖ per
+    /// output row and y = x·W0ᵀ + bias + (g − 1)·u·W0ᵀ + g·l. Backward with DoRA's norm detached, as PEFT does:
+    /// dl = g·dy, dB = s·dlᵀ·z, dz = s·dl·B, dA = dzᵀ·u, dx = dy·W0 + dropoutᵀ(dz·A + (g − 1)·dy·W0),
+    /// dm = Σ_rows dy·(u·W0ᵀ + l) / ‖W0 + s·B·A‖ (zero without DoRA).
+    /// </summary>
+    public sealed class Reference
+    {
+        public double[] Y = null!, Dx = null!, DA = null!, DB = null!, Dm = null!;
+
+        // lhs [rows, k] · rhsTᵀ (rhsT [cols, k])
+        private static double[] Mat(double[] lhs, int rows, int k, double[] rhsT, int cols)
+        {
+            var o = new double[rows * cols];
+            for (int i = 0; i < rows; i++) for (int j = 0; j < cols; j++) { double t = 0; for (int q = 0; q < k; q++) t += lhs[i * k + q] * rhsT[j * k + q]; o[i * cols + j] = t; }
+            return o;
+        }
+
+        public static Reference Run(double[] x, double[] w0, double[]? bias, double[] a, double[] b, double[]? m, double[] dy,
+            int n, int inF, int outF, int r, double s, float p, ulong seed)
+        {
+            bool Kept(long i) => p == 0 || Keep(seed, i, p);
+            double keptScale = 1 / (1 - (double)p);
+            var u = new double[n * inF];
+            for (int i = 0; i < u.Length; i++) u[i] = Kept(i) ? x[i] * keptScale : 0;
+            var z = Mat(u, n, inF, a, r);
+            var l = Mat(z, n, r, b, outF);
+            for (int e = 0; e < l.Length; e++) l[e] *= s;
+            var xw = Mat(x, n, inF, w0, outF);
+            var re = new Reference { Y = new double[n * outF], Dm = new double[outF] };
+            double[] g = new double[outF], wn = new double[outF], bd = m != null ? Mat(u, n, inF, w0, outF) : xw;
+            for (int o = 0; o < outF; o++)
+            {
+                g[o] = 1;
+                if (m == null) continue;
+                double ss = 0;
+                for (int i = 0; i < inF; i++) { double d = 0; for (int q = 0; q < r; q++) d += b[o * r + q] * a[q * inF + i]; double v = w0[o * inF + i] + s * d; ss += v * v; }
+                wn[o] = Math.Sqrt(ss);
+                g[o] = m[o] / wn[o];
+            }
+            for (int i = 0; i < n; i++)
+                for (int o = 0; o < outF; o++)
+                {
+                    int e = i * outF + o;
+                    re.Y[e] = xw[e] + (bias?[o] ?? 0) + (g[o] - 1) * bd[e] + g[o] * l[e]; // without DoRA g = 1
+                }
+            var dl = new double[n * outF];
+            for (int e = 0; e < dl.Length; e++) dl[e] = g[e % outF] * dy[e];
+            re.DB = new double[outF * r];
+            for (int o = 0; o < outF; o++) for (int q = 0; q < r; q++) { double t = 0; for (int i = 0; i < n; i++) t += dl[i * outF + o] * z[i * r + q]; re.DB[o * r + q] = s * t; }
+            var dz = new double[n * r];
+            for (int i = 0; i < n; i++) for (int q = 0; q < r; q++) { double t = 0; for (int o = 0; o < outF; o++) t += dl[i * outF + o] * b[o * r + q]; dz[i * r + q] = s * t; }
+            re.DA = new double[r * inF];
+            for (int q = 0; q < r; q++) for (int c = 0; c < inF; c++) { double t = 0; for (int i = 0; i < n; i++) t += dz[i * r + q] * u[i * inF + c]; re.DA[q * inF + c] = t; }
+            re.Dx = new double[n * inF];
+            for (int i = 0; i < n; i++)
+                for (int c = 0; c < inF; c++)
+                {
+                    double viaU = 0, viaBase = 0;
+                    for (int q = 0; q < r; q++) viaU += dz[i * r + q] * a[q * inF + c];
+                    for (int o = 0; o < outF; o++)
+                    {
+                        viaBase += dy[i * outF + o] * w0[o * inF + c];
+                        viaU += (g[o] - 1) * dy[i * outF + o] * w0[o * inF + c];
+                    }
+                    int e = i * inF + c;
+                    re.Dx[e] = viaBase + (Kept(e) ? viaU * keptScale : 0);
+                }
+            if (m != null)
+                for (int o = 0; o < outF; o++) { double t = 0; for (int i = 0; i < n; i++) t += dy[i * outF + o] * (bd[i * outF + o] + l[i * outF + o]); re.Dm[o] = t / wn[o]; }
+            return re;
+        }
+    }
 }

@@ -76,4 +76,30 @@ public static class MultiLora
         Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<T>, int, int, long, long> kernel = ExpandKernel<T, S>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, z, bBank, slots, ranks, scales, y, outFeatures, maxRank, n, chunk);
     }
+
+    /// <summary>
+    /// The float64 reference shared by the tests and `selfcheck --kernels`: y[n, o] = y0[n, o] + scale[s]·Σ_{j &lt; r[s]}
+    /// (Σ_i x[n, i]·A[s, j, i])·B[s, o, j] with s = slots[n]; rows with slot −1 keep y0. Inference only: there is no
+    /// backward, so no gradient to check against finite differences.
+    /// </summary>
+    public static class Reference
+    {
+        public static double[] Forward(double[] x, double[] y0, double[] aBank, double[] bBank, int[] slots, double[] scales, int[] ranks,
+            int inFeatures, int outFeatures, int maxRank)
+        {
+            var y = (double[])y0.Clone();
+            for (int n = 0; n < slots.Length; n++)
+            {
+                int s = slots[n];
+                if (s < 0) continue;
+                for (int j = 0; j < ranks[s]; j++)
+                {
+                    double z = 0;
+                    for (int i = 0; i < inFeatures; i++) z += x[n * inFeatures + i] * aBank[(s * maxRank + j) * inFeatures + i];
+                    for (int o = 0; o < outFeatures; o++) y[n * outFeatures + o] += scales[s] * z * bBank[(s * outFeatures + o) * maxRank + j];
+                }
+            }
+            return y;
+        }
+    }
 }

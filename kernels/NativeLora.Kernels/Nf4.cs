@@ -335,4 +335,67 @@ public static class Nf4
         Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, int, long, long> kernel = DequantizeAbsmaxKernel;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, q, map, scale, offset, absmax, nestedBlockSize, absmax.Length, chunk);
     }
+
+    /// <summary>
+    /// The float64 reference of the format, shared by the tests and `selfcheck --kernels`. Quantizing picks the nearest
+    /// entry in float64 and flags near-ties, where the kernels' f32 arithmetic may pick either neighbour; restoring
+    /// rounds to f32 where the format does, so it gives the format's f32 values exactly.
+    /// </summary>
+    public static class Reference
+    {
+        /// <summary>Index of the entry of table nearest to x (the first of equals); Tie: the runner-up is at most tie farther away.</summary>
+        public static (int Index, bool Tie) Nearest(float[] table, double x, double tie)
+        {
+            int best = 0, second = -1;
+            for (int i = 1; i < table.Length; i++)
+            {
+                if (Math.Abs(table[i] - x) < Math.Abs(table[best] - x)) { second = best; best = i; }
+                else if (second < 0 || Math.Abs(table[i] - x) < Math.Abs(table[second] - x)) second = i;
+            }
+            return (best, Math.Abs(table[second] - x) - Math.Abs(table[best] - x) <= tie);
+        }
+
+        /// <summary>Code of element i: the high nibble of byte i/2 for even i, the low one for odd i.</summary>
+        public static int Nibble(byte[] packed, long i) => (i & 1) == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15;
+
+        /// <summary>absmax_b = max |w_i| over block b (blockSize consecutive elements); code_i = Nearest(Code, w_i / absmax_b), 0/0 = 0.</summary>
+        public static (double[] Absmax, (int Index, bool Tie)[] Codes) Quantize(double[] w, int blockSize, double tie)
+        {
+            var absmax = new double[BlockCount(w.Length, blockSize)];
+            for (int i = 0; i < w.Length; i++) absmax[i / blockSize] = Math.Max(absmax[i / blockSize], Math.Abs(w[i]));
+            var codes = new (int, bool)[w.Length];
+            for (int i = 0; i < w.Length; i++) codes[i] = Nearest(Code, absmax[i / blockSize] > 0 ? w[i] / absmax[i / blockSize] : 0, tie);
+            return (absmax, codes);
+        }
+
+        /// <summary>Double quantization around offset: per nested block g, scale_g = max |a_b − offset|; code_b = Nearest(map, (a_b − offset) / scale_g), 0/0 = 0.</summary>
+        public static (double[] Scale, (int Index, bool Tie)[] Codes) DoubleQuantize(double[] absmax, double offset, float[] map, int nestedBlockSize, double tie)
+        {
+            var scale = new double[BlockCount(absmax.Length, nestedBlockSize)];
+            for (int b = 0; b < absmax.Length; b++) scale[b / nestedBlockSize] = Math.Max(scale[b / nestedBlockSize], Math.Abs(absmax[b] - offset));
+            var codes = new (int, bool)[absmax.Length];
+            for (int b = 0; b < absmax.Length; b++)
+            {
+                double s = scale[b / nestedBlockSize];
+                codes[b] = Nearest(map, s > 0 ? (absmax[b] - offset) / s : 0, tie);
+            }
+            return (scale, codes);
+        }
+
+        /// <summary>a_b = map[q_b]·scale_{b / nestedBlockSize} + offset, in f32 (the product rounded, then the sum), as bitsandbytes restores it.</summary>
+        public static double[] RestoreAbsmax(byte[] q, float[] map, float[] scale, float offset, int nestedBlockSize)
+        {
+            var a = new double[q.Length];
+            for (int b = 0; b < q.Length; b++) a[b] = (float)((float)(map[q[b]] * scale[b / nestedBlockSize]) + offset);
+            return a;
+        }
+
+        /// <summary>w_i = Code[q_i]·absmax_{i / blockSize}, the product rounded to f32 (q_i: <see cref="Nibble"/>).</summary>
+        public static double[] Dequantize(byte[] packed, double[] absmax, int blockSize, long n)
+        {
+            var w = new double[n];
+            for (long i = 0; i < n; i++) w[i] = (float)(Code[Nibble(packed, i)] * absmax[i / blockSize]);
+            return w;
+        }
+    }
 }

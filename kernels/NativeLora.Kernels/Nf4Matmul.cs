@@ -243,4 +243,26 @@ public static class Nf4Matmul
         Action<Index1D, ArrayView<T>, Nf4Weight, ArrayView<T>, ArrayView<float>, int, int, int, long, long, int, long, long> cpu = ColumnsKernel<T, S>;
         k.Load(cpu, acc => acc.LoadAutoGroupedStreamKernel(cpu))(threads, a, w, c, scratch, rows, depth, cols, colStride, depthStride, accumulate ? 1 : 0, items, chunk);
     }
+
+    /// <summary>
+    /// The float64 reference shared by the tests and `selfcheck --kernels`: y = x·Wᵀ and dx = dy·W (the gradient of Σ dy·y
+    /// with respect to x, checked against finite differences in the tests) for W [out, in], the weights the NF4 state
+    /// describes (<see cref="Nf4.Reference.Dequantize"/>).
+    /// </summary>
+    public static class Reference
+    {
+        public static (double[] Y, double[] Dx) Run(double[] x, double[] dy, double[] w, int rows, int inFeatures, int outFeatures)
+        {
+            var y = new double[rows * outFeatures];
+            var dx = new double[rows * inFeatures];
+            for (int r = 0; r < rows; r++)
+                for (int o = 0; o < outFeatures; o++)
+                    for (int i = 0; i < inFeatures; i++)
+                    {
+                        y[r * outFeatures + o] += x[r * inFeatures + i] * w[(long)o * inFeatures + i];
+                        dx[r * inFeatures + i] += dy[r * outFeatures + o] * w[(long)o * inFeatures + i];
+                    }
+            return (y, dx);
+        }
+    }
 }

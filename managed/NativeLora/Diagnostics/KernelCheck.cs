@@ -22,9 +22,9 @@ public readonly record struct KernelCheckResult(string Family, string Name, doub
 /// reference of the same rounded random inputs. Outputs are poisoned (NaN) first, so an element a kernel
 /// forgets to write fails. Bounds are DESIGN.md's: f32 elementwise and norms 1e-5, f32 chains through GEMMs
 /// (attention, LoRA) 1e-4, bf16/f16 operands 1e-2; discrete outputs (NF4 codes) must match exactly wherever the
-/// reference is not within rounding of a tie. The references of embedding, RMSNorm, RoPE, SwiGLU, cross-entropy
-/// and AdamW are the kernel families' own (<c>Kernels.X.Reference</c>), which tests/ checks against finite
-/// differences; the others are still transcribed here.
+/// reference is not within rounding of a tie. The references are the kernel families' own (<c>Kernels.X.Reference</c>),
+/// which tests/ uses too and checks against finite differences where there is a backward; the elementwise sums are
+/// written in place and the casts' reference is <see cref="DTypeInfo.Round"/>.
 /// </summary>
 public sealed class KernelCheck
 {
@@ -135,18 +135,11 @@ public sealed class KernelCheck
         return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
     }
 
-    private static float Round(DType t, float v) => t switch
-    {
-        DType.BF16 => FloatBits.Bf16ToFloat(FloatBits.FloatToBf16(v)),
-        DType.F16 => FloatBits.HalfToFloat(FloatBits.FloatToHalf(v)),
-        _ => v,
-    };
-
     /// <summary>Uniform in ±scale, already rounded to t, so the reference sees exactly what the device sees.</summary>
     private float[] Rand(DType t, long n, double scale = 1)
     {
         var a = new float[n];
-        for (long i = 0; i < n; i++) a[i] = Round(t, (float)((_rng.NextDouble() * 2 - 1) * scale));
+        for (long i = 0; i < n; i++) a[i] = t.Round((float)((_rng.NextDouble() * 2 - 1) * scale));
         return a;
     }
 
@@ -319,22 +312,14 @@ public sealed class KernelCheck
         for (int r = 0; r < rows.Length; r++)
             for (int c = 0; c < width; c++) { gathered[r * width + c] = written[rows[r] * width + c]; expected[r * width + c] = kSrc[r * width + c]; }
         Compare($"kv-cache row write {t.Name()}", gathered, expected, 1e-7); // an exact copy
+        // each sequence's cached rows gathered in position order, its one query after them: plain attention (Kernels.Attention.Reference)
         var o = new double[B * H * hd];
-        double scale = 1 / Math.Sqrt(hd);
         for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++)
-            {
-                int g = h / (H / KV);
-                var sc = new double[lengths[b]];
-                for (int i = 0; i < lengths[b]; i++)
-                {
-                    for (int d = 0; d < hd; d++) sc[i] += q[(b * H + h) * hd + d] * kc[Slot(b, i) * width + g * hd + d];
-                    sc[i] *= scale;
-                }
-                double max = sc.Max(), sum = sc.Sum(x => Math.Exp(x - max));
-                for (int i = 0; i < lengths[b]; i++)
-                    for (int d = 0; d < hd; d++) o[(b * H + h) * hd + d] += Math.Exp(sc[i] - max) / sum * vc[Slot(b, i) * width + g * hd + d];
-            }
+        {
+            double[] Gather(double[] cache) => Enumerable.Range(0, lengths[b]).SelectMany(i => cache.AsSpan(Slot(b, i) * width, width).ToArray()).ToArray();
+            Kernels.Attention.Reference.Run(D(q.AsSpan(b * H * hd, H * hd).ToArray()), Gather(kc), Gather(vc), new int[lengths[b]], null, 1, 1, lengths[b], H, KV, hd).O
+                .CopyTo(o, b * H * hd);
+        }
         Compare($"decode (KV cache) {t.Name()} lengths {lengths[0]},{lengths[1]}", to, o, Tol(t, 1e-5));
     }
 
@@ -401,7 +386,7 @@ public sealed class KernelCheck
                 using var src = Up(from, x, x.Length);
                 using var dst = Poisoned(to, x.Length);
                 ElementwiseOp.Cast(_k, src, dst);
-                Compare($"cast {from.Name()}->{to.Name()}", dst, x.Select(v => (double)Round(to, v)).ToArray(), 1e-7); // round to nearest even, exactly
+                Compare($"cast {from.Name()}->{to.Name()}", dst, x.Select(v => (double)to.Round(v)).ToArray(), 1e-7); // round to nearest even, exactly
             }
     }
 
@@ -429,7 +414,6 @@ public sealed class KernelCheck
     {
         int n = 37, inF = 96, outF = 80, r = 8;
         var cfg = new LoraConfig { R = r, Alpha = 16, Dropout = dropout, UseRslora = rslora, UseDora = dora };
-        double s = cfg.Scale;
         var x = Rand(t, n * inF);
         var w0 = Rand(t, outF * inF, 0.3);
         var bias = withBias ? Rand(t, outF, 0.5) : null;
@@ -454,85 +438,14 @@ public sealed class KernelCheck
         using (var saved = linear.Forward(_k, tx, ty))
             linear.Backward(_k, tx, saved, tdy, tdx, accumulate: false);
 
-        ulong seed = module.DropoutSeed;
-        bool Keep(long i) => dropout == 0 || Kernels.Lora.Keep(seed, i, dropout);
-        double[] Mat(double[] lhs, int rows, int k, double[] rhsT, int cols) // lhs [rows, k] · rhsTᵀ ([cols, k])
-        {
-            var o = new double[rows * cols];
-            for (int i = 0; i < rows; i++)
-                for (int j = 0; j < cols; j++) { double acc = 0; for (int q = 0; q < k; q++) acc += lhs[i * k + q] * rhsT[j * k + q]; o[i * cols + j] = acc; }
-            return o;
-        }
-        var u = new double[n * inF];
-        for (int i = 0; i < u.Length; i++) u[i] = Keep(i) ? x[i] / (1 - dropout) : 0;
-        double[] dA = D(a), dBm = D(bB), dW0 = D(w0), dX = D(x);
-        var z = Mat(u, n, inF, dA, r);
-        var l = Mat(z, n, r, dBm, outF).Select(v => v * s).ToArray();
-        var xw = Mat(dX, n, inF, dW0, outF);
-        var g = Enumerable.Repeat(1.0, outF).ToArray();
-        var norms = new double[outF];
-        var bd = xw;
-        if (dora)
-        {
-            for (int o = 0; o < outF; o++)
-            {
-                double ss = 0;
-                for (int i = 0; i < inF; i++) { double ba = 0; for (int q = 0; q < r; q++) ba += dBm[o * r + q] * dA[q * inF + i]; double v = dW0[o * inF + i] + s * ba; ss += v * v; }
-                norms[o] = Math.Sqrt(ss);
-                g[o] = mag![o] / norms[o];
-            }
-            bd = Mat(u, n, inF, dW0, outF);
-        }
-        var y = new double[n * outF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-            {
-                int e = i * outF + o;
-                y[e] = xw[e] + (bias?[o] ?? 0) + (dora ? (g[o] - 1) * bd[e] + g[o] * l[e] : l[e]);
-            }
-        var dl = new double[n * outF];
-        for (int e = 0; e < dl.Length; e++) dl[e] = g[e % outF] * dy[e];
-        var dBRef = new double[outF * r];
-        var dz = new double[n * r];
-        for (int o = 0; o < outF; o++) for (int q = 0; q < r; q++) { double acc = 0; for (int i = 0; i < n; i++) acc += dl[i * outF + o] * z[i * r + q]; dBRef[o * r + q] = s * acc; }
-        for (int i = 0; i < n; i++) for (int q = 0; q < r; q++) { double acc = 0; for (int o = 0; o < outF; o++) acc += dl[i * outF + o] * dBm[o * r + q]; dz[i * r + q] = s * acc; }
-        var dARef = new double[r * inF];
-        for (int q = 0; q < r; q++) for (int c = 0; c < inF; c++) { double acc = 0; for (int i = 0; i < n; i++) acc += dz[i * r + q] * u[i * inF + c]; dARef[q * inF + c] = acc; }
-        var dxRef = new double[n * inF];
-        for (int i = 0; i < n; i++)
-            for (int c = 0; c < inF; c++)
-            {
-                double viaU = 0, viaBase = 0;
-                for (int q = 0; q < r; q++) viaU += dz[i * r + q] * dA[q * inF + c];
-                for (int o = 0; o < outF; o++)
-                {
-                    viaBase += dy[i * outF + o] * dW0[o * inF + c];
-                    if (dora) viaU += (g[o] - 1) * dy[i * outF + o] * dW0[o * inF + c];
-                }
-                int e = i * inF + c;
-                dxRef[e] = viaBase + (Keep(e) ? viaU / (1 - dropout) : 0);
-            }
+        var re = Kernels.Lora.Reference.Run(D(x), D(w0), bias == null ? null : D(bias), D(a), D(bB), mag == null ? null : D(mag), D(dy),
+            n, inF, outF, r, cfg.Scale, dropout, module.DropoutSeed);
         string what = $"{t.Name()} dropout {dropout}{(rslora ? " rslora" : "")}{(withBias ? " bias" : "")}";
-        Compare($"forward y {what}", ty, y, Tol(t, 1e-4));
-        Compare($"backward dx {what}", tdx, dxRef, Tol(t, 1e-4));
-        Compare($"backward dA {what}", module.AGrad.ToArray<float>(), dARef, Tol(t, 1e-4));
-        Compare($"backward dB {what}", module.BGrad.ToArray<float>(), dBRef, Tol(t, 1e-4));
-        if (!dora) return;
-        var dm = new double[outF];
-        for (int o = 0; o < outF; o++) { double acc = 0; for (int i = 0; i < n; i++) acc += dy[i * outF + o] * (bd[i * outF + o] + l[i * outF + o]); dm[o] = acc / norms[o]; }
-        Compare($"backward dmagnitude {what}", module.MagnitudeGrad!.ToArray<float>(), dm, Tol(t, 1e-4));
-    }
-
-    /// <summary>Nearest entry of a table in float64, and whether the runner-up is within rounding (1e-6) of a tie.</summary>
-    private static (int Index, bool Tie) Nearest(float[] table, double x)
-    {
-        int best = 0, second = -1;
-        for (int i = 1; i < table.Length; i++)
-        {
-            if (Math.Abs(table[i] - x) < Math.Abs(table[best] - x)) { second = best; best = i; }
-            else if (second < 0 || Math.Abs(table[i] - x) < Math.Abs(table[second] - x)) second = i;
-        }
-        return (best, Math.Abs(Math.Abs(table[best] - x) - Math.Abs(table[second] - x)) <= 1e-6);
+        Compare($"forward y {what}", ty, re.Y, Tol(t, 1e-4));
+        Compare($"backward dx {what}", tdx, re.Dx, Tol(t, 1e-4));
+        Compare($"backward dA {what}", module.AGrad.ToArray<float>(), re.DA, Tol(t, 1e-4));
+        Compare($"backward dB {what}", module.BGrad.ToArray<float>(), re.DB, Tol(t, 1e-4));
+        if (dora) Compare($"backward dmagnitude {what}", module.MagnitudeGrad!.ToArray<float>(), re.Dm, Tol(t, 1e-4));
     }
 
     /// <summary>Codes must equal the reference's nearest codes, except where the reference is within rounding of a tie.</summary>
@@ -570,21 +483,7 @@ public sealed class KernelCheck
         using var ty = Up(t, y0, n, outF);
         using var ts = Ints(slotOf);
         MultiLoraOp.Forward(_k, bank, tx, ty, ts);
-        var y = new double[n * outF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-            {
-                double acc = 0;
-                int sl = slotOf[i];
-                if (sl >= 0)
-                    for (int j = 0; j < ranks[sl]; j++)
-                    {
-                        double z = 0;
-                        for (int q = 0; q < inF; q++) z += (double)x[i * inF + q] * a[(sl * r + j) * inF + q];
-                        acc += z * b[(sl * outF + o) * r + j];
-                    }
-                y[i * outF + o] = y0[i * outF + o] + (sl >= 0 ? scales[sl] * acc : 0);
-            }
+        var y = Kernels.MultiLora.Reference.Forward(D(x), D(y0), D(a), D(b), slotOf, D(scales), ranks, inF, outF, r);
         Compare($"per-row adapters {t.Name()} {n}x{inF}->{outF}", ty, y, Tol(t, 1e-5));
     }
 
@@ -594,9 +493,6 @@ public sealed class KernelCheck
         var w = Rand(t, (long)outF * inF, 0.05);
         using var tw = Up(t, w, outF, inF);
         using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
-        using var dense = Poisoned(DType.F32, outF, inF);
-        state.Dequantize(_k, dense);
-        var wq = dense.ToFloatArray(); // the dequantize kernel itself is checked by the nf4 family
         var x = Rand(t, (long)n * inF);
         var dy = Rand(t, (long)n * outF);
         using var tx = Up(t, x, n, inF);
@@ -605,62 +501,41 @@ public sealed class KernelCheck
         using var tdx = Poisoned(t, n, inF);
         Nf4MatmulOp.Forward(_k, state, tx, ty);
         Nf4MatmulOp.BackwardData(_k, state, tdy, tdx, accumulate: false);
-        var y = new double[n * outF];
-        var dx = new double[n * inF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-                for (int q = 0; q < inF; q++)
-                {
-                    y[i * outF + o] += (double)x[i * inF + q] * wq[o * inF + q];
-                    dx[i * inF + q] += (double)dy[i * outF + o] * wq[o * inF + q];
-                }
+        // the weights decoded on the host from the state's bytes (the dequantize kernel is checked by the nf4 family)
+        var (y, dx) = Kernels.Nf4Matmul.Reference.Run(D(x), D(dy), state.ReferenceDequantize().Weights, n, inF, outF);
         Compare($"fused forward {t.Name()} {n}x{inF}->{outF}", ty, y, Tol(t, 1e-5));
         Compare($"fused backward dx {t.Name()} {n}x{inF}->{outF}", tdx, dx, Tol(t, 1e-5));
     }
 
     private void Nf4(DType t)
     {
-        int rows = 97, cols = 97, n = rows * cols, bs = Nf4Tensor.DefaultBlockSize, blocks = (n + bs - 1) / bs;
+        int rows = 97, cols = 97, n = rows * cols;
         var w = Rand(t, n, 0.05);
         using var tw = Up(t, w, rows, cols);
-        var absmax = new double[blocks];
-        for (int i = 0; i < n; i++) absmax[i / bs] = Math.Max(absmax[i / bs], Math.Abs((double)w[i]));
-        var codes = new (int, bool)[n];
-        for (int i = 0; i < n; i++) codes[i] = Nearest(Kernels.Nf4.Code, w[i] / absmax[i / bs]);
+        var (absmax, codes) = Kernels.Nf4.Reference.Quantize(D(w), Nf4Tensor.DefaultBlockSize, tie: 1e-6);
         using (var plain = Nf4Tensor.Quantize(_k, tw, doubleQuant: false))
         {
             Compare($"quantize absmax {t.Name()}", plain.Absmax.ToArray<float>(), absmax, 1e-7);
             var packed = plain.Packed.ToArray<byte>();
-            var nibbles = new byte[n];
-            for (int i = 0; i < n; i++) nibbles[i] = (byte)((i & 1) == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15);
-            CompareCodes($"quantize codes {t.Name()}", nibbles, codes);
+            CompareCodes($"quantize codes {t.Name()}", Enumerable.Range(0, n).Select(i => (byte)Kernels.Nf4.Reference.Nibble(packed, i)).ToArray(), codes);
         }
         using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
         // double quantization: offset = mean(absmax) (an f32 reduction), then per 256 blocks a scale max|a − offset| and
         // 8-bit codes of the signed map. The scales and codes are checked against the device's f32 offset: a − offset
         // cancels, so the offset's own rounding would otherwise dominate their error.
         Compare($"double-quant offset {t.Name()}", new[] { state.Offset }, new[] { absmax.Average() }, 1e-5);
-        double offset = state.Offset;
-        int nbs = state.NestedBlockSize, groups = (blocks + nbs - 1) / nbs;
-        var scale = new double[groups];
-        for (int b = 0; b < blocks; b++) scale[b / nbs] = Math.Max(scale[b / nbs], Math.Abs(absmax[b] - offset));
+        var (scale, absmaxCodes) = Kernels.Nf4.Reference.DoubleQuantize(absmax, state.Offset, state.NestedQuantMap!.ToArray<float>(), state.NestedBlockSize, tie: 1e-6);
         Compare($"double-quant scales {t.Name()}", state.NestedAbsmax!.ToArray<float>(), scale, 1e-6);
-        var map = state.NestedQuantMap!.ToArray<float>();
-        CompareCodes($"double-quant codes {t.Name()}", state.Absmax.ToArray<byte>(), Enumerable.Range(0, blocks).Select(b => Nearest(map, (absmax[b] - offset) / scale[b / nbs])).ToArray());
+        CompareCodes($"double-quant codes {t.Name()}", state.Absmax.ToArray<byte>(), absmaxCodes);
         // dequantize from the state the device wrote: w' = code[q]·(map[qa]·scale + offset)
-        var q = state.Packed.ToArray<byte>();
-        var qa = state.Absmax.ToArray<byte>();
-        var sc = state.NestedAbsmax!.ToArray<float>();
-        using var restoredAbsmax = Poisoned(DType.F32, blocks);
+        var (aRef, wRef) = state.ReferenceDequantize();
+        using var restoredAbsmax = Poisoned(DType.F32, aRef.Length);
         state.DequantizeAbsmax(_k, restoredAbsmax);
-        var aRef = Enumerable.Range(0, blocks).Select(b => (double)map[qa[b]] * sc[b / nbs] + state.Offset).ToArray();
         Compare($"dequantize absmax {t.Name()}", restoredAbsmax, aRef, 1e-6);
         foreach (var outType in new[] { DType.F32, t }.Distinct())
         {
             using var output = Poisoned(outType, rows, cols);
             state.Dequantize(_k, output);
-            var wRef = new double[n];
-            for (int i = 0; i < n; i++) wRef[i] = Kernels.Nf4.Code[(i & 1) == 0 ? q[i / 2] >> 4 : q[i / 2] & 15] * aRef[i / bs];
             Compare($"dequantize {t.Name()} weight to {outType.Name()}", output, wRef, Tol(outType, 1e-6));
         }
     }
@@ -722,42 +597,12 @@ public sealed class KernelCheck
         tg.CopyFromFloats(g2);
         Step(2);
         var p = D(p0);
-        var cm = new int[n];
-        var cv = new int[n];
         var codesM = new (int Index, bool Tie)[n];
         var codesV = new (int Index, bool Tie)[n];
         var absm = new double[blocks];
         var absv = new double[blocks];
         for (int step = 1; step <= 2; step++)
-        {
-            var g = step == 1 ? g1 : g2;
-            double bc1 = 1 - Math.Pow(Beta1, step), bc2 = 1 - Math.Pow(Beta2, step);
-            for (int b = 0; b < blocks; b++)
-            {
-                int s0 = b * bs, s1 = Math.Min(n, s0 + bs);
-                var m = new double[s1 - s0];
-                var v = new double[s1 - s0];
-                double nm = 0, nv = 0;
-                for (int i = s0; i < s1; i++)
-                {
-                    double gi = (double)g[i] * GradScale;
-                    m[i - s0] = Beta1 * ms[cm[i]] * absm[b] + (1 - Beta1) * gi;
-                    v[i - s0] = Beta2 * us[cv[i]] * absv[b] + (1 - Beta2) * gi * gi;
-                    nm = Math.Max(nm, Math.Abs(m[i - s0]));
-                    nv = Math.Max(nv, v[i - s0]);
-                    p[i] = p[i] * (1 - (double)Lr * Wd) - Lr * (m[i - s0] / bc1) / (Math.Sqrt(v[i - s0] / bc2) + Eps);
-                }
-                for (int i = s0; i < s1; i++)
-                {
-                    codesM[i] = Nearest(ms, m[i - s0] / nm);
-                    codesV[i] = Nearest(us, v[i - s0] / nv);
-                    cm[i] = codesM[i].Index;
-                    cv[i] = codesV[i].Index;
-                }
-                absm[b] = nm;
-                absv[b] = nv;
-            }
-        }
+            AdamW8bit.Reference.Step(p, D(step == 1 ? g1 : g2), codesM, codesV, absm, absv, ms, us, Lr, Beta1, Beta2, Eps, Wd, step, GradScale, tie: 1e-6);
         var dp = tp.ToFloatArray().Select((x, i) => x - p0[i]).ToArray();
         Compare("8-bit update p − p0 (2 steps)", dp, p.Select((x, i) => x - p0[i]).ToArray(), 1e-4);
         CompareCodes("8-bit first-moment codes", qm.ToArray<byte>(), codesM);

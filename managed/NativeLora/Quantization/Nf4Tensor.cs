@@ -159,6 +159,18 @@ public sealed class Nf4Tensor : IDisposable
         restored?.Dispose(); // back to the pool; later work on this stream is ordered after the kernel
     }
 
+    /// <summary>
+    /// The f32 absmax and weights this state describes, decoded on the host from its bytes by <see cref="Nf4.Reference"/>:
+    /// what `selfcheck --kernels` and the tests compare the dequantize and fused-matmul kernels with.
+    /// </summary>
+    public (double[] Absmax, double[] Weights) ReferenceDequantize()
+    {
+        var absmax = Nested
+            ? Nf4.Reference.RestoreAbsmax(Absmax.ToArray<byte>(), NestedQuantMap!.ToArray<float>(), NestedAbsmax!.ToArray<float>(), Offset, NestedBlockSize)
+            : Array.ConvertAll(Absmax.ToArray<float>(), v => (double)v);
+        return (absmax, Nf4.Reference.Dequantize(Packed.ToArray<byte>(), absmax, BlockSize, ElementCount));
+    }
+
     // ---- serialization (HF / bitsandbytes names) ----
 
     public const string QuantStateSuffix = ".quant_state.bitsandbytes__nf4";

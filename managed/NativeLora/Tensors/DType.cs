@@ -24,6 +24,14 @@ public static class DTypeInfo
 
     public static bool IsFloat(this DType t) => t is DType.F32 or DType.BF16 or DType.F16;
 
+    /// <summary>v rounded to t (nearest, ties to even) and back: what a tensor of t stores, the reference of the casts.</summary>
+    public static float Round(this DType t, float v) => t switch
+    {
+        DType.BF16 => Kernels.FloatBits.Bf16ToFloat(Kernels.FloatBits.FloatToBf16(v)),
+        DType.F16 => Kernels.FloatBits.HalfToFloat(Kernels.FloatBits.FloatToHalf(v)),
+        _ => v,
+    };
+
     /// <summary>The native core's GEMM dtype for a float tensor dtype.</summary>
     public static Native.NlDType ToNative(this DType t) => t switch
     {

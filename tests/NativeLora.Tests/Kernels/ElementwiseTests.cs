@@ -29,7 +29,7 @@ public class ElementwiseTests
         for (int i = 0; i < got.Length; i++)
         {
             int row = i / 33;
-            float expected = row is >= 10 and < 30 ? 0f : Ref.Round(dtype, 2 * data[i]);
+            float expected = row is >= 10 and < 30 ? 0f : dtype.Round(2 * data[i]);
             Assert.That(got[i], Is.EqualTo(expected), $"element {i} (row {row}); seed {seed}");
         }
     }
@@ -69,7 +69,7 @@ public class ElementwiseTests
         double sum = 0, sq = 0;
         for (int i = 0; i < n; i++)
         {
-            float expected = Ref.Round(dtype, (2f * NativeLora.Kernels.Elementwise.Uniform01((ulong)seed, i) - 1f) * bound);
+            float expected = dtype.Round((2f * NativeLora.Kernels.Elementwise.Uniform01((ulong)seed, i) - 1f) * bound);
             Assert.That(got[i], Is.EqualTo(expected), $"element {i}; seed {seed}");
             sum += got[i];
             sq += (double)got[i] * got[i];
@@ -107,7 +107,7 @@ public class ElementwiseTests
         using var src = Ref.Upload(from, x, x.Length);
         using var dst = Ref.Poisoned(to, x.Length);
         ElementwiseOp.Cast(k, src, dst);
-        var expected = x.Select(v => Ref.Round(to, v)).ToArray();
+        var expected = x.Select(v => to.Round(v)).ToArray();
         Assert.That(dst.ToFloatArray(), Is.EqualTo(expected), $"{from}->{to} seed {seed}");
     }
 }

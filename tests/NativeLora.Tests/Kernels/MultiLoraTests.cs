@@ -8,7 +8,7 @@ using NativeLora.Tests.Support;
 namespace NativeLora.Tests.Kernels;
 
 /// <summary>
-/// Per-row served adapters (MultiLora.cs): the batched shrink/expand against float64, and a decoding
+/// Per-row served adapters (MultiLora.cs): the batched shrink/expand against float64 (Kernels.MultiLora.Reference), and a decoding
 /// batch mixing adapters against each request run alone with its adapter attached the ordinary way.
 /// </summary>
 public class MultiLoraTests
@@ -33,21 +33,8 @@ public class MultiLoraTests
         using var bank = new TestBank(dtype, a, b, scales, ranks, slots, rMax, inF, outF);
         using var st = Ref.UploadInts(rowSlot);
         MultiLoraOp.Forward(k, bank.Bank, xt, yt, st);
-        var expected = new double[n * outF];
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < outF; o++)
-            {
-                int s = rowSlot[i];
-                double acc = 0;
-                if (s >= 0)
-                    for (int j = 0; j < ranks[s]; j++)
-                    {
-                        double z = 0;
-                        for (int q = 0; q < inF; q++) z += (double)x[i * inF + q] * a[(s * rMax + j) * inF + q];
-                        acc += z * b[(s * outF + o) * rMax + j];
-                    }
-                expected[i * outF + o] = y0[i * outF + o] + (s >= 0 ? scales[s] * acc : 0);
-            }
+        var expected = NativeLora.Kernels.MultiLora.Reference.Forward(Ref.ToDouble(x), Ref.ToDouble(y0), Ref.ToDouble(a), Ref.ToDouble(b), rowSlot,
+            Ref.ToDouble(scales), ranks, inF, outF, rMax);
         var got = yt.ToFloatArray();
         Check.Close(got, expected, Ref.Tolerance(dtype, 1e-5), $"multi-lora {dtype} n={n}", seed);
         for (int i = 0; i < n; i++) // rows without an adapter are left exactly as they were
@@ -78,31 +65,15 @@ public class MultiLoraTests
         var pt = ptFlat.Reshape(b, maxPages);
         using var ot = Ref.Poisoned(dtype, b, c.QDim);
         KvCacheOp.Attend(k, qt, kt, vt, lt, pt, ot, c, pageSize);
+        // each row's cached positions gathered in order, its one query after them: plain attention (Kernels.Attention.Reference)
         var expected = new double[b * c.QDim];
-        int hd = c.HeadDim, group = c.NumHeads / c.NumKvHeads;
         for (int r = 0; r < b; r++)
-            for (int h = 0; h < c.NumHeads; h++)
-            {
-                var scores = new double[lengths[r]];
-                for (int t = 0; t < lengths[r]; t++)
-                {
-                    long row = table[r * maxPages + t / pageSize] * pageSize + t % pageSize;
-                    double dot = 0;
-                    for (int d = 0; d < hd; d++) dot += (double)q[r * c.QDim + h * hd + d] * kc[row * kvDim + h / group * hd + d];
-                    scores[t] = dot / Math.Sqrt(hd);
-                }
-                double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
-                for (int d = 0; d < hd; d++)
-                {
-                    double acc = 0;
-                    for (int t = 0; t < lengths[r]; t++)
-                    {
-                        long row = table[r * maxPages + t / pageSize] * pageSize + t % pageSize;
-                        acc += Math.Exp(scores[t] - max) / sum * vc[row * kvDim + h / group * hd + d];
-                    }
-                    expected[r * c.QDim + h * hd + d] = acc;
-                }
-            }
+        {
+            var rows = Enumerable.Range(0, lengths[r]).Select(t => table[r * maxPages + t / pageSize] * pageSize + t % pageSize).ToArray();
+            double[] Gather(float[] cache) => Ref.ToDouble(rows.SelectMany(row => cache.AsSpan(row * kvDim, kvDim).ToArray()).ToArray());
+            NativeLora.Kernels.Attention.Reference.Run(Ref.ToDouble(q.AsSpan(r * c.QDim, c.QDim).ToArray()), Gather(kc), Gather(vc), new int[lengths[r]], null,
+                1, 1, lengths[r], c.NumHeads, c.NumKvHeads, c.HeadDim).O.CopyTo(expected, r * c.QDim);
+        }
         Check.Close(ot.ToFloatArray(), expected, Ref.Tolerance(dtype, 1e-5), $"paged decode {dtype}", seed);
     }
 

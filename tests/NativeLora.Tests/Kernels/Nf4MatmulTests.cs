@@ -4,12 +4,13 @@ using NativeLora.Ops;
 using NativeLora.Quantization;
 using NativeLora.Tensors;
 using NativeLora.Tests.Support;
+using Nf4MatmulReference = NativeLora.Kernels.Nf4Matmul.Reference;
 
 namespace NativeLora.Tests.Kernels;
 
 /// <summary>
-/// The fused NF4 matmul (Kernels/Nf4Matmul.cs, Ops/Nf4MatmulOp.cs), GPU and CPU variants, against a float64 product
-/// with the weights the NF4 state stores (codes × restored absmax, decoded on the host from the state's bytes);
+/// The fused NF4 matmul (Kernels/Nf4Matmul.cs, Ops/Nf4MatmulOp.cs), GPU and CPU variants, against its float64 reference
+/// (checked here against finite differences) with the weights the NF4 state stores (Nf4Tensor.ReferenceDequantize);
 /// and a QLoRA layer with the fused base product against the same layer with the dequantize-then-GEMM scratch.
 /// </summary>
 public class Nf4MatmulTests
@@ -24,34 +25,6 @@ public class Nf4MatmulTests
             foreach (var dtype in new[] { DType.F32, DType.BF16, DType.F16 })
                 foreach (var (n, inF, outF) in Shapes)
                     yield return new TestCaseData(gpu, dtype, n, inF, outF, dtype != DType.F16); // one non-nested form per variant
-    }
-
-    /// <summary>The f32 weights the state describes, decoded on the host from its bytes (the format's formulas).</summary>
-    internal static double[] HostWeights(Nf4Tensor state)
-    {
-        var packed = state.Packed.ToArray<byte>();
-        var code = state.QuantMap.ToArray<float>();
-        float[] absmax;
-        if (state.Nested)
-        {
-            var q = state.Absmax.ToArray<byte>();
-            var map = state.NestedQuantMap!.ToArray<float>();
-            var scale = state.NestedAbsmax!.ToArray<float>();
-            absmax = new float[q.Length];
-            for (int b = 0; b < q.Length; b++)
-            {
-                float product = map[q[b]] * scale[b / state.NestedBlockSize]; // rounded to f32, then the offset added
-                absmax[b] = product + state.Offset;
-            }
-        }
-        else absmax = state.Absmax.ToArray<float>();
-        var w = new double[state.ElementCount];
-        for (long i = 0; i < w.Length; i++)
-        {
-            int nibble = (i & 1) == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15;
-            w[i] = code[nibble] * absmax[i / state.BlockSize]; // f32 product, as the kernels form it
-        }
-        return w;
     }
 
     private static Nf4Tensor RandomState(Random rng, int outF, int inF, bool nested)
@@ -69,7 +42,7 @@ public class Nf4MatmulTests
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         using var state = RandomState(rng, outF, inF, nested);
-        var w = HostWeights(state);
+        var w = state.ReferenceDequantize().Weights;
         var x = Ref.Random(rng, dtype, (long)n * inF);
         var dy = Ref.Random(rng, dtype, (long)n * outF);
         var prior = Ref.Random(rng, dtype, (long)n * inF);
@@ -79,25 +52,10 @@ public class Nf4MatmulTests
         using var tx = Ref.Upload(dtype, x, n, inF);
         using var ty = Ref.Poisoned(dtype, n, outF);
         Nf4MatmulOp.Forward(k, state, tx, ty);
-        var yRef = new double[n * outF];
-        for (int r = 0; r < n; r++)
-            for (int o = 0; o < outF; o++)
-            {
-                double acc = 0;
-                for (int i = 0; i < inF; i++) acc += x[r * inF + i] * w[(long)o * inF + i];
-                yRef[r * outF + o] = acc;
-            }
+        var (yRef, dxRef) = Nf4MatmulReference.Run(Ref.ToDouble(x), Ref.ToDouble(dy), w, n, inF, outF);
         Check.Close(ty.ToFloatArray(), yRef, tol, what + " y", seed);
 
         using var tdy = Ref.Upload(dtype, dy, n, outF);
-        var dxRef = new double[n * inF];
-        for (int r = 0; r < n; r++)
-            for (int i = 0; i < inF; i++)
-            {
-                double acc = 0;
-                for (int o = 0; o < outF; o++) acc += dy[r * outF + o] * w[(long)o * inF + i];
-                dxRef[r * inF + i] = acc;
-            }
         using (var tdx = Ref.Poisoned(dtype, n, inF))
         {
             Nf4MatmulOp.BackwardData(k, state, tdy, tdx, accumulate: false);
@@ -108,6 +66,19 @@ public class Nf4MatmulTests
             Nf4MatmulOp.BackwardData(k, state, tdy, tdx, accumulate: true);
             Check.Close(tdx.ToFloatArray(), dxRef.Select((v, i) => v + prior[i]).ToArray(), tol, what + " dx accumulated", seed);
         }
+    }
+
+    [Test]
+    public void ReferenceMatchesFiniteDifferences()
+    {
+        int seed = Check.FreshSeed();
+        var rng = new Random(seed);
+        int n = 2, inF = 5, outF = 3;
+        double[] R(int len) => Ref.ToDouble(Check.RandomFloats(rng, len));
+        var x = R(n * inF); var w = R(outF * inF); var dy = R(n * outF);
+        var dx = Nf4MatmulReference.Run(x, dy, w, n, inF, outF).Dx;
+        var numeric = Ref.NumericGradient(v => Ref.Dot(Nf4MatmulReference.Run(v, dy, w, n, inF, outF).Y, dy), x);
+        Assert.That(Check.RelativeError(Array.ConvertAll(dx, v => (float)v), numeric), Is.LessThan(1e-6), $"seed {seed}");
     }
 
     [Test]

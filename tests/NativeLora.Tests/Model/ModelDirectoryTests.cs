@@ -30,7 +30,7 @@ public class ModelDirectoryTests
         using var model = ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32);
         foreach (var (name, data) in weights)
         {
-            var expected = data.Select(v => Ref.Round(diskDType, v)).ToArray();
+            var expected = data.Select(v => diskDType.Round(v)).ToArray();
             Assert.That(model.Parameters[name].ToFloatArray(), Is.EqualTo(expected), name);
         }
     }
@@ -160,7 +160,7 @@ public class ModelDirectoryTests
                 double rms = Math.Sqrt(data.Average(v => (double)v * v));
                 Assert.That(err, Is.LessThan(0.15 * rms), name);
             }
-            else Assert.That(got, Is.EqualTo(data.Select(v => Ref.Round(DType.BF16, v)).ToArray()), name);
+            else Assert.That(got, Is.EqualTo(data.Select(v => DType.BF16.Round(v)).ToArray()), name);
         }
     }
 

@@ -40,7 +40,6 @@ public class Nf4Tests
     private static Dictionary<string, HostArray> Dict(params (string Key, HostArray Value)[] items) => items.ToDictionary(i => i.Key, i => i.Value);
     private static HostArray Bytes(byte[] b, params long[] shape) => new(SafeTensorsDType.U8, shape, b);
     private static HostArray Json(string s) { var b = Encoding.UTF8.GetBytes(s); return Bytes(b, b.Length); }
-    private static int Nibble(byte[] packed, long i) => (i & 1) == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15;
 
     // ---- the format's constants ----
 
@@ -172,8 +171,8 @@ public class Nf4Tests
             var packed = state.Packed.ToArray<byte>();
             for (int i = 0; i < 15; i++)
             {
-                Assert.That(Nibble(packed, 2 + 2 * i), Is.EqualTo(i), $"x == threshold {i}");
-                Assert.That(Nibble(packed, 3 + 2 * i), Is.EqualTo(i + 1), $"x just above threshold {i}");
+                Assert.That(Nf4.Reference.Nibble(packed, 2 + 2 * i), Is.EqualTo(i), $"x == threshold {i}");
+                Assert.That(Nf4.Reference.Nibble(packed, 3 + 2 * i), Is.EqualTo(i + 1), $"x just above threshold {i}");
             }
         }
 
@@ -199,28 +198,6 @@ public class Nf4Tests
 
     // ---- (b, f) quantize → dequantize against a float64 reference ----
 
-    // Plain float64 quantizer: absmax per block, nearest code to v/absmax.
-    private static (int[] Codes, float[] Absmax) Reference(float[] v, int blockSize)
-    {
-        var codes = new int[v.Length];
-        var absmax = new float[(v.Length + blockSize - 1) / blockSize];
-        for (int b = 0; b < absmax.Length; b++)
-        {
-            int start = b * blockSize, end = Math.Min(v.Length, start + blockSize);
-            double m = 0;
-            for (int i = start; i < end; i++) m = Math.Max(m, Math.Abs((double)v[i]));
-            absmax[b] = (float)m;
-            for (int i = start; i < end; i++)
-            {
-                double x = m > 0 ? v[i] / m : 0;
-                int best = 0;
-                for (int c = 1; c < 16; c++) if (Math.Abs(x - DesignCodes[c]) < Math.Abs(x - DesignCodes[best])) best = c;
-                codes[i] = best;
-            }
-        }
-        return (codes, absmax);
-    }
-
     // A float tie: x within float rounding of a midpoint, where f32 arithmetic may pick either neighbour.
     private static bool NearMidpoint(double x, double[] table)
     {
@@ -238,39 +215,37 @@ public class Nf4Tests
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         var v = Gaussian(rng, n, 0.02);
-        for (int i = 0; i < n; i++) v[i] = Ref.Round(input, v[i]);
+        for (int i = 0; i < n; i++) v[i] = input.Round(v[i]);
         if (n > 100) { v[64] = 0f; for (int i = 65; i < 128; i++) v[i] = 0f; } // an all-zero block
         using var w = Ref.Upload(input, v, n);
         using var state = Nf4Tensor.Quantize(K, w, doubleQuant: false);
         var packed = state.Packed.ToArray<byte>();
         var absmax = state.Absmax.ToArray<float>();
-        var (refCodes, refAbsmax) = Reference(v, 64);
+        var (refAbsmax, refCodes) = Nf4.Reference.Quantize(Ref.ToDouble(v), 64, tie: 0);
         string what = $"{input} n={n} (seed {seed}; rerun with NATIVELORA_SEED={seed})";
         Assert.That(packed, Has.Length.EqualTo((n + 1) / 2));
-        Assert.That(absmax, Is.EqualTo(refAbsmax), "absmax " + what);
+        Assert.That(absmax, Is.EqualTo(refAbsmax.Select(a => (float)a)), "absmax " + what);
         int ties = 0;
         for (int i = 0; i < n; i++)
         {
-            int q = Nibble(packed, i);
-            if (q == refCodes[i]) continue;
-            double x = v[i] / (double)refAbsmax[i / 64];
-            Assert.That(NearMidpoint(x, DesignCodes), Is.True, $"element {i}: code {q}, reference {refCodes[i]} for x = {x:R}, not a float tie; {what}");
+            int q = Nf4.Reference.Nibble(packed, i);
+            if (q == refCodes[i].Index) continue;
+            double x = v[i] / refAbsmax[i / 64];
+            Assert.That(NearMidpoint(x, DesignCodes), Is.True, $"element {i}: code {q}, reference {refCodes[i].Index} for x = {x:R}, not a float tie; {what}");
             ties++;
         }
         if (n % 2 == 1) Assert.That(packed[^1] & 15, Is.EqualTo(7), "odd tail padded with the zero code");
         if (n > 100) Assert.That(packed.Skip(32).Take(32), Is.All.EqualTo(0x77), "all-zero block");
         TestContext.Out.WriteLine($"{what}: {ties} float ties");
 
+        var restored = state.ReferenceDequantize().Weights; // f32 products code·absmax, then the output dtype
         foreach (var outType in new[] { DType.F32, DType.BF16, DType.F16 })
         {
             using var output = Ref.Poisoned(outType, n);
             state.Dequantize(K, output);
             var got = output.ToFloatArray();
             for (int i = 0; i < n; i++)
-            {
-                float exact = (float)DesignCodes[Nibble(packed, i)] * absmax[i / 64]; // f32 product, then the output dtype
-                Assert.That(got[i], Is.EqualTo(Ref.Round(outType, exact)), $"dequantized element {i} to {outType}; {what}");
-            }
+                Assert.That(got[i], Is.EqualTo(outType.Round((float)restored[i])), $"dequantized element {i} to {outType}; {what}");
         }
     }
 
@@ -304,20 +279,18 @@ public class Nf4Tests
         using var restored = Ref.Poisoned(DType.F32, a.Length);
         state.DequantizeAbsmax(K, restored);
         var r2 = restored.ToArray<float>();
+        var (refScale, refCodes) = Nf4.Reference.DoubleQuantize(Ref.ToDouble(a), state.Offset, map, 256, tie: 0);
+        var refRestored = state.ReferenceDequantize().Absmax; // map[q]·scale + offset, rounded as stored
         double worst = 0;
         for (int g = 0; g < 3; g++)
         {
-            int start = g * 256, end = Math.Min(a.Length, start + 256);
-            float s = 0;
-            for (int i = start; i < end; i++) s = Math.Max(s, Math.Abs(a[i] - state.Offset)); // f32 subtraction, as stored
-            Assert.That(scale[g], Is.EqualTo(s), $"nested scale {g}");
-            for (int i = start; i < end; i++)
+            float s = scale[g];
+            Assert.That(s, Is.EqualTo((float)refScale[g]), $"nested scale {g}"); // max|a − offset|, rounded to f32 as stored
+            for (int i = g * 256; i < Math.Min(a.Length, g * 256 + 256); i++)
             {
-                double x = (a[i] - state.Offset) / (double)s; // plain reference: nearest map entry
-                int best = 0;
-                for (int c = 1; c < 256; c++) if (Math.Abs(x - mapD[c]) < Math.Abs(x - mapD[best])) best = c;
-                if (q[i] != best) Assert.That(NearMidpoint(x, mapD), Is.True, $"absmax {i}: code {q[i]}, reference {best}, x = {x:R}; {what}");
-                Assert.That(r2[i], Is.EqualTo(map[q[i]] * s + state.Offset), $"restored absmax {i}");
+                double x = ((double)a[i] - state.Offset) / refScale[g];
+                if (q[i] != refCodes[i].Index) Assert.That(NearMidpoint(x, mapD), Is.True, $"absmax {i}: code {q[i]}, reference {refCodes[i].Index}, x = {x:R}; {what}");
+                Assert.That(r2[i], Is.EqualTo((float)refRestored[i]), $"restored absmax {i}");
                 double err = Math.Abs(r2[i] - a[i]);
                 Assert.That(err, Is.LessThanOrEqualTo(0.5 * maxGap * s * (1 + 1e-4) + 2e-7 * a[i]), $"absmax {i} error; {what}");
                 worst = Math.Max(worst, err / a[i]);
@@ -442,7 +415,7 @@ public class Nf4Tests
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         const string prefix = "model.layers.0.mlp.down_proj.weight";
-        var v = Gaussian(rng, 5 * 77, 0.02).Select(x => Ref.Round(DType.BF16, x)).ToArray();
+        var v = Gaussian(rng, 5 * 77, 0.02).Select(x => DType.BF16.Round(x)).ToArray();
         using var w = Ref.Upload(DType.BF16, v, 5, 77);
         using var state = Nf4Tensor.Quantize(K, w, doubleQuant);
         var dict = state.ToStateDict(prefix);

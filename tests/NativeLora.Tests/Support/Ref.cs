@@ -1,23 +1,15 @@
-using NativeLora.Kernels;
 using NativeLora.Tensors;
 
 namespace NativeLora.Tests.Support;
 
-/// <summary>Helpers for float64 references: rounding to a dtype, uploading, finite differences.</summary>
+/// <summary>Helpers for float64 references: inputs rounded to a dtype (DType.Round), uploading, finite differences.</summary>
 public static class Ref
 {
-    public static float Round(DType t, float v) => t switch
-    {
-        DType.BF16 => FloatBits.Bf16ToFloat(FloatBits.FloatToBf16(v)),
-        DType.F16 => FloatBits.HalfToFloat(FloatBits.FloatToHalf(v)),
-        _ => v,
-    };
-
     /// <summary>Random values already rounded to the dtype, so the reference sees what the device sees.</summary>
     public static float[] Random(Random rng, DType t, long n, double scale = 1.0)
     {
         var a = Check.RandomFloats(rng, n, scale);
-        for (long i = 0; i < n; i++) a[i] = Round(t, a[i]);
+        for (long i = 0; i < n; i++) a[i] = t.Round(a[i]);
         return a;
     }
 

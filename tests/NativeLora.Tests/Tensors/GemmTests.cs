@@ -1,4 +1,3 @@
-using NativeLora.Kernels;
 using NativeLora.Tensors;
 using NativeLora.Tests.Support;
 
@@ -15,14 +14,6 @@ public class GemmTests
 
     private static double Tolerance(DType t) => t switch { DType.F32 => 1e-5, _ => 1e-2 };
 
-    // What the device actually multiplies: the inputs rounded to the dtype.
-    private static float RoundTo(DType t, float v) => t switch
-    {
-        DType.BF16 => FloatBits.Bf16ToFloat(FloatBits.FloatToBf16(v)),
-        DType.F16 => FloatBits.HalfToFloat(FloatBits.FloatToHalf(v)),
-        _ => v,
-    };
-
     private static double[] Reference(float[] a, float[] b, float[] c0, int m, int n, int k, bool ta, bool tb, double alpha, double beta, DType t)
     {
         var r = new double[m * n];
@@ -32,11 +23,11 @@ public class GemmTests
                 double s = 0;
                 for (int p = 0; p < k; p++)
                 {
-                    double av = RoundTo(t, ta ? a[p * m + i] : a[i * k + p]);
-                    double bv = RoundTo(t, tb ? b[j * k + p] : b[p * n + j]);
+                    double av = t.Round(ta ? a[p * m + i] : a[i * k + p]);
+                    double bv = t.Round(tb ? b[j * k + p] : b[p * n + j]);
                     s += av * bv;
                 }
-                r[i * n + j] = alpha * s + beta * RoundTo(t, c0[i * n + j]);
+                r[i * n + j] = alpha * s + beta * t.Round(c0[i * n + j]);
             }
         return r;
     }
@@ -119,7 +110,7 @@ public class GemmTests
         Gemm.Run(ta, tb, tc, transB: transB, alpha: 1f, beta: 0.5f);
         var expected = Reference(a, bStored, c0, m, n, k, false, transB, 1, 0.5, dtype);
         for (int i = 0; i < expected.Length; i++) // C was f32: beta·C uses the unrounded value
-            expected[i] += 0.5 * (c0[i] - RoundTo(dtype, c0[i]));
+            expected[i] += 0.5 * (c0[i] - dtype.Round(c0[i]));
         Check.Close(tc.ToArray<float>(), expected, 1e-5, $"{dtype}→f32 transB={transB}", seed);
     }
 
