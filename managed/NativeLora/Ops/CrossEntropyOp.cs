@@ -51,8 +51,9 @@ public static class CrossEntropyOp
         // the gradient chunk in the compute dtype, for the GEMMs that follow (in place when f32)
         using var gradOwned = hidden.DType == DType.F32 ? null : device.Allocate(hidden.DType, chunkRows, vocab);
         var grad = gradOwned ?? logits;
-        using var losses = device.Allocate(DType.F32, chunkRows);
-        double total = 0;
+        // every chunk's losses stay on the device and are read back once, after the last chunk: one synchronisation
+        // per call, not one per chunk
+        using var losses = device.Allocate(DType.F32, n);
         for (int r0 = 0; r0 < n; r0 += chunkRows)
         {
             int rows = Math.Min(chunkRows, n - r0);
@@ -61,12 +62,13 @@ public static class CrossEntropyOp
             var gr = grad.Slice(0, rows);
             Gemm.Run(h, weight, lg, transB: true);
             var lbl = labelsDev.Slice(r0, rows);
-            var ls = losses.Slice(0, rows);
+            var ls = losses.Slice(r0, rows);
             Run(k, hidden.DType, new RowsCall(k, lg, gr, lbl, ls, rows, vocab, scale));
             if (dHidden != null) Gemm.Run(gr, weight, dHidden.Slice(r0, rows));
             if (dWeight != null) Gemm.Run(gr, h, dWeight, transA: true, beta: 1f);
-            foreach (var l in ls.ToArray<float>()) total += l; // summed in double on the host: deterministic
         }
+        double total = 0;
+        foreach (var l in losses.ToArray<float>()) total += l; // summed in double on the host, in row order: deterministic
         return (total / count, count);
     }
 
