@@ -47,8 +47,6 @@ public sealed record PtqReport(double Seconds, int Samples, int Tokens, long Pea
 /// </summary>
 public static class PostTrainingQuantizer
 {
-    private static readonly string[] LinearNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
-
     private sealed class Chunk : IDisposable
     {
         public int Tokens, Sequences;

@@ -54,7 +54,6 @@ public sealed class Tensor : IDisposable
 
     public int Rank => Shape.Length;
     public long ByteLength => ElementCount * DType.SizeOf();
-    public bool IsView => _block == null && _ownBuffer == null;
     public int Dim(int i) => Shape[i < 0 ? Shape.Length + i : i];
 
     /// <summary>Device address of the first element, for the native core.</summary>

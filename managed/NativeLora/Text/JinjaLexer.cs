@@ -8,7 +8,6 @@ internal enum TokenKind { Text, BlockBegin, BlockEnd, VariableBegin, VariableEnd
 /// <summary>A token; <see cref="Value"/> is the text, the unescaped string, or the operator.</summary>
 internal readonly record struct Token(TokenKind Kind, string Value, int Line, int Column)
 {
-    public bool Is(TokenKind kind, string value) => Kind == kind && Value == value;
     public bool IsName(string name) => Kind == TokenKind.Name && Value == name;
     public bool IsOp(string op) => Kind == TokenKind.Operator && Value == op;
 

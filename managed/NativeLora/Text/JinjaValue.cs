@@ -109,7 +109,6 @@ internal sealed class JinjaError(string message, bool raisedByTemplate = false) 
 /// <summary>Evaluated call arguments, bound to parameter names the way Python binds them.</summary>
 internal sealed class CallArgs(List<JinjaValue> positional, List<KeyValuePair<string, JinjaValue>> keywords)
 {
-    public static readonly CallArgs None = new([], []);
     public List<JinjaValue> Positional { get; } = positional;
     public List<KeyValuePair<string, JinjaValue>> Keywords { get; } = keywords;
 
