@@ -30,8 +30,6 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     public string Path { get; }
     /// <summary>N, the JSON header length in bytes (padding included).</summary>
     public long HeaderLength { get; }
-    /// <summary>File offset of the data buffer: 8 + N.</summary>
-    public long DataStart => 8 + HeaderLength;
     public long DataLength { get; }
     /// <summary>Tensors in header order.</summary>
     public IReadOnlyList<SafeTensorInfo> Tensors => _tensors;
