@@ -26,7 +26,6 @@ public sealed unsafe class GgufFile : IDisposable
     readonly byte* _base;
     readonly Dictionary<string, GgufValue> _metadataByKey;
     readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
-    bool _disposed;
 
     public string Path { get; }
     public uint Version { get; }
@@ -305,12 +304,7 @@ public sealed unsafe class GgufFile : IDisposable
         return result;
     }
 
-    void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+    void ThrowIfDisposed() => _mapping.ThrowIfDisposed(this);
 
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _mapping.Dispose();
-    }
+    public void Dispose() => _mapping.Dispose();
 }

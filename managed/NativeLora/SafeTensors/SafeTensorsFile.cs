@@ -25,7 +25,6 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     readonly byte* _data;
     readonly SafeTensorInfo[] _tensors;
     readonly Dictionary<string, SafeTensorInfo> _byName;
-    bool _disposed;
 
     public string Path { get; }
     /// <summary>N, the JSON header length in bytes (padding included).</summary>
@@ -291,14 +290,9 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         return result;
     }
 
-    void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+    void ThrowIfDisposed() => _mapping.ThrowIfDisposed(this);
 
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _mapping.Dispose();
-    }
+    public void Dispose() => _mapping.Dispose();
 }
 
 /// <summary>Float decoding shared by the single-file and sharded readers.</summary>
