@@ -42,6 +42,17 @@ internal static class JinjaBuiltins
 
     // ---------------------------------------------------------------- globals
 
+    /// <summary>namespace(...) and dict(...) both take dicts and keyword arguments, later keys winning, as Python's dict() does.</summary>
+    static void Merge(CallArgs args, OrderedDictionary<string, JinjaValue> into, string what)
+    {
+        foreach (var value in args.Positional)
+        {
+            if (value is not DictValue d) throw new JinjaError($"{what} takes a dict or keyword arguments");
+            foreach (var (k, v) in d.Items) into[k] = v;
+        }
+        foreach (var (k, v) in args.Keywords) into[k] = v;
+    }
+
     /// <summary>The functions every template sees (transformers adds raise_exception and strftime_now).</summary>
     public static void AddGlobals(Scope scope, JinjaInterpreter interpreter)
     {
@@ -49,23 +60,13 @@ internal static class JinjaBuiltins
         scope.Set("namespace", new CallableValue("namespace", args =>
         {
             var ns = new ObjectValue("Namespace", assignable: true);
-            foreach (var value in args.Positional)
-            {
-                if (value is not DictValue d) throw new JinjaError("namespace() takes a dict or keyword arguments");
-                foreach (var (k, v) in d.Items) ns.Attributes[k] = v;
-            }
-            foreach (var (k, v) in args.Keywords) ns.Attributes[k] = v;
+            Merge(args, ns.Attributes, "namespace()");
             return ns;
         }));
         scope.Set("dict", new CallableValue("dict", args =>
         {
             var d = new DictValue();
-            foreach (var value in args.Positional)
-            {
-                if (value is not DictValue source) throw new JinjaError("dict() takes a dict or keyword arguments");
-                foreach (var (k, v) in source.Items) d.Items[k] = v;
-            }
-            foreach (var (k, v) in args.Keywords) d.Items[k] = v;
+            Merge(args, d.Items, "dict()");
             return d;
         }));
         scope.Set("raise_exception", new CallableValue("raise_exception", args =>
