@@ -32,7 +32,6 @@ public sealed unsafe class GgufFile : IDisposable
     public uint Alignment { get; }
     /// <summary>File offset where the data section starts (tensor offsets are relative to it).</summary>
     public long DataOffset { get; }
-    public long FileLength { get; }
     /// <summary>Metadata in file order.</summary>
     public IReadOnlyList<KeyValuePair<string, GgufValue>> Metadata { get; }
     /// <summary>Tensor infos in file order.</summary>
@@ -40,7 +39,7 @@ public sealed unsafe class GgufFile : IDisposable
 
     GgufFile(ReadOnlyMapping mapping, Header h)
     {
-        Path = mapping.Path; _mapping = mapping; _base = mapping.Pointer; FileLength = mapping.Length;
+        Path = mapping.Path; _mapping = mapping; _base = mapping.Pointer;
         Version = h.Version; Alignment = h.Alignment; DataOffset = h.DataOffset;
         Metadata = h.Metadata; Tensors = h.Tensors;
         _metadataByKey = h.Metadata.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);

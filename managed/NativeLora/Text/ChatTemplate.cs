@@ -40,11 +40,8 @@ public sealed class ChatTemplate
     public ChatTemplate(string template)
     {
         ArgumentNullException.ThrowIfNull(template);
-        Source = template;
         _program = JinjaParser.Parse(template);
     }
-
-    public string Source { get; }
 
     /// <summary>The clock behind strftime_now (local time); tests pin it.</summary>
     public TimeProvider Clock { get; init; } = TimeProvider.System;
