@@ -208,12 +208,7 @@ public sealed class Tensor : IDisposable
         {
             case DType.F32: CopyFrom(source); break;
             case DType.BF16:
-            case DType.F16:
-                var bits = new ushort[source.Length];
-                for (int i = 0; i < bits.Length; i++)
-                    bits[i] = DType == DType.BF16 ? FloatBits.FloatToBf16(source[i]) : FloatBits.FloatToHalf(source[i]);
-                CopyFrom<ushort>(bits);
-                break;
+            case DType.F16: CopyFrom<ushort>(DType.ToHalfBits(source)); break;
             default: throw new InvalidOperationException($"CopyFromFloats needs a float tensor, got {this}");
         }
     }
