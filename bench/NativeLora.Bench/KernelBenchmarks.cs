@@ -75,7 +75,7 @@ public class KernelBenchmarks
 
     private ComputeDevice _dev = null!;
     private KernelSet _k = null!;
-    private Tensor _x = null!, _y = null!, _w = null!, _rstd = null!, _dx = null!, _dw = null!, _bf = null!;
+    private Tensor _x = null!, _y = null!, _w = null!, _rstd = null!, _dx = null!, _bf = null!;
     private Tensor _g = null!, _u = null!, _h = null!, _dg = null!, _du = null!, _ids = null!, _emb = null!, _pos = null!, _cos = null!, _sin = null!;
     private Tensor _q = null!, _kk = null!, _v = null!, _o = null!, _lse = null!, _seg = null!, _dq = null!, _dkk = null!, _dv = null!;
     private Tensor _a = null!, _b = null!, _c = null!, _lm = null!, _dh = null!;
@@ -96,7 +96,7 @@ public class KernelBenchmarks
             return t;
         }
         _x = R(s.N, s.Hidden); _y = R(s.N, s.Hidden); _dx = R(s.N, s.Hidden); _w = R(s.Hidden);
-        _rstd = _dev.Allocate(DType.F32, s.N); _dw = _dev.Allocate(DType.F32, s.Hidden);
+        _rstd = _dev.Allocate(DType.F32, s.N);
         _bf = _dev.Allocate(DType.BF16, s.N, s.Hidden);
         _g = R(s.N, s.Inter); _u = R(s.N, s.Inter); _h = R(s.N, s.Inter); _dg = R(s.N, s.Inter); _du = R(s.N, s.Inter);
         _hostIds = Enumerable.Range(0, s.N).Select(_ => rng.Next(s.Vocab)).ToArray();

@@ -23,7 +23,6 @@ public readonly unsafe struct HostView<T> where T : unmanaged
 
     public Span<T> Span => new((void*)Pointer, Length);
     public Span<T> Slice(long start, int length) => new((T*)Pointer + start, length);
-    public static HostView<T> Empty => default;
 }
 
 /// <summary>

@@ -25,8 +25,6 @@ public sealed class ExampleFormatter
         _template = tokenizer.ChatTemplate is string t ? new ChatTemplate(t) : null;
     }
 
-    public bool HasChatTemplate => _template != null;
-
     /// <summary>No token covers more characters of text than this (HfTokenizer.MaxTokenChars).</summary>
     public int MaxTokenChars => _tok.MaxTokenChars;
 

@@ -139,8 +139,7 @@ public sealed class ComputeDevice : IDisposable
     public long Memsets => Interlocked.Read(ref _memsets);
     internal void CountMemset() => Interlocked.Increment(ref _memsets);
 
-    /// <summary>Bytes held by live tensors (their blocks' rounded sizes), and the peak since <see cref="ResetPeak"/>.</summary>
-    public long LiveBytes => Allocator.Stats().Allocated;
+    /// <summary>Peak bytes held by live tensors (their blocks' rounded sizes) since <see cref="ResetPeak"/>; the current figure is <see cref="MemoryStats"/>.Allocated.</summary>
     public long PeakLiveBytes => Allocator.Stats().PeakAllocated;
 
     /// <summary>The allocator's figures: allocated (live tensors), requested, reserved (segments this process holds on the device), with peaks.</summary>
@@ -152,10 +151,7 @@ public sealed class ComputeDevice : IDisposable
     /// <summary>Bytes of host-resident tensors (<see cref="AllocateHost"/>): not device memory.</summary>
     public long HostTensorBytes => Interlocked.Read(ref _hostBytes);
 
-    /// <summary>Device memory this process holds through the engine: the allocator's segments plus paged memory.</summary>
-    public long DeviceMemoryBytes => Allocator.Stats().Reserved + PagedBytes;
-
-    /// <summary>Peak of <see cref="DeviceMemoryBytes"/> since <see cref="ResetPeak"/> (paged memory counted at its current size).</summary>
+    /// <summary>Peak device memory this process held through the engine since <see cref="ResetPeak"/>: the allocator's segments plus paged memory (counted at its current size).</summary>
     public long PeakDeviceMemoryBytes => Allocator.Stats().PeakReserved + PagedBytes;
 
     public void ResetPeak() => Allocator.ResetPeaks();

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
+using NativeLora.Text;
 
 namespace NativeLora.Evaluation;
 
@@ -163,7 +164,7 @@ public static class Bleu
     private static string Preprocess(string sentence, BleuOptions o)
     {
         if (o.Lowercase) sentence = PyText.Lower(sentence);
-        sentence = PyText.RStrip(sentence);
+        sentence = PyText.Strip(sentence, left: false);
         return o.Tokenize == BleuTokenizer.ThirteenA ? Tokenize13a(sentence) : sentence;
     }
 

@@ -9,9 +9,6 @@ public sealed record EvalTask(string Kind, string Path, string? DevPath = null)
 {
     public static readonly string[] Kinds = { "ppl", "bleu", "rouge", "judge", "arc", "hellaswag", "mmlu", "truthfulqa" };
 
-    /// <summary>General-capability benchmarks: a drop after fine-tuning is reported as degradation.</summary>
-    public bool IsBenchmark => Kind is "arc" or "hellaswag" or "mmlu" or "truthfulqa";
-
     /// <summary>"kind:file", with "mmlu:test.jsonl@dev.jsonl" for MMLU's few-shot dev split.</summary>
     public static EvalTask Parse(string spec)
     {

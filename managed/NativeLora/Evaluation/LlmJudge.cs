@@ -71,8 +71,6 @@ public sealed class LlmJudge : IDisposable
     /// <summary>Per-request timeout; a timed-out request is retried.</summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(120);
 
-    public string Endpoint => _endpoint.ToString();
-
     /// <summary>cacheDir null: nothing is cached on disk (live sampling, where every answer is new).</summary>
     public LlmJudge(Uri baseUrl, string model, string? apiKey, string? cacheDir, int maxConcurrency = 4, int maxRetries = 4, HttpClient? http = null)
     {

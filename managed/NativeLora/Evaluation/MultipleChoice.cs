@@ -1,3 +1,5 @@
+using NativeLora.Text;
+
 namespace NativeLora.Evaluation;
 
 /// <summary>

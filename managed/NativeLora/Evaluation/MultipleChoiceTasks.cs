@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using NativeLora.Data;
+using NativeLora.Text;
 
 namespace NativeLora.Evaluation;
 

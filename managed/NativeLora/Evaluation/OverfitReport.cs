@@ -23,8 +23,6 @@ public readonly record struct MetricPoint(int Step, double TrainLoss, double? Va
 /// </summary>
 public sealed record OverfitReport(int? BestStep, double? BestValLoss, int? OnsetStep, int? ConfirmedStep, int Patience, int Window)
 {
-    public bool Overfitting => OnsetStep != null;
-
     public string Summary => BestStep == null
         ? "no validation loss was recorded"
         : OnsetStep == null

@@ -1,3 +1,5 @@
+using NativeLora.Text;
+
 namespace NativeLora.Evaluation;
 
 /// <summary>Precision, recall and F1 of one ROUGE variant, as rouge_score's <c>Score</c> tuple.</summary>

@@ -79,13 +79,6 @@ public static class GgmlQuants
         }
     }
 
-    public static byte[] Encode(GgmlType type, ReadOnlySpan<float> src)
-    {
-        var dst = new byte[GgmlTypes.RowBytes(type, src.Length)];
-        Encode(type, src, dst);
-        return dst;
-    }
-
     /// <summary>Decodes src (a whole number of blocks) into dst (exactly its element count).</summary>
     public static void Decode(GgmlType type, ReadOnlySpan<byte> src, Span<float> dst)
     {
@@ -111,15 +104,6 @@ public static class GgmlQuants
                 case GgmlType.Q6_K: DecodeQ6_K(x, y); break;
             }
         }
-    }
-
-    public static float[] Decode(GgmlType type, ReadOnlySpan<byte> src)
-    {
-        int size = GgmlTypes.TypeSize(type);
-        if (src.Length % size != 0) throw new ArgumentException($"{type}: {src.Length} bytes are not a whole number of {size}-byte blocks", nameof(src));
-        var dst = new float[(long)src.Length / size * GgmlTypes.BlockSize(type)];
-        Decode(type, src, dst);
-        return dst;
     }
 
     // ---- helpers shared with ggml ---------------------------------------------------------

@@ -26,14 +26,12 @@ public sealed unsafe class GgufFile : IDisposable
     readonly byte* _base;
     readonly Dictionary<string, GgufValue> _metadataByKey;
     readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
-    bool _disposed;
 
     public string Path { get; }
     public uint Version { get; }
     public uint Alignment { get; }
     /// <summary>File offset where the data section starts (tensor offsets are relative to it).</summary>
     public long DataOffset { get; }
-    public long FileLength { get; }
     /// <summary>Metadata in file order.</summary>
     public IReadOnlyList<KeyValuePair<string, GgufValue>> Metadata { get; }
     /// <summary>Tensor infos in file order.</summary>
@@ -41,7 +39,7 @@ public sealed unsafe class GgufFile : IDisposable
 
     GgufFile(ReadOnlyMapping mapping, Header h)
     {
-        Path = mapping.Path; _mapping = mapping; _base = mapping.Pointer; FileLength = mapping.Length;
+        Path = mapping.Path; _mapping = mapping; _base = mapping.Pointer;
         Version = h.Version; Alignment = h.Alignment; DataOffset = h.DataOffset;
         Metadata = h.Metadata; Tensors = h.Tensors;
         _metadataByKey = h.Metadata.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
@@ -305,12 +303,7 @@ public sealed unsafe class GgufFile : IDisposable
         return result;
     }
 
-    void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+    void ThrowIfDisposed() => _mapping.ThrowIfDisposed(this);
 
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _mapping.Dispose();
-    }
+    public void Dispose() => _mapping.Dispose();
 }

@@ -22,9 +22,6 @@ public static class GgufNames
         ("mlp.down_proj", "ffn_down"),
     ];
 
-    /// <summary>Tensors HF checkpoints may carry that have no GGUF counterpart (RoPE tables are recomputed).</summary>
-    public static bool IsIgnored(string hfName) => hfName.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal);
-
     /// <summary>The GGUF name, or false for a name this mapping does not know.</summary>
     public static bool TryFromHf(string hfName, out string ggufName)
     {

@@ -18,7 +18,4 @@ public sealed record GgufTensorInfo(string Name, long[] Dimensions, GgmlType Typ
             return n;
         }
     }
-
-    /// <summary>Elements per row (ne[0]).</summary>
-    public long RowLength => Dimensions.Length == 0 ? 1 : Dimensions[0];
 }

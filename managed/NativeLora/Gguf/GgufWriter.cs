@@ -28,7 +28,6 @@ public sealed class GgufWriter
     readonly HashSet<string> _names = new(StringComparer.Ordinal);
 
     public uint Alignment { get; }
-    public int TensorCount => _tensors.Count;
     public IReadOnlyList<KeyValuePair<string, GgufValue>> Metadata => _metadata;
 
     /// <param name="alignment">Data alignment; a value other than 32 is recorded as general.alignment (u32).</param>

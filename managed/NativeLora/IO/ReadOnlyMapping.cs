@@ -57,6 +57,9 @@ public sealed unsafe class ReadOnlyMapping : IDisposable
         }
     }
 
+    /// <summary>The readers on a mapping are disposed exactly when it is, so they ask it (owner names them in the exception).</summary>
+    public void ThrowIfDisposed(object owner) => ObjectDisposedException.ThrowIf(_disposed, owner);
+
     public void Dispose()
     {
         if (_disposed) return;

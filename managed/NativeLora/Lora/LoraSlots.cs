@@ -122,8 +122,6 @@ public sealed class LoraSlots : IDisposable
         }
     }
 
-    public bool Contains(string name) => _byName.ContainsKey(name);
-
     public const int MaxNameLength = 128;
 
     /// <summary>

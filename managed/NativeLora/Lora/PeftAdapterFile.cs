@@ -65,7 +65,6 @@ public sealed class PeftAdapterFile : IDisposable
         return LoraConfig.FromPeftJson(json, cfgPath);
     }
 
-    public string Dir { get; }
     public LoraConfig Config { get; }
     public string WeightsPath => _file.Path;
     /// <summary>The adapted projections, every one present in the file (checked at open).</summary>
@@ -74,9 +73,9 @@ public sealed class PeftAdapterFile : IDisposable
     private readonly SafeTensorsFile _file;
     private readonly Dictionary<string, string> _keys; // canonical key → key as spelled in the file
 
-    private PeftAdapterFile(string dir, LoraConfig config, SafeTensorsFile file, Dictionary<string, string> keys, List<Target> targets)
+    private PeftAdapterFile(LoraConfig config, SafeTensorsFile file, Dictionary<string, string> keys, List<Target> targets)
     {
-        Dir = dir; Config = config; _file = file; _keys = keys; AdaptedTargets = targets;
+        Config = config; _file = file; _keys = keys; AdaptedTargets = targets;
     }
 
     /// <summary>
@@ -125,7 +124,7 @@ public sealed class PeftAdapterFile : IDisposable
                 problems.Add($"unexpected tensor '{name}' (not a {string.Join("/", config.TargetModules)} adapter of this model)");
             if (problems.Count > 0)
                 throw new InvalidDataException($"{weightsPath}: the adapter does not fit this {model.ModelType} model ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
-            return new PeftAdapterFile(dir, config, file, keys, targets);
+            return new PeftAdapterFile(config, file, keys, targets);
         }
         catch
         {

@@ -72,7 +72,6 @@ public sealed class KvSequence
 {
     public int Length { get; internal set; }
     public List<int> Pages { get; } = new();
-    public int Capacity(int pageSize) => Pages.Count * pageSize;
 
     /// <summary>The cache row (page·PageSize + slot) that holds this sequence's position.</summary>
     public int CacheRow(KvCache cache, int position) => Pages[position / cache.PageSize] * cache.PageSize + position % cache.PageSize;

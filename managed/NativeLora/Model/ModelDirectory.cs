@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using NativeLora.Devices;
 using NativeLora.IO;
@@ -196,25 +197,8 @@ public static class ModelDirectory
         _ => throw new ArgumentException($"no safetensors float dtype for {t.Name()}"),
     };
 
-    public static byte[] Encode(float[] data, DType dtype)
-    {
-        switch (dtype)
-        {
-            case DType.F32:
-                var bytes = new byte[data.Length * 4];
-                Buffer.BlockCopy(data, 0, bytes, 0, bytes.Length);
-                return bytes;
-            case DType.BF16:
-            case DType.F16:
-                var h = new byte[data.Length * 2];
-                for (int i = 0; i < data.Length; i++)
-                {
-                    ushort bits = dtype == DType.BF16 ? FloatBits.FloatToBf16(data[i]) : FloatBits.FloatToHalf(data[i]);
-                    h[2 * i] = (byte)bits;
-                    h[2 * i + 1] = (byte)(bits >> 8);
-                }
-                return h;
-            default: throw new ArgumentException($"cannot encode {dtype.Name()}");
-        }
-    }
+    /// <summary>Little-endian bytes of data in a float dtype, as safetensors stores them (the host is little-endian, as everywhere here).</summary>
+    public static byte[] Encode(float[] data, DType dtype) => dtype == DType.F32
+        ? MemoryMarshal.AsBytes(data.AsSpan()).ToArray()
+        : MemoryMarshal.AsBytes(dtype.ToHalfBits(data).AsSpan()).ToArray();
 }

@@ -52,7 +52,6 @@ public static class NativeCore
     }
 
     public static void Shutdown() => Check(NativeMethods.nl_shutdown(), "nl_shutdown");
-    public static void SetStream(nint stream) => Check(NativeMethods.nl_set_stream(stream), "nl_set_stream");
     public static void Synchronize() => Check(NativeMethods.nl_synchronize(), "nl_synchronize");
 
     public static (ulong Free, ulong Total) MemoryInfo()

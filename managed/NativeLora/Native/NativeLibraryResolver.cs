@@ -21,9 +21,6 @@ internal static class NativeLibraryResolver
     /// <summary>Set before the first native call when the CPU device was asked for: skips the CUDA core.</summary>
     internal static bool PreferCpu { get; set; }
 
-    /// <summary>The file the resolver loaded (null before the first native call).</summary>
-    internal static string? LoadedFrom { get; private set; }
-
 #pragma warning disable CA2255 // a library must register its resolver before the first P/Invoke
     [ModuleInitializer]
 #pragma warning restore CA2255
@@ -43,11 +40,11 @@ internal static class NativeLibraryResolver
                 {
                     var path = Path.Combine(dir, FileName(library));
                     tried.Add(path);
-                    if (File.Exists(path) && NativeLibrary.TryLoad(path, out s_handle)) { LoadedFrom = path; return s_handle; }
+                    if (File.Exists(path) && NativeLibrary.TryLoad(path, out s_handle)) return s_handle;
                 }
                 // a package's runtimes/<rid>/native/ asset, found the way [LibraryImport] would without this resolver
                 tried.Add($"{library} (runtime probing)");
-                if (NativeLibrary.TryLoad(library, assembly, searchPath, out s_handle)) { LoadedFrom = library; return s_handle; }
+                if (NativeLibrary.TryLoad(library, assembly, searchPath, out s_handle)) return s_handle;
             }
             throw new DllNotFoundException(
                 $"NativeLora's native core ({FileName(NativeMethods.Library)}) was not found. Looked in: {string.Join(", ", tried)}. " +

@@ -47,8 +47,6 @@ public sealed record PtqReport(double Seconds, int Samples, int Tokens, long Pea
 /// </summary>
 public static class PostTrainingQuantizer
 {
-    private static readonly string[] LinearNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
-
     private sealed class Chunk : IDisposable
     {
         public int Tokens, Sequences;
@@ -549,19 +547,7 @@ public static class PostTrainingQuantizer
     private static (SafeTensorsDType, long[], byte[]) F16(Tensor t) =>
         (SafeTensorsDType.F16, t.Shape.Select(d => (long)d).ToArray(), ModelDirectory.Encode(t.ToArray<float>(), DType.F16));
 
-    private static byte[] Bytes(int[] a)
-    {
-        var b = new byte[a.Length * 4];
-        Buffer.BlockCopy(a, 0, b, 0, b.Length);
-        return b;
-    }
-
-    private static byte[] Bytes(ushort[] a)
-    {
-        var b = new byte[a.Length * 2];
-        Buffer.BlockCopy(a, 0, b, 0, b.Length);
-        return b;
-    }
+    private static byte[] Bytes<T>(T[] a) where T : unmanaged => System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan()).ToArray();
 
     private static void Store(Dictionary<string, (SafeTensorsDType, long[], byte[])> outputs, string name, QuantizedWeight q, bool gptqFormat, Tensor? bias)
     {

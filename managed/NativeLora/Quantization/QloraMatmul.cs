@@ -21,8 +21,6 @@ public enum QloraMatmul
 
 public static class QloraMatmulChoice
 {
-    public static readonly string[] Names = { "auto", "fused", "scratch" };
-
     public static QloraMatmul Parse(string s) => s switch
     {
         "auto" => QloraMatmul.Auto,

@@ -55,9 +55,6 @@ public static class SafeTensorsDTypes
         }
     }
 
-    public static SafeTensorsDType Parse(string text) =>
-        TryParse(text, out var dtype) ? dtype : throw new FormatException($"unknown safetensors dtype '{text}'");
-
     /// <summary>The header spelling. Written out rather than Enum.ToString so renaming a member cannot change the format.</summary>
     public static string ToHeaderString(this SafeTensorsDType dtype) => dtype switch
     {

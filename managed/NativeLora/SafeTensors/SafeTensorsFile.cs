@@ -25,13 +25,10 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     readonly byte* _data;
     readonly SafeTensorInfo[] _tensors;
     readonly Dictionary<string, SafeTensorInfo> _byName;
-    bool _disposed;
 
     public string Path { get; }
     /// <summary>N, the JSON header length in bytes (padding included).</summary>
     public long HeaderLength { get; }
-    /// <summary>File offset of the data buffer: 8 + N.</summary>
-    public long DataStart => 8 + HeaderLength;
     public long DataLength { get; }
     /// <summary>Tensors in header order.</summary>
     public IReadOnlyList<SafeTensorInfo> Tensors => _tensors;
@@ -293,14 +290,9 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         return result;
     }
 
-    void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+    void ThrowIfDisposed() => _mapping.ThrowIfDisposed(this);
 
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _mapping.Dispose();
-    }
+    public void Dispose() => _mapping.Dispose();
 }
 
 /// <summary>Float decoding shared by the single-file and sharded readers.</summary>

@@ -20,9 +20,6 @@ public sealed class SafeTensorsWriter
     readonly HashSet<string> _names = new(StringComparer.Ordinal);
     readonly List<KeyValuePair<string, string>> _metadata = new();
 
-    public int Count => _tensors.Count;
-    public long DataBytes { get; private set; }
-
     public SafeTensorsWriter Add(string name, SafeTensorsDType dtype, long[] shape, ReadOnlyMemory<byte> data)
     {
         long expected = ByteLength(name ?? throw new ArgumentNullException(nameof(name)), dtype, shape ?? throw new ArgumentNullException(nameof(shape)));
@@ -42,7 +39,6 @@ public sealed class SafeTensorsWriter
         long expected = ByteLength(name, dtype, shape);
         _names.Add(name);
         _tensors.Add((name, dtype, (long[])shape.Clone(), expected, produce));
-        DataBytes += expected;
         return this;
     }
 

@@ -27,7 +27,6 @@ public sealed unsafe class ShardedSafeTensors : IDisposable
     public IReadOnlyList<SafeTensorsFile> Shards => _shards;
     /// <summary>Tensor names: weight_map order for a sharded model, header order for a single file.</summary>
     public IEnumerable<string> Names => _names;
-    public int Count => _names.Count;
 
     ShardedSafeTensors(string? indexPath, List<SafeTensorsFile> shards, Dictionary<string, SafeTensorsFile> fileOf, List<string> names)
     {

@@ -108,7 +108,6 @@ public sealed class InferenceEngine : IDisposable
     private HashSet<string> _adapterNames = new(StringComparer.Ordinal);
     private double _stepSeconds = 0.05; // recent decode step time, for Retry-After
 
-    public EngineOptions Options => _options;
     public CausalLm Model => _model;
     public int QueueDepth { get { lock (_lock) return _waiting.Count; } }
     public int RunningCount => Volatile.Read(ref _runningCount);

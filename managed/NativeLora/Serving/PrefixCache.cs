@@ -60,11 +60,6 @@ public sealed class PrefixCache
     public int CachedPages { get; private set; }
     /// <summary>Cached pages no running request uses: what <see cref="Evict"/> can give back.</summary>
     public int EvictablePages => AllNodes().Count(n => n.Pins == 0);
-    public long Lookups { get; private set; }
-    public long Hits { get; private set; }
-    public long LookupTokens { get; private set; }
-    public long HitTokens { get; private set; }
-    public long EvictedPages { get; private set; }
 
     public PrefixCache(int pageSize)
     {
@@ -80,8 +75,6 @@ public sealed class PrefixCache
     public Match Acquire(int adapter, ReadOnlySpan<int> prompt)
     {
         var match = new Match();
-        Lookups++;
-        LookupTokens += prompt.Length;
         int usable = (prompt.Length - 1) / PageSize; // whole pages, the last prompt token left to compute
         if (_roots.TryGetValue(adapter, out var node))
         {
@@ -97,11 +90,6 @@ public sealed class PrefixCache
         }
         match.Tokens = match.Path.Count * PageSize;
         match.Pages = match.Path.Select(n => n.Page).ToArray();
-        if (match.Tokens > 0)
-        {
-            Hits++;
-            HitTokens += match.Tokens;
-        }
         return match;
     }
 
@@ -179,7 +167,6 @@ public sealed class PrefixCache
             parent.Children.Remove(new Chunk(leaf.Tokens));
             freed.Add(leaf.Page);
             CachedPages--;
-            EvictedPages++;
             if (parent.Page >= 0 && parent.Children.Count == 0 && parent.Pins == 0) leaves.Enqueue(parent, parent.LastUsed);
             else if (parent.Page < 0 && parent.Children.Count == 0) _roots.Remove(parent.Adapter);
         }
@@ -201,7 +188,6 @@ public sealed class PrefixCache
                     n.Children.Remove(new Chunk(c.Tokens));
                     freed.Add(c.Page);
                     CachedPages--;
-                    EvictedPages++;
                 }
             }
         }

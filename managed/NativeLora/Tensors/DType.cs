@@ -32,6 +32,16 @@ public static class DTypeInfo
         _ => v,
     };
 
+    /// <summary>Floats as bf16 or f16 bits (round to nearest even): the one narrowing behind tensor uploads and checkpoint writes.</summary>
+    public static ushort[] ToHalfBits(this DType t, ReadOnlySpan<float> source)
+    {
+        if (t is not (DType.BF16 or DType.F16)) throw new ArgumentException($"{t.Name()} is not a 16-bit float dtype");
+        var bits = new ushort[source.Length];
+        for (int i = 0; i < bits.Length; i++)
+            bits[i] = t == DType.BF16 ? Kernels.FloatBits.FloatToBf16(source[i]) : Kernels.FloatBits.FloatToHalf(source[i]);
+        return bits;
+    }
+
     /// <summary>The native core's GEMM dtype for a float tensor dtype.</summary>
     public static Native.NlDType ToNative(this DType t) => t switch
     {

@@ -21,26 +21,7 @@ public static class Gemm
             a.DataPointer, a.Shape[1], b.DataPointer, b.Shape[1], beta, c.DataPointer, c.Shape[1]);
     }
 
-    /// <summary>Batched: A [batch,·,·], B [batch,·,·] or a 2-D B shared by every batch, C [batch,m,n].</summary>
-    public static void RunBatched(Tensor a, Tensor b, Tensor c, bool transA = false, bool transB = false, float alpha = 1f, float beta = 0f)
-    {
-        RequireRank(a, 3, "A"); RequireRank(c, 3, "C");
-        if (b.Rank != 2 && b.Rank != 3) throw new ArgumentException($"GEMM operand B must be 2-D or 3-D, got {b}");
-        int batch = a.Shape[0];
-        bool sharedB = b.Rank == 2;
-        int bRows = sharedB ? b.Shape[0] : b.Shape[1], bCols = sharedB ? b.Shape[1] : b.Shape[2];
-        if (!sharedB && b.Shape[0] != batch) throw new ArgumentException($"batch sizes differ: A {a}, B {b}");
-        if (c.Shape[0] != batch) throw new ArgumentException($"batch sizes differ: A {a}, C {c}");
-        var (m, k, n) = Dims(a.Shape[1], a.Shape[2], bRows, bCols, transA, transB);
-        CheckOutput(a, b, c, c.Shape[1], c.Shape[2], m, n);
-        c.Device.BeforeNativeCall();
-        NativeCore.GemmStridedBatched(a.DType.ToNative(), c.DType.ToNative(), transA, transB, m, n, k, alpha,
-            a.DataPointer, a.Shape[2], (long)a.Shape[1] * a.Shape[2],
-            b.DataPointer, bCols, sharedB ? 0 : (long)bRows * bCols,
-            beta, c.DataPointer, c.Shape[2], (long)c.Shape[1] * c.Shape[2], batch);
-    }
-
-    private static (int m, int k, int n) Dims(int aRows, int aCols, int bRows, int bCols, bool transA, bool transB)
+    internal static (int m, int k, int n) Dims(int aRows, int aCols, int bRows, int bCols, bool transA, bool transB)
     {
         int m = transA ? aCols : aRows, k = transA ? aRows : aCols;
         int kb = transB ? bCols : bRows, n = transB ? bRows : bCols;
@@ -96,9 +77,7 @@ public static class GemmStrided
     public static void Run(StridedMatrices a, StridedMatrices b, StridedMatrices c, int batch, bool transA = false, bool transB = false, float alpha = 1f, float beta = 0f)
     {
         a.CheckBounds(batch, "A"); b.CheckBounds(batch, "B"); c.CheckBounds(batch, "C");
-        int m = transA ? a.Cols : a.Rows, k = transA ? a.Rows : a.Cols;
-        int kb = transB ? b.Cols : b.Rows, n = transB ? b.Rows : b.Cols;
-        if (k != kb) throw new ArgumentException($"GEMM inner dimensions differ: op(A) is [{m}, {k}], op(B) is [{kb}, {n}]");
+        var (m, k, n) = Gemm.Dims(a.Rows, a.Cols, b.Rows, b.Cols, transA, transB);
         if (c.Rows != m || c.Cols != n) throw new ArgumentException($"GEMM output is [{c.Rows}, {c.Cols}], should be [{m}, {n}]");
         Gemm.CheckDTypes(a.Tensor, b.Tensor, c.Tensor);
         c.Tensor.Device.BeforeNativeCall();

@@ -54,7 +54,6 @@ public sealed class Tensor : IDisposable
 
     public int Rank => Shape.Length;
     public long ByteLength => ElementCount * DType.SizeOf();
-    public bool IsView => _block == null && _ownBuffer == null;
     public int Dim(int i) => Shape[i < 0 ? Shape.Length + i : i];
 
     /// <summary>Device address of the first element, for the native core.</summary>
@@ -209,12 +208,7 @@ public sealed class Tensor : IDisposable
         {
             case DType.F32: CopyFrom(source); break;
             case DType.BF16:
-            case DType.F16:
-                var bits = new ushort[source.Length];
-                for (int i = 0; i < bits.Length; i++)
-                    bits[i] = DType == DType.BF16 ? FloatBits.FloatToBf16(source[i]) : FloatBits.FloatToHalf(source[i]);
-                CopyFrom<ushort>(bits);
-                break;
+            case DType.F16: CopyFrom<ushort>(DType.ToHalfBits(source)); break;
             default: throw new InvalidOperationException($"CopyFromFloats needs a float tensor, got {this}");
         }
     }

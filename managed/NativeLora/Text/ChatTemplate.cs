@@ -27,9 +27,6 @@ public sealed class ChatTemplateException(string message, int line, int column, 
     public bool RaisedByTemplate { get; } = raisedByTemplate;
 }
 
-/// <summary>The chat template and special tokens found in a model's tokenizer_config.json.</summary>
-public sealed record ChatTemplateConfig(string Template, string? BosToken, string? EosToken);
-
 /// <summary>
 /// A Hugging Face chat template (the Jinja in tokenizer_config.json's "chat_template"), parsed once
 /// and rendered the way transformers' apply_chat_template renders it with Python Jinja: trim_blocks
@@ -43,11 +40,8 @@ public sealed class ChatTemplate
     public ChatTemplate(string template)
     {
         ArgumentNullException.ThrowIfNull(template);
-        Source = template;
         _program = JinjaParser.Parse(template);
     }
-
-    public string Source { get; }
 
     /// <summary>The clock behind strftime_now (local time); tests pin it.</summary>
     public TimeProvider Clock { get; init; } = TimeProvider.System;
@@ -147,72 +141,5 @@ public sealed class ChatTemplate
                 return d;
             default: return NoneValue.Instance;
         }
-    }
-
-    // ---------------------------------------------------------------- tokenizer_config.json
-
-    /// <summary>
-    /// Reads the chat template and bos/eos tokens of a model from its tokenizer_config.json.
-    /// "chat_template" may be a string or a list of {name, template} (the one named
-    /// <paramref name="templateName"/> is taken); without it, a chat_template.jinja beside the file is
-    /// used, as newer transformers versions save it there. Tokens may be strings or {"content": …}.
-    /// </summary>
-    public static ChatTemplateConfig ReadTokenizerConfig(string path, string templateName = "default")
-    {
-        using var doc = JsonDocument.Parse(File.ReadAllText(path));
-        var root = doc.RootElement;
-        string? template = root.TryGetProperty("chat_template", out var t) ? SelectTemplate(t, templateName, path) : null;
-        if (template == null)
-        {
-            var sibling = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "chat_template.jinja");
-            template = File.Exists(sibling) ? File.ReadAllText(sibling)
-                : throw new InvalidDataException($"{path} has no \"chat_template\" (and there is no chat_template.jinja beside it)");
-        }
-        return new ChatTemplateConfig(template, Token(root, "bos_token"), Token(root, "eos_token"));
-    }
-
-    /// <summary>The same from the JSON text of a tokenizer_config.json.</summary>
-    public static ChatTemplateConfig ParseTokenizerConfig(string json, string templateName = "default")
-    {
-        using var doc = JsonDocument.Parse(json);
-        var root = doc.RootElement;
-        string template = (root.TryGetProperty("chat_template", out var t) ? SelectTemplate(t, templateName, "tokenizer config") : null)
-                          ?? throw new InvalidDataException("the tokenizer config has no \"chat_template\"");
-        return new ChatTemplateConfig(template, Token(root, "bos_token"), Token(root, "eos_token"));
-    }
-
-    private static string? SelectTemplate(JsonElement value, string name, string source)
-    {
-        switch (value.ValueKind)
-        {
-            case JsonValueKind.String:
-                return value.GetString();
-            case JsonValueKind.Null:
-                return null;
-            case JsonValueKind.Array:
-                var names = new List<string>();
-                foreach (var item in value.EnumerateArray())
-                {
-                    if (item.ValueKind != JsonValueKind.Object || !item.TryGetProperty("name", out var n) || n.ValueKind != JsonValueKind.String
-                        || !item.TryGetProperty("template", out var tpl) || tpl.ValueKind != JsonValueKind.String)
-                        throw new InvalidDataException($"{source}: \"chat_template\" list items must be {{\"name\": …, \"template\": …}}");
-                    if (n.GetString() == name) return tpl.GetString();
-                    names.Add(n.GetString()!);
-                }
-                throw new InvalidDataException($"{source}: no chat template named '{name}' (have: {string.Join(", ", names)})");
-            default:
-                throw new InvalidDataException($"{source}: \"chat_template\" must be a string or a list of named templates");
-        }
-    }
-
-    private static string? Token(JsonElement root, string name)
-    {
-        if (!root.TryGetProperty(name, out var value)) return null;
-        return value.ValueKind switch
-        {
-            JsonValueKind.String => value.GetString(),
-            JsonValueKind.Object when value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString(),
-            _ => null,
-        };
     }
 }

@@ -42,8 +42,6 @@ public sealed class HfTokenizer : IDisposable
     /// <summary><c>add_bos_token</c>/<c>add_eos_token</c> from tokenizer_config.json (null when absent).</summary>
     public bool? AddBosToken { get; }
     public bool? AddEosToken { get; }
-    /// <summary><c>tokenizer_class</c> from tokenizer_config.json (e.g. LlamaTokenizer, Qwen2Tokenizer).</summary>
-    public string? TokenizerClass { get; }
     /// <summary>The default chat template (Jinja source), or null when the model has none.</summary>
     public string? ChatTemplate { get; }
     /// <summary>All named chat templates (config lists of {name, template}); "default" is <see cref="ChatTemplate"/>.</summary>
@@ -57,7 +55,6 @@ public sealed class HfTokenizer : IDisposable
         _tokenToId = vocab.TokenToId;
         _idToToken = vocab.IdToToken;
         _cleanUpSpaces = config.CleanUpTokenizationSpaces;
-        TokenizerClass = config.TokenizerClass;
         AddBosToken = config.AddBosToken;
         AddEosToken = config.AddEosToken;
         ChatTemplates = config.ChatTemplates;

@@ -42,6 +42,17 @@ internal static class JinjaBuiltins
 
     // ---------------------------------------------------------------- globals
 
+    /// <summary>namespace(...) and dict(...) both take dicts and keyword arguments, later keys winning, as Python's dict() does.</summary>
+    static void Merge(CallArgs args, OrderedDictionary<string, JinjaValue> into, string what)
+    {
+        foreach (var value in args.Positional)
+        {
+            if (value is not DictValue d) throw new JinjaError($"{what} takes a dict or keyword arguments");
+            foreach (var (k, v) in d.Items) into[k] = v;
+        }
+        foreach (var (k, v) in args.Keywords) into[k] = v;
+    }
+
     /// <summary>The functions every template sees (transformers adds raise_exception and strftime_now).</summary>
     public static void AddGlobals(Scope scope, JinjaInterpreter interpreter)
     {
@@ -49,23 +60,13 @@ internal static class JinjaBuiltins
         scope.Set("namespace", new CallableValue("namespace", args =>
         {
             var ns = new ObjectValue("Namespace", assignable: true);
-            foreach (var value in args.Positional)
-            {
-                if (value is not DictValue d) throw new JinjaError("namespace() takes a dict or keyword arguments");
-                foreach (var (k, v) in d.Items) ns.Attributes[k] = v;
-            }
-            foreach (var (k, v) in args.Keywords) ns.Attributes[k] = v;
+            Merge(args, ns.Attributes, "namespace()");
             return ns;
         }));
         scope.Set("dict", new CallableValue("dict", args =>
         {
             var d = new DictValue();
-            foreach (var value in args.Positional)
-            {
-                if (value is not DictValue source) throw new JinjaError("dict() takes a dict or keyword arguments");
-                foreach (var (k, v) in source.Items) d.Items[k] = v;
-            }
-            foreach (var (k, v) in args.Keywords) d.Items[k] = v;
+            Merge(args, d.Items, "dict()");
             return d;
         }));
         scope.Set("raise_exception", new CallableValue("raise_exception", args =>
@@ -256,7 +257,7 @@ internal static class JinjaBuiltins
                 return Method(name, a =>
                 {
                     var chars = OptionalString(a.Bind($"str.{name}()", "chars")[0], "chars");
-                    return Py.Str(Py.Strip(s, chars, left: name != "rstrip", right: name != "lstrip"));
+                    return Py.Str(PyText.Strip(s, chars, left: name != "rstrip", right: name != "lstrip"));
                 });
             case "startswith":
             case "endswith":
@@ -282,7 +283,9 @@ internal static class JinjaBuiltins
                 return Method(name, a =>
                 {
                     var p = a.Bind($"str.{name}()", "sep", "maxsplit");
-                    var parts = Split(s, OptionalString(p[0], "sep"), OptionalLong(p[1], -1), fromRight: name == "rsplit");
+                    var sep = OptionalString(p[0], "sep");
+                    if (sep == "") throw new JinjaError("empty separator");
+                    var parts = PyText.Split(s, sep, OptionalLong(p[1], -1), fromRight: name == "rsplit");
                     return new ListValue(parts.Select(x => (JinjaValue)Py.Str(x)).ToList());
                 });
             case "splitlines":
@@ -292,9 +295,9 @@ internal static class JinjaBuiltins
                     return new ListValue(SplitLines(s, keep).Select(x => (JinjaValue)Py.Str(x)).ToList());
                 });
             case "upper": return Method(name, a => { a.Bind("str.upper()"); return Py.Str(s.ToUpperInvariant()); });
-            case "lower": return Method(name, a => { a.Bind("str.lower()"); return Py.Str(s.ToLowerInvariant()); });
+            case "lower": return Method(name, a => { a.Bind("str.lower()"); return Py.Str(PyText.Lower(s)); });
             case "title": return Method(name, a => { a.Bind("str.title()"); return Py.Str(PyTitle(s)); });
-            case "capitalize": return Method(name, a => { a.Bind("str.capitalize()"); return Py.Str(Capitalize(s)); });
+            case "capitalize": return Method(name, a => { a.Bind("str.capitalize()"); return Py.Str(PyText.Capitalize(s)); });
             case "replace":
                 return Method(name, a =>
                 {
@@ -315,9 +318,9 @@ internal static class JinjaBuiltins
                     if (name == "find")
                     {
                         int at = s.IndexOf(sub, StringComparison.Ordinal);
-                        return new IntValue(at < 0 ? -1 : Py.CodePointCount(s[..at]));
+                        return new IntValue(at < 0 ? -1 : PyText.Length(s[..at]));
                     }
-                    if (sub.Length == 0) return new IntValue(Py.CodePointCount(s) + 1);
+                    if (sub.Length == 0) return new IntValue(PyText.Length(s) + 1);
                     int n = 0;
                     for (int at = s.IndexOf(sub, StringComparison.Ordinal); at >= 0; at = s.IndexOf(sub, at + sub.Length, StringComparison.Ordinal)) n++;
                     return new IntValue(n);
@@ -325,7 +328,7 @@ internal static class JinjaBuiltins
             case "isdigit": return Method(name, a => BoolValue.Of(s.Length > 0 && s.All(char.IsDigit)));
             case "isalpha": return Method(name, a => BoolValue.Of(s.Length > 0 && s.All(char.IsLetter)));
             case "isalnum": return Method(name, a => BoolValue.Of(s.Length > 0 && s.All(char.IsLetterOrDigit)));
-            case "isspace": return Method(name, a => BoolValue.Of(s.Length > 0 && s.All(Py.IsSpace)));
+            case "isspace": return Method(name, a => BoolValue.Of(s.Length > 0 && s.All(PyText.IsSpace)));
             case "islower": return Method(name, a => BoolValue.Of(IsLower(s)));
             case "isupper": return Method(name, a => BoolValue.Of(s.Any(char.IsUpper) && !s.Any(char.IsLower)));
             default: return null;
@@ -347,70 +350,6 @@ internal static class JinjaBuiltins
 
     private static ListValue Items(DictValue d) =>
         new(d.Items.Select(kv => (JinjaValue)ListValue.Tuple(Py.Str(kv.Key), kv.Value)).ToList());
-
-    /// <summary>Python's str.split / rsplit: no separator splits on runs of whitespace and drops empties.</summary>
-    private static List<string> Split(string s, string? sep, long maxsplit, bool fromRight)
-    {
-        if (sep == "") throw new JinjaError("empty separator");
-        if (maxsplit < 0) maxsplit = long.MaxValue;
-        var parts = new List<string>();
-        if (sep == null)
-        {
-            // Runs of whitespace separate; leading and trailing whitespace never make empty parts.
-            if (!fromRight)
-            {
-                int i = 0;
-                while (true)
-                {
-                    while (i < s.Length && Py.IsSpace(s[i])) i++;
-                    if (i == s.Length) break;
-                    if (parts.Count == maxsplit) { parts.Add(s[i..]); break; } // the rest keeps its trailing whitespace
-                    int j = i;
-                    while (j < s.Length && !Py.IsSpace(s[j])) j++;
-                    parts.Add(s[i..j]);
-                    i = j;
-                }
-            }
-            else
-            {
-                int i = s.Length;
-                while (true)
-                {
-                    while (i > 0 && Py.IsSpace(s[i - 1])) i--;
-                    if (i == 0) break;
-                    if (parts.Count == maxsplit) { parts.Add(s[..i]); break; }
-                    int j = i;
-                    while (j > 0 && !Py.IsSpace(s[j - 1])) j--;
-                    parts.Add(s[j..i]);
-                    i = j;
-                }
-                parts.Reverse();
-            }
-            return parts;
-        }
-        if (!fromRight)
-        {
-            int start = 0;
-            for (int at = s.IndexOf(sep, StringComparison.Ordinal); at >= 0 && parts.Count < maxsplit; at = s.IndexOf(sep, start, StringComparison.Ordinal))
-            {
-                parts.Add(s[start..at]);
-                start = at + sep.Length;
-            }
-            parts.Add(s[start..]);
-            return parts;
-        }
-        int end = s.Length;
-        while (parts.Count < maxsplit && end >= sep.Length)
-        {
-            int at = s.LastIndexOf(sep, end - 1, StringComparison.Ordinal); // a match ending at or before `end`
-            if (at < 0) break;
-            parts.Add(s[(at + sep.Length)..end]);
-            end = at;
-        }
-        parts.Add(s[..end]);
-        parts.Reverse();
-        return parts;
-    }
 
     private static List<string> SplitLines(string s, bool keepEnds)
     {
@@ -470,9 +409,6 @@ internal static class JinjaBuiltins
         return sb.ToString();
     }
 
-    private static string Capitalize(string s) =>
-        s.Length == 0 ? s : s[..1].ToUpperInvariant() + s[1..].ToLowerInvariant();
-
     private static bool IsLower(string s) => s.Any(char.IsLower) && !s.Any(char.IsUpper);
 
     // ---------------------------------------------------------------- filters
@@ -495,7 +431,7 @@ internal static class JinjaBuiltins
                 return GetAttr(v, RequireString(args.Bind(what, "name")[0], "attr() name"));
             case "capitalize":
                 args.Bind(what);
-                return Py.Str(Capitalize(Py.ToStr(v)));
+                return Py.Str(PyText.Capitalize(Py.ToStr(v)));
             case "count":
             case "length":
                 args.Bind(what);
@@ -604,7 +540,7 @@ internal static class JinjaBuiltins
                 return new ListValue(new List<JinjaValue>(Py.Iterate(v)));
             case "lower":
                 args.Bind(what);
-                return Py.Str(Py.ToStr(v).ToLowerInvariant());
+                return Py.Str(PyText.Lower(Py.ToStr(v)));
             case "upper":
                 args.Bind(what);
                 return Py.Str(Py.ToStr(v).ToUpperInvariant());
@@ -704,7 +640,7 @@ internal static class JinjaBuiltins
                 return Py.Str(sb.ToString());
             }
             case "trim":
-                return Py.Str(Py.Strip(Py.ToStr(v), OptionalString(args.Bind(what, "chars")[0], "trim chars"), true, true));
+                return Py.Str(PyText.Strip(Py.ToStr(v), OptionalString(args.Bind(what, "chars")[0], "trim chars"), true, true));
             case "unique":
             {
                 var p = args.Bind(what, "case_sensitive", "attribute");

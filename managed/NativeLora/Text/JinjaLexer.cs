@@ -8,7 +8,6 @@ internal enum TokenKind { Text, BlockBegin, BlockEnd, VariableBegin, VariableEnd
 /// <summary>A token; <see cref="Value"/> is the text, the unescaped string, or the operator.</summary>
 internal readonly record struct Token(TokenKind Kind, string Value, int Line, int Column)
 {
-    public bool Is(TokenKind kind, string value) => Kind == kind && Value == value;
     public bool IsName(string name) => Kind == TokenKind.Name && Value == name;
     public bool IsOp(string op) => Kind == TokenKind.Operator && Value == op;
 
@@ -107,7 +106,7 @@ internal sealed class JinjaLexer
     {
         string text = _src[start..end];
         if (control == '-')
-            text = Py.Strip(text, null, left: false, right: true); // "{%-": drop all whitespace before the tag
+            text = PyText.Strip(text, left: false); // "{%-": drop all whitespace before the tag
         else if (control != '+' && !isVariable)
         {
             // lstrip_blocks: spaces between the start of a line and a block/comment tag go away.
@@ -122,7 +121,7 @@ internal sealed class JinjaLexer
     private static bool AllSpace(string s, int from)
     {
         for (int i = from; i < s.Length; i++)
-            if (!Py.IsSpace(s[i])) return false;
+            if (!PyText.IsSpace(s[i])) return false;
         return true;
     }
 
@@ -130,7 +129,7 @@ internal sealed class JinjaLexer
     private void AfterTagEnd(char control, bool trimNewline)
     {
         if (control == '-')
-            while (_pos < _src.Length && Py.IsSpace(_src[_pos])) _pos++;
+            while (_pos < _src.Length && PyText.IsSpace(_src[_pos])) _pos++;
         else if (control != '+' && trimNewline && _pos < _src.Length && _src[_pos] == '\n')
             _pos++;
     }
@@ -178,7 +177,7 @@ internal sealed class JinjaLexer
 
     private int SkipSpace(int p)
     {
-        while (p < _src.Length && Py.IsSpace(_src[p])) p++;
+        while (p < _src.Length && PyText.IsSpace(_src[p])) p++;
         return p;
     }
 

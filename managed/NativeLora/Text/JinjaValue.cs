@@ -109,7 +109,6 @@ internal sealed class JinjaError(string message, bool raisedByTemplate = false) 
 /// <summary>Evaluated call arguments, bound to parameter names the way Python binds them.</summary>
 internal sealed class CallArgs(List<JinjaValue> positional, List<KeyValuePair<string, JinjaValue>> keywords)
 {
-    public static readonly CallArgs None = new([], []);
     public List<JinjaValue> Positional { get; } = positional;
     public List<KeyValuePair<string, JinjaValue>> Keywords { get; } = keywords;
 
@@ -380,7 +379,7 @@ internal static class Py
     /// <summary>Python's len(); strings count code points, as Python's str does.</summary>
     public static int Length(JinjaValue v) => v switch
     {
-        StringValue s => CodePointCount(s.Value),
+        StringValue s => PyText.Length(s.Value),
         ListValue l => l.Items.Count,
         DictValue d => d.Items.Count,
         UndefinedValue => 0,
@@ -396,14 +395,6 @@ internal static class Py
         UndefinedValue => [],
         _ => throw new JinjaError($"'{v.TypeName}' object is not iterable"),
     };
-
-    public static int CodePointCount(string s)
-    {
-        int surrogates = 0;
-        foreach (char c in s)
-            if (char.IsLowSurrogate(c)) surrogates++;
-        return s.Length - surrogates;
-    }
 
     /// <summary>The string split into code points (each a one- or two-char string), as Python indexes it.</summary>
     public static List<string> Chars(string s)
@@ -421,15 +412,4 @@ internal static class Py
         return result;
     }
 
-    /// <summary>Python's str.isspace() per character (it also counts the ASCII separators 0x1c–0x1f).</summary>
-    public static bool IsSpace(char c) => char.IsWhiteSpace(c) || (c >= '\x1c' && c <= '\x1f');
-
-    public static string Strip(string s, string? chars, bool left, bool right)
-    {
-        int start = 0, end = s.Length;
-        Func<char, bool> strip = chars == null ? IsSpace : chars.Contains;
-        if (left) while (start < end && strip(s[start])) start++;
-        if (right) while (end > start && strip(s[end - 1])) end--;
-        return s[start..end];
-    }
 }

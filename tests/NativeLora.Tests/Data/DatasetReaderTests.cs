@@ -25,7 +25,7 @@ public class DatasetReaderTests
     {
         using var tok = HfTokenizer.Load(TokenizerDir("llama3"));
         var f = new ExampleFormatter(tok, trainOnPrompt: false);
-        Assert.That(f.HasChatTemplate, Is.True);
+        Assert.That(tok.ChatTemplate, Is.Not.Null);
         var e = f.FromMessages(new[]
         {
             new ChatMessage("system", "Be brief."), new ChatMessage("user", "Capital of France?"), new ChatMessage("assistant", "Paris."),
@@ -88,7 +88,7 @@ public class DatasetReaderTests
     {
         using var tok = HfTokenizer.Load(TokenizerDir("mistral"));
         var f = new ExampleFormatter(tok, false);
-        Assert.That(f.HasChatTemplate, Is.False, "the @lenml Mistral files carry no chat template");
+        Assert.That(tok.ChatTemplate, Is.Null, "the @lenml Mistral files carry no chat template");
         var path = Path.Combine(_dir, "a.json");
         File.WriteAllText(path, """[{"instruction": "Say hi.", "input": "to Bob", "output": "Hi Bob!"}]""");
         var (ex, _) = DatasetReader.Read(path, f, 512, true, true, 0);

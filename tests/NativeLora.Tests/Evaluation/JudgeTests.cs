@@ -143,7 +143,6 @@ public class JudgeTests
     {
         using var stub = new Stub((_, _) => Task.FromResult(Chat("{\"relevance\": 5, \"coherence\": 5, \"style\": 5}")));
         using var judge = Judge(new Uri(stub.BaseUrl, "v1/"), key: null);
-        Assert.That(judge.Endpoint, Is.EqualTo(stub.BaseUrl + "v1/chat/completions"));
         await judge.ScoreAsync(One, CancellationToken.None);
         var seen = stub.Requests.Single();
         Assert.That(seen.Path, Is.EqualTo("/v1/chat/completions"));

@@ -26,7 +26,6 @@ public class OverfitReportTests
         Assert.That(r.BestValLoss, Is.EqualTo(1.0));
         Assert.That(r.OnsetStep, Is.EqualTo(550), "the first evaluation after the minimum");
         Assert.That(r.ConfirmedStep, Is.EqualTo(650), "the third consecutive rise");
-        Assert.That(r.Overfitting, Is.True);
         Assert.That(r.Summary, Is.EqualTo("overfitting from step 550: validation loss rose for 3 evaluations in a row while the training loss kept falling (seen at step 650); the best checkpoint is step 500 (validation loss 1)"));
     }
 
@@ -34,7 +33,6 @@ public class OverfitReportTests
     public void StillImprovingRunDoesNotOverfit()
     {
         var r = OverfitReport.Analyze(Curve(1000, 100, FallingTrain, s => 3.0 - s / 1000.0));
-        Assert.That(r.Overfitting, Is.False);
         Assert.That(r.BestStep, Is.EqualTo(1000));
         Assert.That(r.OnsetStep, Is.Null);
         Assert.That(r.ConfirmedStep, Is.Null);
@@ -61,7 +59,7 @@ public class OverfitReportTests
         // both curves turn up at step 500 (e.g. a too-high learning rate): not overfitting
         var r = OverfitReport.Analyze(Curve(1000, 50, s => 1.0 + Math.Abs(s - 500) / 500.0, s => 1.0 + Math.Abs(s - 500) / 400.0));
         Assert.That(r.BestStep, Is.EqualTo(500));
-        Assert.That(r.Overfitting, Is.False);
+        Assert.That(r.OnsetStep, Is.Null);
     }
 
     [Test]
@@ -69,7 +67,7 @@ public class OverfitReportTests
     {
         double[] val = { 3, 2, 1, 1.1, 1.2 };
         var points = Curve(500, 100, FallingTrain, s => val[s / 100 - 1]);
-        Assert.That(OverfitReport.Analyze(points, patience: 3).Overfitting, Is.False);
+        Assert.That(OverfitReport.Analyze(points, patience: 3).OnsetStep, Is.Null);
         var r2 = OverfitReport.Analyze(points, patience: 2);
         Assert.That((r2.OnsetStep, r2.ConfirmedStep), Is.EqualTo(((int?)400, (int?)500)));
     }
@@ -92,7 +90,7 @@ public class OverfitReportTests
         // losses alone rise; averaged over the last 10 steps it still falls
         double Train(int s) => s > 500 && s % 50 == 0 ? FallingTrain(s) + 0.05 * (s - 500) / 50.0 : FallingTrain(s);
         var points = Curve(1000, 50, Train, s => 1.0 + Math.Pow((s - 500) / 500.0, 2));
-        Assert.That(OverfitReport.Analyze(points, patience: 3, window: 1).Overfitting, Is.False, "window 1 sees only the spikes");
+        Assert.That(OverfitReport.Analyze(points, patience: 3, window: 1).OnsetStep, Is.Null, "window 1 sees only the spikes");
         Assert.That(OverfitReport.Analyze(points, patience: 3, window: 10).OnsetStep, Is.EqualTo(550));
     }
 

@@ -15,6 +15,21 @@ public class GgmlQuantsTests
     static readonly GgmlType[] Types =
         [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K];
 
+    // Whole-array forms of the library's span codecs (GgufWriter and GgufFile size their own buffers).
+    internal static byte[] Encode(GgmlType type, ReadOnlySpan<float> x)
+    {
+        var y = new byte[GgmlTypes.RowBytes(type, x.Length)];
+        GgmlQuants.Encode(type, x, y);
+        return y;
+    }
+
+    static float[] Decode(GgmlType type, byte[] b)
+    {
+        var y = new float[b.Length / GgmlTypes.TypeSize(type) * GgmlTypes.BlockSize(type)];
+        GgmlQuants.Decode(type, b, y);
+        return y;
+    }
+
     // ---- independent decoders: one element at a time, straight from the block layouts ----------------
 
     static float F16(byte[] b, int at) => (float)BitConverter.UInt16BitsToHalf((ushort)(b[at] | (b[at + 1] << 8)));
@@ -185,9 +200,9 @@ public class GgmlQuantsTests
         foreach (var (name, x) in Inputs(rng))
         {
             string what = $"{type} on {name} (seed {seed}; rerun with NATIVELORA_SEED={seed})";
-            byte[] bytes = GgmlQuants.Encode(type, x);
+            byte[] bytes = Encode(type, x);
             Assert.That(bytes.LongLength, Is.EqualTo(GgmlTypes.RowBytes(type, x.Length)), what);
-            float[] ours = GgmlQuants.Decode(type, bytes);
+            float[] ours = Decode(type, bytes);
             float[] reference = ReferenceDecode(type, bytes);
             for (int i = 0; i < x.Length; i++)
                 if (BitConverter.SingleToInt32Bits(ours[i]) != BitConverter.SingleToInt32Bits(reference[i]))
@@ -210,8 +225,8 @@ public class GgmlQuantsTests
     [TestCaseSource(nameof(Types))]
     public void AllZerosDecodeToZero(GgmlType type)
     {
-        var bytes = GgmlQuants.Encode(type, new float[256]);
-        Assert.That(GgmlQuants.Decode(type, bytes), Is.All.EqualTo(0f));
+        var bytes = Encode(type, new float[256]);
+        Assert.That(Decode(type, bytes), Is.All.EqualTo(0f));
     }
 
     // ---- hand-derived fixtures ------------------------------------------------------------------
@@ -228,7 +243,7 @@ public class GgmlQuantsTests
         expected[1] = 0x33;
         for (int j = 0; j < 32; j++) expected[2 + j] = (byte)((254 * j + 31) / 62);
         Assert.That(expected[2..], Is.EqualTo(new byte[] { 0, 4, 8, 12, 16, 20, 25, 29, 33, 37, 41, 45, 49, 53, 57, 61, 66, 70, 74, 78, 82, 86, 90, 94, 98, 102, 107, 111, 115, 119, 123, 127 }));
-        Assert.That(GgmlQuants.Encode(GgmlType.Q8_0, x), Is.EqualTo(expected));
+        Assert.That(Encode(GgmlType.Q8_0, x), Is.EqualTo(expected));
     }
 
     [Test]
@@ -239,8 +254,8 @@ public class GgmlQuantsTests
         // x_31 = 15 would need q = 16 and is clamped to 15 (decodes to 14): the top level is one short.
         var x = Enumerable.Range(0, 32).Select(j => (float)(j - 16)).ToArray();
         byte[] expected = [0x00, 0x40, 0x80, 0x91, 0x91, 0xA2, 0xA2, 0xB3, 0xB3, 0xC4, 0xC4, 0xD5, 0xD5, 0xE6, 0xE6, 0xF7, 0xF7, 0xF8];
-        Assert.That(GgmlQuants.Encode(GgmlType.Q4_0, x), Is.EqualTo(expected));
-        var y = GgmlQuants.Decode(GgmlType.Q4_0, expected);
+        Assert.That(Encode(GgmlType.Q4_0, x), Is.EqualTo(expected));
+        var y = Decode(GgmlType.Q4_0, expected);
         Assert.That(y[0], Is.EqualTo(-16f));
         Assert.That(y[31], Is.EqualTo(14f));
     }
@@ -249,11 +264,11 @@ public class GgmlQuantsTests
     public void ZeroBlocksOfTheSymmetricTypesHaveANegativeZeroScale()
     {
         // d = max / −8 with max = 0 is −0.0 (f16 0x8000), and every q is trunc(0 + 8.5) = 8 (Q4_0) or 16 (Q5_0: low nibble 0, high bit set).
-        Assert.That(GgmlQuants.Encode(GgmlType.Q4_0, new float[32]), Is.EqualTo(new byte[] { 0x00, 0x80 }.Concat(Enumerable.Repeat((byte)0x88, 16))));
-        Assert.That(GgmlQuants.Encode(GgmlType.Q5_0, new float[32]),
+        Assert.That(Encode(GgmlType.Q4_0, new float[32]), Is.EqualTo(new byte[] { 0x00, 0x80 }.Concat(Enumerable.Repeat((byte)0x88, 16))));
+        Assert.That(Encode(GgmlType.Q5_0, new float[32]),
             Is.EqualTo(new byte[] { 0x00, 0x80, 0xFF, 0xFF, 0xFF, 0xFF }.Concat(new byte[16])));
         foreach (var t in new[] { GgmlType.Q8_0, GgmlType.Q5_1, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K })
-            Assert.That(GgmlQuants.Encode(t, new float[256]), Is.All.EqualTo((byte)0), t.ToString());
+            Assert.That(Encode(t, new float[256]), Is.All.EqualTo((byte)0), t.ToString());
     }
 
     [Test]
@@ -269,7 +284,7 @@ public class GgmlQuantsTests
         expected[0] = 0x56; expected[1] = 0x14;
         for (int i = 0; i < 4; i++) { expected[4 + i] = 0xFF; expected[8 + i] = 0; expected[12 + i] = 0x0F; }
         Array.Fill(expected, (byte)0xFF, 16, 128);
-        Assert.That(GgmlQuants.Encode(GgmlType.Q4_K, x), Is.EqualTo(expected));
+        Assert.That(Encode(GgmlType.Q4_K, x), Is.EqualTo(expected));
     }
 
     [Test]
@@ -282,7 +297,7 @@ public class GgmlQuantsTests
         expected[0] = 0x32; expected[1] = 0x10;
         for (int i = 0; i < 4; i++) { expected[4 + i] = 0xFF; expected[12 + i] = 0x0F; }
         Array.Fill(expected, (byte)0xFF, 16, 32 + 128);
-        Assert.That(GgmlQuants.Encode(GgmlType.Q5_K, x), Is.EqualTo(expected));
+        Assert.That(Encode(GgmlType.Q5_K, x), Is.EqualTo(expected));
     }
 
     [Test]
@@ -294,9 +309,9 @@ public class GgmlQuantsTests
         var expected = new byte[210];
         Array.Fill(expected, (byte)0x80, 192, 16);
         expected[209] = 0x0C;
-        var bytes = GgmlQuants.Encode(GgmlType.Q6_K, Enumerable.Repeat(1f, 256).ToArray());
+        var bytes = Encode(GgmlType.Q6_K, Enumerable.Repeat(1f, 256).ToArray());
         Assert.That(bytes, Is.EqualTo(expected));
-        Assert.That(GgmlQuants.Decode(GgmlType.Q6_K, bytes), Is.All.EqualTo(1f), "(2^-12 · −128) · (0 − 32) = 1 exactly");
+        Assert.That(Decode(GgmlType.Q6_K, bytes), Is.All.EqualTo(1f), "(2^-12 · −128) · (0 − 32) = 1 exactly");
     }
 
     [Test]
@@ -360,7 +375,7 @@ public class GgmlQuantsTests
     [TestCase(GgmlType.Q6_K, "29a26a948f4154246f2ffeef4826f885146f7101b851dedb955cf41e2299bb02")]
     public void EncodingMatchesGgml(GgmlType type, string sha256)
     {
-        Assert.That(Convert.ToHexStringLower(SHA256.HashData(GgmlQuants.Encode(type, GoldenInput()))), Is.EqualTo(sha256));
+        Assert.That(Convert.ToHexStringLower(SHA256.HashData(Encode(type, GoldenInput()))), Is.EqualTo(sha256));
     }
 
     [TestCaseSource(nameof(Types))]
@@ -370,10 +385,10 @@ public class GgmlQuantsTests
         var rng = new Random(9);
         var x = new float[300 * 256];
         for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() - 0.5) * (1 + i / 256 % 7);
-        byte[] whole = GgmlQuants.Encode(type, x);
+        byte[] whole = Encode(type, x);
         int block = GgmlTypes.BlockSize(type), size = GgmlTypes.TypeSize(type);
         for (int b = 0; b < x.Length / block; b += 37)
-            Assert.That(whole.AsSpan(b * size, size).ToArray(), Is.EqualTo(GgmlQuants.Encode(type, x.AsSpan(b * block, block))), $"block {b}");
+            Assert.That(whole.AsSpan(b * size, size).ToArray(), Is.EqualTo(Encode(type, x.AsSpan(b * block, block))), $"block {b}");
     }
 
     [Test]
@@ -381,11 +396,11 @@ public class GgmlQuantsTests
     {
         var x = new float[32];
         x[7] = float.PositiveInfinity;
-        var e = Assert.Throws<ArgumentException>(() => GgmlQuants.Encode(GgmlType.Q8_0, x))!;
+        var e = Assert.Throws<ArgumentException>(() => Encode(GgmlType.Q8_0, x))!;
         Assert.That(e.Message, Does.Contain("value 7"));
-        Assert.That(GgmlQuants.Decode(GgmlType.F16, GgmlQuants.Encode(GgmlType.F16, x))[7], Is.EqualTo(float.PositiveInfinity), "plain float types keep infinities");
-        Assert.Throws<ArgumentException>(() => GgmlQuants.Encode(GgmlType.Q4_K, new float[128]));
-        Assert.Throws<ArgumentException>(() => GgmlQuants.Decode(GgmlType.Q6_K, new byte[209]));
-        Assert.Throws<NotSupportedException>(() => GgmlQuants.Encode(GgmlType.Q3_K, new float[256]));
+        Assert.That(Decode(GgmlType.F16, Encode(GgmlType.F16, x))[7], Is.EqualTo(float.PositiveInfinity), "plain float types keep infinities");
+        Assert.Throws<ArgumentException>(() => Encode(GgmlType.Q4_K, new float[128]));
+        Assert.Throws<ArgumentException>(() => Decode(GgmlType.Q6_K, new byte[209]));
+        Assert.Throws<NotSupportedException>(() => Encode(GgmlType.Q3_K, new float[256]));
     }
 }

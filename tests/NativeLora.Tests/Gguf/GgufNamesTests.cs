@@ -38,9 +38,6 @@ public class GgufNamesTests
         Assert.That(e.Message, Does.Contain(hf));
     }
 
-    [Test]
-    public void RotaryTablesAreIgnored() => Assert.That(GgufNames.IsIgnored("model.layers.0.self_attn.rotary_emb.inv_freq"), Is.True);
-
     /// <summary>
     /// convert_hf_to_gguf's permute as an index formula of its own: view the rows as [heads, 2, half]
     /// (HF: each head's first half then second half) and swap the last two axes, so GGUF row

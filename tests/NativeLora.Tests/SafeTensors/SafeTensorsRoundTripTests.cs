@@ -51,7 +51,7 @@ public class SafeTensorsRoundTripTests : TempDirectoryTest
         using var file = SafeTensorsFile.Open(path);
         Assert.That(file.Tensors.Select(t => t.Name), Is.EqualTo(expected.Select(e => e.Name)), "header order = insertion order");
         Assert.That(file.Metadata, Is.EquivalentTo(new Dictionary<string, string> { ["format"] = "pt", ["note"] = "ünïcödé ✓ \"quoted\" \\ / +<>" }));
-        Assert.That(file.DataStart % 8, Is.Zero, "data buffer is 8-byte aligned");
+        Assert.That((8 + file.HeaderLength) % 8, Is.Zero, "data buffer is 8-byte aligned");
         foreach (var (name, dtype, shape, data) in expected)
         {
             var info = file.Get(name);
@@ -185,7 +185,9 @@ public class SafeTensorsRoundTripTests : TempDirectoryTest
         Assert.Throws<ArgumentException>(() => w.Add("c", SafeTensorsDType.U8, [-1], new byte[0]), "negative dim");
         Assert.Throws<ArgumentException>(() => w.Add("d", SafeTensorsDType.U8, [long.MaxValue, 4], new byte[0]), "overflow");
         Assert.Throws<ArgumentException>(() => w.Add("bad\ud800", SafeTensorsDType.U8, [1], new byte[1]), "lone surrogate");
-        Assert.That(w.Count, Is.EqualTo(1));
+        w.Write(Path.Combine(Dir, "w.safetensors"));
+        using var file = SafeTensorsFile.Open(Path.Combine(Dir, "w.safetensors"));
+        Assert.That(file.Tensors.Select(t => t.Name), Is.EqualTo(new[] { "a" }), "a rejected tensor is not added");
     }
 
     // ---- float conversions, checked against decoders written from the bit-layout definitions ----

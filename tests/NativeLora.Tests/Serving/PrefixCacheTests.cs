@@ -32,9 +32,6 @@ public class PrefixCacheTests
         var diverging = cache.Acquire(-1, prompt.Take(5).Concat(new[] { 9, 9, 9, 9, 9 }).ToArray());
         Assert.That(diverging.Pages, Is.EqualTo(new[] { 7 }), "tokens 4..7 differ: only the first page is shared");
         Assert.That(cache.Acquire(5, prompt.Concat(new[] { 1 }).ToArray()).Tokens, Is.EqualTo(0), "another adapter's keys and values are not the base's");
-        Assert.That(cache.Lookups, Is.EqualTo(5));
-        Assert.That(cache.Hits, Is.EqualTo(3));
-        Assert.That(cache.HitTokens, Is.EqualTo(4 + 8 + 4));
     }
 
     [Test]
@@ -94,7 +91,7 @@ public class PrefixCacheTests
         var running = new List<(PrefixCache.Match Match, List<int> Pages, HashSet<int> TreeOwned)>();
         var systems = Enumerable.Range(0, 3).Select(i => Enumerable.Range(0, rng.Next(0, 14)).Select(_ => rng.Next(5)).ToArray()).ToArray();
         string Key(int adapter, int[] prompt, int page) => adapter + ":" + string.Join(",", prompt.Take((page + 1) * PageSize));
-        int admitted = 0, reused = 0;
+        int admitted = 0, reused = 0, evicted = 0;
 
         void Invariants()
         {
@@ -127,6 +124,7 @@ public class PrefixCacheTests
                         Assert.That(held.Remove(p), Is.True);
                         content.Remove(p);
                         free.Push(p);
+                        evicted++;
                     }
                 }
                 if (need > free.Count)
@@ -164,7 +162,7 @@ public class PrefixCacheTests
         }
         Assert.That(admitted, Is.GreaterThan(500), $"seed {seed}");
         Assert.That(reused, Is.GreaterThan(admitted / 10), $"shared system prompts should hit (seed {seed})");
-        Assert.That(cache.EvictedPages, Is.GreaterThan(0), $"the pool ran full and the tree gave pages back (seed {seed})");
+        Assert.That(evicted, Is.GreaterThan(0), $"the pool ran full and the tree gave pages back (seed {seed})");
         foreach (var r in running) cache.Release(r.Match);
         Assert.That(cache.Evict(int.MaxValue), Has.Count.EqualTo(held.Count), "everything unpinned can be evicted at the end");
         Assert.That(cache.CachedPages, Is.EqualTo(0));

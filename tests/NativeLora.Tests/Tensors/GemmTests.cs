@@ -79,7 +79,9 @@ public class GemmTests
         ta.CopyFromFloats(a);
         tb.CopyFromFloats(b);
         tc.Poison();
-        Gemm.RunBatched(ta, tb, tc, transA: false, transB: transB);
+        // contiguous batches: matrix i at i·rows·cols, and a shared B with batch stride 0
+        GemmStrided.Run(new StridedMatrices(ta, 0, m, k, k, m * k), new StridedMatrices(tb, 0, bShape[0], bShape[1], bShape[1], sharedB ? 0 : k * n),
+            new StridedMatrices(tc, 0, m, n, n, m * n), batch, transB: transB);
         var expected = new double[batch * m * n];
         for (int i = 0; i < batch; i++)
         {

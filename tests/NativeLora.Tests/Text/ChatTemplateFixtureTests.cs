@@ -7,7 +7,7 @@ namespace NativeLora.Tests.Text;
 /// Every case of tests/fixtures/chat_templates/expected.json rendered with our ChatTemplate must
 /// equal, character for character, what @huggingface/jinja 0.5.11 rendered (make_expected.mjs;
 /// check_python.py confirms Python Jinja agrees on every case). Real templates (Llama 3, Qwen3,
-/// Gemma 3, Mistral 7B) are loaded through ReadTokenizerConfig, hand-written ones from .jinja files.
+/// Gemma 3, Mistral 7B) are loaded the way HfTokenizer reads a model's tokenizer_config.json, hand-written ones from .jinja files.
 /// </summary>
 public class ChatTemplateFixtureTests
 {
@@ -28,13 +28,32 @@ public class ChatTemplateFixtureTests
             string path = Path.Combine(FixtureDir(), info.GetProperty("file").GetString()!);
             if (info.GetProperty("kind").GetString() == "real")
             {
-                var config = ChatTemplate.ReadTokenizerConfig(path);
-                loaded = (new ChatTemplate(config.Template), config.BosToken, config.EosToken);
+                var (template, bos, eos) = ReadTokenizerConfig(path);
+                loaded = (new ChatTemplate(template), bos, eos);
             }
             else
                 loaded = (new ChatTemplate(File.ReadAllText(path)), info.GetProperty("bos_token").GetString(), info.GetProperty("eos_token").GetString());
             Templates[name] = loaded;
             return loaded;
+        }
+    }
+
+    /// <summary>
+    /// The default chat template and bos/eos tokens of a fixture config, read by the library's one reader of
+    /// tokenizer_config.json (HfTokenizerFiles.ReadConfig, which wants the file under that name in a directory).
+    /// </summary>
+    internal static (string Template, string? Bos, string? Eos) ReadTokenizerConfig(string path)
+    {
+        var dir = Directory.CreateTempSubdirectory("nl-chat-template-");
+        try
+        {
+            File.Copy(path, Path.Combine(dir.FullName, "tokenizer_config.json"));
+            var config = HfTokenizerFiles.ReadConfig(dir.FullName);
+            return (config.ChatTemplates["default"], config.BosToken, config.EosToken);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
         }
     }
 

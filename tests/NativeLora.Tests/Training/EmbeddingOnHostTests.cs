@@ -37,14 +37,14 @@ public class EmbeddingOnHostTests
         }
 
         var onDevice = Step();
-        long live = dev.LiveBytes, host = dev.HostTensorBytes;
+        long live = dev.MemoryStats.Allocated, host = dev.HostTensorBytes;
         long tableBytes = model.Embedding.ByteLength;
         Assert.That(model.Embedding.OnHost, Is.False);
         model.PlaceEmbeddingOnHost();
         Assert.That(model.Embedding.OnHost, Is.True);
         Assert.That(model.Parameters["model.embed_tokens.weight"].OnHost, Is.True);
         Assert.That(model.Parameters["lm_head.weight"].OnHost, Is.False, "lm_head stays on the device");
-        Assert.That(live - dev.LiveBytes, Is.EqualTo(NativeLora.Devices.CachingAllocator.RoundSize(tableBytes)), "the table left device memory");
+        Assert.That(live - dev.MemoryStats.Allocated, Is.EqualTo(NativeLora.Devices.CachingAllocator.RoundSize(tableBytes)), "the table left device memory");
         Assert.That(dev.HostTensorBytes - host, Is.EqualTo(tableBytes));
         var onHost = Step();
 

@@ -27,7 +27,7 @@ public class GradientCheckpointingTests
             foreach (var m in adapter.Modules) m.ZeroGradients(model.Kernels);
             model.GradientCheckpointing = checkpointing;
             dev.ResetPeak();
-            long before = dev.LiveBytes;
+            long before = dev.MemoryStats.Allocated;
             model.ForwardBackward(batch);
             return (dev.PeakLiveBytes - before, adapter.Modules.SelectMany(m => m.AGrad.ToArray<float>().Concat(m.BGrad.ToArray<float>())).ToArray());
         }

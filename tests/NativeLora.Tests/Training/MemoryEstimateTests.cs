@@ -19,14 +19,14 @@ public class MemoryEstimateTests
         var c = GenerationTests.TinyConfig("llama") with { NumLayers = 3, VocabSize = 2000, MaxPositionEmbeddings = 512 };
         var dev = TestDevice.Shared;
         dev.EmptyCache();
-        long baseline = dev.LiveBytes;
+        long baseline = dev.MemoryStats.Allocated;
         dev.ResetPeak();
         var lora = new LoraConfig { R = 8, Dropout = 0.05 };
         var dir = Directory.CreateTempSubdirectory("nl-mem-").FullName;
         try
         {
             RunAndCompare();
-            Assert.That(dev.LiveBytes, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
+            Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
             dev.ValidateAllocator();
         }
         finally
@@ -65,7 +65,7 @@ public class MemoryEstimateTests
         var c = GenerationTests.TinyConfig("llama") with { HiddenSize = 256, IntermediateSize = 896, NumHeads = 4, NumKvHeads = 2, HeadDim = 64, NumLayers = 2, VocabSize = 3000, MaxPositionEmbeddings = 512 };
         var dev = TestDevice.Shared;
         dev.EmptyCache();
-        long baseline = dev.LiveBytes, hostBaseline = dev.HostTensorBytes;
+        long baseline = dev.MemoryStats.Allocated, hostBaseline = dev.HostTensorBytes;
         var lora = new LoraConfig { R = 8, Dropout = 0.05 };
         var dir = Directory.CreateTempSubdirectory("nl-mem-").FullName;
         try
@@ -90,7 +90,7 @@ public class MemoryEstimateTests
                 Assert.That(predicted.HostWeights, Is.EqualTo(dev.HostTensorBytes - hostBaseline), "the host table is what the planner moved");
                 Assert.That((double)predicted.Total / measured, Is.InRange(0.90, 1.10));
             }
-            Assert.That(dev.LiveBytes, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
+            Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
             Assert.That(dev.HostTensorBytes, Is.EqualTo(hostBaseline));
         }
         finally
