@@ -123,9 +123,6 @@ public static class Elementwise
         });
     }
 
-    public static void AddIntoCpu<T, S>(HostView<T> acc, HostView<T> x)
-        where T : unmanaged where S : struct, IStorage<T> => AddCpu<T, S>(acc, x, acc);
-
     public static void FillCpu<T, S>(HostView<T> x, float value)
         where T : unmanaged where S : struct, IStorage<T>
     {

@@ -48,15 +48,13 @@ public sealed class AdamWOptimizer : IDisposable
     private readonly ComputeDevice _device;
     private readonly Tensor? _mapSigned, _mapUnsigned;
 
-    /// <summary>8-bit moments (bitsandbytes' blockwise dynamic quantization) for tensors of at least this many elements; smaller ones keep 32-bit state, as bitsandbytes does.</summary>
-    public bool EightBit { get; }
+    /// <summary>With 8-bit moments (bitsandbytes' blockwise dynamic quantization), tensors under this many elements keep 32-bit state, as bitsandbytes does.</summary>
     public const long MinEightBitElementsDefault = 4096;
 
     public AdamWOptimizer(ComputeDevice device, IEnumerable<ParameterArena> arenas,
         float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, float weightDecay = 0f, bool paged = false,
         bool eightBit = false, long minEightBitElements = MinEightBitElementsDefault, KernelSet? kernels = null)
     {
-        EightBit = eightBit;
         _k = kernels ?? device.Kernels; // tests count the GPU variants' launches on the CPU
         _device = device;
         Paged = paged;
@@ -148,8 +146,6 @@ public sealed class AdamWOptimizer : IDisposable
 
     /// <summary>Runs of back-to-back tensors, one launch each per update (1 or 2 per arena).</summary>
     public int RunCount => _runs.Count;
-
-    public long ParameterCount => _arenas.Sum(a => a.Entries.Sum(e => e.Count));
 
     /// <summary>One memset per arena.</summary>
     public void ZeroGradients()
