@@ -120,7 +120,8 @@ run_demo() {
     log "demo 2/5: reusing runs/demo-model"
   fi
   log "demo 3/5: LoRA fine-tune on data/demo/instructions.jsonl (config data/demo/train.json)"
-  (cd "$ROOT" && "$cli" train --config data/demo/train.json)
+  # the demo owns runs/demo: a second ./build.sh demo replaces the first one's run instead of refusing
+  (cd "$ROOT" && "$cli" train --config data/demo/train.json --overwrite-output-dir)
   log "demo 4/5: a sample generation with the adapter"
   (cd "$ROOT" && "$cli" generate --model runs/demo-model --adapter runs/demo/adapter --prompt "What is the capital of France?" --chat --max-new-tokens 24)
   log "demo 5/5: evaluation of the base and the fine-tuned model (perplexity, BLEU/ROUGE, a multiple-choice file)"
