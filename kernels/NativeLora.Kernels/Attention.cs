@@ -25,8 +25,9 @@ namespace NativeLora.Kernels;
 /// and one GEMM covers every query head of a kv head. Scores of a block live in a [B·KV, nb·G,
 /// keyEnd] buffer, row rr of (b, g) being query i0 + rr / G of head g·G + rr % G.
 ///
-/// The ILGPU row kernels here are the GPU variant: one group per row (reductions by
-/// <see cref="GroupReduce"/>, coalesced, index arithmetic once per row). The CPU variant of the same
+/// The ILGPU row kernels here are the GPU variant: one warp per row for rows of at most 1024 keys (reductions by
+/// shuffles alone), one group per row above (reductions by <see cref="GroupReduce"/>); coalesced, index arithmetic
+/// once per row. The CPU variant of the same
 /// row ops is host SIMD code, Kernels/AttentionCpu.cs; Ops/AttentionOp.cs picks between them.
 /// </summary>
 public static class Attention
@@ -66,17 +67,45 @@ public static class Attention
     internal static long LseIndex(Block blk, int b, int h, int i) => ((long)b * blk.Heads + h) * blk.Queries + i;
 
     /// <summary>
-    /// One group per row on a GPU: a multiple of the warp size near the row's width (at most RowGroupSize), with
+    /// Score rows up to this many keys go one per warp, several rows per group, reduced by shuffles alone (no barrier),
+    /// as PyTorch's warp softmax does for rows of at most 1024; longer rows go one per group.
+    /// </summary>
+    public const int WarpRowMaxWidth = 1024;
+
+    /// <summary>
+    /// How rows of <paramref name="width"/> columns map onto groups: one per warp (RowsPerGroup &gt; 1) when short,
+    /// else one per group of a multiple of the warp size near the row's width (at most RowGroupSize), with
     /// <see cref="GroupReduce"/> scratch when the kernel reduces.
     /// </summary>
-    private static KernelConfig RowsConfig(KernelSet ks, long rows, int width, bool reduces)
+    private static (KernelConfig Config, int RowsPerGroup) RowsConfig(KernelSet ks, long rows, int width, bool reduces)
     {
         int warp = ks.Accelerator.WarpSize;
-        int group = Math.Min(ks.RowGroupSize, Math.Max(warp, (width + warp - 1) / warp * warp));
-        return reduces
-            ? new KernelConfig(checked((int)rows), group, SharedMemoryConfig.RequestDynamic<float>(GroupReduce.ScratchLength(group, warp)))
-            : new KernelConfig(checked((int)rows), group);
+        int rowsPerGroup = width <= WarpRowMaxWidth ? Math.Max(1, ks.RowGroupSize / warp) : 1;
+        int group = rowsPerGroup > 1 ? rowsPerGroup * warp : Math.Min(ks.RowGroupSize, Math.Max(warp, (width + warp - 1) / warp * warp));
+        int groups = checked((int)((rows + rowsPerGroup - 1) / rowsPerGroup));
+        return (reduces
+            ? new KernelConfig(groups, group, SharedMemoryConfig.RequestDynamic<float>(GroupReduce.ScratchLength(group, warp)))
+            : new KernelConfig(groups, group), rowsPerGroup);
     }
+
+    // The row a thread works on, its lane in the row and the lanes per row (see RowsConfig). Uniform per group, so a
+    // group-per-row kernel's barriers stay uniform. Warps past the last row of the last group get the last row and
+    // false: a reducing kernel redoes that row (writing the same values again, so every thread reaches every shuffle),
+    // a kernel without reductions returns.
+    private static bool RowOf(int rowsPerGroup, long rows, out int row, out int lane, out int lanes)
+    {
+        if (rowsPerGroup <= 1)
+        {
+            (row, lane, lanes) = (Grid.IdxX, Group.IdxX, Group.DimX);
+            return true;
+        }
+        long own = (long)Grid.IdxX * rowsPerGroup + Warp.WarpIdx;
+        (row, lane, lanes) = ((int)Math.Min(rows - 1, own), Warp.LaneIdx, Warp.WarpSize);
+        return own < rows;
+    }
+
+    private static float RowMax(float v, int rowsPerGroup) => rowsPerGroup > 1 ? GroupReduce.WarpMax(v) : GroupReduce.Max(v, SharedMemory.GetDynamic<float>());
+    private static float RowSum(float v, int rowsPerGroup) => rowsPerGroup > 1 ? GroupReduce.WarpSum(v) : GroupReduce.Sum(v, SharedMemory.GetDynamic<float>());
 
     // ---------------------------------------------------------------- layout
 
@@ -105,18 +134,19 @@ public static class Attention
         long rows = dst.Length / c;
         if (rows == 0) return;
         Action<ArrayView<TI>, ArrayView<TO>, int, int, int> kernel = PermuteKernel<TI, SI, TO, SO>;
-        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, c, reduces: false), src, dst, x, y, c);
+        int warp = ks.Accelerator.WarpSize;
+        var config = new KernelConfig(checked((int)rows), Math.Min(ks.RowGroupSize, Math.Max(warp, (c + warp - 1) / warp * warp)));
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(config, src, dst, x, y, c);
     }
 
     // ---------------------------------------------------------------- forward: masked softmax with lse
 
     /// <summary>probs = masked softmax(τ·scores) per score row of the block; writes the lse of its query.</summary>
-    public static void SoftmaxKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
+    public static void SoftmaxKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, long rows, int rowsPerGroup)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        var scratch = SharedMemory.GetDynamic<float>();
-        int row = Grid.IdxX, lane = Group.IdxX, lanes = Group.DimX;
+        RowOf(rowsPerGroup, rows, out int row, out int lane, out int lanes);
         Locate(blk, row, out int b, out int h, out int i, out int p);
         long keyBase = (long)b * blk.Keys;
         long o = (long)row * blk.KeyEnd;
@@ -125,12 +155,12 @@ public static class Attention
         if (segI >= 0)
             for (int j = lane; j <= p; j += lanes)
                 if (seg[keyBase + j] == segI) m = XMath.Max(m, scores[o + j] * blk.Scale);
-        m = GroupReduce.Max(m, scratch);
+        m = RowMax(m, rowsPerGroup);
         float sum = 0;
         if (m > float.NegativeInfinity)
             for (int j = lane; j <= p; j += lanes)
                 if (seg[keyBase + j] == segI) sum += XMath.Exp(scores[o + j] * blk.Scale - m);
-        sum = GroupReduce.Sum(sum, scratch);
+        sum = RowSum(sum, rowsPerGroup);
         float rowLse = sum > 0 ? m + XMath.Log(sum) : 0f;
         for (int j = lane; j < blk.KeyEnd; j += lanes)
             probs[o + j] = s.Store(sum > 0 && j <= p && seg[keyBase + j] == segI ? XMath.Exp(scores[o + j] * blk.Scale - rowLse) : 0f);
@@ -141,67 +171,73 @@ public static class Attention
     public static void Softmax<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = SoftmaxKernel<T, S>;
-        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, blk.ScoreRows(batch), blk.KeyEnd, reduces: true), scores, probs, seg, lse, blk);
+        long rows = blk.ScoreRows(batch);
+        var (config, rowsPerGroup) = RowsConfig(ks, rows, blk.KeyEnd, reduces: true);
+        Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, long, int> kernel = SoftmaxKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(config, scores, probs, seg, lse, blk, rows, rowsPerGroup);
     }
 
     // ---------------------------------------------------------------- backward
 
     /// <summary>P = exp(τ·S − lse), masked, per score row of the block (the backward's recompute).</summary>
-    public static void RecomputeProbsKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk)
+    public static void RecomputeProbsKernel<T, S>(ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, long rows, int rowsPerGroup)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        int row = Grid.IdxX;
+        if (!RowOf(rowsPerGroup, rows, out int row, out int lane, out int lanes)) return; // no shuffles here; GradScores works in place
         Locate(blk, row, out int b, out int h, out int i, out int p);
         long keyBase = (long)b * blk.Keys;
         long o = (long)row * blk.KeyEnd;
         int segI = seg[keyBase + p];
         float rowLse = lse[LseIndex(blk, b, h, i)];
-        for (int j = Group.IdxX; j < blk.KeyEnd; j += Group.DimX)
+        for (int j = lane; j < blk.KeyEnd; j += lanes)
             probs[o + j] = s.Store(j <= p && segI >= 0 && seg[keyBase + j] == segI ? XMath.Exp(scores[o + j] * blk.Scale - rowLse) : 0f);
     }
 
     /// <summary>In place over probs: dS = τ·P∘(dP − D), with dP the f32 scores buffer and D = rowsum(dO∘O) per query.</summary>
-    public static void GradScoresKernel<T, S>(ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk)
+    public static void GradScoresKernel<T, S>(ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk, long rows, int rowsPerGroup)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        int row = Grid.IdxX;
+        if (!RowOf(rowsPerGroup, rows, out int row, out int lane, out int lanes)) return; // no shuffles here; GradScores works in place
         Locate(blk, row, out int b, out int h, out int i, out _);
         long o = (long)row * blk.KeyEnd;
         float d = dRow[LseIndex(blk, b, h, i)];
-        for (int j = Group.IdxX; j < blk.KeyEnd; j += Group.DimX)
+        for (int j = lane; j < blk.KeyEnd; j += lanes)
             probs[o + j] = s.Store(s.Load(probs[o + j]) * (dp[o + j] - d) * blk.Scale);
     }
 
     /// <summary>D[(b·H + h)·T + i] = Σ_d dO·O over head h of token (b, i): per (token, head) row.</summary>
-    public static void RowDotKernel<T, S>(ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim)
+    public static void RowDotKernel<T, S>(ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int queries, int heads, int headDim, long rows, int rowsPerGroup)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
-        int r = Grid.IdxX;
+        RowOf(rowsPerGroup, rows, out int r, out int lane, out int lanes);
         int token = r / heads, h = r - token * heads;
         int b = token / queries, i = token - b * queries;
         long at = (long)r * headDim;
         float acc = 0;
-        for (int d = Group.IdxX; d < headDim; d += Group.DimX) acc += s.Load(dO[at + d]) * s.Load(o[at + d]);
-        acc = GroupReduce.Sum(acc, SharedMemory.GetDynamic<float>());
-        if (Group.IdxX == 0) dRow[((long)b * heads + h) * queries + i] = acc;
+        for (int d = lane; d < headDim; d += lanes) acc += s.Load(dO[at + d]) * s.Load(o[at + d]);
+        acc = RowSum(acc, rowsPerGroup);
+        if (lane == 0) dRow[((long)b * heads + h) * queries + i] = acc;
     }
 
     public static void RecomputeProbs<T, S>(KernelSet ks, ArrayView<float> scores, ArrayView<T> probs, ArrayView<int> seg, ArrayView<float> lse, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block> kernel = RecomputeProbsKernel<T, S>;
-        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, blk.ScoreRows(batch), blk.KeyEnd, reduces: false), scores, probs, seg, lse, blk);
+        long rows = blk.ScoreRows(batch);
+        var (config, rowsPerGroup) = RowsConfig(ks, rows, blk.KeyEnd, reduces: false);
+        Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Block, long, int> kernel = RecomputeProbsKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(config, scores, probs, seg, lse, blk, rows, rowsPerGroup);
     }
 
     public static void GradScores<T, S>(KernelSet ks, ArrayView<float> dp, ArrayView<T> probs, ArrayView<float> dRow, Block blk, int batch)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Block> kernel = GradScoresKernel<T, S>;
-        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, blk.ScoreRows(batch), blk.KeyEnd, reduces: false), dp, probs, dRow, blk);
+        long rows = blk.ScoreRows(batch);
+        var (config, rowsPerGroup) = RowsConfig(ks, rows, blk.KeyEnd, reduces: false);
+        Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Block, long, int> kernel = GradScoresKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(config, dp, probs, dRow, blk, rows, rowsPerGroup);
     }
 
     public static void RowDot<T, S>(KernelSet ks, ArrayView<T> dO, ArrayView<T> o, ArrayView<float> dRow, int batch, int queries, int heads, int headDim)
@@ -209,8 +245,9 @@ public static class Attention
     {
         long rows = (long)batch * queries * heads;
         if (rows == 0) return;
-        Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int> kernel = RowDotKernel<T, S>;
-        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(RowsConfig(ks, rows, headDim, reduces: true), dO, o, dRow, queries, heads, headDim);
+        var (config, rowsPerGroup) = RowsConfig(ks, rows, headDim, reduces: true);
+        Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int, long, int> kernel = RowDotKernel<T, S>;
+        ks.Load(kernel, a => a.LoadStreamKernel(kernel))(config, dO, o, dRow, queries, heads, headDim, rows, rowsPerGroup);
     }
 
     /// <summary>

@@ -39,4 +39,20 @@ public static class GroupReduce
             total = XMath.Max(total, Warp.ShuffleDown(total, offset));
         return Warp.Shuffle(total, 0);
     }
+
+    /// <summary>Σ over the lanes of one warp, every lane getting it (butterfly shuffles, no barrier): rows of one warp each.</summary>
+    public static float WarpSum(float value)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+            value += Warp.ShuffleXor(value, offset);
+        return value;
+    }
+
+    /// <summary>max over the lanes of one warp, every lane getting it.</summary>
+    public static float WarpMax(float value)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+            value = XMath.Max(value, Warp.ShuffleXor(value, offset));
+        return value;
+    }
 }

@@ -76,6 +76,16 @@ public class AttentionTests
         Check.Close(tdv.ToFloatArray(), r.Dv, tol, what + " dv", seed);
     }
 
+    /// <summary>
+    /// The GPU row kernels take rows of at most 1024 keys one per warp and longer ones one per group: a sequence of
+    /// 1,040 tokens in blocks of 600 queries runs the first block per warp (keys up to 600) and the second per group
+    /// (keys up to 1,040), packed, in both dtypes.
+    /// </summary>
+    [TestCase(DType.F32)]
+    [TestCase(DType.BF16)]
+    public void RowsPerWarpAndPerGroupInOneCall(DType dtype) =>
+        ForwardAndBackwardMatchFloat64(true, dtype, "packed", 1, NativeLora.Kernels.Attention.WarpRowMaxWidth + 16, 2, 1, 8, 0, 600);
+
     private static IEnumerable<object[]> Cases()
     {
         foreach (object[] sh in Shapes)

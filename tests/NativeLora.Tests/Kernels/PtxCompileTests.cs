@@ -100,10 +100,10 @@ public class PtxCompileTests
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<float>, long, long>)CastKernels.CastKernel<T, S, float, F32>, false);
         yield return ((Action<Index1D, ArrayView<float>, ArrayView<T>, long, long>)CastKernels.CastKernel<float, F32, T, S>, false);
         yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, int, float>)CrossEntropy.GroupKernel<T, S>, true);
-        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.SoftmaxKernel<T, S>, true);
-        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block>)Attention.RecomputeProbsKernel<T, S>, true);
-        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Attention.Block>)Attention.GradScoresKernel<T, S>, true);
-        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int>)Attention.RowDotKernel<T, S>, true);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, long, int>)Attention.SoftmaxKernel<T, S>, true);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<float>, Attention.Block, long, int>)Attention.RecomputeProbsKernel<T, S>, true);
+        yield return ((Action<ArrayView<float>, ArrayView<T>, ArrayView<float>, Attention.Block, long, int>)Attention.GradScoresKernel<T, S>, true);
+        yield return ((Action<ArrayView<T>, ArrayView<T>, ArrayView<float>, int, int, int, long, int>)Attention.RowDotKernel<T, S>, true);
         yield return ((Action<ArrayView<T>, ArrayView<T>, int, int, int>)Attention.PermuteKernel<T, S, T, S>, true);
         yield return ((Action<ArrayView<float>, ArrayView<T>, int, int, int>)Attention.PermuteKernel<float, F32, T, S>, true);
         yield return ((Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<T>, int, int, int, int, int, float>)Attention.DecodeKernel<T, S>, false);
