@@ -72,7 +72,7 @@ public sealed class ParameterArena : IDisposable
         Tensor View(Tensor flat, Entry e) => flat.Slice((int)e.Offset, (int)e.Count).Reshape(e.Shape);
         _values = _entries.Select(e => View(Values, e)).ToArray();
         _grads = _entries.Select(e => View(Grads, e)).ToArray();
-        _compute = _entries.Select(e => View(Compute, e)).ToArray();
+        _compute = ReferenceEquals(Compute, Values) ? _values : _entries.Select(e => View(Compute, e)).ToArray(); // f32: the values themselves
     }
 
     public Tensor Value(int entry) => _values[entry];
