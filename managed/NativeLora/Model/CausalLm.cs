@@ -80,35 +80,57 @@ public sealed class CausalLm : IDisposable
         return list;
     }
 
+    // the decoder projections' weights: what QLoRA stores in NF4
+    private static readonly string[] s_projectionWeights =
+        [".self_attn.q_proj.weight", ".self_attn.k_proj.weight", ".self_attn.v_proj.weight", ".self_attn.o_proj.weight",
+         ".mlp.gate_proj.weight", ".mlp.up_proj.weight", ".mlp.down_proj.weight"];
+
+    /// <summary>True for a decoder projection's weight (model.layers.N.{self_attn.q,k,v,o_proj; mlp.gate,up,down_proj}.weight): what QLoRA quantizes.</summary>
+    public static bool IsProjectionWeight(string name) =>
+        name.StartsWith("model.layers.", StringComparison.Ordinal) && s_projectionWeights.Any(s => name.EndsWith(s, StringComparison.Ordinal));
+
     /// <summary>
     /// Takes ownership of the tensors. Every missing, extra or wrongly shaped tensor is reported at
-    /// once, by name, before anything runs.
+    /// once, by name, before anything runs. <paramref name="quantized"/> holds decoder projection weights already in
+    /// NF4 (a QLoRA load quantizes each as it is read): those layers start as <see cref="QuantizeLinears"/> leaves them,
+    /// and <paramref name="parameters"/> then lacks their dense weights.
     /// </summary>
-    public CausalLm(ComputeDevice device, ModelConfig config, Dictionary<string, Tensor> parameters)
+    public CausalLm(ComputeDevice device, ModelConfig config, Dictionary<string, Tensor> parameters, IReadOnlyDictionary<string, Quantization.Nf4Tensor>? quantized = null)
     {
         Device = device;
         Kernels = device.Kernels;
         Config = config;
+        quantized ??= new Dictionary<string, Quantization.Nf4Tensor>();
         var problems = new List<string>();
         var expected = ExpectedParameters(config);
         foreach (var (name, shape) in expected)
         {
-            if (!parameters.TryGetValue(name, out var t)) problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
+            if (quantized.TryGetValue(name, out var q))
+            {
+                if (parameters.ContainsKey(name)) problems.Add($"tensor '{name}' is given both dense and in NF4");
+                else if (!q.Shape.SequenceEqual(shape)) problems.Add($"NF4 tensor '{name}' has shape [{string.Join(", ", q.Shape)}], expected [{string.Join(", ", shape)}]");
+            }
+            else if (!parameters.TryGetValue(name, out var t)) problems.Add($"missing tensor '{name}' [{string.Join(", ", shape)}]");
             else if (!t.Shape.SequenceEqual(shape)) problems.Add($"tensor '{name}' has shape [{string.Join(", ", t.Shape)}], expected [{string.Join(", ", shape)}]");
         }
         var names = expected.Select(e => e.Name).ToHashSet();
         foreach (var name in parameters.Keys.Where(n => !names.Contains(n)).OrderBy(n => n))
             problems.Add($"unexpected tensor '{name}'");
+        foreach (var name in quantized.Keys.Where(n => !names.Contains(n) || !IsProjectionWeight(n)).OrderBy(n => n))
+            problems.Add($"unexpected NF4 tensor '{name}' (only decoder projection weights are quantized)");
         if (problems.Count > 0)
             throw new InvalidDataException($"the weights do not match the {config.ModelType} config ({problems.Count} problem(s)):\n  " + string.Join("\n  ", problems));
         DType = parameters["model.embed_tokens.weight"].DType;
-        var wrongType = parameters.Where(p => p.Value.DType != DType).Select(p => $"{p.Key} is {p.Value.DType.Name()}").ToList();
+        var wrongType = parameters.Where(p => p.Value.DType != DType).Select(p => $"{p.Key} is {p.Value.DType.Name()}")
+            .Concat(quantized.Where(p => p.Value.DType != DType).Select(p => $"{p.Key} was quantized from {p.Value.DType.Name()}")).ToList();
         if (wrongType.Count > 0) throw new InvalidDataException($"all weights must share one dtype ({DType.Name()}): {string.Join(", ", wrongType)}");
 
         _parameters = parameters;
         FinalNorm = parameters["model.norm.weight"];
-        var layers = Enumerable.Range(0, config.NumLayers).Select(i => DecoderLayer.FromParameters(i, config, parameters)).ToList();
+        var layers = Enumerable.Range(0, config.NumLayers).Select(i => DecoderLayer.FromParameters(i, config, parameters, quantized)).ToList();
         Layers = layers;
+        // in the order QuantizeLinears adds them
+        _quantized.AddRange(layers.SelectMany(l => l.Linears).Where(l => l.Quantized != null));
         var (cos, sin) = NativeLora.Kernels.Rope.BuildTable(config.HeadDim, config.MaxPositionEmbeddings, config.RopeTheta, config.RopeScaling);
         _cos = device.Allocate(DType.F32, config.MaxPositionEmbeddings, config.HeadDim / 2);
         _sin = device.Allocate(DType.F32, config.MaxPositionEmbeddings, config.HeadDim / 2);
@@ -120,6 +142,8 @@ public sealed class CausalLm : IDisposable
     /// QLoRA: stores every decoder projection in NF4 with double quantization (embeddings, norms and
     /// the output layer stay in the compute dtype, as in QLoRA). The full-precision tensors are freed.
     /// <paramref name="baseMatmul"/> says how their base products are computed (fused from the codes or through a scratch).
+    /// On a model loaded with <c>quantizeProjections</c> (<see cref="ModelDirectory.Load"/>) the projections are NF4
+    /// already and only <paramref name="baseMatmul"/> is set.
     /// </summary>
     public void QuantizeLinears(Quantization.QloraMatmul baseMatmul = Quantization.QloraMatmul.Auto)
     {

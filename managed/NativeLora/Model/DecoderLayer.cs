@@ -124,11 +124,19 @@ public sealed class DecoderLayer
         (QProj, KProj, VProj, OProj, GateProj, UpProj, DownProj) = (p.Q, p.K, p.V, p.O, p.Gate, p.Up, p.Down);
     }
 
-    /// <summary>Layer `index` of a checkpoint, from its HF tensor names (model.layers.{index}.…).</summary>
-    public static DecoderLayer FromParameters(int index, ModelConfig c, IReadOnlyDictionary<string, Tensor> parameters)
+    /// <summary>
+    /// Layer `index` of a checkpoint, from its HF tensor names (model.layers.{index}.…); a projection whose weight is in
+    /// <paramref name="quantized"/> (NF4, quantized as it was loaded) is built from that state.
+    /// </summary>
+    public static DecoderLayer FromParameters(int index, ModelConfig c, IReadOnlyDictionary<string, Tensor> parameters,
+        IReadOnlyDictionary<string, Quantization.Nf4Tensor>? quantized = null)
     {
         string p = $"model.layers.{index}.";
-        Linear L(string n, bool bias) => new(p + n, parameters[p + n + ".weight"], bias ? parameters[p + n + ".bias"] : null);
+        Linear L(string n, bool bias)
+        {
+            var b = bias ? parameters[p + n + ".bias"] : null;
+            return quantized != null && quantized.TryGetValue(p + n + ".weight", out var q) ? new(p + n, q, b) : new(p + n, parameters[p + n + ".weight"], b);
+        }
         return new DecoderLayer(index, parameters[p + "input_layernorm.weight"], parameters[p + "post_attention_layernorm.weight"],
             new LayerProjections(L("self_attn.q_proj", c.AttentionBias), L("self_attn.k_proj", c.AttentionBias), L("self_attn.v_proj", c.AttentionBias),
                 L("self_attn.o_proj", false), L("mlp.gate_proj", false), L("mlp.up_proj", false), L("mlp.down_proj", false)));

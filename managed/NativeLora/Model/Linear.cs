@@ -43,6 +43,14 @@ public sealed class Linear
         Bias = bias;
     }
 
+    /// <summary>A QLoRA layer built from a weight quantized as it was loaded (the model owns the state): as <see cref="Quantize"/> leaves it.</summary>
+    public Linear(string name, Quantization.Nf4Tensor quantized, Tensor? bias)
+    {
+        Name = name;
+        Quantized = quantized;
+        Bias = bias;
+    }
+
     public int OutFeatures => _weight?.Dim(0) ?? Quantized!.Shape[0];
     public int InFeatures => _weight?.Dim(1) ?? Quantized!.Shape[1];
 

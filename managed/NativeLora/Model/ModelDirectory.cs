@@ -57,7 +57,13 @@ public static class ModelDirectory
         return ModelConfig.Load(path);
     }
 
-    public static CausalLm Load(ComputeDevice device, string dir, DType computeDType)
+    /// <summary>
+    /// Loads a model directory in <paramref name="computeDType"/>. With <paramref name="quantizeProjections"/> (QLoRA) each
+    /// decoder projection weight is quantized to NF4 (double quantization, as <see cref="CausalLm.QuantizeLinears"/>) right
+    /// after it is uploaded and its dense tensor freed at once, so at most one dense projection is alive besides the
+    /// embeddings, norms and lm_head: the peak is near the 4-bit model's, not the dense model's.
+    /// </summary>
+    public static CausalLm Load(ComputeDevice device, string dir, DType computeDType, bool quantizeProjections = false)
     {
         if (!computeDType.IsFloat()) throw new ArgumentException($"compute dtype must be f32, bf16 or f16, got {computeDType.Name()}");
         dir = Hub.ModelSource.Resolve(dir);
@@ -67,19 +73,30 @@ public static class ModelDirectory
         CheckCheckpoint(files, config, dir);
 
         var parameters = new Dictionary<string, Tensor>();
+        var quantized = new Dictionary<string, Nf4Tensor>();
         try
         {
             foreach (var (name, shape) in expected)
             {
+                if (quantizeProjections && CausalLm.IsProjectionWeight(name))
+                {
+                    using var dense = device.Allocate(computeDType, shape);
+                    Upload(files, name, dense);
+                    quantized[name] = Nf4Tensor.Quantize(device.Kernels, dense);
+                    continue;
+                }
                 var t = device.Allocate(computeDType, shape);
                 parameters[name] = t;
                 Upload(files, name, t);
             }
-            return new CausalLm(device, config, parameters);
+            var model = new CausalLm(device, config, parameters, quantized);
+            if (quantizeProjections) device.EmptyCache(); // the freed dense projections' segments go back to the device
+            return model;
         }
         catch
         {
             foreach (var t in parameters.Values) t.Dispose(); // nothing half-loads
+            foreach (var q in quantized.Values) q.Dispose();
             throw;
         }
     }

@@ -79,11 +79,12 @@ public sealed partial class Trainer
         else (train, val) = DatasetReader.Split(all, c.ValSplit, c.Seed);
         Info(progress, $"{train.Count} training and {val.Count} validation examples, {train.Sum(e => e.Length):N0} training tokens");
 
-        using var model = ModelDirectory.Load(device, c.Model, plan.Dtype);
+        // qlora: each decoder projection is quantized as it is loaded (the peak is the 4-bit model's, as planned)
+        using var model = ModelDirectory.Load(device, c.Model, plan.Dtype, quantizeProjections: c.Method == "qlora");
         model.CrossEntropyChunkRows = 1024;
         if (c.Method == "qlora")
         {
-            model.QuantizeLinears(QloraMatmulChoice.Parse(c.QloraMatmul));
+            model.QuantizeLinears(QloraMatmulChoice.Parse(c.QloraMatmul)); // the projections are NF4 already: sets the base product
             Info(progress, $"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter, base product {c.QloraMatmul}");
         }
         if (c.EmbeddingOnHostFor(model.Config))

@@ -165,7 +165,7 @@ public class ModelDirectoryTests
     }
 
     [Test]
-    public void BitsAndBytes4BitStateWithTheWrongShapeNamesTheTensor()
+    public void BitsAndBytes4BitStateWithTheWrongShapeNamesTheTensor([Values(false, true)] bool quantizeProjections)
     {
         var c = GenerationTests.TinyConfig("llama");
         var w = RandomInit.Create(c, 2, 0.05);
@@ -173,8 +173,10 @@ public class ModelDirectoryTests
         const string bad = "model.layers.1.self_attn.o_proj.weight";
         WriteBnb4BitCheckpoint(_dir, c, w, (name, json) =>
             name == bad ? json.Replace($"\"shape\": [{c.HiddenSize}, {c.HiddenSize}]", $"\"shape\": [{c.HiddenSize / 2}, {c.HiddenSize * 2}]") : json);
-        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32))!;
+        long allocated = TestDevice.Shared.MemoryStats.Allocated;
+        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32, quantizeProjections))!;
         Assert.That(e.Message, Does.Contain(bad).And.Contain("model.safetensors").And.Contain("expected ["));
+        Assert.That(TestDevice.Shared.MemoryStats.Allocated, Is.EqualTo(allocated), "nothing half-loads: the tensors (and NF4 states) read before the bad one are freed");
     }
 }
 
