@@ -24,6 +24,13 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
     /// <summary>Frozen weights kept in host memory instead of device memory (embed_tokens on the host); not in <see cref="Total"/>.</summary>
     public long HostWeights { get; init; }
 
+    /// <summary>
+    /// The peak while loading, before training: every weight on the device (embed_tokens moves to the host only after
+    /// the load), plus, for QLoRA, the one projection held dense between its upload and its quantization
+    /// (ModelDirectory.Load quantizes each as it is loaded). Below <see cref="Total"/> for realistic runs; the plan prints both.
+    /// </summary>
+    public long LoadPeak { get; init; }
+
     /// <summary>Where the weights and the trainable+optimizer bytes go, item by item (the plan prints them).</summary>
     public IReadOnlyList<MemoryItem> Items { get; init; } = [];
 
@@ -94,7 +101,8 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         items.Add(new("backward phase", "attention scratch (AttentionOp.ScratchBytes)", attentionScratch));
         if (checkpointing) items.Add(new("backward phase", "the layer being recomputed", perLayer + n * c.HiddenSize * e));
         if (dequantScratch > 0) items.Add(new("backward phase", $"one projection dequantized for its GEMM ({dt}, the largest)", dequantScratch));
-        return new MemoryEstimate(weights, adapter, activations, lossPhase, backwardPhase) { HostWeights = hostWeights, Items = items };
+        long loadPeak = weights + hostWeights + (method == "qlora" ? largestProjection * e : 0);
+        return new MemoryEstimate(weights, adapter, activations, lossPhase, backwardPhase) { HostWeights = hostWeights, LoadPeak = loadPeak, Items = items };
     }
 
     /// <summary>The plan as lines: each term, its items, the peak, and what lives in host memory.</summary>
@@ -109,6 +117,7 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         }
         yield return $"  {"peak: weights + trainable+optimizer + activations + the larger phase",-72} {Gb(Total),10}";
         if (HostWeights > 0) yield return $"  {"in host memory, not device memory (embed_tokens)",-72} {Gb(HostWeights),10}";
+        yield return $"  {"while loading, before training: the weights" + (LoadPeak > Weights + HostWeights ? " + one dense projection" : ""),-72} {Gb(LoadPeak),10}";
     }
 
     public override string ToString() =>

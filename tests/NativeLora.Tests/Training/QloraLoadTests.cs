@@ -107,6 +107,10 @@ public class QloraLoadTests
             Assert.That(loaded, Is.LessThan(0.5 * denseBytes));
             Assert.That(peak, Is.LessThanOrEqualTo((long)(1.1 * (loaded + largestProjection))), "at most one dense projection is alive beside the loaded model");
             Assert.That(peak, Is.LessThan(0.6 * denseBytes), "clearly below the dense model");
+            // the planner's load figure: NF4 at its planned bits, the rest dense, one projection dense (RoPE tables aside)
+            long planned = MemoryEstimate.For(c, new NativeLora.Lora.LoraConfig(), dtype, 1, 16, checkpointing: true, method: "qlora").LoadPeak;
+            TestContext.Progress.WriteLine($"{dtype.Name()}: planner load peak {planned:N0} B, measured {peak:N0} B, ratio {(double)planned / peak:F3}");
+            Assert.That((double)planned / peak, Is.InRange(0.9, 1.1), "the plan's load peak");
         }
         Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "the model gave everything back");
     }
