@@ -208,12 +208,8 @@ public sealed class LoraAdapter : IDisposable
             m.B.CopyFromFloats(file.ReadB(m.Target));
             if (m.Magnitude != null) m.Magnitude.CopyFromFloats(file.ReadMagnitude(m.Target));
         }
-        _arena?.SyncCompute(_model!.Kernels);
-        foreach (var m in _saved)
-        {
-            m.Master.CopyFromFloats(file.ReadSavedParameter(m.ParameterName)!);
-            m.SyncCompute(_model!.Kernels);
-        }
+        foreach (var m in _saved) m.Master.CopyFromFloats(file.ReadSavedParameter(m.ParameterName)!);
+        SyncCompute(_model!.Kernels);
     }
 
     public void SetTraining(bool training)

@@ -30,7 +30,5 @@ public sealed class SavedModule : IDisposable
         Arena.SyncCompute(k);
     }
 
-    public void SyncCompute(KernelSet k) => Arena.SyncCompute(k);
-
     public void Dispose() => Arena.Dispose();
 }

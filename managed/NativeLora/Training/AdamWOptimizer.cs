@@ -16,19 +16,17 @@ namespace NativeLora.Training;
 /// </summary>
 public sealed class AdamWOptimizer : IDisposable
 {
-    // A run: arena entries [First, Last] updated by one launch. 32-bit runs use M and V; 8-bit runs use the codes QM/QV
+    // A run: consecutive arena entries updated by one launch. 32-bit runs use M and V; 8-bit runs use the codes QM/QV
     // (u8) with one absmax per block of 256, each block inside one tensor (the arena aligns tensors to 256 elements).
-    private sealed record Run(long Start, long Length, Tensor Param, Tensor Grad, Tensor? M, Tensor? V, Tensor? QM, Tensor? QV, Tensor? AbsM, Tensor? AbsV)
+    private sealed record Run(Tensor Param, Tensor Grad, Tensor? M, Tensor? V, Tensor? QM, Tensor? QV, Tensor? AbsM, Tensor? AbsV)
     {
         public bool EightBit => QM != null;
         public IEnumerable<Tensor> States => new[] { M, V, QM, QV, AbsM, AbsV }.Where(t => t != null)!;
     }
 
-    // the checkpoint's view of one tensor's state
-    private readonly record struct Slot(string Name, IReadOnlyList<(string Key, Tensor Tensor)> States);
-
     private readonly List<Run> _runs = new();
-    private readonly List<Slot> _slots = new();
+    // the checkpoint's entries: each tensor's state as views of its run's state, keyed by the tensor's name
+    private readonly List<(string Key, Tensor Tensor)> _stateViews = new();
     private readonly List<ParameterArena> _arenas;
     private readonly Tensor _partial;
     private readonly KernelSet _k;
@@ -108,7 +106,7 @@ public sealed class AdamWOptimizer : IDisposable
         if (eightBit)
         {
             long blocks = (length + AdamW8bit.BlockSize - 1) / AdamW8bit.BlockSize;
-            run = new Run(start, length, param, grad, null, null, Alloc(DType.U8, length), Alloc(DType.U8, length), Alloc(DType.F32, blocks), Alloc(DType.F32, blocks));
+            run = new Run(param, grad, null, null, Alloc(DType.U8, length), Alloc(DType.U8, length), Alloc(DType.F32, blocks), Alloc(DType.F32, blocks));
             // every code starts at the map's exact zero, so the padding between tensors decodes to a zero moment whatever
             // the block's absmax (also after a resume, which restores only the tensors' own codes)
             run.QM!.FillBytes((byte)Array.IndexOf(Nf4.SignedDynamicMap(), 0f));
@@ -118,7 +116,7 @@ public sealed class AdamWOptimizer : IDisposable
         }
         else
         {
-            run = new Run(start, length, param, grad, Alloc(DType.F32, length), Alloc(DType.F32, length), null, null, null, null);
+            run = new Run(param, grad, Alloc(DType.F32, length), Alloc(DType.F32, length), null, null, null, null);
             ElementwiseOp.Zero(_k, run.M!);
             ElementwiseOp.Zero(_k, run.V!);
         }
@@ -128,19 +126,20 @@ public sealed class AdamWOptimizer : IDisposable
         for (int i = first; i <= last; i++)
         {
             var e = arena.Entries[i];
-            int at = (int)(e.Offset - start);
-            Tensor Of(Tensor state, int offset, int count) => state.Slice(offset, count);
+            int at = (int)(e.Offset - start), count = (int)e.Count;
             if (eightBit)
             {
-                int b0 = at / AdamW8bit.BlockSize, nb = (int)((e.Count + AdamW8bit.BlockSize - 1) / AdamW8bit.BlockSize);
-                _slots.Add(new Slot(e.Name, new[]
-                {
-                    (e.Name + ".exp_avg.q8", Of(run.QM!, at, (int)e.Count)), (e.Name + ".exp_avg.absmax", Of(run.AbsM!, b0, nb)),
-                    (e.Name + ".exp_avg_sq.q8", Of(run.QV!, at, (int)e.Count)), (e.Name + ".exp_avg_sq.absmax", Of(run.AbsV!, b0, nb)),
-                }));
+                int b0 = at / AdamW8bit.BlockSize, nb = (count + AdamW8bit.BlockSize - 1) / AdamW8bit.BlockSize;
+                _stateViews.Add((e.Name + ".exp_avg.q8", run.QM!.Slice(at, count)));
+                _stateViews.Add((e.Name + ".exp_avg.absmax", run.AbsM!.Slice(b0, nb)));
+                _stateViews.Add((e.Name + ".exp_avg_sq.q8", run.QV!.Slice(at, count)));
+                _stateViews.Add((e.Name + ".exp_avg_sq.absmax", run.AbsV!.Slice(b0, nb)));
             }
             else
-                _slots.Add(new Slot(e.Name, new[] { (e.Name + ".exp_avg", Of(run.M!, at, (int)e.Count).Reshape(e.Shape)), (e.Name + ".exp_avg_sq", Of(run.V!, at, (int)e.Count).Reshape(e.Shape)) }));
+            {
+                _stateViews.Add((e.Name + ".exp_avg", run.M!.Slice(at, count).Reshape(e.Shape)));
+                _stateViews.Add((e.Name + ".exp_avg_sq", run.V!.Slice(at, count).Reshape(e.Shape)));
+            }
         }
     }
 
@@ -181,21 +180,19 @@ public sealed class AdamWOptimizer : IDisposable
 
     public void SaveState(SafeTensorsWriter w)
     {
-        foreach (var s in _slots)
-            foreach (var (key, t) in s.States)
-                w.Add(key, t.DType == DType.U8 ? SafeTensorsDType.U8 : SafeTensorsDType.F32, t.Shape.Select(d => (long)d).ToArray(), t.ToBytes());
+        foreach (var (key, t) in _stateViews)
+            w.Add(key, t.DType == DType.U8 ? SafeTensorsDType.U8 : SafeTensorsDType.F32, t.Shape.Select(d => (long)d).ToArray(), t.ToBytes());
         w.SetMetadata("step", StepCount.ToString());
     }
 
     public void LoadState(SafeTensorsFile f)
     {
-        foreach (var s in _slots)
-            foreach (var (key, t) in s.States)
-            {
-                if (!f.TryGet(key, out var info)) throw new InvalidDataException($"{f.Path}: optimizer state '{key}' is missing (was the run started with another optim?)");
-                if (info.ByteLength != t.ByteLength) throw new InvalidDataException($"{f.Path}: optimizer state '{key}' has {info.ByteLength} bytes, expected {t.ByteLength}");
-                t.CopyFromBytes(f.GetBytes(key));
-            }
+        foreach (var (key, t) in _stateViews)
+        {
+            if (!f.TryGet(key, out var info)) throw new InvalidDataException($"{f.Path}: optimizer state '{key}' is missing (was the run started with another optim?)");
+            if (info.ByteLength != t.ByteLength) throw new InvalidDataException($"{f.Path}: optimizer state '{key}' has {info.ByteLength} bytes, expected {t.ByteLength}");
+            t.CopyFromBytes(f.GetBytes(key));
+        }
         StepCount = f.Metadata.TryGetValue("step", out var st) ? int.Parse(st) : throw new InvalidDataException($"{f.Path}: no optimizer step in its metadata");
     }
 
