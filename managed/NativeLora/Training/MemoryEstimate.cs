@@ -47,7 +47,7 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         long parameters = Count(_ => true);
         // QLoRA stores the decoder projections in NF4 (4.127 bits with double quantization); embeddings,
         // norms and the output layer stay in the compute dtype, and each GEMM dequantizes one projection
-        var projections = shapes.Where(p => p.Name.StartsWith("model.layers.") && p.Shape.Length == 2).ToList();
+        var projections = shapes.Where(p => CausalLm.IsProjectionWeight(p.Name)).ToList();
         long projectionParams = projections.Sum(p => (long)p.Shape[0] * p.Shape[1]);
         long largestProjection = projections.Max(p => (long)p.Shape[0] * p.Shape[1]);
         long embedding = Count(name => name == "model.embed_tokens.weight") * e, head = Count(name => name == "lm_head.weight") * e;
