@@ -355,29 +355,40 @@ internal sealed class JinjaParser
         return expr;
     }
 
-    private Expr ParseOr()
+    /// <summary>
+    /// The left-associative binary operators, one precedence level each, lowest first: "or" and "and"
+    /// (names) come above "not" and the comparisons, whose operands are the arithmetic levels (operators)
+    /// down to "**", whose operands are the unary sign and the primaries.
+    /// </summary>
+    private static readonly (TokenKind Kind, string[] Ops)[] BinaryLevels =
+    [
+        (TokenKind.Name, ["or"]),
+        (TokenKind.Name, ["and"]),
+        (TokenKind.Operator, ["+", "-"]),
+        (TokenKind.Operator, ["~"]),
+        (TokenKind.Operator, ["*", "/", "//", "%"]),
+        (TokenKind.Operator, ["**"]),
+    ];
+    private const int AndLevel = 1, ArithmeticLevel = 2;
+
+    private Expr ParseOr() => ParseBinary(0);
+
+    /// <summary>One level of <see cref="BinaryLevels"/>: operands of the next level down, joined left to right.</summary>
+    private Expr ParseBinary(int level)
     {
         var start = Cur;
-        var left = ParseAnd();
-        while (Cur.IsName("or"))
+        var (kind, ops) = BinaryLevels[level];
+        var left = ParseBinaryOperand(level);
+        while (Cur.Kind == kind && Array.IndexOf(ops, Cur.Value) >= 0)
         {
-            _i++;
-            left = At(new BinaryExpr("or", left, ParseAnd()), start);
+            string op = Advance().Value;
+            left = At(new BinaryExpr(op, left, ParseBinaryOperand(level)), start);
         }
         return left;
     }
 
-    private Expr ParseAnd()
-    {
-        var start = Cur;
-        var left = ParseNot();
-        while (Cur.IsName("and"))
-        {
-            _i++;
-            left = At(new BinaryExpr("and", left, ParseNot()), start);
-        }
-        return left;
-    }
+    private Expr ParseBinaryOperand(int level) =>
+        level == AndLevel ? ParseNot() : level + 1 < BinaryLevels.Length ? ParseBinary(level + 1) : ParseUnary();
 
     private Expr ParseNot()
     {
@@ -396,7 +407,7 @@ internal sealed class JinjaParser
     private Expr ParseCompare()
     {
         var start = Cur;
-        var first = ParseMath1();
+        var first = ParseBinary(ArithmeticLevel);
         var rest = new List<(string, Expr)>();
         while (true)
         {
@@ -405,57 +416,9 @@ internal sealed class JinjaParser
             else if (Cur.IsName("in")) { _i++; op = "in"; }
             else if (Cur.IsName("not") && Peek.IsName("in")) { _i += 2; op = "not in"; }
             else break;
-            rest.Add((op, ParseMath1()));
+            rest.Add((op, ParseBinary(ArithmeticLevel)));
         }
         return rest.Count == 0 ? first : At(new CompareExpr(first, rest), start);
-    }
-
-    private Expr ParseMath1()
-    {
-        var start = Cur;
-        var left = ParseConcat();
-        while (Cur.IsOp("+") || Cur.IsOp("-"))
-        {
-            string op = Advance().Value;
-            left = At(new BinaryExpr(op, left, ParseConcat()), start);
-        }
-        return left;
-    }
-
-    private Expr ParseConcat()
-    {
-        var start = Cur;
-        var left = ParseMath2();
-        while (Cur.IsOp("~"))
-        {
-            _i++;
-            left = At(new BinaryExpr("~", left, ParseMath2()), start);
-        }
-        return left;
-    }
-
-    private Expr ParseMath2()
-    {
-        var start = Cur;
-        var left = ParsePow();
-        while (Cur.Kind == TokenKind.Operator && Cur.Value is "*" or "/" or "//" or "%")
-        {
-            string op = Advance().Value;
-            left = At(new BinaryExpr(op, left, ParsePow()), start);
-        }
-        return left;
-    }
-
-    private Expr ParsePow()
-    {
-        var start = Cur;
-        var left = ParseUnary();
-        while (Cur.IsOp("**"))
-        {
-            _i++;
-            left = At(new BinaryExpr("**", left, ParseUnary()), start);
-        }
-        return left;
     }
 
     /// <summary>As in Jinja, "-x | f" is "(-x) | f": the sign binds tighter than filters and tests.</summary>
