@@ -198,18 +198,14 @@ public static class Bleu
         return (hypLen, closestLen);
     }
 
-    // An n-gram's key is its tokens joined by one space: tokens never contain whitespace, so keys are unambiguous.
+    /// <summary>The counts of every n-gram of orders 1 to maxOrder (keyed as <see cref="Rouge.Ngrams"/> keys them) and the token count.</summary>
     private static (Dictionary<string, int> Grams, int Length) Ngrams(string line, int maxOrder)
     {
-        var tokens = PyText.Split(line).ToArray();
+        var tokens = PyText.Split(line);
         var grams = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int n = 1; n <= maxOrder; n++)
-            for (int i = 0; i + n <= tokens.Length; i++)
-            {
-                var key = string.Join(' ', tokens, i, n);
-                grams[key] = grams.GetValueOrDefault(key) + 1;
-            }
-        return (grams, tokens.Length);
+            foreach (var (gram, count) in Rouge.Ngrams(tokens, n)) grams.Add(gram, count);
+        return (grams, tokens.Count);
     }
 
     private static int Order(string key) => key.Count(c => c == ' ') + 1;
