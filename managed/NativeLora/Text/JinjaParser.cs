@@ -117,6 +117,15 @@ internal sealed class JinjaParser
         return body;
     }
 
+    /// <summary>The rest of a "{% tag ... %}" (its "%}"), its body, and the "{% endtag %}" that closes it.</summary>
+    private List<Node> BodyToEnd(string tag, Token start)
+    {
+        ExpectBlockEnd(tag);
+        var body = Block(tag, start, ["end" + tag], out _);
+        ExpectBlockEnd("end" + tag);
+        return body;
+    }
+
     private Node ParseStatement(Token start, Token name)
     {
         switch (name.Value)
@@ -139,13 +148,8 @@ internal sealed class JinjaParser
                 ExpectBlockEnd(name.Value);
                 return name.Value == "break" ? At(new BreakNode(), start) : At(new ContinueNode(), start);
             case "generation":
-            {
                 // transformers' {% generation %} marks assistant text for masks; it renders its body unchanged.
-                ExpectBlockEnd("generation");
-                var body = Block("generation", start, ["endgeneration"], out _);
-                ExpectBlockEnd("endgeneration");
-                return At(new FilterBlockNode([], body), start);
-            }
+                return At(new FilterBlockNode([], BodyToEnd("generation", start)), start);
             case "block" or "extends" or "include" or "import" or "from" or "with" or "autoescape" or "trans" or "do" or "raw":
                 throw Error(name, $"'{{% {name.Value} %}}' is not supported in chat templates here");
             default:
@@ -213,10 +217,7 @@ internal sealed class JinjaParser
             return At(new SetNode(target, value, null, []), start);
         }
         var filters = Cur.IsOp("|") ? ParseFilterChain(startInline: false) : [];
-        ExpectBlockEnd("set");
-        var body = Block("set", start, ["endset"], out _);
-        ExpectBlockEnd("endset");
-        return At(new SetNode(target, null, body, filters), start);
+        return At(new SetNode(target, null, BodyToEnd("set", start), filters), start);
     }
 
     /// <summary>A name, a tuple of names, or (for set) a namespace attribute "ns.attr".</summary>
@@ -254,12 +255,10 @@ internal sealed class JinjaParser
     {
         string name = ExpectName("the macro name");
         var parameters = ParseSignature();
-        ExpectBlockEnd("macro");
         int loops = _loopDepth;
         _loopDepth = 0; // break/continue cannot cross a macro boundary
-        var body = Block("macro", start, ["endmacro"], out _);
+        var body = BodyToEnd("macro", start);
         _loopDepth = loops;
-        ExpectBlockEnd("endmacro");
         return At(new MacroNode(name, parameters, body), start);
     }
 
@@ -267,10 +266,8 @@ internal sealed class JinjaParser
     {
         var parameters = new List<Parameter>();
         ExpectOp("(");
-        while (!Cur.IsOp(")"))
+        ParseCommaList(")", () =>
         {
-            if (parameters.Count > 0) ExpectOp(",");
-            if (Cur.IsOp(")")) break;
             var nameToken = Cur;
             string name = ExpectName("a parameter name");
             if (parameters.Exists(p => p.Name == name)) throw Error(nameToken, $"duplicate parameter '{name}'");
@@ -281,8 +278,7 @@ internal sealed class JinjaParser
                 defaultValue = ParseExpression();
             }
             parameters.Add(new Parameter(name, defaultValue));
-        }
-        _i++;
+        });
         return parameters;
     }
 
@@ -291,19 +287,13 @@ internal sealed class JinjaParser
         var parameters = Cur.IsOp("(") ? ParseSignature() : [];
         var callToken = Cur;
         if (ParseExpression() is not CallExpr call) throw Error(callToken, "expected a macro call after '{% call'");
-        ExpectBlockEnd("call");
-        var body = Block("call", start, ["endcall"], out _);
-        ExpectBlockEnd("endcall");
-        return At(new CallBlockNode(call, parameters, body), start);
+        return At(new CallBlockNode(call, parameters, BodyToEnd("call", start)), start);
     }
 
     private FilterBlockNode ParseFilterBlock(Token start)
     {
         var filters = ParseFilterChain(startInline: true);
-        ExpectBlockEnd("filter");
-        var body = Block("filter", start, ["endfilter"], out _);
-        ExpectBlockEnd("endfilter");
-        return At(new FilterBlockNode(filters, body), start);
+        return At(new FilterBlockNode(filters, BodyToEnd("filter", start)), start);
     }
 
     // ---------------------------------------------------------------- expressions
@@ -472,32 +462,41 @@ internal sealed class JinjaParser
             case TokenKind.Operator when t.Value == "[":
             {
                 var items = new List<Expr>();
-                while (!Cur.IsOp("]"))
-                {
-                    if (items.Count > 0) ExpectOp(",");
-                    if (Cur.IsOp("]")) break;
-                    items.Add(ParseExpression());
-                }
-                _i++;
+                ParseCommaList("]", () => items.Add(ParseExpression()));
                 return At(new ListExpr(items, IsTuple: false), t);
             }
             case TokenKind.Operator when t.Value == "{":
             {
                 var items = new List<(Expr, Expr)>();
-                while (!Cur.IsOp("}"))
+                ParseCommaList("}", () =>
                 {
-                    if (items.Count > 0) ExpectOp(",");
-                    if (Cur.IsOp("}")) break;
                     var key = ParseExpression();
                     ExpectOp(":");
                     items.Add((key, ParseExpression()));
-                }
-                _i++;
+                });
                 return At(new DictExpr(items), t);
             }
             default:
                 throw Error(t, $"unexpected {t.Describe()}");
         }
+    }
+
+    /// <summary>
+    /// Items separated by commas up to the closing bracket <paramref name="close"/> (a trailing comma is
+    /// allowed), which is consumed: list and dict literals, call arguments, macro parameters.
+    /// </summary>
+    private void ParseCommaList(string close, Action parseItem)
+    {
+        for (bool first = true; !Cur.IsOp(close); first = false)
+        {
+            if (!first)
+            {
+                ExpectOp(",");
+                if (Cur.IsOp(close)) break;
+            }
+            parseItem();
+        }
+        _i++;
     }
 
     private Expr ParsePostfix(Expr node)
@@ -552,13 +551,8 @@ internal sealed class JinjaParser
         ExpectOp("(");
         var args = new List<Expr>();
         var kwargs = new List<(string, Expr)>();
-        while (!Cur.IsOp(")"))
+        ParseCommaList(")", () =>
         {
-            if (args.Count + kwargs.Count > 0)
-            {
-                ExpectOp(",");
-                if (Cur.IsOp(")")) break; // trailing comma
-            }
             if (Cur.IsOp("*") || Cur.IsOp("**")) throw Error(Cur, "argument unpacking (*args, **kwargs) is not supported");
             if (Cur.Kind == TokenKind.Name && Peek.IsOp("="))
             {
@@ -571,8 +565,7 @@ internal sealed class JinjaParser
                 if (kwargs.Count > 0) throw Error(Cur, "positional argument follows keyword argument");
                 args.Add(ParseExpression());
             }
-        }
-        _i++;
+        });
         return (args, kwargs);
     }
 
