@@ -173,18 +173,12 @@ internal static class JinjaBuiltins
         {
             case (UndefinedValue u, _):
                 throw u.Fail();
-            case (ListValue l, IntValue or BoolValue):
+            case (ListValue or StringValue, IntValue or BoolValue):
             {
+                var items = Py.Iterate(obj); // a string's items are its characters (code points)
                 long i = Py.ToLong(key);
-                if (i < 0) i += l.Items.Count;
-                return i >= 0 && i < l.Items.Count ? l.Items[(int)i] : new UndefinedValue($"{Describe(obj)} has no element {Py.ToLong(key)}");
-            }
-            case (StringValue s, IntValue or BoolValue):
-            {
-                var chars = Py.Chars(s.Value);
-                long i = Py.ToLong(key);
-                if (i < 0) i += chars.Count;
-                return i >= 0 && i < chars.Count ? Py.Str(chars[(int)i]) : new UndefinedValue($"'str object' has no element {Py.ToLong(key)}");
+                if (i < 0) i += items.Count;
+                return i >= 0 && i < items.Count ? items[(int)i] : new UndefinedValue($"{Describe(obj)} has no element {Py.ToLong(key)}");
             }
             case (DictValue d, StringValue k) when d.Items.TryGetValue(k.Value, out var value):
                 return value;
