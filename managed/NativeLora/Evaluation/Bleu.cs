@@ -37,7 +37,8 @@ public sealed record BleuScore(double Score, int[] Counts, int[] Totals, double[
 }
 
 /// <summary>
-/// Corpus and sentence BLEU computed as sacreBLEU 2.x does (metrics/bleu.py, tokenizers/tokenizer_13a.py):
+/// Corpus BLEU computed as sacreBLEU 2.x does (metrics/bleu.py, tokenizers/tokenizer_13a.py; its sentence_bleu is
+/// the corpus score of one segment with <see cref="BleuOptions.EffectiveOrder"/> on):
 /// segment statistics (clipped n-gram matches against the per-n-gram maximum over the references,
 /// the reference length closest to the hypothesis, shorter on ties) are summed over the corpus and
 /// turned into one score. Edge cases follow sacreBLEU: a corpus with no matching n-gram scores 0;
@@ -80,16 +81,6 @@ public static class Bleu
     /// <summary>Corpus BLEU with a single reference per hypothesis.</summary>
     public static BleuScore Corpus(IReadOnlyList<string> hypotheses, IReadOnlyList<string> references, BleuOptions? options = null) =>
         Corpus(hypotheses, new[] { (IReadOnlyList<string?>)references }, options);
-
-    /// <summary>
-    /// sacreBLEU's <c>sentence_bleu(hypothesis, references)</c>: the same statistics on one segment,
-    /// with effective order on (unless <paramref name="options"/> says otherwise) and exp smoothing.
-    /// </summary>
-    public static BleuScore Sentence(string hypothesis, IReadOnlyList<string> references, BleuOptions? options = null)
-    {
-        var o = options ?? new BleuOptions { EffectiveOrder = true };
-        return Corpus(new[] { hypothesis }, references.Select(r => (IReadOnlyList<string?>)new[] { r }).ToList(), o);
-    }
 
     /// <summary>
     /// sacreBLEU's <c>BLEU.compute_bleu</c>: the score from summed statistics. Precisions are in
