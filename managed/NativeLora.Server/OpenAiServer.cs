@@ -428,19 +428,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         else
         {
-            var choice = new JsonObject { ["index"] = 0 };
-            if (chat) choice["message"] = new JsonObject { ["role"] = "assistant", ["content"] = text.Text };
-            else
-            {
-                choice["text"] = text.Text;
-                choice["logprobs"] = null;
-            }
-            choice["finish_reason"] = finish;
-            await WriteJson(ctx, 200, new JsonObject
-            {
-                ["id"] = id, ["object"] = chat ? "chat.completion" : "text_completion", ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
-                ["model"] = p.Model, ["choices"] = new JsonArray { choice }, ["usage"] = usage,
-            });
+            var response = Completion(id, p.Model, chat, chunk: false, chat ? new JsonObject { ["role"] = "assistant", ["content"] = text.Text } : text.Text, finish);
+            response["usage"] = usage;
+            await WriteJson(ctx, 200, response);
         }
         Metrics.RequestDuration.WithLabels(p.Model).Observe(Stopwatch.GetElapsedTime(arrived).TotalSeconds);
         Log(ctx, p, finish, generated, ttft, arrived, text.Text);
@@ -612,20 +602,27 @@ public sealed class OpenAiServer : IAsyncDisposable
         await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
     }
 
-    private static JsonObject Chunk(string id, string model, bool chat, JsonNode? delta, string? finish)
+    private static JsonObject Chunk(string id, string model, bool chat, JsonNode? delta, string? finish) =>
+        Completion(id, model, chat, chunk: true, delta, finish);
+
+    /// <summary>
+    /// A response object (or a stream's chunk) with its one choice: a chat answer's message (a chunk's
+    /// delta), or a text completion's text with logprobs null.
+    /// </summary>
+    private static JsonObject Completion(string id, string model, bool chat, bool chunk, JsonNode? content, string? finish)
     {
         var choice = new JsonObject { ["index"] = 0 };
-        if (chat) choice["delta"] = delta;
+        if (chat) choice[chunk ? "delta" : "message"] = content;
         else
         {
-            choice["text"] = delta;
+            choice["text"] = content;
             choice["logprobs"] = null;
         }
         choice["finish_reason"] = finish;
         return new JsonObject
         {
-            ["id"] = id, ["object"] = chat ? "chat.completion.chunk" : "text_completion", ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
-            ["model"] = model, ["choices"] = new JsonArray { choice },
+            ["id"] = id, ["object"] = !chat ? "text_completion" : chunk ? "chat.completion.chunk" : "chat.completion",
+            ["created"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), ["model"] = model, ["choices"] = new JsonArray { choice },
         };
     }
 
@@ -633,28 +630,19 @@ public sealed class OpenAiServer : IAsyncDisposable
     private sealed class ExampleFormatterGate(HfTokenizer tokenizer)
     {
         private readonly Data.ExampleFormatter _formatter = new(tokenizer, trainOnPrompt: false);
-        public int[] PromptIds(IReadOnlyList<ChatMessage> messages)
-        {
-            lock (_formatter)
-            {
-                try
-                {
-                    return _formatter.PromptIds(messages);
-                }
-                catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
-                {
-                    throw new ApiException(400, $"the chat template failed on these messages: {e.Message}", param: "messages");
-                }
-            }
-        }
 
-        public (int[] Ids, int Start, int End) PromptWithLastUserMessage(IReadOnlyList<ChatMessage> messages)
+        public int[] PromptIds(IReadOnlyList<ChatMessage> messages) => Locked(f => f.PromptIds(messages));
+
+        public (int[] Ids, int Start, int End) PromptWithLastUserMessage(IReadOnlyList<ChatMessage> messages) =>
+            Locked(f => f.PromptWithLastUserMessage(messages));
+
+        private T Locked<T>(Func<Data.ExampleFormatter, T> render)
         {
             lock (_formatter)
             {
                 try
                 {
-                    return _formatter.PromptWithLastUserMessage(messages);
+                    return render(_formatter);
                 }
                 catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException)
                 {

@@ -127,10 +127,7 @@ public sealed class QualitySampler : IAsyncDisposable
                     Write(item, null, _options.LogPrompts ? e.Message : "the judge gave no score");
                     continue;
                 }
-                _score.WithLabels(item.Model, "relevance").Observe(score.Relevance);
-                _score.WithLabels(item.Model, "coherence").Observe(score.Coherence);
-                _score.WithLabels(item.Model, "style").Observe(score.Style);
-                _score.WithLabels(item.Model, "mean").Observe(score.Mean);
+                foreach (var (criterion, value) in score.Named) _score.WithLabels(item.Model, criterion).Observe(value);
                 Write(item, score, null);
             }
         }
@@ -147,12 +144,7 @@ public sealed class QualitySampler : IAsyncDisposable
             ["time"] = DateTimeOffset.UtcNow.ToString("O"), ["request_id"] = item.RequestId, ["model"] = item.Model,
         };
         if (score != null)
-        {
-            line["relevance"] = score.Relevance;
-            line["coherence"] = score.Coherence;
-            line["style"] = score.Style;
-            line["mean"] = score.Mean;
-        }
+            foreach (var (criterion, value) in score.Named) line[criterion] = value;
         else line["error"] = error;
         if (_options.LogPrompts)
         {

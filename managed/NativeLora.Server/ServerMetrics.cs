@@ -52,20 +52,18 @@ public sealed class ServerMetrics
         var f = Metrics.WithCustomRegistry(Registry);
         var byModel = new[] { "model" };
         var latency = Histogram.ExponentialBuckets(0.001, 2, 17); // 1 ms .. 65 s
+        var countByModel = new CounterConfiguration { LabelNames = byModel };
+        var latencyByModel = new HistogramConfiguration { LabelNames = byModel, Buckets = latency };
         Requests = f.CreateCounter("nativelora_requests_total", "HTTP requests by endpoint, model and status code",
             new CounterConfiguration { LabelNames = new[] { "endpoint", "model", "status" } });
         Errors = f.CreateCounter("nativelora_request_errors_total", "Requests that ended in an error, by model and kind (" + string.Join(", ", ErrorKinds) + ")",
             new CounterConfiguration { LabelNames = new[] { "model", "type" } });
-        PromptTokens = f.CreateCounter("nativelora_prompt_tokens_total", "Prompt tokens of admitted requests", new CounterConfiguration { LabelNames = byModel });
-        GeneratedTokens = f.CreateCounter("nativelora_generated_tokens_total", "Generated tokens", new CounterConfiguration { LabelNames = byModel });
-        TimeToFirstToken = f.CreateHistogram("nativelora_time_to_first_token_seconds", "From request arrival to the first generated token",
-            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
-        InterTokenLatency = f.CreateHistogram("nativelora_inter_token_latency_seconds", "Between consecutive generated tokens of one request",
-            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
-        RequestDuration = f.CreateHistogram("nativelora_request_duration_seconds", "From request arrival to the last byte of the response (end to end)",
-            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
-        QueueTime = f.CreateHistogram("nativelora_queue_time_seconds", "Time a request waited for a place in the batch",
-            new HistogramConfiguration { LabelNames = byModel, Buckets = latency });
+        PromptTokens = f.CreateCounter("nativelora_prompt_tokens_total", "Prompt tokens of admitted requests", countByModel);
+        GeneratedTokens = f.CreateCounter("nativelora_generated_tokens_total", "Generated tokens", countByModel);
+        TimeToFirstToken = f.CreateHistogram("nativelora_time_to_first_token_seconds", "From request arrival to the first generated token", latencyByModel);
+        InterTokenLatency = f.CreateHistogram("nativelora_inter_token_latency_seconds", "Between consecutive generated tokens of one request", latencyByModel);
+        RequestDuration = f.CreateHistogram("nativelora_request_duration_seconds", "From request arrival to the last byte of the response (end to end)", latencyByModel);
+        QueueTime = f.CreateHistogram("nativelora_queue_time_seconds", "Time a request waited for a place in the batch", latencyByModel);
         DecodeStep = f.CreateHistogram("nativelora_decode_step_seconds", "One batched decode step", new HistogramConfiguration { Buckets = latency });
         DecodeBatchSize = f.CreateHistogram("nativelora_decode_batch_size", "Sequences in one decode step",
             new HistogramConfiguration { Buckets = Histogram.LinearBuckets(1, 1, 64) });
@@ -85,8 +83,7 @@ public sealed class ServerMetrics
             var t = drift.Threshold;
             DriftDistance = f.CreateHistogram("nativelora_prompt_drift_distance", "Mahalanobis distance of each prompt's embedding (mean final hidden state over its last user message) to the training data's profile",
                 new HistogramConfiguration { LabelNames = byModel, Buckets = new[] { 0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2, 3, 5, 10, 20 }.Select(x => x * t).ToArray() });
-            OutOfDistribution = f.CreateCounter("nativelora_prompt_out_of_distribution_total", $"Prompts farther from the training data than its own {drift.Quantile:0.###} quantile ({t:G4})",
-                new CounterConfiguration { LabelNames = byModel });
+            OutOfDistribution = f.CreateCounter("nativelora_prompt_out_of_distribution_total", $"Prompts farther from the training data than its own {drift.Quantile:0.###} quantile ({t:G4})", countByModel);
             f.CreateGauge("nativelora_prompt_drift_threshold", "The out-of-distribution threshold of the drift profile").Set(t);
         }
         var slotsUsed = f.CreateGauge("nativelora_adapter_slots_used", "Adapter slots holding weights (loaded, or unloaded and still used by running requests)");

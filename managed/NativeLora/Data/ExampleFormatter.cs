@@ -90,13 +90,17 @@ public sealed class ExampleFormatter
             pos = end;
         }
         Append(final[pos..], trainable: false);
-        if (_tok.BosId is int bos && _tok.AddBosToken == true && (ids.Count == 0 || ids[0] != bos))
+        if (MissingBos(ids) is int bos)
         {
             ids.Insert(0, bos);
             mask.Insert(0, false);
         }
         return new TrainingExample(ids.ToArray(), mask.ToArray());
     }
+
+    /// <summary>The BOS id when add_bos_token asks for one and the ids (of rendered template text) do not start with it.</summary>
+    private int? MissingBos(IReadOnlyList<int> ids) =>
+        _tok.BosId is int bos && _tok.AddBosToken == true && (ids.Count == 0 || ids[0] != bos) ? bos : null;
 
     /// <summary>
     /// The chat template's end-of-turn token (&lt;|eot_id|&gt;, &lt;|im_end|&gt;, &lt;end_of_turn&gt;, &lt;|end|&gt;, &lt;/s&gt;): the
@@ -150,9 +154,8 @@ public sealed class ExampleFormatter
         if (last < 0) return (ids, 0, ids.Length); // no user message: the whole prompt
         int Count(string text)
         {
-            var t = _tok.Encode(text, addSpecialTokens: false).ToList();
-            bool bos = _tok.BosId is int b && _tok.AddBosToken == true && (t.Count == 0 || t[0] != b);
-            return t.Count + (bos ? 1 : 0);
+            var t = _tok.Encode(text, addSpecialTokens: false);
+            return t.Length + (MissingBos(t) != null ? 1 : 0);
         }
         int start, end;
         if (_template == null)
@@ -183,7 +186,7 @@ public sealed class ExampleFormatter
         }
         var text = _template.Render(messages, addGenerationPrompt: true, _tok.BosToken, _tok.EosToken);
         var ids = Encode(text, addSpecialTokens: false).ToList();
-        if (_tok.BosId is int bos && _tok.AddBosToken == true && (ids.Count == 0 || ids[0] != bos)) ids.Insert(0, bos);
+        if (MissingBos(ids) is int bos) ids.Insert(0, bos);
         return ids.ToArray();
     }
 }

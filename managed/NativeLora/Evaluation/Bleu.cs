@@ -37,7 +37,8 @@ public sealed record BleuScore(double Score, int[] Counts, int[] Totals, double[
 }
 
 /// <summary>
-/// Corpus and sentence BLEU computed as sacreBLEU 2.x does (metrics/bleu.py, tokenizers/tokenizer_13a.py):
+/// Corpus BLEU computed as sacreBLEU 2.x does (metrics/bleu.py, tokenizers/tokenizer_13a.py; its sentence_bleu is
+/// the corpus score of one segment with <see cref="BleuOptions.EffectiveOrder"/> on):
 /// segment statistics (clipped n-gram matches against the per-n-gram maximum over the references,
 /// the reference length closest to the hypothesis, shorter on ties) are summed over the corpus and
 /// turned into one score. Edge cases follow sacreBLEU: a corpus with no matching n-gram scores 0;
@@ -80,16 +81,6 @@ public static class Bleu
     /// <summary>Corpus BLEU with a single reference per hypothesis.</summary>
     public static BleuScore Corpus(IReadOnlyList<string> hypotheses, IReadOnlyList<string> references, BleuOptions? options = null) =>
         Corpus(hypotheses, new[] { (IReadOnlyList<string?>)references }, options);
-
-    /// <summary>
-    /// sacreBLEU's <c>sentence_bleu(hypothesis, references)</c>: the same statistics on one segment,
-    /// with effective order on (unless <paramref name="options"/> says otherwise) and exp smoothing.
-    /// </summary>
-    public static BleuScore Sentence(string hypothesis, IReadOnlyList<string> references, BleuOptions? options = null)
-    {
-        var o = options ?? new BleuOptions { EffectiveOrder = true };
-        return Corpus(new[] { hypothesis }, references.Select(r => (IReadOnlyList<string?>)new[] { r }).ToList(), o);
-    }
 
     /// <summary>
     /// sacreBLEU's <c>BLEU.compute_bleu</c>: the score from summed statistics. Precisions are in
@@ -198,18 +189,14 @@ public static class Bleu
         return (hypLen, closestLen);
     }
 
-    // An n-gram's key is its tokens joined by one space: tokens never contain whitespace, so keys are unambiguous.
+    /// <summary>The counts of every n-gram of orders 1 to maxOrder (keyed as <see cref="Rouge.Ngrams"/> keys them) and the token count.</summary>
     private static (Dictionary<string, int> Grams, int Length) Ngrams(string line, int maxOrder)
     {
-        var tokens = PyText.Split(line).ToArray();
+        var tokens = PyText.Split(line);
         var grams = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int n = 1; n <= maxOrder; n++)
-            for (int i = 0; i + n <= tokens.Length; i++)
-            {
-                var key = string.Join(' ', tokens, i, n);
-                grams[key] = grams.GetValueOrDefault(key) + 1;
-            }
-        return (grams, tokens.Length);
+            foreach (var (gram, count) in Rouge.Ngrams(tokens, n)) grams.Add(gram, count);
+        return (grams, tokens.Count);
     }
 
     private static int Order(string key) => key.Count(c => c == ' ') + 1;

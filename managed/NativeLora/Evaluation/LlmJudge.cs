@@ -13,6 +13,9 @@ namespace NativeLora.Evaluation;
 public sealed record JudgeScore(double Relevance, double Coherence, double Style, bool FromCache)
 {
     public double Mean => (Relevance + Coherence + Style) / 3.0;
+
+    /// <summary>Each score with the name metrics and logs give it: relevance, coherence, style, then mean.</summary>
+    public IEnumerable<(string Criterion, double Score)> Named => [("relevance", Relevance), ("coherence", Coherence), ("style", Style), ("mean", Mean)];
 }
 
 /// <summary>A judge call that could not produce a score; the message names the item index and never holds the API key.</summary>

@@ -104,8 +104,9 @@ public static class Rouge
     private static double FMeasure(double precision, double recall) =>
         precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0.0;
 
-    // tokens are [a-z0-9]+, so joining with a space is unambiguous
-    private static Dictionary<string, int> Ngrams(List<string> tokens, int n)
+    // n-gram counts keyed by the tokens joined with a space: tokens never hold whitespace (ROUGE's are
+    // [a-z0-9]+, BLEU's are split on it), so keys are unambiguous, and n-grams of different n never share one
+    internal static Dictionary<string, int> Ngrams(List<string> tokens, int n)
     {
         var grams = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int i = 0; i + n <= tokens.Count; i++)

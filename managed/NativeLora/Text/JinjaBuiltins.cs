@@ -173,18 +173,12 @@ internal static class JinjaBuiltins
         {
             case (UndefinedValue u, _):
                 throw u.Fail();
-            case (ListValue l, IntValue or BoolValue):
+            case (ListValue or StringValue, IntValue or BoolValue):
             {
+                var items = Py.Iterate(obj); // a string's items are its characters (code points)
                 long i = Py.ToLong(key);
-                if (i < 0) i += l.Items.Count;
-                return i >= 0 && i < l.Items.Count ? l.Items[(int)i] : new UndefinedValue($"{Describe(obj)} has no element {Py.ToLong(key)}");
-            }
-            case (StringValue s, IntValue or BoolValue):
-            {
-                var chars = Py.Chars(s.Value);
-                long i = Py.ToLong(key);
-                if (i < 0) i += chars.Count;
-                return i >= 0 && i < chars.Count ? Py.Str(chars[(int)i]) : new UndefinedValue($"'str object' has no element {Py.ToLong(key)}");
+                if (i < 0) i += items.Count;
+                return i >= 0 && i < items.Count ? items[(int)i] : new UndefinedValue($"{Describe(obj)} has no element {Py.ToLong(key)}");
             }
             case (DictValue d, StringValue k) when d.Items.TryGetValue(k.Value, out var value):
                 return value;
@@ -246,6 +240,13 @@ internal static class JinjaBuiltins
 
     private static long OptionalLong(JinjaValue? v, long fallback) => v is null or NoneValue ? fallback : Py.ToLong(v);
 
+    /// <summary>A boolean argument left out is false.</summary>
+    private static bool OptionalBool(JinjaValue? v) => v != null && Py.IsTrue(v);
+
+    /// <summary>The indent of the indent filter and tojson: a string as it is, a number as that many spaces.</summary>
+    private static string IndentText(JinjaValue width) =>
+        width is StringValue s ? s.Value : new string(' ', (int)Math.Max(0, Py.ToLong(width)));
+
     /// <summary>The str methods templates call, with Python's semantics (strip(chars), split(sep, maxsplit)…).</summary>
     private static CallableValue? StringMethod(string s, string name)
     {
@@ -298,12 +299,7 @@ internal static class JinjaBuiltins
             case "lower": return Method(name, a => { a.Bind("str.lower()"); return Py.Str(PyText.Lower(s)); });
             case "title": return Method(name, a => { a.Bind("str.title()"); return Py.Str(PyTitle(s)); });
             case "capitalize": return Method(name, a => { a.Bind("str.capitalize()"); return Py.Str(PyText.Capitalize(s)); });
-            case "replace":
-                return Method(name, a =>
-                {
-                    var p = a.Bind("str.replace()", "old", "new", "count");
-                    return Py.Str(Replace(s, RequireString(p[0], "replace() old"), RequireString(p[1], "replace() new"), OptionalLong(p[2], -1)));
-                });
+            case "replace": return Method(name, a => Replace(s, a.Bind("str.replace()", "old", "new", "count")));
             case "join":
                 return Method(name, a =>
                 {
@@ -330,7 +326,7 @@ internal static class JinjaBuiltins
             case "isalnum": return Method(name, a => BoolValue.Of(s.Length > 0 && s.All(char.IsLetterOrDigit)));
             case "isspace": return Method(name, a => BoolValue.Of(s.Length > 0 && s.All(PyText.IsSpace)));
             case "islower": return Method(name, a => BoolValue.Of(IsLower(s)));
-            case "isupper": return Method(name, a => BoolValue.Of(s.Any(char.IsUpper) && !s.Any(char.IsLower)));
+            case "isupper": return Method(name, a => BoolValue.Of(IsUpper(s)));
             default: return null;
         }
     }
@@ -338,7 +334,7 @@ internal static class JinjaBuiltins
     private static CallableValue? DictMethod(DictValue d, string name) => name switch
     {
         "items" => Method(name, a => { a.Bind("dict.items()"); return Items(d); }),
-        "keys" => Method(name, a => { a.Bind("dict.keys()"); return new ListValue(d.Items.Keys.Select(k => (JinjaValue)Py.Str(k)).ToList()); }),
+        "keys" => Method(name, a => { a.Bind("dict.keys()"); return new ListValue(Py.Iterate(d)); }), // iterating a dict yields its keys
         "values" => Method(name, a => { a.Bind("dict.values()"); return new ListValue(d.Items.Values.ToList()); }),
         "get" => Method(name, a =>
         {
@@ -367,6 +363,10 @@ internal static class JinjaBuiltins
         if (start < s.Length) lines.Add(s[start..]);
         return lines;
     }
+
+    /// <summary>str.replace(old, new, count) and the replace filter, from their bound arguments.</summary>
+    private static JinjaValue Replace(string s, JinjaValue?[] p) =>
+        Py.Str(Replace(s, RequireString(p[0], "replace() old"), RequireString(p[1], "replace() new"), OptionalLong(p[2], -1)));
 
     /// <summary>Python's str.replace: count &lt; 0 means all; an empty old inserts between characters.</summary>
     private static string Replace(string s, string old, string replacement, long count)
@@ -411,6 +411,8 @@ internal static class JinjaBuiltins
 
     private static bool IsLower(string s) => s.Any(char.IsLower) && !s.Any(char.IsUpper);
 
+    private static bool IsUpper(string s) => s.Any(char.IsUpper) && !s.Any(char.IsLower);
+
     // ---------------------------------------------------------------- filters
 
     public static JinjaValue Filter(string name, JinjaValue v, CallArgs args, JinjaInterpreter interpreter)
@@ -440,19 +442,19 @@ internal static class JinjaBuiltins
             case "default":
             {
                 var p = args.Bind(what, "default_value", "boolean");
-                bool boolean = p[1] != null && Py.IsTrue(p[1]!);
+                bool boolean = OptionalBool(p[1]);
                 return v is UndefinedValue || (boolean && !Py.IsTrue(v)) ? p[0] ?? StringValue.Empty : v;
             }
             case "dictsort":
             {
                 var p = args.Bind(what, "case_sensitive", "by", "reverse");
                 if (v is not DictValue d) throw new JinjaError($"dictsort expects a dict, got '{v.TypeName}'");
-                bool caseSensitive = p[0] != null && Py.IsTrue(p[0]!);
+                bool caseSensitive = OptionalBool(p[0]);
                 string by = OptionalString(p[1], "dictsort by") ?? "key";
                 if (by is not ("key" or "value")) throw new JinjaError("dictsort: you can only sort by either 'key' or 'value'");
                 int index = by == "key" ? 0 : 1;
                 var items = Items(d).Items;
-                return new ListValue(SortBy(items, x => SortKey(((ListValue)x).Items[index], caseSensitive), p[2] != null && Py.IsTrue(p[2]!)));
+                return new ListValue(SortBy(items, x => SortKey(((ListValue)x).Items[index], caseSensitive), OptionalBool(p[2])));
             }
             case "e":
             case "escape":
@@ -520,13 +522,8 @@ internal static class JinjaBuiltins
             case "indent":
             {
                 var p = args.Bind(what, "width", "first", "blank");
-                string indent = p[0] switch
-                {
-                    null => "    ",
-                    StringValue s => s.Value,
-                    var w => new string(' ', (int)Math.Max(0, Py.ToLong(w))),
-                };
-                return Py.Str(Indent(Py.ToStr(v), indent, p[1] != null && Py.IsTrue(p[1]!), p[2] != null && Py.IsTrue(p[2]!)));
+                string indent = p[0] == null ? "    " : IndentText(p[0]!);
+                return Py.Str(Indent(Py.ToStr(v), indent, OptionalBool(p[1]), OptionalBool(p[2])));
             }
             case "join":
             {
@@ -567,10 +564,10 @@ internal static class JinjaBuiltins
             case "min":
             {
                 var p = args.Bind(what, "case_sensitive", "attribute");
-                bool caseSensitive = p[0] != null && Py.IsTrue(p[0]!);
+                bool caseSensitive = OptionalBool(p[0]);
                 var items = Py.Iterate(v);
                 if (items.Count == 0) return new UndefinedValue($"No aggregated item, sequence was empty.");
-                JinjaValue Key(JinjaValue x) => SortKey(p[1] != null ? AttributePath(x, p[1]!) : x, caseSensitive);
+                JinjaValue Key(JinjaValue x) => SortKey(AttributePath(x, p[1]), caseSensitive);
                 var best = items[0];
                 foreach (var item in items.Skip(1))
                 {
@@ -585,10 +582,7 @@ internal static class JinjaBuiltins
             case "rejectattr":
                 return SelectOrReject(name, v, args);
             case "replace":
-            {
-                var p = args.Bind(what, "old", "new", "count");
-                return Py.Str(Replace(Py.ToStr(v), RequireString(p[0], "replace() old"), RequireString(p[1], "replace() new"), OptionalLong(p[2], -1)));
-            }
+                return Replace(Py.ToStr(v), args.Bind(what, "old", "new", "count"));
             case "reverse":
                 args.Bind(what);
                 if (v is StringValue rs) return Py.Str(string.Concat(Enumerable.Reverse(Py.Chars(rs.Value))));
@@ -601,8 +595,8 @@ internal static class JinjaBuiltins
             case "sort":
             {
                 var p = args.Bind(what, "reverse", "case_sensitive", "attribute");
-                bool caseSensitive = p[1] != null && Py.IsTrue(p[1]!);
-                return new ListValue(SortBy(Py.Iterate(v), x => SortKey(p[2] != null ? AttributePath(x, p[2]!) : x, caseSensitive), p[0] != null && Py.IsTrue(p[0]!)));
+                bool caseSensitive = OptionalBool(p[1]);
+                return new ListValue(SortBy(Py.Iterate(v), x => SortKey(AttributePath(x, p[2]), caseSensitive), OptionalBool(p[0])));
             }
             case "string":
                 args.Bind(what);
@@ -612,7 +606,7 @@ internal static class JinjaBuiltins
                 var p = args.Bind(what, "attribute", "start");
                 JinjaValue total = p[1] ?? new IntValue(0);
                 foreach (var item in Py.Iterate(v))
-                    total = JinjaInterpreter.Arithmetic("+", total, p[0] != null ? AttributePath(item, p[0]!) : item);
+                    total = JinjaInterpreter.Arithmetic("+", total, AttributePath(item, p[0]));
                 return total;
             }
             case "title":
@@ -622,12 +616,7 @@ internal static class JinjaBuiltins
             {
                 // transformers replaces Jinja's tojson with json.dumps(x, ensure_ascii=False, ...) — no HTML escaping.
                 var p = args.Bind(what, "ensure_ascii", "indent", "separators", "sort_keys");
-                string? indent = p[1] switch
-                {
-                    null or NoneValue => null,
-                    StringValue s => s.Value,
-                    var w => new string(' ', (int)Math.Max(0, Py.ToLong(w))),
-                };
+                string? indent = p[1] is null or NoneValue ? null : IndentText(p[1]!);
                 string itemSeparator = indent == null ? ", " : ",", keySeparator = ": ";
                 if (p[2] is ListValue { Items.Count: 2 } separators)
                 {
@@ -636,7 +625,7 @@ internal static class JinjaBuiltins
                 }
                 else if (p[2] is not (null or NoneValue)) throw new JinjaError("tojson separators must be a (item, key) pair of strings");
                 var sb = new StringBuilder();
-                PyJson.Write(sb, v, p[0] != null && Py.IsTrue(p[0]!), indent, itemSeparator, keySeparator, p[3] != null && Py.IsTrue(p[3]!), 0);
+                PyJson.Write(sb, v, OptionalBool(p[0]), indent, itemSeparator, keySeparator, OptionalBool(p[3]), 0);
                 return Py.Str(sb.ToString());
             }
             case "trim":
@@ -644,12 +633,12 @@ internal static class JinjaBuiltins
             case "unique":
             {
                 var p = args.Bind(what, "case_sensitive", "attribute");
-                bool caseSensitive = p[0] != null && Py.IsTrue(p[0]!);
+                bool caseSensitive = OptionalBool(p[0]);
                 var seen = new List<JinjaValue>();
                 var result = new List<JinjaValue>();
                 foreach (var item in Py.Iterate(v))
                 {
-                    var key = SortKey(p[1] != null ? AttributePath(item, p[1]!) : item, caseSensitive);
+                    var key = SortKey(AttributePath(item, p[1]), caseSensitive);
                     if (seen.Exists(s => Py.Equal(s, key))) continue;
                     seen.Add(key);
                     result.Add(item);
@@ -757,9 +746,10 @@ internal static class JinjaBuiltins
         }
     }
 
-    /// <summary>Jinja's attribute lookup for filters: "a.b.0" walks items (integers index lists).</summary>
-    private static JinjaValue AttributePath(JinjaValue item, JinjaValue attribute)
+    /// <summary>Jinja's attribute lookup for filters: "a.b.0" walks items (integers index lists); no attribute is the item itself.</summary>
+    private static JinjaValue AttributePath(JinjaValue item, JinjaValue? attribute)
     {
+        if (attribute == null) return item;
         if (attribute is IntValue) return GetItem(item, attribute);
         var value = item;
         foreach (var part in RequireString(attribute, "attribute").Split('.'))
@@ -790,7 +780,7 @@ internal static class JinjaBuiltins
         var result = new List<JinjaValue>();
         foreach (var item in Py.Iterate(v))
         {
-            var value = attribute != null ? AttributePath(item, attribute) : item;
+            var value = AttributePath(item, attribute);
             bool passed = test == null ? Py.IsTrue(value) : Test(test, value, testArgs);
             if (passed == select) result.Add(item);
         }
@@ -805,28 +795,8 @@ internal static class JinjaBuiltins
         JinjaValue Other() => args.Bind(what, "other")[0] ?? throw new JinjaError($"{what} needs an argument");
         switch (name)
         {
-            case "defined": args.Bind(what); return v is not UndefinedValue;
-            case "undefined": args.Bind(what); return v is UndefinedValue;
-            case "none": args.Bind(what); return v is NoneValue;
-            case "boolean": args.Bind(what); return v is BoolValue;
-            case "true": args.Bind(what); return v is BoolValue { Value: true };
-            case "false": args.Bind(what); return v is BoolValue { Value: false };
-            case "integer": args.Bind(what); return v is IntValue;
-            case "float": args.Bind(what); return v is FloatValue;
-            case "number": args.Bind(what); return Py.IsNumber(v); // Python: isinstance(True, Number)
-            case "string": args.Bind(what); return v is StringValue;
-            case "mapping": args.Bind(what); return v is DictValue;
-            // Python's Undefined defines __iter__, __len__ and __getitem__ (and __call__), so these hold for it.
-            case "iterable": args.Bind(what); return v is ListValue or DictValue or StringValue or UndefinedValue;
-            case "sequence": args.Bind(what); return v is ListValue or DictValue or StringValue or UndefinedValue;
-            case "callable": args.Bind(what); return v is CallableValue or UndefinedValue;
-            case "escaped": args.Bind(what); return false;
-            case "odd": args.Bind(what); return Py.ToLong(JinjaInterpreter.Arithmetic("%", v, new IntValue(2))) == 1;
-            case "even": args.Bind(what); return Py.ToLong(JinjaInterpreter.Arithmetic("%", v, new IntValue(2))) == 0;
             case "divisibleby":
                 return Py.ToDouble(JinjaInterpreter.Arithmetic("%", v, args.Bind(what, "num")[0] ?? throw new JinjaError("divisibleby needs a number"))) == 0;
-            case "lower": args.Bind(what); return IsLower(Py.ToStr(v));
-            case "upper": { args.Bind(what); string s = Py.ToStr(v); return s.Any(char.IsUpper) && !s.Any(char.IsLower); }
             case "eq" or "equalto" or "==": return Py.Equal(v, Other());
             case "ne" or "!=": return !Py.Equal(v, Other());
             case "lt" or "lessthan" or "<": return Py.Compare(v, Other(), "<") < 0;
@@ -842,10 +812,33 @@ internal static class JinjaBuiltins
                     || (v is BoolValue a && other is BoolValue b && a.Value == b.Value)
                     || (v is IntValue i && other is IntValue j && i.Value == j.Value);
             }
-            case "filter": args.Bind(what); return v is StringValue f && SupportedFilters.Contains(f.Value);
-            case "test": args.Bind(what); return v is StringValue t && SupportedTests.Contains(t.Value);
-            default: throw new JinjaError($"no test named '{name}'");
         }
+        args.Bind(what); // every other test takes no argument
+        return name switch
+        {
+            "defined" => v is not UndefinedValue,
+            "undefined" => v is UndefinedValue,
+            "none" => v is NoneValue,
+            "boolean" => v is BoolValue,
+            "true" => v is BoolValue { Value: true },
+            "false" => v is BoolValue { Value: false },
+            "integer" => v is IntValue,
+            "float" => v is FloatValue,
+            "number" => Py.IsNumber(v), // Python: isinstance(True, Number)
+            "string" => v is StringValue,
+            "mapping" => v is DictValue,
+            // Python's Undefined defines __iter__, __len__ and __getitem__ (and __call__), so these hold for it.
+            "iterable" or "sequence" => v is ListValue or DictValue or StringValue or UndefinedValue,
+            "callable" => v is CallableValue or UndefinedValue,
+            "escaped" => false,
+            "odd" => Py.ToLong(JinjaInterpreter.Arithmetic("%", v, new IntValue(2))) == 1,
+            "even" => Py.ToLong(JinjaInterpreter.Arithmetic("%", v, new IntValue(2))) == 0,
+            "lower" => IsLower(Py.ToStr(v)),
+            "upper" => IsUpper(Py.ToStr(v)),
+            "filter" => v is StringValue f && SupportedFilters.Contains(f.Value),
+            "test" => v is StringValue t && SupportedTests.Contains(t.Value),
+            _ => throw new JinjaError($"no test named '{name}'"),
+        };
     }
 }
 

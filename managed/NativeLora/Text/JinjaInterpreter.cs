@@ -84,11 +84,7 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
                     return Flow.Normal;
                 case FilterBlockNode fb:
                 {
-                    var body = new StringBuilder();
-                    var flow = Exec(fb.Body, scope, body);
-                    JinjaValue value = Py.Str(body.ToString());
-                    foreach (var filter in fb.Filters) value = ApplyFilter(filter, value, scope);
-                    output.Append(Py.ToStr(value));
+                    output.Append(Py.ToStr(RenderBody(fb.Body, fb.Filters, scope, out var flow)));
                     return flow; // a {% generation %} block (no filters) may hold a break
                 }
                 case BreakNode:
@@ -181,15 +177,7 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
 
     private void ExecSet(SetNode s, Scope scope)
     {
-        JinjaValue value;
-        if (s.Value != null) value = Eval(s.Value, scope);
-        else
-        {
-            var body = new StringBuilder();
-            Exec(s.Body!, scope, body);
-            value = Py.Str(body.ToString());
-            foreach (var filter in s.BodyFilters) value = ApplyFilter(filter, value, scope);
-        }
+        var value = s.Value != null ? Eval(s.Value, scope) : RenderBody(s.Body!, s.BodyFilters, scope, out _);
         if (s.Target is GetAttrExpr { Object: NameExpr ns } attr)
         {
             // {% set ns.x = ... %}: the one way to carry state out of a loop.
@@ -241,9 +229,17 @@ internal sealed class JinjaInterpreter(TimeProvider clock)
         for (int i = args.Positional.Count; i < parameters.Count; i++)
             if (!given.Contains(parameters[i].Name) && parameters[i].Default is { } defaultValue)
                 scope.Set(parameters[i].Name, Eval(defaultValue, scope));
+        return RenderBody(body, [], scope, out _);
+    }
+
+    /// <summary>A block's body rendered to a string, through the filters of a filter block or a set block.</summary>
+    private JinjaValue RenderBody(List<Node> body, List<FilterExpr> filters, Scope scope, out Flow flow)
+    {
         var output = new StringBuilder();
-        Exec(body, scope, output);
-        return Py.Str(output.ToString());
+        flow = Exec(body, scope, output);
+        JinjaValue value = Py.Str(output.ToString());
+        foreach (var filter in filters) value = ApplyFilter(filter, value, scope);
+        return value;
     }
 
     private JinjaValue ExecCallBlock(CallBlockNode c, Scope scope)

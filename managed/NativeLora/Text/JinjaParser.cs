@@ -117,6 +117,15 @@ internal sealed class JinjaParser
         return body;
     }
 
+    /// <summary>The rest of a "{% tag ... %}" (its "%}"), its body, and the "{% endtag %}" that closes it.</summary>
+    private List<Node> BodyToEnd(string tag, Token start)
+    {
+        ExpectBlockEnd(tag);
+        var body = Block(tag, start, ["end" + tag], out _);
+        ExpectBlockEnd("end" + tag);
+        return body;
+    }
+
     private Node ParseStatement(Token start, Token name)
     {
         switch (name.Value)
@@ -139,13 +148,8 @@ internal sealed class JinjaParser
                 ExpectBlockEnd(name.Value);
                 return name.Value == "break" ? At(new BreakNode(), start) : At(new ContinueNode(), start);
             case "generation":
-            {
                 // transformers' {% generation %} marks assistant text for masks; it renders its body unchanged.
-                ExpectBlockEnd("generation");
-                var body = Block("generation", start, ["endgeneration"], out _);
-                ExpectBlockEnd("endgeneration");
-                return At(new FilterBlockNode([], body), start);
-            }
+                return At(new FilterBlockNode([], BodyToEnd("generation", start)), start);
             case "block" or "extends" or "include" or "import" or "from" or "with" or "autoescape" or "trans" or "do" or "raw":
                 throw Error(name, $"'{{% {name.Value} %}}' is not supported in chat templates here");
             default:
@@ -213,10 +217,7 @@ internal sealed class JinjaParser
             return At(new SetNode(target, value, null, []), start);
         }
         var filters = Cur.IsOp("|") ? ParseFilterChain(startInline: false) : [];
-        ExpectBlockEnd("set");
-        var body = Block("set", start, ["endset"], out _);
-        ExpectBlockEnd("endset");
-        return At(new SetNode(target, null, body, filters), start);
+        return At(new SetNode(target, null, BodyToEnd("set", start), filters), start);
     }
 
     /// <summary>A name, a tuple of names, or (for set) a namespace attribute "ns.attr".</summary>
@@ -254,12 +255,10 @@ internal sealed class JinjaParser
     {
         string name = ExpectName("the macro name");
         var parameters = ParseSignature();
-        ExpectBlockEnd("macro");
         int loops = _loopDepth;
         _loopDepth = 0; // break/continue cannot cross a macro boundary
-        var body = Block("macro", start, ["endmacro"], out _);
+        var body = BodyToEnd("macro", start);
         _loopDepth = loops;
-        ExpectBlockEnd("endmacro");
         return At(new MacroNode(name, parameters, body), start);
     }
 
@@ -267,10 +266,8 @@ internal sealed class JinjaParser
     {
         var parameters = new List<Parameter>();
         ExpectOp("(");
-        while (!Cur.IsOp(")"))
+        ParseCommaList(")", () =>
         {
-            if (parameters.Count > 0) ExpectOp(",");
-            if (Cur.IsOp(")")) break;
             var nameToken = Cur;
             string name = ExpectName("a parameter name");
             if (parameters.Exists(p => p.Name == name)) throw Error(nameToken, $"duplicate parameter '{name}'");
@@ -281,8 +278,7 @@ internal sealed class JinjaParser
                 defaultValue = ParseExpression();
             }
             parameters.Add(new Parameter(name, defaultValue));
-        }
-        _i++;
+        });
         return parameters;
     }
 
@@ -291,19 +287,13 @@ internal sealed class JinjaParser
         var parameters = Cur.IsOp("(") ? ParseSignature() : [];
         var callToken = Cur;
         if (ParseExpression() is not CallExpr call) throw Error(callToken, "expected a macro call after '{% call'");
-        ExpectBlockEnd("call");
-        var body = Block("call", start, ["endcall"], out _);
-        ExpectBlockEnd("endcall");
-        return At(new CallBlockNode(call, parameters, body), start);
+        return At(new CallBlockNode(call, parameters, BodyToEnd("call", start)), start);
     }
 
     private FilterBlockNode ParseFilterBlock(Token start)
     {
         var filters = ParseFilterChain(startInline: true);
-        ExpectBlockEnd("filter");
-        var body = Block("filter", start, ["endfilter"], out _);
-        ExpectBlockEnd("endfilter");
-        return At(new FilterBlockNode(filters, body), start);
+        return At(new FilterBlockNode(filters, BodyToEnd("filter", start)), start);
     }
 
     // ---------------------------------------------------------------- expressions
@@ -355,29 +345,40 @@ internal sealed class JinjaParser
         return expr;
     }
 
-    private Expr ParseOr()
+    /// <summary>
+    /// The left-associative binary operators, one precedence level each, lowest first: "or" and "and"
+    /// (names) come above "not" and the comparisons, whose operands are the arithmetic levels (operators)
+    /// down to "**", whose operands are the unary sign and the primaries.
+    /// </summary>
+    private static readonly (TokenKind Kind, string[] Ops)[] BinaryLevels =
+    [
+        (TokenKind.Name, ["or"]),
+        (TokenKind.Name, ["and"]),
+        (TokenKind.Operator, ["+", "-"]),
+        (TokenKind.Operator, ["~"]),
+        (TokenKind.Operator, ["*", "/", "//", "%"]),
+        (TokenKind.Operator, ["**"]),
+    ];
+    private const int AndLevel = 1, ArithmeticLevel = 2;
+
+    private Expr ParseOr() => ParseBinary(0);
+
+    /// <summary>One level of <see cref="BinaryLevels"/>: operands of the next level down, joined left to right.</summary>
+    private Expr ParseBinary(int level)
     {
         var start = Cur;
-        var left = ParseAnd();
-        while (Cur.IsName("or"))
+        var (kind, ops) = BinaryLevels[level];
+        var left = ParseBinaryOperand(level);
+        while (Cur.Kind == kind && Array.IndexOf(ops, Cur.Value) >= 0)
         {
-            _i++;
-            left = At(new BinaryExpr("or", left, ParseAnd()), start);
+            string op = Advance().Value;
+            left = At(new BinaryExpr(op, left, ParseBinaryOperand(level)), start);
         }
         return left;
     }
 
-    private Expr ParseAnd()
-    {
-        var start = Cur;
-        var left = ParseNot();
-        while (Cur.IsName("and"))
-        {
-            _i++;
-            left = At(new BinaryExpr("and", left, ParseNot()), start);
-        }
-        return left;
-    }
+    private Expr ParseBinaryOperand(int level) =>
+        level == AndLevel ? ParseNot() : level + 1 < BinaryLevels.Length ? ParseBinary(level + 1) : ParseUnary();
 
     private Expr ParseNot()
     {
@@ -396,7 +397,7 @@ internal sealed class JinjaParser
     private Expr ParseCompare()
     {
         var start = Cur;
-        var first = ParseMath1();
+        var first = ParseBinary(ArithmeticLevel);
         var rest = new List<(string, Expr)>();
         while (true)
         {
@@ -405,57 +406,9 @@ internal sealed class JinjaParser
             else if (Cur.IsName("in")) { _i++; op = "in"; }
             else if (Cur.IsName("not") && Peek.IsName("in")) { _i += 2; op = "not in"; }
             else break;
-            rest.Add((op, ParseMath1()));
+            rest.Add((op, ParseBinary(ArithmeticLevel)));
         }
         return rest.Count == 0 ? first : At(new CompareExpr(first, rest), start);
-    }
-
-    private Expr ParseMath1()
-    {
-        var start = Cur;
-        var left = ParseConcat();
-        while (Cur.IsOp("+") || Cur.IsOp("-"))
-        {
-            string op = Advance().Value;
-            left = At(new BinaryExpr(op, left, ParseConcat()), start);
-        }
-        return left;
-    }
-
-    private Expr ParseConcat()
-    {
-        var start = Cur;
-        var left = ParseMath2();
-        while (Cur.IsOp("~"))
-        {
-            _i++;
-            left = At(new BinaryExpr("~", left, ParseMath2()), start);
-        }
-        return left;
-    }
-
-    private Expr ParseMath2()
-    {
-        var start = Cur;
-        var left = ParsePow();
-        while (Cur.Kind == TokenKind.Operator && Cur.Value is "*" or "/" or "//" or "%")
-        {
-            string op = Advance().Value;
-            left = At(new BinaryExpr(op, left, ParsePow()), start);
-        }
-        return left;
-    }
-
-    private Expr ParsePow()
-    {
-        var start = Cur;
-        var left = ParseUnary();
-        while (Cur.IsOp("**"))
-        {
-            _i++;
-            left = At(new BinaryExpr("**", left, ParseUnary()), start);
-        }
-        return left;
     }
 
     /// <summary>As in Jinja, "-x | f" is "(-x) | f": the sign binds tighter than filters and tests.</summary>
@@ -509,32 +462,41 @@ internal sealed class JinjaParser
             case TokenKind.Operator when t.Value == "[":
             {
                 var items = new List<Expr>();
-                while (!Cur.IsOp("]"))
-                {
-                    if (items.Count > 0) ExpectOp(",");
-                    if (Cur.IsOp("]")) break;
-                    items.Add(ParseExpression());
-                }
-                _i++;
+                ParseCommaList("]", () => items.Add(ParseExpression()));
                 return At(new ListExpr(items, IsTuple: false), t);
             }
             case TokenKind.Operator when t.Value == "{":
             {
                 var items = new List<(Expr, Expr)>();
-                while (!Cur.IsOp("}"))
+                ParseCommaList("}", () =>
                 {
-                    if (items.Count > 0) ExpectOp(",");
-                    if (Cur.IsOp("}")) break;
                     var key = ParseExpression();
                     ExpectOp(":");
                     items.Add((key, ParseExpression()));
-                }
-                _i++;
+                });
                 return At(new DictExpr(items), t);
             }
             default:
                 throw Error(t, $"unexpected {t.Describe()}");
         }
+    }
+
+    /// <summary>
+    /// Items separated by commas up to the closing bracket <paramref name="close"/> (a trailing comma is
+    /// allowed), which is consumed: list and dict literals, call arguments, macro parameters.
+    /// </summary>
+    private void ParseCommaList(string close, Action parseItem)
+    {
+        for (bool first = true; !Cur.IsOp(close); first = false)
+        {
+            if (!first)
+            {
+                ExpectOp(",");
+                if (Cur.IsOp(close)) break;
+            }
+            parseItem();
+        }
+        _i++;
     }
 
     private Expr ParsePostfix(Expr node)
@@ -589,13 +551,8 @@ internal sealed class JinjaParser
         ExpectOp("(");
         var args = new List<Expr>();
         var kwargs = new List<(string, Expr)>();
-        while (!Cur.IsOp(")"))
+        ParseCommaList(")", () =>
         {
-            if (args.Count + kwargs.Count > 0)
-            {
-                ExpectOp(",");
-                if (Cur.IsOp(")")) break; // trailing comma
-            }
             if (Cur.IsOp("*") || Cur.IsOp("**")) throw Error(Cur, "argument unpacking (*args, **kwargs) is not supported");
             if (Cur.Kind == TokenKind.Name && Peek.IsOp("="))
             {
@@ -608,8 +565,7 @@ internal sealed class JinjaParser
                 if (kwargs.Count > 0) throw Error(Cur, "positional argument follows keyword argument");
                 args.Add(ParseExpression());
             }
-        }
-        _i++;
+        });
         return (args, kwargs);
     }
 

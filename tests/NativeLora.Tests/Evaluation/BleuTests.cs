@@ -121,6 +121,9 @@ public class BleuTests
     private const string Ref98 = "producţia de zahăr brut se exprimă în zahăr alb;";
     private const string Sys98 = "Producția de zahăr primă va fi exprimată în ceea ce privește zahărul alb;";
 
+    // sacreBLEU's sentence_bleu(h, [r]) is corpus BLEU of the one segment with its defaults: exp smoothing, 13a, effective order on
+    private static readonly BleuOptions SentenceBleu = new() { EffectiveOrder = true };
+
     [TestCase(BleuSmoothing.Exp, null, BleuTokenizer.ThirteenA, 8.493)]
     [TestCase(BleuSmoothing.None, null, BleuTokenizer.ThirteenA, 0.0)]
     [TestCase(BleuSmoothing.Floor, null, BleuTokenizer.ThirteenA, 4.51688)]
@@ -134,17 +137,17 @@ public class BleuTests
     {
         // test/test_sentence_bleu.py, test_api_sentence_bleu (effective_order=True, EPSILON = 1e-3)
         var o = new BleuOptions { Smooth = smooth, SmoothValue = value, Tokenize = tok, EffectiveOrder = true };
-        Assert.That(Bleu.Sentence(Sys98, new[] { Ref98 }, o).Score, Is.EqualTo(expected).Within(1e-3));
+        Assert.That(Bleu.Corpus(new[] { Sys98 }, new[] { Ref98 }, o).Score, Is.EqualTo(expected).Within(1e-3));
     }
 
     [Test]
     public void SentenceBleuDefaultsAreSacreBleus()
     {
         // sentence_bleu's defaults (exp smoothing, 13a, effective order) give the first test_sentence_bleu case
-        Assert.That(Bleu.Sentence(Sys98, new[] { Ref98 }).Score, Is.EqualTo(8.493).Within(1e-3));
+        Assert.That(Bleu.Corpus(new[] { Sys98 }, new[] { Ref98 }, SentenceBleu).Score, Is.EqualTo(8.493).Within(1e-3));
         // test/test_sentence_bleu.py, test_api_sentence_bleu_zero ("Example taken from #141"): 0.0 for every smoothing
         foreach (var smooth in Enum.GetValues<BleuSmoothing>())
-            Assert.That(Bleu.Sentence("this is a cat", new[] { "okay thanks" }, new BleuOptions { Smooth = smooth, EffectiveOrder = true }).Score, Is.EqualTo(0.0));
+            Assert.That(Bleu.Corpus(new[] { "this is a cat" }, new[] { "okay thanks" }, new BleuOptions { Smooth = smooth, EffectiveOrder = true }).Score, Is.EqualTo(0.0));
     }
 
     [Test]
@@ -164,10 +167,10 @@ public class BleuTests
         Assert.That(disjoint.Precisions, Is.All.EqualTo(0.0));
         // without effective order, a 3-token corpus has no 4-grams: sacreBLEU scores it 0 even when it matches
         Assert.That(Bleu.Corpus(new[] { "a b c" }, new[] { "a b c" }).Score, Is.EqualTo(0.0));
-        Assert.That(Bleu.Sentence("a b c", new[] { "a b c" }).Score, Is.EqualTo(100.0).Within(1e-9));
+        Assert.That(Bleu.Corpus(new[] { "a b c" }, new[] { "a b c" }, SentenceBleu).Score, Is.EqualTo(100.0).Within(1e-9));
         // unicode text is compared code point for code point (no normalisation): ţ ≠ ț
-        Assert.That(Bleu.Sentence("producţia", new[] { "producția" }).Score, Is.EqualTo(0.0));
-        Assert.That(Bleu.Sentence("日本語 のテキスト 😀 です", new[] { "日本語 のテキスト 😀 です" }).Score, Is.EqualTo(100.0).Within(1e-9));
+        Assert.That(Bleu.Corpus(new[] { "producţia" }, new[] { "producția" }, SentenceBleu).Score, Is.EqualTo(0.0));
+        Assert.That(Bleu.Corpus(new[] { "日本語 のテキスト 😀 です" }, new[] { "日本語 のテキスト 😀 です" }, SentenceBleu).Score, Is.EqualTo(100.0).Within(1e-9));
     }
 
     [Test]
