@@ -9,7 +9,7 @@ internal static class PeerScript
     public static string[] Run(string python, string script, IEnumerable<string> arguments, string hint)
     {
         var psi = new ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Path.Combine(TrainBench.FindRoot(), "bench", "peer", script));
+        psi.ArgumentList.Add(Path.Combine(BenchArgs.Root(), "bench", "peer", script));
         foreach (var a in arguments) psi.ArgumentList.Add(a);
         psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {python}");

@@ -26,11 +26,7 @@ public static class RooflineBench
 
     public static int Run(string[] args)
     {
-        string Arg(string name, string def)
-        {
-            int i = Array.IndexOf(args, "--" + name);
-            return i >= 0 && i + 1 < args.Length ? args[i + 1] : def;
-        }
+        string Arg(string name, string def) => BenchArgs.Get(args, name, def);
         using var device = ComputeDevice.Open(ComputeDevice.ParseKind(Arg("device", "auto")));
         var dtype = device.ResolveDType(Arg("dtype", "auto"));
         string peer = Arg("peer", "none");

@@ -24,16 +24,12 @@ public static class ServeLoadBench
 {
     public static int Run(string[] args)
     {
-        string Arg(string name, string def)
-        {
-            int i = Array.IndexOf(args, "--" + name);
-            return i >= 0 && i + 1 < args.Length ? args[i + 1] : def;
-        }
+        string Arg(string name, string def) => BenchArgs.Get(args, name, def);
         int clients = int.Parse(Arg("clients", "16")), seconds = int.Parse(Arg("duration", "120")), maxTokens = int.Parse(Arg("max-tokens", "32"));
         string modes = Arg("batching", "both");
         int systemTokens = int.Parse(Arg("system-prompt-tokens", "0"));
         string prefixModes = Arg("prefix-caching", "on");
-        var root = TrainBench.FindRoot();
+        var root = BenchArgs.Root();
         var work = Directory.CreateTempSubdirectory("nl-serve-bench-").FullName;
         try
         {

@@ -20,12 +20,8 @@ public static class TrainBench
 {
     public static int Run(string[] args)
     {
-        string Arg(string name, string def)
-        {
-            int i = Array.IndexOf(args, "--" + name);
-            return i >= 0 && i + 1 < args.Length ? args[i + 1] : def;
-        }
-        var root = FindRoot();
+        string Arg(string name, string def) => BenchArgs.Get(args, name, def);
+        var root = BenchArgs.Root();
         string modelArg = Arg("model", "tiny-bench");
         string configPath = File.Exists(Path.Combine(root, "bench", "configs", modelArg + ".json")) ? Path.Combine(root, "bench", "configs", modelArg + ".json") : Path.Combine(modelArg, "config.json");
         var config = ModelConfig.Load(configPath);
@@ -172,15 +168,5 @@ public static class TrainBench
     {
         var s = x.OrderBy(v => v).ToList();
         return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
-    }
-
-    // the repository (or the GPU bundle, which mirrors its layout): bench/configs and bench/peer live there
-    internal static string FindRoot()
-    {
-        var env = Environment.GetEnvironmentVariable("NATIVELORA_ROOT");
-        if (!string.IsNullOrEmpty(env)) return env;
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "native", "include", "nativelora.h"))) dir = dir.Parent;
-        return dir?.FullName ?? Directory.GetCurrentDirectory();
     }
 }

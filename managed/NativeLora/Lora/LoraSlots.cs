@@ -153,27 +153,23 @@ public sealed class LoraSlots : IDisposable
         if (slot < 0 && draining > 0)
             throw new InvalidOperationException($"all {Capacity} adapter slots are taken: {_byName.Count} by loaded adapters and {draining} by unloaded ones that running requests still use; such a slot frees when those requests finish, so retry then (or unload another adapter)");
         if (slot < 0) throw new InvalidOperationException($"all {Capacity} adapter slots are in use; unload one first (or start the server with more --max-loras)");
-        using var adapter = LoraAdapter.Load(_model, dir);
-        var cfg = adapter.Config;
+        using var file = PeftAdapterFile.Open(dir, _model.Config);
+        var cfg = file.Config;
         if (cfg.UseDora) throw new NotSupportedException($"{dir}: DoRA adapters cannot be served side by side; merge it into the base with `nativelora merge` and serve the result");
         if (cfg.ModulesToSave.Length > 0) throw new NotSupportedException($"{dir}: adapters with modules_to_save ({string.Join(", ", cfg.ModulesToSave)}) cannot be served side by side; merge it instead");
         if (cfg.R > MaxRank) throw new NotSupportedException($"{dir}: rank {cfg.R} exceeds the server's maximum adapter rank {MaxRank} (start it with a larger --max-lora-rank)");
-        var byTarget = adapter.Modules.ToDictionary(m => m.Target);
+        var adapted = file.AdaptedTargets.Select(t => t.Name).ToHashSet();
         foreach (var lin in _model.Layers.SelectMany(l => l.Linears))
         {
             var bank = lin.ServedAdapters!;
-            if (byTarget.TryGetValue(lin.Name, out var m))
+            bool here = adapted.Contains(lin.Name);
+            if (here)
             {
-                bank.A.Slice(slot * MaxRank, MaxRank).CopyFromFloats(Pad(m.A.ToFloatArray(), m.Rank, lin.InFeatures, MaxRank, lin.InFeatures));
-                bank.B.Slice(slot * lin.OutFeatures, lin.OutFeatures).CopyFromFloats(Pad(m.B.ToFloatArray(), lin.OutFeatures, m.Rank, lin.OutFeatures, MaxRank));
-                bank.HostScales[slot] = m.Scale;
-                bank.HostRanks[slot] = m.Rank;
+                bank.A.Slice(slot * MaxRank, MaxRank).CopyFromFloats(Pad(file.ReadA(lin.Name), cfg.R, lin.InFeatures, MaxRank, lin.InFeatures));
+                bank.B.Slice(slot * lin.OutFeatures, lin.OutFeatures).CopyFromFloats(Pad(file.ReadB(lin.Name), lin.OutFeatures, cfg.R, lin.OutFeatures, MaxRank));
             }
-            else
-            {
-                bank.HostScales[slot] = 0f;
-                bank.HostRanks[slot] = 0;
-            }
+            bank.HostScales[slot] = here ? cfg.Scale : 0f;
+            bank.HostRanks[slot] = here ? cfg.R : 0;
             bank.Upload();
         }
         _loaded[slot] = true;

@@ -48,7 +48,7 @@ public sealed class PeftAdapterFile : IDisposable
     /// <summary>The projections of a model an adapter config adapts, in the model's parameter order.</summary>
     public static List<Target> Targets(ModelConfig model, LoraConfig config) =>
         CausalLm.ExpectedParameters(model)
-            .Where(p => p.Shape.Length == 2 && p.Name.StartsWith("model.layers.", StringComparison.Ordinal) && p.Name.EndsWith(".weight", StringComparison.Ordinal))
+            .Where(p => CausalLm.IsProjectionWeight(p.Name))
             .Select(p => new Target(p.Name[..^".weight".Length], p.Shape[0], p.Shape[1]))
             .Where(t => config.TargetModules.Contains(t.Name[(t.Name.LastIndexOf('.') + 1)..]))
             .ToList();
