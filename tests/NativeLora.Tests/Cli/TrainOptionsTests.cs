@@ -146,5 +146,6 @@ public class TrainOptionsTests
         Assert.That(stdout, Does.Match(@"(?m)^  --learning-rate +\(Default: 0\.0002\) Config key learning_rate, a number\.$"));
         Assert.That(stdout, Does.Match(@"(?m)^  --packing +\(Default: true\) Config key packing, true or false\.$"));
         Assert.That(stdout, Does.Match(@"(?m)^  --model +Config key model, a string\.$"), "no default shown for an empty one");
+        Assert.That(stdout, Does.Match(@"(?m)^  --qlora-matmul +\(Default: auto\) Config key qlora_matmul, a string \(auto, fused, scratch\)\.$"), "a key's note");
     }
 }
