@@ -12,9 +12,12 @@ Type[] verbs =
 ];
 NativeLora.Hub.ModelSource.DownloadProgress = new DownloadBar(Console.Error);
 using var parser = new Parser(s => { s.HelpWriter = null; s.AutoHelp = true; s.AutoVersion = true; });
-var arguments = Usage.Normalize(args);
-var result = parser.ParseArguments(arguments, verbs);
-if (result is not Parsed<object> parsed) return Usage.Report(parser, arguments, (NotParsed<object>)result, verbs, Console.Out, Console.Error);
+// train's config-key flags are TrainingConfig's keys, which have no attributes: taken out before CommandLineParser parses the rest
+var arguments = ConfigFlags.Take(Usage.Normalize(args));
+var result = parser.ParseArguments(arguments.Rest, verbs);
+if (result is not Parsed<object> parsed) return Usage.Report(parser, arguments.Rest, (NotParsed<object>)result, verbs, Console.Out, Console.Error);
+if (arguments.Error != null) return Usage.Fail($"train: {arguments.Error}", Console.Error);
+if (parsed.Value is TrainOptions train) train.ConfigKeys = arguments.ConfigKeys;
 return Run(() => parsed.Value switch
 {
     InfoOptions o => Commands.Info(o),

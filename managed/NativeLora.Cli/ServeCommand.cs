@@ -10,12 +10,7 @@ public static class ServeCommand
 {
     public static int Run(ServeOptions o)
     {
-        string? apiKey = null;
-        if (o.ApiKeyEnv != null)
-        {
-            apiKey = Environment.GetEnvironmentVariable(o.ApiKeyEnv);
-            if (string.IsNullOrEmpty(apiKey)) throw new ArgumentException($"--api-key-env {o.ApiKeyEnv}: the environment variable is not set or empty");
-        }
+        var apiKey = SecretFrom("--api-key-env", o.ApiKeyEnv);
         var adapters = (o.Adapters ?? Array.Empty<string>()).Select(a =>
         {
             int eq = a.IndexOf('=');
@@ -27,15 +22,9 @@ public static class ServeCommand
         {
             if (o.JudgeUrl == null || !Uri.TryCreate(o.JudgeUrl, UriKind.Absolute, out var judgeUrl))
                 throw new ArgumentException($"--judge-url must be an absolute http(s) URL when --judge-sample-rate is set, got '{o.JudgeUrl}'");
-            string? judgeKey = null;
-            if (o.JudgeKeyEnv != null)
-            {
-                judgeKey = Environment.GetEnvironmentVariable(o.JudgeKeyEnv);
-                if (string.IsNullOrEmpty(judgeKey)) throw new ArgumentException($"--judge-key-env {o.JudgeKeyEnv}: the environment variable is not set or empty");
-            }
             judge = new JudgeSamplingOptions
             {
-                SampleRate = o.JudgeSampleRate, Url = judgeUrl, Model = o.JudgeModel ?? "", ApiKey = judgeKey, Seed = unchecked((ulong)o.JudgeSeed),
+                SampleRate = o.JudgeSampleRate, Url = judgeUrl, Model = o.JudgeModel ?? "", ApiKey = SecretFrom("--judge-key-env", o.JudgeKeyEnv), Seed = unchecked((ulong)o.JudgeSeed),
                 QueueCapacity = o.JudgeQueue, Concurrency = o.JudgeConcurrency, LogPath = o.JudgeLog,
             };
         }
@@ -72,6 +61,14 @@ public static class ServeCommand
             server.DisposeAsync().AsTask().GetAwaiter().GetResult();
         }
         return 0;
+    }
+
+    /// <summary>The value of the environment variable a `--*-key-env` flag names (null without the flag); unset or empty is an error.</summary>
+    private static string? SecretFrom(string flag, string? variable)
+    {
+        if (variable == null) return null;
+        var value = Environment.GetEnvironmentVariable(variable);
+        return string.IsNullOrEmpty(value) ? throw new ArgumentException($"{flag} {variable}: the environment variable is not set or empty") : value;
     }
 
     /// <summary>`nativelora drift-profile`: embeds the prompts of a data file as the server will, fits the profile, writes it.</summary>

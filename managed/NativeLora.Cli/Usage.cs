@@ -17,9 +17,9 @@ internal static class Usage
         typeof(Usage).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
         ?? typeof(Usage).Assembly.GetName().Version?.ToString() ?? "unknown";
 
-    /// <summary>CommandLineParser knows `--help`, not `-h`; no option of ours has a one-letter name, so `-h` can only mean help.</summary>
     /// <summary>
-    /// `-h` becomes `--help`, and `VERB ... --help` becomes `VERB --help`: CommandLineParser only sees help
+    /// `-h` becomes `--help` (CommandLineParser knows `--help`, not `-h`; no option of ours has a one-letter name,
+    /// so `-h` can only mean help), and `VERB ... --help` becomes `VERB --help`: CommandLineParser only sees help
     /// when it comes right after the verb, and would report the other options' errors instead.
     /// </summary>
     public static string[] Normalize(string[] args)
@@ -43,8 +43,7 @@ internal static class Usage
             var asked = args.Skip(1).FirstOrDefault(a => !a.StartsWith('-'));
             if (!helpVerb.Matched && asked != null)
             {
-                stderr.WriteLine($"error: help: unknown verb '{asked}'{Hint(asked, VerbNames(verbs))}; 'nativelora --help' lists the verbs");
-                return UsageError;
+                return Fail($"help: unknown verb '{asked}'{Hint(asked, VerbNames(verbs))}; 'nativelora --help' lists the verbs", stderr);
             }
             // the verb's own help page is what `VERB --help` parses to
             var page = helpVerb.Matched ? (NotParsed<object>)parser.ParseArguments(new[] { helpVerb.Verb, "--help" }, verbs) : result;
@@ -79,6 +78,13 @@ internal static class Usage
         return UsageError;
     }
 
+    /// <summary>A usage error: its one `error:` line on stderr, and the exit code.</summary>
+    public static int Fail(string line, TextWriter stderr)
+    {
+        stderr.WriteLine($"error: {line}");
+        return UsageError;
+    }
+
     private static string Dashed(string token) => token.StartsWith('-') ? token : (token.Length == 1 ? "-" : "--") + token;
 
     private static string Hint(string token, IEnumerable<string> known) =>
@@ -97,7 +103,7 @@ internal static class Usage
             h.MaximumDisplayWidth = 110;
             return h;
         }, e => e, verbsIndex: verb == null);
-        return help.ToString().TrimEnd() + Environment.NewLine;
+        return help.ToString().TrimEnd() + Environment.NewLine + (verb == typeof(TrainOptions) ? ConfigFlags.Help(help.MaximumDisplayWidth) : "");
     }
 
     public static IEnumerable<string> VerbNames(Type[] verbs) =>
@@ -105,7 +111,7 @@ internal static class Usage
 
     public static IEnumerable<string> OptionNames(Type verb) =>
         verb.GetProperties().Select(p => p.GetCustomAttribute<OptionAttribute>()?.LongName).OfType<string>().Where(n => n.Length > 0)
-            .Select(n => "--" + n).Concat(new[] { "--help", "--version" });
+            .Select(n => "--" + n).Concat(verb == typeof(TrainOptions) ? ConfigFlags.Names : []).Concat(new[] { "--help", "--version" });
 
     /// <summary>The known name nearest to <paramref name="token"/> by edit distance (a typo), or one that starts with it; null when none is near.</summary>
     public static string? Closest(string token, IEnumerable<string> known)
