@@ -1,10 +1,11 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Cli;
 
 /// <summary>The built launcher (artifacts/bin/nativelora, made by ./build.sh) run as a user runs it.</summary>
-public class CliTests
+public class CliTests : TempDirTests
 {
     private static string Root => Native.BindingCoverageTests.RepoRoot();
 
@@ -24,17 +25,9 @@ public class CliTests
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-cli-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     private string TinyConfig(string type, int layers = 1)
     {
-        var path = Path.Combine(_dir, $"{type}.json");
+        var path = Path.Combine(Dir, $"{type}.json");
         File.WriteAllText(path, $$"""
             {"model_type": "{{type}}", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": {{layers}},
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": {{(type == "qwen2" ? "true" : "false")}}}
@@ -47,7 +40,7 @@ public class CliTests
     [TestCase("qwen2", "qwen3")]
     public void InitModelThenGenerateTextAndIds(string type, string tokenizer)
     {
-        var model = Path.Combine(_dir, "m");
+        var model = Path.Combine(Dir, "m");
         var (code, stdout, stderr) = Run("init-model", "--config", TinyConfig(type), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", tokenizer), "--out", model);
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain($"wrote {model}: {type}"));
@@ -71,7 +64,7 @@ public class CliTests
     [Test]
     public async Task ServeAnswersOverHttpUntilStopped()
     {
-        var model = Path.Combine(_dir, "m");
+        var model = Path.Combine(Dir, "m");
         var (code, _, stderr) = Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model);
         Assert.That(code, Is.EqualTo(0), stderr);
         // bad options fail before anything binds, with the reason
@@ -124,10 +117,10 @@ public class CliTests
     [Test]
     public void ErrorsArePrintedWithoutAStackTraceAndExitNonZero()
     {
-        var (code, _, stderr) = Run("generate", "--model", Path.Combine(_dir, "nope"), "--prompt-ids", "1");
+        var (code, _, stderr) = Run("generate", "--model", Path.Combine(Dir, "nope"), "--prompt-ids", "1");
         Assert.That(code, Is.Not.EqualTo(0));
         Assert.That(stderr, Does.Contain("error: model directory").And.Contain("nope").And.Not.Contain("   at "));
-        (code, _, stderr) = Run("train", "--model", Path.Combine(_dir, "nope"), "--lora-r", "0", "--dry-run");
+        (code, _, stderr) = Run("train", "--model", Path.Combine(Dir, "nope"), "--lora-r", "0", "--dry-run");
         Assert.That(code, Is.Not.EqualTo(0));
         Assert.That(stderr, Does.Contain("r must be ≥ 1"));
     }
@@ -135,9 +128,9 @@ public class CliTests
     [Test]
     public void ExportGgufAndInspectBothFormats()
     {
-        var model = Path.Combine(_dir, "m");
+        var model = Path.Combine(Dir, "m");
         Assert.That(Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
-        var gguf = Path.Combine(_dir, "m.gguf");
+        var gguf = Path.Combine(Dir, "m.gguf");
         var (code, stdout, stderr) = Run("export-gguf", "--model", model, "--out", gguf, "--type", "q8_0");
         Assert.That(code, Is.EqualTo(0), stderr);
         (code, stdout, stderr) = Run("inspect", gguf);
@@ -146,7 +139,7 @@ public class CliTests
         (code, stdout, _) = Run("inspect", Path.Combine(model, "model.safetensors"));
         Assert.That(code, Is.EqualTo(0));
         Assert.That(stdout, Does.Contain("safetensors").And.Contain("model.layers.0.self_attn.q_proj.weight"));
-        var bad = Path.Combine(_dir, "bad.gguf");
+        var bad = Path.Combine(Dir, "bad.gguf");
         File.WriteAllBytes(bad, File.ReadAllBytes(gguf)[..100]);
         (code, _, stderr) = Run("inspect", bad);
         Assert.That(code, Is.Not.EqualTo(0));
@@ -166,9 +159,9 @@ public class CliTests
     [Test]
     public void TrainDryRunPrintsTheTrainableRatioAndTheResolvedConfig()
     {
-        var model = Path.Combine(_dir, "m");
+        var model = Path.Combine(Dir, "m");
         Assert.That(Run("init-model", "--config", TinyConfig("llama", 2), "--out", model).Code, Is.EqualTo(0));
-        var config = Path.Combine(_dir, "run.json");
+        var config = Path.Combine(Dir, "run.json");
         File.WriteAllText(config, $$"""{ "model": "{{model}}", "lora_r": 8, "target_modules": ["q_proj", "v_proj"] }""");
         var (code, stdout, stderr) = Run("train", "--config", config, "--learning-rate", "0.001", "--dry-run");
         Assert.That(code, Is.EqualTo(0), stderr);
@@ -181,11 +174,11 @@ public class CliTests
     [Test]
     public void TrainRunsEndToEndAndLeavesAdapterMetricsAndPlot()
     {
-        var model = Path.Combine(_dir, "m");
+        var model = Path.Combine(Dir, "m");
         Assert.That(Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
-        var data = Path.Combine(_dir, "d.jsonl");
+        var data = Path.Combine(Dir, "d.jsonl");
         File.WriteAllLines(data, Enumerable.Range(0, 12).Select(i => $$"""{"instruction": "Say {{i}}.", "output": "{{i}}"}""").Append("{broken"));
-        var outDir = Path.Combine(_dir, "run");
+        var outDir = Path.Combine(Dir, "run");
         var (code, stdout, stderr) = Run("train", "--model", model, "--data", data, "--output-dir", outDir, "--max-steps", "3",
             "--micro-batch-size", "2", "--gradient-accumulation", "1", "--max-seq-len", "64", "--eval-steps", "2", "--max-bad-row-fraction", "0.2");
         Assert.That(code, Is.EqualTo(0), stderr);
@@ -196,18 +189,18 @@ public class CliTests
         Assert.That(File.ReadAllLines(Path.Combine(outDir, "metrics.jsonl")), Has.Length.EqualTo(3));
 
         // evaluation before/after on the same model: perplexity, BLEU/ROUGE, an ARC-shaped file, the overfit report
-        var arc = Path.Combine(_dir, "arc.jsonl");
+        var arc = Path.Combine(Dir, "arc.jsonl");
         File.WriteAllLines(arc, new[]
         {
             """{"question": "What is 2 + 2?", "choices": {"text": ["3", "4", "5"], "label": ["A", "B", "C"]}, "answerKey": "B"}""",
             """{"question": "Which is a color?", "choices": {"text": ["blue", "seven"], "label": ["A", "B"]}, "answerKey": "A"}""",
             """{"question": "broken row"}""",
         });
-        var report = Path.Combine(_dir, "eval.json");
+        var report = Path.Combine(Dir, "eval.json");
         using var judge = new Evaluation.JudgeTests.Stub((_, body) => Task.FromResult(Evaluation.JudgeTests.Chat("""{"relevance": 7, "coherence": 8, "style": 6}""")));
         (code, stdout, stderr) = RunWithEnv(new Dictionary<string, string> { ["NL_TEST_JUDGE_KEY"] = "sk-test-secret" }, "eval", "--model", model, "--adapter", Path.Combine(outDir, "adapter"), "--baseline",
             "--tasks", $"ppl:{data},bleu:{data},rouge:{data},arc:{arc},judge:{data}", "--max-new-tokens", "4", "--max-seq-len", "64", "--out", report, "--run", outDir,
-            "--judge-url", judge.BaseUrl.ToString(), "--judge-model", "stub-judge", "--judge-key-env", "NL_TEST_JUDGE_KEY", "--judge-cache", Path.Combine(_dir, "judge-cache"));
+            "--judge-url", judge.BaseUrl.ToString(), "--judge-model", "stub-judge", "--judge-key-env", "NL_TEST_JUDGE_KEY", "--judge-cache", Path.Combine(Dir, "judge-cache"));
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain("| measure | base | fine-tuned | change |").And.Contain("| ppl |").And.Contain("| arc.acc |").And.Contain("| rougeL |").And.Contain("| bleu |"));
         Assert.That(stderr, Does.Contain("arc.jsonl:3:"));

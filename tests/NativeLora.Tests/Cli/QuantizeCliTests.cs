@@ -1,27 +1,20 @@
 using System.Text.Json.Nodes;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Cli;
 
 /// <summary>`nativelora quantize` through the built launcher, then inspect and generate on its output.</summary>
-public class QuantizeCliTests
+public class QuantizeCliTests : TempDirTests
 {
     private static string Root => Native.BindingCoverageTests.RepoRoot();
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-quant-cli-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     private string Model(int ffn)
     {
-        var config = Path.Combine(_dir, $"c{ffn}.json");
+        var config = Path.Combine(Dir, $"c{ffn}.json");
         File.WriteAllText(config, $$"""
             {"model_type": "llama", "vocab_size": 100, "hidden_size": 128, "intermediate_size": {{ffn}}, "num_hidden_layers": 1,
              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256}
             """);
-        var model = Path.Combine(_dir, $"m{ffn}");
+        var model = Path.Combine(Dir, $"m{ffn}");
         var (code, _, err) = CliTests.Run("init-model", "--config", config, "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model);
         Assert.That(code, Is.EqualTo(0), err);
         return model;
@@ -33,7 +26,7 @@ public class QuantizeCliTests
     {
         var model = Model(256);
         var data = Path.Combine(Root, "data", "demo", "instructions.jsonl");
-        var outDir = Path.Combine(_dir, method);
+        var outDir = Path.Combine(Dir, method);
         var extra = method == "gptq" ? new[] { "--desc-act" } : Array.Empty<string>();
         var (code, stdout, stderr) = CliTests.Run(["quantize", "--model", model, "--method", method, "--data", data, "--samples", "8", "--max-tokens", "96", "--out", outDir, .. extra]);
         Assert.That(code, Is.EqualTo(0), stderr);
@@ -58,7 +51,7 @@ public class QuantizeCliTests
     public void ShapesAndOptionsAreCheckedBeforeAnyWork()
     {
         var model = Model(172);
-        var outDir = Path.Combine(_dir, "q");
+        var outDir = Path.Combine(Dir, "q");
         var data = Path.Combine(Root, "data", "demo", "instructions.jsonl");
         var (code, _, stderr) = CliTests.Run("quantize", "--model", model, "--method", "gptq", "--data", data, "--out", outDir);
         Assert.That(code, Is.EqualTo(1));

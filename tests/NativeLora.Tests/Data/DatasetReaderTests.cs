@@ -1,9 +1,10 @@
 using NativeLora.Data;
 using NativeLora.Text;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Data;
 
-public class DatasetReaderTests
+public class DatasetReaderTests : TempDirTests
 {
     private static string TokenizerDir(string name)
     {
@@ -11,14 +12,6 @@ public class DatasetReaderTests
         Assert.That(File.Exists(Path.Combine(dir, "tokenizer.json")), Is.True, $"{dir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
         return dir;
     }
-
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-data-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
 
     [Test]
     public void ResponseMaskCoversExactlyTheAssistantTurnsInTheLlama3Template()
@@ -49,7 +42,7 @@ public class DatasetReaderTests
     {
         using var tok = HfTokenizer.Load(TokenizerDir("llama3"));
         var f = new ExampleFormatter(tok, false);
-        var path = Path.Combine(_dir, "d.jsonl");
+        var path = Path.Combine(Dir, "d.jsonl");
         File.WriteAllLines(path, new[]
         {
             """{"instruction": "Add 2 and 3.", "input": "", "output": "5"}""",
@@ -89,7 +82,7 @@ public class DatasetReaderTests
         using var tok = HfTokenizer.Load(TokenizerDir("mistral"));
         var f = new ExampleFormatter(tok, false);
         Assert.That(tok.ChatTemplate, Is.Null, "the @lenml Mistral files carry no chat template");
-        var path = Path.Combine(_dir, "a.json");
+        var path = Path.Combine(Dir, "a.json");
         File.WriteAllText(path, """[{"instruction": "Say hi.", "input": "to Bob", "output": "Hi Bob!"}]""");
         var (ex, _) = DatasetReader.Read(path, f, 512, true, true, 0);
         var e = ex.Single();

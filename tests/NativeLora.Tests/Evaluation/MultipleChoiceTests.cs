@@ -1,4 +1,5 @@
 using NativeLora.Evaluation;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Evaluation;
 
@@ -9,7 +10,7 @@ namespace NativeLora.Tests.Evaluation;
 /// lm_eval/api/samplers.py (few-shot layout), and the task files named in each test.
 /// The model is a fake <see cref="ILogLikelihood"/> with known log-likelihoods.
 /// </summary>
-public class MultipleChoiceTests
+public class MultipleChoiceTests : TempDirTests
 {
     /// <summary>Returns a log-likelihood from a table keyed by continuation (default −100) and records every request.</summary>
     private sealed class FakeModel(Dictionary<string, double> table) : ILogLikelihood
@@ -23,17 +24,9 @@ public class MultipleChoiceTests
         }
     }
 
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-eval-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     private string Write(string name, params string[] lines)
     {
-        var path = Path.Combine(_dir, name);
+        var path = Path.Combine(Dir, name);
         File.WriteAllLines(path, lines);
         return path;
     }

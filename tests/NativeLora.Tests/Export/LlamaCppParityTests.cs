@@ -15,16 +15,8 @@ namespace NativeLora.Tests.Export;
 /// for a fixed token sequence against NativeLora's own forward of the source model. F32/F16/Q8_0 must
 /// agree tightly; k-quants must pick the same top token almost everywhere with a bounded KL divergence.
 /// </summary>
-public class LlamaCppParityTests
+public class LlamaCppParityTests : TempDirTests
 {
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-gguf-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     internal static float[][] LlamaCppLogits(string gguf, int[] tokens, int vocab, string? loraGguf = null)
     {
         var p = new ModelParams(gguf)
@@ -72,7 +64,7 @@ public class LlamaCppParityTests
 
     private (float[][] Ours, float[][] Theirs) Run(string modelDir, string type, int[] tokens, string? adapter = null)
     {
-        var gguf = Path.Combine(_dir, $"m-{type}.gguf");
+        var gguf = Path.Combine(Dir, $"m-{type}.gguf");
         GgufExport.Run(TestDevice.Shared, modelDir, adapter, gguf, GgufExport.ParseType(type));
         using var model = ModelDirectory.Load(TestDevice.Shared, modelDir, DType.F32);
         using var lora = adapter != null ? NativeLora.Lora.LoraAdapter.Load(model, adapter) : null;
@@ -83,7 +75,7 @@ public class LlamaCppParityTests
     private string TinyModel(string type)
     {
         var c = GenerationTests.TinyConfig(type) with { VocabSize = 300, HiddenSize = 256, IntermediateSize = 512, NumHeads = 4, NumKvHeads = 2, HeadDim = 64 };
-        var dir = Path.Combine(_dir, type);
+        var dir = Path.Combine(Dir, type);
         ModelDirectory.Save(dir, c, RandomInit.Create(c, 5, 0.05), DType.F32);
         return dir;
     }
@@ -109,10 +101,10 @@ public class LlamaCppParityTests
         string src = NativeLora.Tests.Text.TokenizerReference.Dir("mistral");
         var hf = NativeLora.Text.HfTokenizer.Load(src);
         var c = GenerationTests.TinyConfig("llama") with { VocabSize = 32000 };
-        var dir = Path.Combine(_dir, "spm");
+        var dir = Path.Combine(Dir, "spm");
         ModelDirectory.Save(dir, c, RandomInit.Create(c, 5, 0.05), DType.F32);
         foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(src, f), Path.Combine(dir, f));
-        var gguf = Path.Combine(_dir, "spm.gguf");
+        var gguf = Path.Combine(Dir, "spm.gguf");
         GgufExport.Run(TestDevice.Shared, dir, null, gguf, GgufFileType.AllF32);
         using (var file = GgufFile.Open(gguf))
             Assert.That(file.GetValue("tokenizer.ggml.model").AsString(), Is.EqualTo("llama"));
@@ -145,9 +137,9 @@ public class LlamaCppParityTests
                 : new NativeLora.Kernels.RopeScaling(NativeLora.Kernels.RopeScalingType.Llama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositions: 4),
         };
         var w = RandomInit.Create(c, 5, 0.05);
-        var dir = Path.Combine(_dir, kind);
+        var dir = Path.Combine(Dir, kind);
         ModelDirectory.Save(dir, scaled, w, DType.F32);
-        var plainDir = Path.Combine(_dir, kind + "-plain");
+        var plainDir = Path.Combine(Dir, kind + "-plain");
         ModelDirectory.Save(plainDir, c, w, DType.F32);
         var tokens = new[] { 1, 17, 200, 45, 3, 99, 250, 7, 8, 150, 60, 61 };
         var (ours, theirs) = Run(dir, "f32", tokens);
@@ -177,12 +169,12 @@ public class LlamaCppParityTests
         if (source == "random") dir = TinyModel("llama");
         else
         {
-            dir = Path.Combine(_dir, "stories");
+            dir = Path.Combine(Dir, "stories");
             var (sc, sw) = Llama2cImporter.Read(Model.Llama2cImportTests.Stories260K);
             ModelDirectory.Save(dir, sc, sw, DType.F32);
         }
         var tokens = Enumerable.Range(0, 24).Select(i => (i * 37 + 5) % 300).ToArray();
-        var gguf = Path.Combine(_dir, $"m-{source}-{type}.gguf");
+        var gguf = Path.Combine(Dir, $"m-{source}-{type}.gguf");
         GgufExport.Run(TestDevice.Shared, dir, null, gguf, GgufExport.ParseType(type));
         var c = ModelDirectory.ReadConfig(dir);
         float[][] ours;
@@ -219,7 +211,7 @@ public class LlamaCppParityTests
     [TestCase("f32", 1e-4)]
     public void ImportedStories260KMatches(string type, double tolerance)
     {
-        var dir = Path.Combine(_dir, "stories");
+        var dir = Path.Combine(Dir, "stories");
         var (c, w) = Llama2cImporter.Read(Model.Llama2cImportTests.Stories260K);
         ModelDirectory.Save(dir, c, w, DType.F32);
         var (ours, theirs) = Run(dir, type, new[] { 1, 403, 407, 261, 378, 289, 270, 300 });
@@ -232,7 +224,7 @@ public class LlamaCppParityTests
     public void ModelWithMergedAdapterMatches()
     {
         var dir = TinyModel("llama");
-        var adapterDir = Path.Combine(_dir, "adapter");
+        var adapterDir = Path.Combine(Dir, "adapter");
         using (var m = ModelDirectory.Load(TestDevice.Shared, dir, DType.F32))
         using (var a = NativeLora.Lora.LoraAdapter.Attach(m, new NativeLora.Lora.LoraConfig { R = 4 }, 2))
         {
@@ -249,7 +241,7 @@ public class LlamaCppParityTests
     public void GgufLoraAdapterBesideTheBaseMatchesOurAdapter(bool rslora)
     {
         var dir = TinyModel("llama");
-        var adapterDir = Path.Combine(_dir, "adapter");
+        var adapterDir = Path.Combine(Dir, "adapter");
         var tokens = new[] { 1, 17, 200, 45, 3, 99, 12 };
         float[][] ours;
         using (var m = ModelDirectory.Load(TestDevice.Shared, dir, DType.F32))
@@ -260,8 +252,8 @@ public class LlamaCppParityTests
             a.Save(adapterDir);
             ours = Rows(m.Logits(TokenBatch.FromSequences(new[] { tokens })), m.Config.VocabSize);
         }
-        var baseGguf = Path.Combine(_dir, "base.gguf");
-        var loraGguf = Path.Combine(_dir, "lora.gguf");
+        var baseGguf = Path.Combine(Dir, "base.gguf");
+        var loraGguf = Path.Combine(Dir, "lora.gguf");
         GgufExport.Run(TestDevice.Shared, dir, null, baseGguf, GgufFileType.AllF32);
         GgufExport.WriteAdapter(dir, adapterDir, loraGguf);
         var theirs = LlamaCppLogits(baseGguf, tokens, 300, loraGguf);

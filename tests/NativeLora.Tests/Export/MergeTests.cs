@@ -9,16 +9,8 @@ using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Export;
 
-public class MergeTests
+public class MergeTests : TempDirTests
 {
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-merge-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     private static void Randomize(LoraAdapter adapter, Random rng)
     {
         foreach (var m in adapter.Modules)
@@ -36,13 +28,13 @@ public class MergeTests
     public void MergedModelGivesTheLogitsOfBasePlusAdapter(string kind)
     {
         var c = GenerationTests.TinyConfig("qwen2"); // q/k/v biases too
-        var baseDir = Path.Combine(_dir, "base");
+        var baseDir = Path.Combine(Dir, "base");
         ModelDirectory.Save(baseDir, c, RandomInit.Create(c, 8, 0.08), DType.F32);
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         var tokens = TokenBatch.FromSequences(new[] { Enumerable.Range(0, 11).Select(_ => rng.Next(c.VocabSize)).ToArray() });
         float[] expected;
-        var adapterDir = Path.Combine(_dir, "adapter");
+        var adapterDir = Path.Combine(Dir, "adapter");
         using (var model = ModelDirectory.Load(TestDevice.Shared, baseDir, DType.F32))
         {
             var cfg = new LoraConfig
@@ -56,7 +48,7 @@ public class MergeTests
             expected = model.Logits(tokens);
             adapter.Save(adapterDir);
         }
-        var outDir = Path.Combine(_dir, "merged");
+        var outDir = Path.Combine(Dir, "merged");
         LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, outDir, DType.F32, maxShardBytes: 30_000);
         Assert.That(File.Exists(Path.Combine(outDir, ShardedSafeTensors.IndexFileName)), Is.True, "sharded above the size limit");
         using var merged = ModelDirectory.Load(TestDevice.Shared, outDir, DType.F32);
@@ -67,7 +59,7 @@ public class MergeTests
     public void QloraBaseSavedByTransformersMergesIntoDenseWeights()
     {
         var c = GenerationTests.TinyConfig("llama");
-        var baseDir = Path.Combine(_dir, "base");
+        var baseDir = Path.Combine(Dir, "base");
         var w = RandomInit.Create(c, 8, 0.08);
         ModelDirectory.Save(baseDir, c, w, DType.F32);
         ModelDirectoryTests.WriteBnb4BitCheckpoint(baseDir, c, w); // projections as bitsandbytes NF4
@@ -75,7 +67,7 @@ public class MergeTests
         var rng = new Random(seed);
         var tokens = TokenBatch.FromSequences(new[] { Enumerable.Range(0, 9).Select(_ => rng.Next(c.VocabSize)).ToArray() });
         float[] expected;
-        var adapterDir = Path.Combine(_dir, "adapter");
+        var adapterDir = Path.Combine(Dir, "adapter");
         using (var model = ModelDirectory.Load(TestDevice.Shared, baseDir, DType.F32))
         {
             using var adapter = LoraAdapter.Attach(model, new LoraConfig { R = 4, Alpha = 8 }, 3);
@@ -84,14 +76,14 @@ public class MergeTests
             expected = model.Logits(tokens);
             adapter.Save(adapterDir);
         }
-        var outDir = Path.Combine(_dir, "merged");
+        var outDir = Path.Combine(Dir, "merged");
         LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, outDir, DType.F32);
         using (var files = ShardedSafeTensors.Open(outDir))
             Assert.That(files.Names.Where(n => files.Get(n).DType != SafeTensorsDType.F32), Is.Empty, "merged weights are dense");
         using var merged = ModelDirectory.Load(TestDevice.Shared, outDir, DType.F32);
         Check.Close(merged.Logits(tokens), Ref.ToDouble(expected), 1e-5, "merged over an NF4 base", seed);
 
-        var e = Assert.Throws<NotSupportedException>(() => GgufExport.Run(TestDevice.Shared, baseDir, null, Path.Combine(_dir, "base.gguf"), GgufFileType.AllF32))!;
+        var e = Assert.Throws<NotSupportedException>(() => GgufExport.Run(TestDevice.Shared, baseDir, null, Path.Combine(Dir, "base.gguf"), GgufFileType.AllF32))!;
         Assert.That(e.Message, Does.Contain(baseDir).And.Contain("bitsandbytes 4-bit").And.Contain("adapter"));
     }
 
@@ -99,12 +91,12 @@ public class MergeTests
     public void WeightedCombinationFollowsPeftLinearMode()
     {
         var c = GenerationTests.TinyConfig("llama");
-        var baseDir = Path.Combine(_dir, "base");
+        var baseDir = Path.Combine(Dir, "base");
         var w = RandomInit.Create(c, 8, 0.08);
         ModelDirectory.Save(baseDir, c, w, DType.F32);
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
-        var dirs = new[] { Path.Combine(_dir, "a1"), Path.Combine(_dir, "a2") };
+        var dirs = new[] { Path.Combine(Dir, "a1"), Path.Combine(Dir, "a2") };
         var factors = new List<(float[] A, float[] B, float Scale)>();
         string target = "model.layers.1.mlp.down_proj";
         using (var model = ModelDirectory.Load(TestDevice.Shared, baseDir, DType.F32))
@@ -116,7 +108,7 @@ public class MergeTests
                 factors.Add((m.A.ToArray<float>(), m.B.ToArray<float>(), m.Scale));
                 adapter.Save(dirs[i]);
             }
-        var outDir = Path.Combine(_dir, "merged");
+        var outDir = Path.Combine(Dir, "merged");
         double[] weights = { 0.7, 0.3 };
         LoraMerge.Run(TestDevice.Shared, baseDir, dirs, weights, outDir, DType.F32);
         // PEFT add_weighted_adapter(linear): B = Σ √wᵢ Bᵢ, A = Σ √wᵢ sᵢ Aᵢ, ΔW = B·A
@@ -147,18 +139,18 @@ public class MergeTests
     public void BadInputsAreRejectedClearly()
     {
         var c = GenerationTests.TinyConfig("llama");
-        var baseDir = Path.Combine(_dir, "base");
+        var baseDir = Path.Combine(Dir, "base");
         ModelDirectory.Save(baseDir, c, RandomInit.Create(c, 8), DType.F32);
         var other = GenerationTests.TinyConfig("llama") with { HiddenSize = 32, HeadDim = 8 };
-        var otherDir = Path.Combine(_dir, "other");
+        var otherDir = Path.Combine(Dir, "other");
         ModelDirectory.Save(otherDir, other, RandomInit.Create(other, 8), DType.F32);
-        var adapterDir = Path.Combine(_dir, "adapter");
+        var adapterDir = Path.Combine(Dir, "adapter");
         using (var m = ModelDirectory.Load(TestDevice.Shared, otherDir, DType.F32))
         using (var a = LoraAdapter.Attach(m, new LoraConfig { R = 2, TargetModules = new[] { "q_proj" } }, 1))
             a.Save(adapterDir);
-        var e = Assert.Throws<InvalidDataException>(() => LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, Path.Combine(_dir, "out"), DType.BF16))!;
+        var e = Assert.Throws<InvalidDataException>(() => LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, Path.Combine(Dir, "out"), DType.BF16))!;
         Assert.That(e.Message, Does.Contain("does not fit").And.Contain("q_proj.lora_A.weight"));
-        Assert.Throws<ArgumentException>(() => LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, new[] { 0.5, 0.5 }, Path.Combine(_dir, "out"), DType.BF16));
+        Assert.Throws<ArgumentException>(() => LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, new[] { 0.5, 0.5 }, Path.Combine(Dir, "out"), DType.BF16));
         Assert.Throws<ArgumentException>(() => LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, baseDir, DType.BF16));
     }
 }

@@ -14,16 +14,8 @@ namespace NativeLora.Tests.Lora;
 /// every consumer: generation (LoraAdapter.Load), merge and GGUF export (merged model and GGUF LoRA).
 /// The reference is computed here in float64 from the stored values, read with the test's own key rules.
 /// </summary>
-public class PeftAdapterFileTests
+public class PeftAdapterFileTests : TempDirTests
 {
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-peftfile-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     /// <summary>A canonical PEFT key as each spelling writes it.</summary>
     private static string Spell(string key, string spelling)
     {
@@ -56,7 +48,7 @@ public class PeftAdapterFileTests
         int seed = Check.FreshSeed();
         var rng = new Random(seed);
         var c = GenerationTests.TinyConfig("llama") with { VocabSize = 300 }; // GGUF's placeholder vocabulary needs ≥ 259
-        var baseDir = Path.Combine(_dir, "base");
+        var baseDir = Path.Combine(Dir, "base");
         var w0 = RandomInit.Create(c, seed, 0.08);
         ModelDirectory.Save(baseDir, c, w0, DType.F32);
         var cfg = new LoraConfig
@@ -65,7 +57,7 @@ public class PeftAdapterFileTests
             TargetModules = new[] { "q_proj", "k_proj", "down_proj" },
             ModulesToSave = variant == "lm_head" ? new[] { "lm_head" } : Array.Empty<string>(),
         };
-        var f32Dir = Path.Combine(_dir, "f32");
+        var f32Dir = Path.Combine(Dir, "f32");
         using (var model = ModelDirectory.Load(TestDevice.Shared, baseDir, DType.F32))
         using (var adapter = LoraAdapter.Attach(model, cfg, seed))
         {
@@ -77,7 +69,7 @@ public class PeftAdapterFileTests
             foreach (var s in adapter.SavedModules) s.Master.CopyFrom<float>(Check.RandomFloats(rng, s.Master.ElementCount, 0.1));
             adapter.Save(f32Dir);
         }
-        var adapterDir = Path.Combine(_dir, "adapter");
+        var adapterDir = Path.Combine(Dir, "adapter");
         Rewrite(f32Dir, adapterDir, spelling, dtype);
 
         // float64 reference of every adapted weight, from the stored values
@@ -115,7 +107,7 @@ public class PeftAdapterFileTests
         }
 
         // merge
-        var mergedDir = Path.Combine(_dir, "merged");
+        var mergedDir = Path.Combine(Dir, "merged");
         LoraMerge.Run(TestDevice.Shared, baseDir, new[] { adapterDir }, null, mergedDir, DType.F32);
         using (var merged = ShardedSafeTensors.Open(mergedDir))
             foreach (var (name, expected) in reference)
@@ -131,7 +123,7 @@ public class PeftAdapterFileTests
             Check.Close(withAdapter, Ref.ToDouble(merged.Logits(tokens)), 1e-5, $"generate vs merged ({spelling}, {dtype}, {variant})", seed);
 
         // GGUF export of base + adapter: every adapted tensor, in GGUF's q/k row order
-        var gguf = Path.Combine(_dir, "merged.gguf");
+        var gguf = Path.Combine(Dir, "merged.gguf");
         GgufExport.Run(TestDevice.Shared, baseDir, adapterDir, gguf, GgufFileType.AllF32);
         using (var g = GgufFile.Open(gguf))
             foreach (var (name, expected) in reference)
@@ -143,7 +135,7 @@ public class PeftAdapterFileTests
             }
 
         // GGUF LoRA adapter (llama.cpp has no DoRA or modules_to_save form: refused by name)
-        var loraGguf = Path.Combine(_dir, "lora.gguf");
+        var loraGguf = Path.Combine(Dir, "lora.gguf");
         if (variant is "dora" or "lm_head")
         {
             var e = Assert.Throws<NotSupportedException>(() => GgufExport.WriteAdapter(baseDir, adapterDir, loraGguf))!;
@@ -171,7 +163,7 @@ public class PeftAdapterFileTests
     public void TwoSpellingsOfOneTensorAreRefusedByName()
     {
         var c = GenerationTests.TinyConfig("llama");
-        var dir = Path.Combine(_dir, "adapter");
+        var dir = Path.Combine(Dir, "adapter");
         using (var model = GenerationTests.TinyModel(c, 1))
         using (var a = LoraAdapter.Attach(model, new LoraConfig { R = 2, TargetModules = new[] { "v_proj" } }, 1))
             a.Save(dir);

@@ -8,26 +8,18 @@ using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Model;
 
-public class ModelDirectoryTests
+public class ModelDirectoryTests : TempDirTests
 {
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-model-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     [Test]
     public void SavedModelsLoadBackInEveryDTypeAndShardLayout([Values("llama", "mistral", "qwen2")] string type,
         [Values(DType.F32, DType.BF16)] DType diskDType, [Values(false, true)] bool sharded)
     {
         var c = GenerationTests.TinyConfig(type, tied: type == "qwen2");
         var weights = RandomInit.Create(c, 3, 0.05);
-        ModelDirectory.Save(_dir, c, weights, diskDType, maxShardBytes: sharded ? 40_000 : 5L << 30);
-        Assert.That(File.Exists(Path.Combine(_dir, ShardedSafeTensors.IndexFileName)), Is.EqualTo(sharded));
-        Assert.That(ModelDirectory.ReadConfig(_dir), Is.EqualTo(c with { }).Using<ModelConfig>((a, b) => a.ToJson().ToJsonString() == b.ToJson().ToJsonString()));
-        using var model = ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32);
+        ModelDirectory.Save(Dir, c, weights, diskDType, maxShardBytes: sharded ? 40_000 : 5L << 30);
+        Assert.That(File.Exists(Path.Combine(Dir, ShardedSafeTensors.IndexFileName)), Is.EqualTo(sharded));
+        Assert.That(ModelDirectory.ReadConfig(Dir), Is.EqualTo(c with { }).Using<ModelConfig>((a, b) => a.ToJson().ToJsonString() == b.ToJson().ToJsonString()));
+        using var model = ModelDirectory.Load(TestDevice.Shared, Dir, DType.F32);
         foreach (var (name, data) in weights)
         {
             var expected = data.Select(v => diskDType.Round(v)).ToArray();
@@ -38,22 +30,22 @@ public class ModelDirectoryTests
     [Test]
     public void ConfigErrorsNameTheProblem()
     {
-        Assert.That(Assert.Throws<FileNotFoundException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("config.json"));
-        File.WriteAllText(Path.Combine(_dir, "config.json"), "{ not json");
-        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("not valid JSON"));
+        Assert.That(Assert.Throws<FileNotFoundException>(() => ModelDirectory.ReadConfig(Dir))!.Message, Does.Contain("config.json"));
+        File.WriteAllText(Path.Combine(Dir, "config.json"), "{ not json");
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(Dir))!.Message, Does.Contain("not valid JSON"));
         var json = GenerationTests.TinyConfig("llama").ToJson();
         json["model_type"] = "gpt2";
-        File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
-        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message,
+        File.WriteAllText(Path.Combine(Dir, "config.json"), json.ToJsonString());
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(Dir))!.Message,
             Does.Contain("'gpt2' is not supported").And.Contain("llama, mistral, qwen2"));
         json["model_type"] = "llama";
         json["num_key_value_heads"] = 3;
-        File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
-        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("num_key_value_heads (3) must divide"));
+        File.WriteAllText(Path.Combine(Dir, "config.json"), json.ToJsonString());
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(Dir))!.Message, Does.Contain("num_key_value_heads (3) must divide"));
         json["num_key_value_heads"] = 2;
         json["hidden_size"] = "64";
-        File.WriteAllText(Path.Combine(_dir, "config.json"), json.ToJsonString());
-        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(_dir))!.Message, Does.Contain("'hidden_size' must be an integer"));
+        File.WriteAllText(Path.Combine(Dir, "config.json"), json.ToJsonString());
+        Assert.That(Assert.Throws<InvalidDataException>(() => ModelDirectory.ReadConfig(Dir))!.Message, Does.Contain("'hidden_size' must be an integer"));
     }
 
     [Test]
@@ -61,7 +53,7 @@ public class ModelDirectoryTests
     {
         var c = GenerationTests.TinyConfig("llama");
         var w = RandomInit.Create(c, 1);
-        ModelDirectory.Save(_dir, c, w, DType.F32);
+        ModelDirectory.Save(Dir, c, w, DType.F32);
         // rewrite the weights: drop one, add one, reshape one
         var writer = new SafeTensorsWriter();
         foreach (var (name, shape) in CausalLm.ExpectedParameters(c))
@@ -72,8 +64,8 @@ public class ModelDirectoryTests
             writer.Add(name, SafeTensorsDType.F32, s, ModelDirectory.Encode(data, DType.F32));
         }
         writer.Add("model.layers.9.extra.weight", SafeTensorsDType.F32, new long[] { 2 }, new byte[8]);
-        writer.Write(Path.Combine(_dir, "model.safetensors"));
-        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32))!;
+        writer.Write(Path.Combine(Dir, "model.safetensors"));
+        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, Dir, DType.F32))!;
         Assert.That(e.Message, Does.Contain("3 problem(s)")
             .And.Contain("missing tensor 'model.layers.1.mlp.up_proj.weight'")
             .And.Contain("'model.norm.weight' in model.safetensors has shape [63], expected [64]")
@@ -83,9 +75,9 @@ public class ModelDirectoryTests
     [Test]
     public void MissingWeightsFileIsAClearError()
     {
-        ModelDirectory.Save(_dir, GenerationTests.TinyConfig("llama"), RandomInit.Create(GenerationTests.TinyConfig("llama"), 1), DType.F32);
-        File.Delete(Path.Combine(_dir, "model.safetensors"));
-        var e = Assert.Catch<Exception>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32))!;
+        ModelDirectory.Save(Dir, GenerationTests.TinyConfig("llama"), RandomInit.Create(GenerationTests.TinyConfig("llama"), 1), DType.F32);
+        File.Delete(Path.Combine(Dir, "model.safetensors"));
+        var e = Assert.Catch<Exception>(() => ModelDirectory.Load(TestDevice.Shared, Dir, DType.F32))!;
         Assert.That(e.Message, Does.Contain("model.safetensors"));
     }
 
@@ -135,11 +127,11 @@ public class ModelDirectoryTests
     {
         var c = GenerationTests.TinyConfig(type, tied: type == "qwen2");
         var w = RandomInit.Create(c, 7, 0.05);
-        ModelDirectory.Save(_dir, c, w, DType.F32);
-        var restored = WriteBnb4BitCheckpoint(_dir, c, w);
+        ModelDirectory.Save(Dir, c, w, DType.F32);
+        var restored = WriteBnb4BitCheckpoint(Dir, c, w);
         Assert.That(restored, Has.Count.EqualTo(7 * c.NumLayers));
         // transformers also records how the base was quantized; it is read past (the weights say it all)
-        var configPath = Path.Combine(_dir, ModelDirectory.ConfigFileName);
+        var configPath = Path.Combine(Dir, ModelDirectory.ConfigFileName);
         var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
         config["quantization_config"] = new JsonObject
         {
@@ -148,7 +140,7 @@ public class ModelDirectoryTests
         };
         File.WriteAllText(configPath, config.ToJsonString());
 
-        using var model = ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32);
+        using var model = ModelDirectory.Load(TestDevice.Shared, Dir, DType.F32);
         foreach (var (name, data) in w)
         {
             var got = model.Parameters[name].ToFloatArray();
@@ -169,12 +161,12 @@ public class ModelDirectoryTests
     {
         var c = GenerationTests.TinyConfig("llama");
         var w = RandomInit.Create(c, 2, 0.05);
-        ModelDirectory.Save(_dir, c, w, DType.F32);
+        ModelDirectory.Save(Dir, c, w, DType.F32);
         const string bad = "model.layers.1.self_attn.o_proj.weight";
-        WriteBnb4BitCheckpoint(_dir, c, w, (name, json) =>
+        WriteBnb4BitCheckpoint(Dir, c, w, (name, json) =>
             name == bad ? json.Replace($"\"shape\": [{c.HiddenSize}, {c.HiddenSize}]", $"\"shape\": [{c.HiddenSize / 2}, {c.HiddenSize * 2}]") : json);
         long allocated = TestDevice.Shared.MemoryStats.Allocated;
-        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, _dir, DType.F32, quantizeProjections))!;
+        var e = Assert.Throws<InvalidDataException>(() => ModelDirectory.Load(TestDevice.Shared, Dir, DType.F32, quantizeProjections))!;
         Assert.That(e.Message, Does.Contain(bad).And.Contain("model.safetensors").And.Contain("expected ["));
         Assert.That(TestDevice.Shared.MemoryStats.Allocated, Is.EqualTo(allocated), "nothing half-loads: the tensors (and NF4 states) read before the bad one are freed");
     }

@@ -11,16 +11,8 @@ using ExampleFormatter = NativeLora.Data.ExampleFormatter;
 namespace NativeLora.Tests.Text;
 
 /// <summary>The one stop rule (tokenizer EOS ∪ config.json ∪ generation_config.json ∪ the template's end of turn) and its users.</summary>
-public class StopRuleTests
+public class StopRuleTests : TempDirTests
 {
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-stop-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     private static string TokenizerDir(string name)
     {
         var dir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", name);
@@ -42,16 +34,16 @@ public class StopRuleTests
     [TestCase("mistral", "</s>", null)]
     public void IdsAreTheUnionOfTokenizerEosBothConfigListsAndTheEndOfTurn(string name, string eos, string? endOfTurn)
     {
-        HfTokenizer.CopyFiles(TokenizerDir(name), _dir);
-        using var tok = HfTokenizer.Load(_dir);
+        HfTokenizer.CopyFiles(TokenizerDir(name), Dir);
+        using var tok = HfTokenizer.Load(Dir);
         var config = SmallConfig(tok.VocabSize).ToJson();
         config["eos_token_id"] = new JsonArray(100, 101);
-        WriteJson(Path.Combine(_dir, ModelDirectory.ConfigFileName), config);
-        WriteJson(Path.Combine(_dir, StopRule.GenerationConfigFileName), new JsonObject { ["bos_token_id"] = 1, ["eos_token_id"] = new JsonArray(200, 101, 201), ["do_sample"] = true });
-        var c = ModelDirectory.ReadConfig(_dir);
+        WriteJson(Path.Combine(Dir, ModelDirectory.ConfigFileName), config);
+        WriteJson(Path.Combine(Dir, StopRule.GenerationConfigFileName), new JsonObject { ["bos_token_id"] = 1, ["eos_token_id"] = new JsonArray(200, 101, 201), ["do_sample"] = true });
+        var c = ModelDirectory.ReadConfig(Dir);
         Assert.That(c.EosTokenIds, Is.EqualTo(new[] { 100, 101 }), "config.json keeps every eos id");
 
-        var rule = StopRule.For(_dir, c, tok, new[] { "###", "" });
+        var rule = StopRule.For(Dir, c, tok, new[] { "###", "" });
         var expected = new HashSet<int> { tok.TokenToId(eos)!.Value, 100, 101, 200, 201 };
         if (endOfTurn != null) expected.Add(tok.TokenToId(endOfTurn)!.Value);
         Assert.That(rule.Ids, Is.EquivalentTo(expected));
@@ -59,18 +51,18 @@ public class StopRuleTests
         if (endOfTurn != null) Assert.That(new ExampleFormatter(tok, trainOnPrompt: true).EndOfTurnId(), Is.EqualTo(tok.TokenToId(endOfTurn)));
 
         // without a tokenizer (generate --prompt-ids) the two config files still count
-        Assert.That(StopRule.For(_dir, c, null).Ids, Is.EquivalentTo(new[] { 100, 101, 200, 201 }));
+        Assert.That(StopRule.For(Dir, c, null).Ids, Is.EquivalentTo(new[] { 100, 101, 200, 201 }));
     }
 
     [Test]
     public void GenerationConfigTakesAnIntAndBadJsonIsNamed()
     {
-        Assert.That(StopRule.GenerationConfigEosIds(_dir), Is.Empty, "no generation_config.json");
-        var path = Path.Combine(_dir, StopRule.GenerationConfigFileName);
+        Assert.That(StopRule.GenerationConfigEosIds(Dir), Is.Empty, "no generation_config.json");
+        var path = Path.Combine(Dir, StopRule.GenerationConfigFileName);
         File.WriteAllText(path, """{"eos_token_id": 7}""");
-        Assert.That(StopRule.GenerationConfigEosIds(_dir), Is.EqualTo(new[] { 7 }));
+        Assert.That(StopRule.GenerationConfigEosIds(Dir), Is.EqualTo(new[] { 7 }));
         File.WriteAllText(path, """{"eos_token_id": [7,""");
-        var e = Assert.Throws<InvalidDataException>(() => StopRule.GenerationConfigEosIds(_dir))!;
+        var e = Assert.Throws<InvalidDataException>(() => StopRule.GenerationConfigEosIds(Dir))!;
         Assert.That(e.Message, Does.StartWith(path));
     }
 
@@ -95,7 +87,7 @@ public class StopRuleTests
     /// </summary>
     private (string Dir, int Hello, int Eot, int Eos) RiggedLlama3()
     {
-        var dir = Path.Combine(_dir, "rigged");
+        var dir = Path.Combine(Dir, "rigged");
         HfTokenizer.CopyFiles(TokenizerDir("llama3"), dir);
         using var tok = HfTokenizer.Load(dir);
         var hello = tok.Encode("Hello", addSpecialTokens: false).Single();
@@ -141,7 +133,7 @@ public class StopRuleTests
         }
 
         // eval's generations: the reference is the answer up to the end of turn
-        var data = Path.Combine(_dir, "gen.jsonl");
+        var data = Path.Combine(Dir, "gen.jsonl");
         File.WriteAllText(data, """{"instruction": "Hi", "output": "Hello"}""" + "\n");
         var m = EvalRunner.Run(model, tok, new[] { new EvalTask("rouge", data) }, maxNewTokens: 6);
         Assert.That(m["rouge1"], Is.EqualTo(100), "eval scores the answer, not what follows the end of turn");

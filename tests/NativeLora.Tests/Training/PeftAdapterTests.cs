@@ -10,16 +10,8 @@ using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Training;
 
-public class PeftAdapterTests
+public class PeftAdapterTests : TempDirTests
 {
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-peft-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     [Test]
     public void TrainableParameterArithmeticForLlama3_8B()
     {
@@ -36,8 +28,8 @@ public class PeftAdapterTests
     {
         using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 1);
         using var adapter = LoraAdapter.Attach(model, new LoraConfig { R = 4, Alpha = 8, UseDora = dora, TargetModules = new[] { "q_proj", "v_proj" } }, 1);
-        adapter.Save(_dir, "my/base");
-        var text = File.ReadAllText(Path.Combine(_dir, "adapter_config.json"));
+        adapter.Save(Dir, "my/base");
+        var text = File.ReadAllText(Path.Combine(Dir, "adapter_config.json"));
         var keys = JsonNode.Parse(text)!.AsObject().Select(p => p.Key).ToList();
         Assert.That(keys, Is.EqualTo(keys.OrderBy(k => k, StringComparer.Ordinal).ToList()), "keys sorted");
         Assert.That(text, Does.StartWith("{\n  \"alpha_pattern\": {},\n  \"auto_mapping\": null,\n  \"base_model_name_or_path\": \"my/base\","));
@@ -46,7 +38,7 @@ public class PeftAdapterTests
         Assert.That((string)cfg["task_type"]!, Is.EqualTo("CAUSAL_LM"));
         Assert.That((int)cfg["r"]!, Is.EqualTo(4));
         Assert.That((bool)cfg["use_dora"]!, Is.EqualTo(dora));
-        using var f = SafeTensorsFile.Open(Path.Combine(_dir, "adapter_model.safetensors"));
+        using var f = SafeTensorsFile.Open(Path.Combine(Dir, "adapter_model.safetensors"));
         Assert.That(f.Metadata["format"], Is.EqualTo("pt"));
         var names = f.Tensors.Select(t => t.Name).ToList();
         Assert.That(names, Does.Contain("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
@@ -57,7 +49,7 @@ public class PeftAdapterTests
         Assert.That(names, Has.Count.EqualTo(2 * 2 * (dora ? 3 : 2)));
         // and it loads back onto a fresh model
         using var model2 = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 1);
-        using var loaded = LoraAdapter.Load(model2, _dir);
+        using var loaded = LoraAdapter.Load(model2, Dir);
         Assert.That(loaded.Modules.Select(m => m.A.ToArray<float>()), Is.EqualTo(adapter.Modules.Select(m => m.A.ToArray<float>())));
     }
 
@@ -88,15 +80,15 @@ public class PeftAdapterTests
                 entries.Add($"\"base_model.model.{targets[t]}.{name}\":{{\"dtype\":\"F32\",\"shape\":[{r0},{r1}],\"data_offsets\":[{begin},{data.Count * 4L}]}}");
             }
         var header = "{" + string.Join(",", entries) + ",\"__metadata__\":{\"format\":\"pt\"}}";
-        File.WriteAllBytes(Path.Combine(_dir, "adapter_model.safetensors"), SafeTensorsTestFiles.Build(header, SafeTensorsTestFiles.Floats(data.ToArray())));
-        File.WriteAllText(Path.Combine(_dir, "adapter_config.json"),
+        File.WriteAllBytes(Path.Combine(Dir, "adapter_model.safetensors"), SafeTensorsTestFiles.Build(header, SafeTensorsTestFiles.Floats(data.ToArray())));
+        File.WriteAllText(Path.Combine(Dir, "adapter_config.json"),
             """{"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 6, "lora_dropout": 0.1, "target_modules": ["o_proj"], "bias": "none", "fan_in_fan_out": false, "use_rslora": false, "use_dora": false, "modules_to_save": null, "inference_mode": true}""");
 
         var weights = RandomInit.Create(c, 9, 0.08);
         var tokens = TokenBatch.FromSequences(new[] { new[] { 5, 17, 3, 88, 41, 2, 60 } });
         float[] adapted;
         using (var model = Upload(c, weights))
-        using (LoraAdapter.Load(model, _dir))
+        using (LoraAdapter.Load(model, Dir))
             adapted = model.Logits(tokens);
         for (int t = 0; t < targets.Length; t++)
         {
@@ -126,14 +118,14 @@ public class PeftAdapterTests
     public void MalformedAdaptersAreRejectedByName()
     {
         using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 1);
-        Assert.That(Assert.Throws<FileNotFoundException>(() => LoraAdapter.Load(model, _dir))!.Message, Does.Contain("adapter_config.json"));
-        File.WriteAllText(Path.Combine(_dir, "adapter_config.json"), """{"peft_type": "IA3", "r": 2, "target_modules": ["q_proj"]}""");
-        Assert.That(Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(model, _dir))!.Message, Does.Contain("only LORA"));
-        File.WriteAllText(Path.Combine(_dir, "adapter_config.json"), """{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}""");
-        Assert.That(Assert.Throws<FileNotFoundException>(() => LoraAdapter.Load(model, _dir))!.Message, Does.Contain("adapter_model.safetensors"));
+        Assert.That(Assert.Throws<FileNotFoundException>(() => LoraAdapter.Load(model, Dir))!.Message, Does.Contain("adapter_config.json"));
+        File.WriteAllText(Path.Combine(Dir, "adapter_config.json"), """{"peft_type": "IA3", "r": 2, "target_modules": ["q_proj"]}""");
+        Assert.That(Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(model, Dir))!.Message, Does.Contain("only LORA"));
+        File.WriteAllText(Path.Combine(Dir, "adapter_config.json"), """{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}""");
+        Assert.That(Assert.Throws<FileNotFoundException>(() => LoraAdapter.Load(model, Dir))!.Message, Does.Contain("adapter_model.safetensors"));
         var header = """{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":{"dtype":"F32","shape":[2,5],"data_offsets":[0,40]}}""";
-        File.WriteAllBytes(Path.Combine(_dir, "adapter_model.safetensors"), SafeTensorsTestFiles.Build(header, new byte[40]));
-        var e = Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(model, _dir))!;
+        File.WriteAllBytes(Path.Combine(Dir, "adapter_model.safetensors"), SafeTensorsTestFiles.Build(header, new byte[40]));
+        var e = Assert.Throws<InvalidDataException>(() => LoraAdapter.Load(model, Dir))!;
         Assert.That(e.Message, Does.Contain("has shape [2, 5], expected [2, 64]")
             .And.Contain("missing tensor 'base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight'")
             .And.Contain("missing tensor 'base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight'"));

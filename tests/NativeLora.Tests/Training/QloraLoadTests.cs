@@ -11,16 +11,8 @@ namespace NativeLora.Tests.Training;
 /// A QLoRA load quantizes each decoder projection as it is read (<see cref="ModelDirectory.Load"/> with quantizeProjections):
 /// the same NF4 states and logits as loading then <see cref="CausalLm.QuantizeLinears"/>, at the 4-bit model's peak, not the dense one's.
 /// </summary>
-public class QloraLoadTests
+public class QloraLoadTests : TempDirTests
 {
-    private string _dir = null!;
-
-    [SetUp]
-    public void MakeDir() => _dir = Directory.CreateTempSubdirectory("nl-qload-").FullName;
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_dir, true);
-
     [Test]
     public void QuantizingWhileLoadingMatchesQuantizingAfterBitForBit([Values("llama", "qwen2")] string type, [Values(DType.F32, DType.BF16)] DType dtype)
     {
@@ -28,12 +20,12 @@ public class QloraLoadTests
         var w = RandomInit.Create(c, 5, 0.05);
         if (c.AttentionBias) // non-zero biases: the quantized layers keep them
             foreach (var key in w.Keys.Where(k => k.EndsWith(".bias")).ToList()) w[key] = Check.RandomFloats(new Random(key.Length), w[key].Length, 0.1);
-        ModelDirectory.Save(_dir, c, w, DType.F32);
+        ModelDirectory.Save(Dir, c, w, DType.F32);
         var dev = TestDevice.Shared;
 
-        using var after = ModelDirectory.Load(dev, _dir, dtype);
+        using var after = ModelDirectory.Load(dev, Dir, dtype);
         after.QuantizeLinears(QloraMatmul.Scratch);
-        using var whileLoading = ModelDirectory.Load(dev, _dir, dtype, quantizeProjections: true);
+        using var whileLoading = ModelDirectory.Load(dev, Dir, dtype, quantizeProjections: true);
         Assert.That(whileLoading.Layers.SelectMany(l => l.Linears).All(l => l.Quantized != null && l.BaseMatmul == QloraMatmul.Auto), Is.True, "every projection is NF4 as loaded");
         whileLoading.QuantizeLinears(QloraMatmul.Scratch); // sets the base product only
 
@@ -85,7 +77,7 @@ public class QloraLoadTests
     public void QuantizingWhileLoadingPeaksNearTheFourBitModel([Values(DType.F32, DType.BF16)] DType dtype)
     {
         var c = GenerationTests.TinyConfig("llama") with { HiddenSize = 128, IntermediateSize = 352, NumHeads = 4, NumKvHeads = 2, HeadDim = 32, NumLayers = 8, VocabSize = 256, MaxPositionEmbeddings = 64 };
-        ModelDirectory.Save(_dir, c, RandomInit.Create(c, 3), DType.F32);
+        ModelDirectory.Save(Dir, c, RandomInit.Create(c, 3), DType.F32);
         var expectedParams = CausalLm.ExpectedParameters(c);
         long Bytes(int[] shape) => shape.Aggregate(1L, (a, b) => a * b) * dtype.SizeOf();
         long denseBytes = expectedParams.Sum(p => Bytes(p.Shape));
@@ -95,7 +87,7 @@ public class QloraLoadTests
         dev.EmptyCache();
         long baseline = dev.MemoryStats.Allocated;
         dev.ResetPeak();
-        using (var model = ModelDirectory.Load(dev, _dir, dtype, quantizeProjections: true))
+        using (var model = ModelDirectory.Load(dev, Dir, dtype, quantizeProjections: true))
         {
             long peak = dev.MemoryStats.PeakAllocated - baseline;
             long loaded = dev.MemoryStats.Allocated - baseline; // NF4 projections + dense embeddings, norms, lm_head + RoPE tables
@@ -126,17 +118,17 @@ public class QloraLoadTests
     public void AQloraRunLoadsQuantizedAndTrains()
     {
         var tokDir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "llama3");
-        var modelDir = Path.Combine(_dir, "model");
+        var modelDir = Path.Combine(Dir, "model");
         RandomInit.SaveModelDirectory(modelDir, new ModelConfig
         {
             ModelType = "llama", HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
             HeadDim = 16, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositionEmbeddings = 128,
         }, tokDir, seed: 4, DType.F32);
-        var data = Path.Combine(_dir, "data.jsonl");
+        var data = Path.Combine(Dir, "data.jsonl");
         File.WriteAllLines(data, Enumerable.Range(0, 8).Select(i => $$"""{"instruction": "Count to {{i}}.", "output": "{{string.Join(" ", Enumerable.Range(1, i + 1))}}"}"""));
         var config = new TrainingConfig
         {
-            Model = modelDir, Data = data, OutputDir = Path.Combine(_dir, "run"), Method = "qlora", MaxSteps = 2, MicroBatchSize = 2, GradientAccumulation = 1,
+            Model = modelDir, Data = data, OutputDir = Path.Combine(Dir, "run"), Method = "qlora", MaxSteps = 2, MicroBatchSize = 2, GradientAccumulation = 1,
             MaxSeqLen = 48, EvalSteps = 100, SaveSteps = 100, LearningRate = 1e-3, ValSplit = 0.25, LoraR = 4, Dtype = "f32",
         };
         var progress = new Recorder();
