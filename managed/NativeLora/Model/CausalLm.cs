@@ -170,8 +170,7 @@ public sealed class CausalLm : IDisposable
     public void PlaceEmbeddingOnHost()
     {
         const string name = "model.embed_tokens.weight";
-        if (Config.TieWordEmbeddings)
-            throw new NotSupportedException("embed_tokens cannot live on the host when it is tied to lm_head (tie_word_embeddings): the output projection reads the whole table every step");
+        CheckEmbeddingOnHost(Config);
         if (_embeddingCopy != null)
             throw new NotSupportedException("embed_tokens cannot live on the host when it is trained (modules_to_save): its copy and gradient are on the device");
         if (_gradients.ContainsKey(name)) throw new NotSupportedException("embed_tokens cannot live on the host with full-parameter gradients");
@@ -183,6 +182,13 @@ public sealed class CausalLm : IDisposable
         _parameters[name] = host;
         table.Dispose();
         Device.EmptyCache();
+    }
+
+    /// <summary>Refuses embed_tokens in host memory where the config ties it to lm_head (ModelDirectory.Load checks before it loads).</summary>
+    public static void CheckEmbeddingOnHost(ModelConfig config)
+    {
+        if (config.TieWordEmbeddings)
+            throw new NotSupportedException("embed_tokens cannot live on the host when it is tied to lm_head (tie_word_embeddings): the output projection reads the whole table every step");
     }
 
     private readonly List<Linear> _quantized = new();

@@ -61,9 +61,11 @@ public static class ModelDirectory
     /// Loads a model directory in <paramref name="computeDType"/>. With <paramref name="quantizeProjections"/> (QLoRA) each
     /// decoder projection weight is quantized to NF4 (double quantization, as <see cref="CausalLm.QuantizeLinears"/>) right
     /// after it is uploaded and its dense tensor freed at once, so at most one dense projection is alive besides the
-    /// embeddings, norms and lm_head: the peak is near the 4-bit model's, not the dense model's.
+    /// embeddings, norms and lm_head: the peak is near the 4-bit model's, not the dense model's. With
+    /// <paramref name="embeddingOnHost"/> embed_tokens is read straight into host memory that kernels read in place
+    /// (as <see cref="CausalLm.PlaceEmbeddingOnHost"/> leaves it), so it never takes device memory, not even while loading.
     /// </summary>
-    public static CausalLm Load(ComputeDevice device, string dir, DType computeDType, bool quantizeProjections = false)
+    public static CausalLm Load(ComputeDevice device, string dir, DType computeDType, bool quantizeProjections = false, bool embeddingOnHost = false)
     {
         if (!computeDType.IsFloat()) throw new ArgumentException($"compute dtype must be f32, bf16 or f16, got {computeDType.Name()}");
         dir = Hub.ModelSource.Resolve(dir);
@@ -71,6 +73,7 @@ public static class ModelDirectory
         using var files = ShardedSafeTensors.Open(dir);
         var expected = CausalLm.ExpectedParameters(config);
         CheckCheckpoint(files, config, dir);
+        if (embeddingOnHost) CausalLm.CheckEmbeddingOnHost(config);
 
         var parameters = new Dictionary<string, Tensor>();
         var quantized = new Dictionary<string, Nf4Tensor>();
@@ -85,7 +88,7 @@ public static class ModelDirectory
                     quantized[name] = Nf4Tensor.Quantize(device.Kernels, dense);
                     continue;
                 }
-                var t = device.Allocate(computeDType, shape);
+                var t = embeddingOnHost && name == "model.embed_tokens.weight" ? device.AllocateHost(computeDType, shape) : device.Allocate(computeDType, shape);
                 parameters[name] = t;
                 Upload(files, name, t);
             }

@@ -25,9 +25,10 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
     public long HostWeights { get; init; }
 
     /// <summary>
-    /// The peak while loading, before training: every weight on the device (embed_tokens moves to the host only after
-    /// the load), plus, for QLoRA, the one projection held dense between its upload and its quantization
-    /// (ModelDirectory.Load quantizes each as it is loaded). Below <see cref="Total"/> for realistic runs; the plan prints both.
+    /// The peak while loading, before training: the weights as they stay on the device (ModelDirectory.Load reads
+    /// embed_tokens on the host straight into host memory), plus, for QLoRA, the one projection held dense between its
+    /// upload and its quantization (ModelDirectory.Load quantizes each as it is loaded). Below <see cref="Total"/> for
+    /// realistic runs; the plan prints both.
     /// </summary>
     public long LoadPeak { get; init; }
 
@@ -101,7 +102,7 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         items.Add(new("backward phase", "attention scratch (AttentionOp.ScratchBytes)", attentionScratch));
         if (checkpointing) items.Add(new("backward phase", "the layer being recomputed", perLayer + n * c.HiddenSize * e));
         if (dequantScratch > 0) items.Add(new("backward phase", $"one projection dequantized for its GEMM ({dt}, the largest)", dequantScratch));
-        long loadPeak = weights + hostWeights + (method == "qlora" ? largestProjection * e : 0);
+        long loadPeak = weights + (method == "qlora" ? largestProjection * e : 0);
         return new MemoryEstimate(weights, adapter, activations, lossPhase, backwardPhase) { HostWeights = hostWeights, LoadPeak = loadPeak, Items = items };
     }
 
@@ -117,7 +118,7 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         }
         yield return $"  {"peak: weights + trainable+optimizer + activations + the larger phase",-72} {Gb(Total),10}";
         if (HostWeights > 0) yield return $"  {"in host memory, not device memory (embed_tokens)",-72} {Gb(HostWeights),10}";
-        yield return $"  {"while loading, before training: the weights" + (LoadPeak > Weights + HostWeights ? " + one dense projection" : ""),-72} {Gb(LoadPeak),10}";
+        yield return $"  {"while loading, before training: the weights" + (LoadPeak > Weights ? " + one dense projection" : ""),-72} {Gb(LoadPeak),10}";
     }
 
     public override string ToString() =>

@@ -79,17 +79,18 @@ public sealed partial class Trainer
         else (train, val) = DatasetReader.Split(all, c.ValSplit, c.Seed);
         Info(progress, $"{train.Count} training and {val.Count} validation examples, {train.Sum(e => e.Length):N0} training tokens");
 
-        // qlora: each decoder projection is quantized as it is loaded (the peak is the 4-bit model's, as planned)
-        using var model = ModelDirectory.Load(device, c.Model, plan.Dtype, quantizeProjections: c.Method == "qlora");
+        // qlora: each decoder projection is quantized as it is loaded, and embed_tokens (by default) read straight into
+        // host memory, so the load peaks at the 4-bit model's device memory, as planned
+        bool embeddingOnHost = c.EmbeddingOnHostFor(ModelDirectory.ReadConfig(c.Model));
+        using var model = ModelDirectory.Load(device, c.Model, plan.Dtype, quantizeProjections: c.Method == "qlora", embeddingOnHost: embeddingOnHost);
         model.CrossEntropyChunkRows = 1024;
         if (c.Method == "qlora")
         {
             model.QuantizeLinears(QloraMatmulChoice.Parse(c.QloraMatmul)); // the projections are NF4 already: sets the base product
             Info(progress, $"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter, base product {c.QloraMatmul}");
         }
-        if (c.EmbeddingOnHostFor(model.Config))
+        if (embeddingOnHost)
         {
-            model.PlaceEmbeddingOnHost();
             Info(progress, $"embed_tokens in host memory ({MemoryEstimate.Gb(model.Embedding.ByteLength)}): each step's rows are read across the bus (embed_tokens_on_host)");
         }
         using var adapter = LoraAdapter.Attach(model, c.ToLoraConfig(), c.Seed);
