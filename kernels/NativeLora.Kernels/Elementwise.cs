@@ -6,28 +6,19 @@ namespace NativeLora.Kernels;
 
 /// <summary>
 /// Residual adds and fills. The residual add's backward is the identity on both inputs, so its
-/// "backward" is <see cref="AddInto"/>: accumulate the incoming gradient into the residual stream's.
+/// "backward" is an add into the residual stream's gradient (output = a).
 /// Elementwise kernels take (n, chunk): thread t handles elements [t·chunk, (t+1)·chunk) ∩ [0, n),
 /// sized by <see cref="KernelSet.ElementLaunch"/> (chunk 1 on a GPU).
 /// </summary>
 public static class Elementwise
 {
-    // out = a + b
+    // out = a + b; output may be a (acc += x): each thread reads its element before writing it
     public static void AddKernel<T, S>(Index1D t, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
         long end = Math.Min(n, (t + 1L) * chunk);
         for (long i = t * chunk; i < end; i++) output[i] = s.Store(s.Load(a[i]) + s.Load(b[i]));
-    }
-
-    // acc += x
-    public static void AddIntoKernel<T, S>(Index1D t, ArrayView<T> acc, ArrayView<T> x, long n, long chunk)
-        where T : unmanaged where S : struct, IStorage<T>
-    {
-        S s = default;
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) acc[i] = s.Store(s.Load(acc[i]) + s.Load(x[i]));
     }
 
     public static void FillKernel<T, S>(Index1D t, ArrayView<T> x, float value, long n, long chunk)
@@ -74,15 +65,6 @@ public static class Elementwise
         if (threads == 0) return;
         Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = AddKernel<T, S>;
         k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, a, b, output, output.Length, chunk);
-    }
-
-    public static void AddIntoGpu<T, S>(KernelSet k, ArrayView<T> acc, ArrayView<T> x)
-        where T : unmanaged where S : struct, IStorage<T>
-    {
-        var (threads, chunk) = k.ElementLaunch(acc.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, long, long> kernel = AddIntoKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, acc, x, acc.Length, chunk);
     }
 
     public static void FillGpu<T, S>(KernelSet k, ArrayView<T> x, float value)
