@@ -53,27 +53,21 @@ public static class Elementwise
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ulong, float, long, long> kernel = FillUniformKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, seed, bound, x.Length, chunk);
+        if (threads > 0) k.Launch(FillUniformKernel<T, S>, threads, x, seed, bound, x.Length, chunk);
     }
 
     public static void AddGpu<T, S>(KernelSet k, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(output.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = AddKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, a, b, output, output.Length, chunk);
+        if (threads > 0) k.Launch(AddKernel<T, S>, threads, a, b, output, output.Length, chunk);
     }
 
     public static void FillGpu<T, S>(KernelSet k, ArrayView<T> x, float value)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, float, long, long> kernel = FillKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, value, x.Length, chunk);
+        if (threads > 0) k.Launch(FillKernel<T, S>, threads, x, value, x.Length, chunk);
     }
 
     // ---- CPU: host SIMD kernels, blocks of elements over cores ----
@@ -140,17 +134,14 @@ public static class Bias
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(y.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, int, long, long> kernel = AddKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, y, bias, cols, y.Length, chunk);
+        if (threads > 0) k.Launch(AddKernel<T, S>, threads, y, bias, cols, y.Length, chunk);
     }
 
     /// <summary>Accumulates into dBias (f32).</summary>
     public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<float> dBias, int rows, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<float>, int, int> kernel = GradKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(cols, dy, dBias, rows, cols);
+        k.Launch(GradKernel<T, S>, cols, dy, dBias, rows, cols);
     }
 
     public static void ForwardCpu<T, S>(HostView<T> y, HostView<T> bias, int cols)
@@ -207,9 +198,7 @@ public static class RowScatter
     public static void RunGpu<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(src.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = ScatterKernel<T>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, src.Length, chunk);
+        if (threads > 0) k.Launch(ScatterKernel<T>, threads, src, dst, rows, width, src.Length, chunk);
     }
 
     public static void GatherKernel<T>(Index1D t, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width, long n, long chunk)
@@ -226,9 +215,7 @@ public static class RowScatter
     public static void GatherGpu<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(dst.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = GatherKernel<T>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, dst.Length, chunk);
+        if (threads > 0) k.Launch(GatherKernel<T>, threads, src, dst, rows, width, dst.Length, chunk);
     }
 
     public static void GatherCpu<T>(HostView<T> src, HostView<T> dst, HostView<int> rows, int width) where T : unmanaged

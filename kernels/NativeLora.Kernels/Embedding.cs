@@ -36,17 +36,14 @@ public static class Embedding
         where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(output.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int, long, long> kernel = ForwardKernel<T>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, ids, table, output, dim, output.Length, chunk);
+        if (threads > 0) k.Launch(ForwardKernel<T>, threads, ids, table, output, dim, output.Length, chunk);
     }
 
     /// <summary>Accumulates into dTable (f32); zero it first for a fresh gradient.</summary>
     public static void BackwardGpu<T, S>(KernelSet k, ArrayView<int> ids, ArrayView<T> dOutput, ArrayView<float> dTable, int tokens, int dim)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int> kernel = BackwardKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(dim, ids, dOutput, dTable, tokens, dim);
+        k.Launch(BackwardKernel<T, S>, dim, ids, dOutput, dTable, tokens, dim);
     }
 
     // ---- CPU: host kernels ----
