@@ -180,7 +180,8 @@ public static class Bias
 
 /// <summary>
 /// Copies row i of src into row rows[i] of dst (KV-cache writes), and the inverse gather: row rows[i] of src into row i
-/// of dst (cached keys/values in front of new ones). (n, chunk) as in Elementwise, over the contiguous side's elements.
+/// of dst (cached keys/values in front of new ones; the token embedding's lookup). (n, chunk) as in Elementwise, over the
+/// contiguous side's elements.
 /// </summary>
 public static class RowScatter
 {
