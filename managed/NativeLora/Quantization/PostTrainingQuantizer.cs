@@ -552,21 +552,11 @@ public static class PostTrainingQuantizer
     private static void Store(Dictionary<string, (SafeTensorsDType, long[], byte[])> outputs, string name, QuantizedWeight q, bool gptqFormat, Tensor? bias)
     {
         static long[] L(int[] s) => s.Select(d => (long)d).ToArray();
-        if (gptqFormat)
-        {
-            var p = GptqFormat.Pack(q, name);
-            outputs[name + ".qweight"] = (SafeTensorsDType.I32, L(p.QWeightShape), Bytes(p.QWeight));
-            outputs[name + ".qzeros"] = (SafeTensorsDType.I32, L(p.QZerosShape), Bytes(p.QZeros));
-            outputs[name + ".scales"] = (SafeTensorsDType.F16, L(p.ScalesShape), Bytes(p.Scales));
-            outputs[name + ".g_idx"] = (SafeTensorsDType.I32, [q.InFeatures], Bytes(p.GIdx));
-        }
-        else
-        {
-            var p = AwqFormat.Pack(q, name);
-            outputs[name + ".qweight"] = (SafeTensorsDType.I32, L(p.QWeightShape), Bytes(p.QWeight));
-            outputs[name + ".qzeros"] = (SafeTensorsDType.I32, L(p.QZerosShape), Bytes(p.QZeros));
-            outputs[name + ".scales"] = (SafeTensorsDType.F16, L(p.ScalesShape), Bytes(p.Scales));
-        }
+        var p = gptqFormat ? GptqFormat.Pack(q, name) : AwqFormat.Pack(q, name);
+        outputs[name + ".qweight"] = (SafeTensorsDType.I32, L(p.QWeightShape), Bytes(p.QWeight));
+        outputs[name + ".qzeros"] = (SafeTensorsDType.I32, L(p.QZerosShape), Bytes(p.QZeros));
+        outputs[name + ".scales"] = (SafeTensorsDType.F16, L(p.ScalesShape), Bytes(p.Scales));
+        if (p.GIdx != null) outputs[name + ".g_idx"] = (SafeTensorsDType.I32, [q.InFeatures], Bytes(p.GIdx));
         if (bias != null) outputs[name + ".bias"] = F16(bias);
     }
 
