@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 

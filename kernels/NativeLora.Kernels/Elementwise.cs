@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;

@@ -1,7 +1,6 @@
 using System.Numerics;
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 
 namespace NativeLora.Kernels;

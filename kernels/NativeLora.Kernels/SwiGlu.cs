@@ -1,6 +1,5 @@
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
