@@ -1,8 +1,5 @@
 using System.Diagnostics;
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using NativeLora.Devices;
-using NativeLora.IO;
 using NativeLora.Kernels;
 using NativeLora.Model;
 using NativeLora.SafeTensors;
@@ -580,13 +577,6 @@ public static class PostTrainingQuantizer
             writer.Add(name, SafeTensorsDType.F16, shape.Select(d => (long)d).ToArray(), () => ModelDirectory.Encode(files.ReadAsFloat32(n), DType.F16));
         }
         writer.Write(outDir);
-        var json = c.ToJson();
-        json["torch_dtype"] = "float16";
-        json["quantization_config"] = QuantizedCheckpoint.ConfigJson(o);
-        AtomicFile.Write(Path.Combine(outDir, ModelDirectory.ConfigFileName), s =>
-        {
-            using var w = new Utf8JsonWriter(s, new JsonWriterOptions { Indented = true });
-            json.WriteTo(w);
-        });
+        ModelDirectory.WriteConfig(outDir, c, DType.F16, QuantizedCheckpoint.ConfigJson(o));
     }
 }
