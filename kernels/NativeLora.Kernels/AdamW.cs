@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 
@@ -45,8 +44,7 @@ public static class AdamW
         var (threads, chunk) = k.ElementLaunch(p.Length);
         if (threads == 0) return;
         float bc1 = 1f - MathF.Pow(beta1, step), bc2 = 1f - MathF.Pow(beta2, step);
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float, float, float, float, float, float, float, long, long> kernel = UpdateKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, p, g, m, v, lr, beta1, beta2, eps, weightDecay, bc1, bc2, gradScale, p.Length, chunk);
+        k.Launch(UpdateKernel, threads, p, g, m, v, lr, beta1, beta2, eps, weightDecay, bc1, bc2, gradScale, p.Length, chunk);
     }
 
     /// <summary>Writes per-thread partial sums of g² into partial (at least as long as the thread count) and returns that count.</summary>
@@ -59,8 +57,7 @@ public static class AdamW
             chunk = (g.Length + partial.Length - 1) / partial.Length;
             threads = (int)((g.Length + chunk - 1) / chunk);
         }
-        Action<Index1D, ArrayView<float>, ArrayView<float>, long, long> kernel = SumOfSquaresKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, g, partial, g.Length, chunk);
+        k.Launch(SumOfSquaresKernel, threads, g, partial, g.Length, chunk);
         return threads;
     }
 
@@ -203,8 +200,7 @@ public static class AdamW8bit
         if (threads == 0) return;
         float bc1 = 1f - MathF.Pow(beta1, step), bc2 = 1f - MathF.Pow(beta2, step);
         var h = new Hyper { Lr = lr, Beta1 = beta1, Beta2 = beta2, Eps = eps, WeightDecay = weightDecay, BiasCorrection1 = bc1, BiasCorrection2 = bc2, GradScale = gradScale, N = p.Length, Blocks = blocks, Chunk = chunk };
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Hyper> kernel = UpdateKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, p, g, qm, qv, absm, absv, mapSigned, mapUnsigned, h);
+        k.Launch(UpdateKernel, threads, p, g, qm, qv, absm, absv, mapSigned, mapUnsigned, h);
     }
 
     /// <summary>

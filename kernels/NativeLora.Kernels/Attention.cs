@@ -372,7 +372,6 @@ public static class Attention
         ArrayView<int> pageTable, ArrayView<T> o, int batch, int heads, int kvHeads, int headDim, int maxPages, int pageSize, float scale)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<T>, int, int, int, int, int, float> kernel = DecodeKernel<T, S>;
-        ks.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(batch * heads, q, kCache, vCache, lengths, pageTable, o, heads, kvHeads, headDim, maxPages, pageSize, scale);
+        ks.Launch(DecodeKernel<T, S>, batch * heads, q, kCache, vCache, lengths, pageTable, o, heads, kvHeads, headDim, maxPages, pageSize, scale);
     }
 }

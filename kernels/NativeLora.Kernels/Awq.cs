@@ -1,6 +1,5 @@
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
 
 namespace NativeLora.Kernels;
 
@@ -165,51 +164,42 @@ public static class Awq
     public static void Quantize(KernelSet k, ArrayView<float> src, ArrayView<float> dst, ArrayView<float> s, ArrayView<int> codes,
         ArrayView<float> scales, ArrayView<float> zeros, int rows, int n, int groupSize, int bits, bool writeCodes)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int, int> kernel = QuantizeKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows * (n / groupSize), src, dst, s, codes, scales, zeros, n, rows, groupSize, bits, writeCodes ? 1 : 0);
+        k.Launch(QuantizeKernel, rows * (n / groupSize), src, dst, s, codes, scales, zeros, n, rows, groupSize, bits, writeCodes ? 1 : 0);
     }
 
     public static void GroupAbsMax(KernelSet k, ArrayView<float> w, ArrayView<float> amax, int rows, int n, int groupSize)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int> kernel = GroupAbsMaxKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows * (n / groupSize), w, amax, n, groupSize);
+        k.Launch(GroupAbsMaxKernel, rows * (n / groupSize), w, amax, n, groupSize);
     }
 
     public static void WeightMean(KernelSet k, ArrayView<float> w, ArrayView<float> amax, ArrayView<float> sum, int rows, int n, int groupSize)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> kernel = WeightMeanKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(n, w, amax, sum, n, rows, groupSize);
+        k.Launch(WeightMeanKernel, n, w, amax, sum, n, rows, groupSize);
     }
 
     public static void InputMean(KernelSet k, ArrayView<float> x, ArrayView<float> sum, int tokens, int n)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int> kernel = InputMeanKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(n, x, sum, n, tokens);
+        k.Launch(InputMeanKernel, n, x, sum, n, tokens);
     }
 
     public static void Scale(KernelSet k, ArrayView<float> w, ArrayView<float> s, int n, bool rows)
     {
         var (threads, chunk) = k.ElementLaunch(w.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, long, long> kernel = ScaleKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, w, s, n, rows ? 1 : 0, w.Length, chunk);
+        if (threads > 0) k.Launch(ScaleKernel, threads, w, s, n, rows ? 1 : 0, w.Length, chunk);
     }
 
     public static void SquaredDiffRows(KernelSet k, ArrayView<float> a, ArrayView<float> b, ArrayView<float> output, int rows, int cols)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int> kernel = SquaredDiffRowsKernel;
-        k.Load(kernel, x => x.LoadAutoGroupedStreamKernel(kernel))(rows, a, b, output, cols);
+        k.Launch(SquaredDiffRowsKernel, rows, a, b, output, cols);
     }
 
     public static void ClipSearch(KernelSet k, ArrayView<float> w, ArrayView<float> x, ArrayView<float> best, int rows, int n, int tokens, int groupSize, int bits)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int> kernel = ClipSearchKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows * (n / groupSize), w, x, best, n, tokens, groupSize, bits);
+        k.Launch(ClipSearchKernel, rows * (n / groupSize), w, x, best, n, tokens, groupSize, bits);
     }
 
     public static void Clamp(KernelSet k, ArrayView<float> w, ArrayView<float> maxVal, int rows, int n, int groupSize)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int> kernel = ClampKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows * (n / groupSize), w, maxVal, n, groupSize);
+        k.Launch(ClampKernel, rows * (n / groupSize), w, maxVal, n, groupSize);
     }
 }

@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Runtime;
 
 namespace NativeLora.Kernels;
 
@@ -83,9 +82,7 @@ public static class CastKernels
         where TS : unmanaged where SS : struct, IStorage<TS> where TD : unmanaged where SD : struct, IStorage<TD>
     {
         var (threads, chunk) = k.ElementLaunch(src.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<TS>, ArrayView<TD>, long, long> kernel = CastKernel<TS, SS, TD, SD>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, src.Length, chunk);
+        if (threads > 0) k.Launch(CastKernel<TS, SS, TD, SD>, threads, src, dst, src.Length, chunk);
     }
 
     /// <summary>The CPU variant: vectorised widening to f32 and narrowing from it, blocks over cores.</summary>

@@ -1,6 +1,5 @@
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
 
 namespace NativeLora.Kernels;
 
@@ -64,9 +63,7 @@ public static class Dora
     public static void ScaleRows(KernelSet k, ArrayView<float> w, ArrayView<float> g, int cols)
     {
         var (threads, chunk) = k.ElementLaunch(w.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long> kernel = ScaleRowsKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, w, g, cols, w.Length, chunk);
+        if (threads > 0) k.Launch(ScaleRowsKernel, threads, w, g, cols, w.Length, chunk);
     }
 
     // g = m / wn
@@ -75,38 +72,31 @@ public static class Dora
     public static void RowNorms<T, S>(KernelSet k, ArrayView<T> w, ArrayView<float> norms, int rows, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<float>, int> kernel = RowNormKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, w, norms, cols);
+        k.Launch(RowNormKernel<T, S>, rows, w, norms, cols);
     }
 
     public static void Combine<T, S>(KernelSet k, ArrayView<T> y, ArrayView<T> bd, ArrayView<T> l, ArrayView<float> g, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(y.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, int, long, long> kernel = CombineKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, y, bd, l, g, cols, y.Length, chunk);
+        if (threads > 0) k.Launch(CombineKernel<T, S>, threads, y, bd, l, g, cols, y.Length, chunk);
     }
 
     public static void MagnitudeGrad<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<T> pre, ArrayView<float> wn, ArrayView<float> dm, int rows, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int> kernel = MagnitudeGradKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(cols, dy, pre, wn, dm, rows, cols);
+        k.Launch(MagnitudeGradKernel<T, S>, cols, dy, pre, wn, dm, rows, cols);
     }
 
     public static void ScaleColumns<T, S>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<float> g, float offset, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(src.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, float, int, long, long> kernel = ScaleColumnsKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, g, offset, cols, src.Length, chunk);
+        if (threads > 0) k.Launch(ScaleColumnsKernel<T, S>, threads, src, dst, g, offset, cols, src.Length, chunk);
     }
 
     public static void Ratio(KernelSet k, ArrayView<float> m, ArrayView<float> wn, ArrayView<float> g)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>> kernel = RatioKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))((int)m.Length, m, wn, g);
+        k.Launch(RatioKernel, (int)m.Length, m, wn, g);
     }
 }

@@ -1,33 +1,23 @@
 using ILGPU;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
 
 /// <summary>
 /// Residual adds and fills. The residual add's backward is the identity on both inputs, so its
-/// "backward" is <see cref="AddInto"/>: accumulate the incoming gradient into the residual stream's.
+/// "backward" is an add into the residual stream's gradient (output = a).
 /// Elementwise kernels take (n, chunk): thread t handles elements [t·chunk, (t+1)·chunk) ∩ [0, n),
 /// sized by <see cref="KernelSet.ElementLaunch"/> (chunk 1 on a GPU).
 /// </summary>
 public static class Elementwise
 {
-    // out = a + b
+    // out = a + b; output may be a (acc += x): each thread reads its element before writing it
     public static void AddKernel<T, S>(Index1D t, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output, long n, long chunk)
         where T : unmanaged where S : struct, IStorage<T>
     {
         S s = default;
         long end = Math.Min(n, (t + 1L) * chunk);
         for (long i = t * chunk; i < end; i++) output[i] = s.Store(s.Load(a[i]) + s.Load(b[i]));
-    }
-
-    // acc += x
-    public static void AddIntoKernel<T, S>(Index1D t, ArrayView<T> acc, ArrayView<T> x, long n, long chunk)
-        where T : unmanaged where S : struct, IStorage<T>
-    {
-        S s = default;
-        long end = Math.Min(n, (t + 1L) * chunk);
-        for (long i = t * chunk; i < end; i++) acc[i] = s.Store(s.Load(acc[i]) + s.Load(x[i]));
     }
 
     public static void FillKernel<T, S>(Index1D t, ArrayView<T> x, float value, long n, long chunk)
@@ -62,36 +52,21 @@ public static class Elementwise
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ulong, float, long, long> kernel = FillUniformKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, seed, bound, x.Length, chunk);
+        if (threads > 0) k.Launch(FillUniformKernel<T, S>, threads, x, seed, bound, x.Length, chunk);
     }
 
     public static void AddGpu<T, S>(KernelSet k, ArrayView<T> a, ArrayView<T> b, ArrayView<T> output)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(output.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = AddKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, a, b, output, output.Length, chunk);
-    }
-
-    public static void AddIntoGpu<T, S>(KernelSet k, ArrayView<T> acc, ArrayView<T> x)
-        where T : unmanaged where S : struct, IStorage<T>
-    {
-        var (threads, chunk) = k.ElementLaunch(acc.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, long, long> kernel = AddIntoKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, acc, x, acc.Length, chunk);
+        if (threads > 0) k.Launch(AddKernel<T, S>, threads, a, b, output, output.Length, chunk);
     }
 
     public static void FillGpu<T, S>(KernelSet k, ArrayView<T> x, float value)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, float, long, long> kernel = FillKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, value, x.Length, chunk);
+        if (threads > 0) k.Launch(FillKernel<T, S>, threads, x, value, x.Length, chunk);
     }
 
     // ---- CPU: host SIMD kernels, blocks of elements over cores ----
@@ -158,17 +133,14 @@ public static class Bias
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(y.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, int, long, long> kernel = AddKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, y, bias, cols, y.Length, chunk);
+        if (threads > 0) k.Launch(AddKernel<T, S>, threads, y, bias, cols, y.Length, chunk);
     }
 
     /// <summary>Accumulates into dBias (f32).</summary>
     public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> dy, ArrayView<float> dBias, int rows, int cols)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<float>, int, int> kernel = GradKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(cols, dy, dBias, rows, cols);
+        k.Launch(GradKernel<T, S>, cols, dy, dBias, rows, cols);
     }
 
     public static void ForwardCpu<T, S>(HostView<T> y, HostView<T> bias, int cols)
@@ -207,7 +179,8 @@ public static class Bias
 
 /// <summary>
 /// Copies row i of src into row rows[i] of dst (KV-cache writes), and the inverse gather: row rows[i] of src into row i
-/// of dst (cached keys/values in front of new ones). (n, chunk) as in Elementwise, over the contiguous side's elements.
+/// of dst (cached keys/values in front of new ones; the token embedding's lookup). (n, chunk) as in Elementwise, over the
+/// contiguous side's elements.
 /// </summary>
 public static class RowScatter
 {
@@ -225,9 +198,7 @@ public static class RowScatter
     public static void RunGpu<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(src.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = ScatterKernel<T>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, src.Length, chunk);
+        if (threads > 0) k.Launch(ScatterKernel<T>, threads, src, dst, rows, width, src.Length, chunk);
     }
 
     public static void GatherKernel<T>(Index1D t, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width, long n, long chunk)
@@ -244,9 +215,7 @@ public static class RowScatter
     public static void GatherGpu<T>(KernelSet k, ArrayView<T> src, ArrayView<T> dst, ArrayView<int> rows, int width) where T : unmanaged
     {
         var (threads, chunk) = k.ElementLaunch(dst.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, int, long, long> kernel = GatherKernel<T>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, src, dst, rows, width, dst.Length, chunk);
+        if (threads > 0) k.Launch(GatherKernel<T>, threads, src, dst, rows, width, dst.Length, chunk);
     }
 
     public static void GatherCpu<T>(HostView<T> src, HostView<T> dst, HostView<int> rows, int width) where T : unmanaged

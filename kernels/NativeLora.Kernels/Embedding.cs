@@ -1,28 +1,15 @@
 using ILGPU;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
 
 /// <summary>
-/// Token embedding lookup. Forward: out[t, :] = table[ids[t], :]. Backward: dTable[ids[t], :] +=
-/// dOut[t, :], done by one thread per embedding column walking the tokens in order, so repeated
-/// ids accumulate in a fixed order without atomics: the result is deterministic.
+/// Token embedding lookup. Forward: out[t, :] = table[ids[t], :], the row gather of <see cref="RowScatter"/>.
+/// Backward: dTable[ids[t], :] += dOut[t, :], done by one thread per embedding column walking the tokens in
+/// order, so repeated ids accumulate in a fixed order without atomics: the result is deterministic.
 /// </summary>
 public static class Embedding
 {
-    public static void ForwardKernel<T>(Index1D th, ArrayView<int> ids, ArrayView<T> table, ArrayView<T> output, int dim, long n, long chunk)
-        where T : unmanaged
-    {
-        long end = Math.Min(n, (th + 1L) * chunk);
-        for (long i = th * chunk; i < end; i++)
-        {
-            long t = i / dim;
-            long d = i - t * dim;
-            output[i] = table[ids[t] * (long)dim + d];
-        }
-    }
-
     public static void BackwardKernel<T, S>(Index1D d, ArrayView<int> ids, ArrayView<T> dOutput, ArrayView<float> dTable, int tokens, int dim)
         where T : unmanaged where S : struct, IStorage<T>
     {
@@ -31,33 +18,14 @@ public static class Embedding
             dTable[ids[t] * (long)dim + d] += s.Load(dOutput[t * (long)dim + d]);
     }
 
-    /// <summary>ids must already be checked to lie in [0, vocab) (the caller does, on the host).</summary>
-    public static void ForwardGpu<T>(KernelSet k, ArrayView<int> ids, ArrayView<T> table, ArrayView<T> output, int dim)
-        where T : unmanaged
-    {
-        var (threads, chunk) = k.ElementLaunch(output.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<T>, int, long, long> kernel = ForwardKernel<T>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, ids, table, output, dim, output.Length, chunk);
-    }
-
     /// <summary>Accumulates into dTable (f32); zero it first for a fresh gradient.</summary>
     public static void BackwardGpu<T, S>(KernelSet k, ArrayView<int> ids, ArrayView<T> dOutput, ArrayView<float> dTable, int tokens, int dim)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<int>, ArrayView<T>, ArrayView<float>, int, int> kernel = BackwardKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(dim, ids, dOutput, dTable, tokens, dim);
+        k.Launch(BackwardKernel<T, S>, dim, ids, dOutput, dTable, tokens, dim);
     }
 
     // ---- CPU: host kernels ----
-
-    public static void ForwardCpu<T>(HostView<int> ids, HostView<T> table, HostView<T> output, int dim) where T : unmanaged
-    {
-        HostLoop.For(ids.Length, Math.Max(1, 65536 / dim), (t0, t1) =>
-        {
-            for (long t = t0; t < t1; t++) table.Slice(ids.Span[(int)t] * (long)dim, dim).CopyTo(output.Slice(t * dim, dim));
-        });
-    }
 
     /// <summary>Columns over cores, tokens in order within a column: repeated ids add up in a fixed order.</summary>
     public static void BackwardCpu<T, S>(HostView<int> ids, HostView<T> dOutput, HostView<float> dTable, int tokens, int dim)

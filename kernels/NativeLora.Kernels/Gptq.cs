@@ -1,6 +1,5 @@
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
 
 namespace NativeLora.Kernels;
 
@@ -218,69 +217,58 @@ public static class Gptq
 
     public static void CholeskyDiag(KernelSet k, ArrayView<float> a, int n, int j0, int jb, ArrayView<int> status)
     {
-        Action<Index1D, ArrayView<float>, int, int, int, ArrayView<int>> kernel = CholeskyDiagKernel;
-        k.Load(kernel, x => x.LoadAutoGroupedStreamKernel(kernel))(1, a, n, j0, jb, status);
+        k.Launch(CholeskyDiagKernel, 1, a, n, j0, jb, status);
     }
 
     public static void CholeskyPanel(KernelSet k, ArrayView<float> a, int n, int j0, int jb)
     {
         if (n - j0 - jb <= 0) return;
-        Action<Index1D, ArrayView<float>, int, int, int> kernel = CholeskyPanelKernel;
-        k.Load(kernel, x => x.LoadAutoGroupedStreamKernel(kernel))(n - j0 - jb, a, n, j0, jb);
+        k.Launch(CholeskyPanelKernel, n - j0 - jb, a, n, j0, jb);
     }
 
     public static void LowerSolveColumns(KernelSet k, ArrayView<float> x, ArrayView<float> l, int n, int i0, int ib)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> kernel = LowerSolveColumnKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(i0 + ib, x, l, n, i0, ib);
+        k.Launch(LowerSolveColumnKernel, i0 + ib, x, l, n, i0, ib);
     }
 
     public static void ZeroUpper(KernelSet k, ArrayView<float> a, int n)
     {
-        Action<Index1D, ArrayView<float>, int> kernel = ZeroUpperKernel;
-        k.Load(kernel, x => x.LoadAutoGroupedStreamKernel(kernel))(n, a, n);
+        k.Launch(ZeroUpperKernel, n, a, n);
     }
 
     public static void SetDiagonal(KernelSet k, ArrayView<float> x, int n, int i0, int count, float value)
     {
-        Action<Index1D, ArrayView<float>, int, int, float> kernel = SetDiagonalKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(count, x, n, i0, value);
+        k.Launch(SetDiagonalKernel, count, x, n, i0, value);
     }
 
     public static void DeadColumns(KernelSet k, ArrayView<float> h, ArrayView<float> w, int n, int rows)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, int> kernel = DeadColumnsKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(n, h, w, n, rows);
+        k.Launch(DeadColumnsKernel, n, h, w, n, rows);
     }
 
     public static void Diagonal(KernelSet k, ArrayView<float> h, ArrayView<float> d, int n)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int> kernel = DiagonalKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(n, h, d, n);
+        k.Launch(DiagonalKernel, n, h, d, n);
     }
 
     public static void AddDiagonal(KernelSet k, ArrayView<float> h, int n, float damp)
     {
-        Action<Index1D, ArrayView<float>, int, float> kernel = AddDiagonalKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(n, h, n, damp);
+        k.Launch(AddDiagonalKernel, n, h, n, damp);
     }
 
     public static void RowParams(KernelSet k, ArrayView<float> w, int rows, int n, ArrayView<float> scales, ArrayView<float> zeros, int bits, bool sym)
     {
-        Action<Index1D, ArrayView<float>, int, ArrayView<float>, ArrayView<float>, int, int> kernel = RowParamsKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, w, n, scales, zeros, bits, sym ? 1 : 0);
+        k.Launch(RowParamsKernel, rows, w, n, scales, zeros, bits, sym ? 1 : 0);
     }
 
     public static void Block(KernelSet k, ArrayView<float> w, ArrayView<float> hinv, ArrayView<float> w1, ArrayView<float> err1,
         ArrayView<int> codes, ArrayView<float> scales, ArrayView<float> zeros, int n, int rows, int i1, int count, int groupSize, int bits, bool sym)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int, int, int, int> kernel = BlockKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, w, hinv, w1, err1, codes, scales, zeros, n, rows, i1, count, groupSize, bits, sym ? 1 : 0);
+        k.Launch(BlockKernel, rows, w, hinv, w1, err1, codes, scales, zeros, n, rows, i1, count, groupSize, bits, sym ? 1 : 0);
     }
 
     public static void Rtn(KernelSet k, ArrayView<float> w, ArrayView<int> codes, ArrayView<float> scales, ArrayView<float> zeros, int rows, int n, int groupSize, int bits, bool sym)
     {
-        Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, int, int> kernel = RtnKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(rows, w, codes, scales, zeros, n, rows, groupSize, bits, sym ? 1 : 0);
+        k.Launch(RtnKernel, rows, w, codes, scales, zeros, n, rows, groupSize, bits, sym ? 1 : 0);
     }
 }

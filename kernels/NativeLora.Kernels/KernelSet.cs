@@ -62,6 +62,50 @@ public sealed class KernelSet
         return (TDelegate)_cache.GetOrAdd(kernel.Method, _ => load(Accelerator));
     }
 
+    /// <summary>
+    /// Launches an implicitly grouped kernel (ILGPU picks the group size) over <paramref name="extent"/> threads, loading it
+    /// once. One overload per argument count, as ILGPU's own loaders: a kernel's delegate type is its parameter list.
+    /// </summary>
+    public void Launch<T1, T2>(Action<Index1D, T1, T2> kernel, Index1D extent, T1 a1, T2 a2)
+        where T1 : struct where T2 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2);
+    public void Launch<T1, T2, T3>(Action<Index1D, T1, T2, T3> kernel, Index1D extent, T1 a1, T2 a2, T3 a3)
+        where T1 : struct where T2 : struct where T3 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3);
+    public void Launch<T1, T2, T3, T4>(Action<Index1D, T1, T2, T3, T4> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4);
+    public void Launch<T1, T2, T3, T4, T5>(Action<Index1D, T1, T2, T3, T4, T5> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5);
+    public void Launch<T1, T2, T3, T4, T5, T6>(Action<Index1D, T1, T2, T3, T4, T5, T6> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7, T8>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7, T8> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7, T8 a8)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7, a8);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7, T8, T9>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7, T8, T9> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7, T8 a8, T9 a9)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7, a8, a9);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7, T8 a8, T9 a9, T10 a10)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7, T8 a8, T9 a9, T10 a10, T11 a11)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7, T8 a8, T9 a9, T10 a10, T11 a11, T12 a12)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct where T12 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7, T8 a8, T9 a9, T10 a10, T11 a11, T12 a12, T13 a13)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct where T12 : struct where T13 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13);
+    public void Launch<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14>(Action<Index1D, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14> kernel, Index1D extent, T1 a1, T2 a2, T3 a3, T4 a4, T5 a5, T6 a6, T7 a7, T8 a8, T9 a9, T10 a10, T11 a11, T12 a12, T13 a13, T14 a14)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct where T12 : struct where T13 : struct where T14 : struct =>
+        Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(extent, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14);
+
     /// <summary>One group per row with dynamic shared memory for <see cref="GroupReduce"/>.</summary>
     public KernelConfig RowConfig(int rows) =>
         new(rows, RowGroupSize, SharedMemoryConfig.RequestDynamic<float>(GroupReduce.ScratchLength(RowGroupSize, Accelerator.WarpSize)));

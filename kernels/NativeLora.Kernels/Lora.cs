@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Runtime;
 
 namespace NativeLora.Kernels;
 
@@ -69,32 +68,26 @@ public static class Lora
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(x.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long> kernel = DropoutKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, u, seed, p, x.Length, chunk);
+        if (threads > 0) k.Launch(DropoutKernel<T, S>, threads, x, u, seed, p, x.Length, chunk);
     }
 
     public static void DropoutBackwardGpu<T, S>(KernelSet k, ArrayView<T> g, ArrayView<T> dx, ulong seed, float p)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(g.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ulong, float, long, long> kernel = DropoutBackwardKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, g, dx, seed, p, g.Length, chunk);
+        if (threads > 0) k.Launch(DropoutBackwardKernel<T, S>, threads, g, dx, seed, p, g.Length, chunk);
     }
 
     public static void FusedDown<T, S>(KernelSet k, ArrayView<T> x, ArrayView<T> a, ArrayView<T> z, int rows, int inFeatures, int rank, ulong seed, float p)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float> kernel = FusedDownKernel<T, S>;
-        k.Load(kernel, acc => acc.LoadAutoGroupedStreamKernel(kernel))(rows * rank, x, a, z, inFeatures, rank, seed, p);
+        k.Launch(FusedDownKernel<T, S>, rows * rank, x, a, z, inFeatures, rank, seed, p);
     }
 
     public static void FusedDx<T, S>(KernelSet k, ArrayView<T> dz, ArrayView<T> a, ArrayView<T> dx, int rows, int inFeatures, int rank, ulong seed, float p)
         where T : unmanaged where S : struct, IStorage<T>
     {
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, int, int, ulong, float> kernel = FusedDxKernel<T, S>;
-        k.Load(kernel, acc => acc.LoadAutoGroupedStreamKernel(kernel))(rows * inFeatures, dz, a, dx, inFeatures, rank, seed, p);
+        k.Launch(FusedDxKernel<T, S>, rows * inFeatures, dz, a, dx, inFeatures, rank, seed, p);
     }
 
     // ---- CPU: host kernels (the same masks: Keep is a pure function of seed and index) ----

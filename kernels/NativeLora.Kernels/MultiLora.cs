@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Runtime;
 
 namespace NativeLora.Kernels;
 
@@ -62,9 +61,7 @@ public static class MultiLora
     {
         long n = (long)rows * maxRank;
         var (threads, chunk) = k.ElementLaunch(n);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, long, long> kernel = ShrinkKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, x, aBank, slots, ranks, z, inFeatures, maxRank, n, chunk);
+        if (threads > 0) k.Launch(ShrinkKernel<T, S>, threads, x, aBank, slots, ranks, z, inFeatures, maxRank, n, chunk);
     }
 
     public static void Expand<T, S>(KernelSet k, ArrayView<float> z, ArrayView<T> bBank, ArrayView<int> slots, ArrayView<int> ranks, ArrayView<float> scales, ArrayView<T> y, int rows, int outFeatures, int maxRank)
@@ -72,9 +69,7 @@ public static class MultiLora
     {
         long n = (long)rows * outFeatures;
         var (threads, chunk) = k.ElementLaunch(n);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<T>, int, int, long, long> kernel = ExpandKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, z, bBank, slots, ranks, scales, y, outFeatures, maxRank, n, chunk);
+        if (threads > 0) k.Launch(ExpandKernel<T, S>, threads, z, bBank, slots, ranks, scales, y, outFeatures, maxRank, n, chunk);
     }
 
     /// <summary>

@@ -1,7 +1,6 @@
 using System.Numerics;
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 
 namespace NativeLora.Kernels;
@@ -271,9 +270,7 @@ public static class Nf4
     {
         long blocks = BlockCount(w.Length, blockSize);
         var (threads, chunk) = k.ElementLaunch(blocks);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<byte>, ArrayView<float>, long, int, long, long> kernel = QuantizeKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, w, packed, absmax, w.Length, blockSize, blocks, chunk);
+        if (threads > 0) k.Launch(QuantizeKernel<T, S>, threads, w, packed, absmax, w.Length, blockSize, blocks, chunk);
     }
 
     /// <summary>Writes output (n elements) from packed codes, per-block absmax and the 16-entry code table.</summary>
@@ -282,9 +279,7 @@ public static class Nf4
     {
         long bytes = (output.Length + 1) / 2;
         var (threads, chunk) = k.ElementLaunch(bytes);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<T>, long, int, long, long> kernel = DequantizeKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, packed, absmax, code, output, output.Length, blockSize, bytes, chunk);
+        if (threads > 0) k.Launch(DequantizeKernel<T, S>, threads, packed, absmax, code, output, output.Length, blockSize, bytes, chunk);
     }
 
     /// <summary>Whether <see cref="DequantizeWords{S}"/> applies: whole words of codes and power-of-two blocks.</summary>
@@ -302,8 +297,7 @@ public static class Nf4
     {
         long words = output.Length / 8;
         if (words == 0) return;
-        Action<Index1D, ArrayView<uint>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, ArrayView<uint>, int, int, int> kernel = DequantizeWordsKernel<S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(checked((int)words), packed.Cast<uint>(), absmax, absmaxCodes, nestedMap, nestedScale, offset, code,
+        k.Launch(DequantizeWordsKernel<S>, checked((int)words), packed.Cast<uint>(), absmax, absmaxCodes, nestedMap, nestedScale, offset, code,
             output.Cast<uint>(), BitOperations.Log2((uint)blockSize), nestedBlockSize > 0 ? BitOperations.Log2((uint)nestedBlockSize) : 0, nestedBlockSize > 0 ? 1 : 0);
     }
 
@@ -312,9 +306,7 @@ public static class Nf4
     {
         long groups = BlockCount(absmax.Length, nestedBlockSize);
         var (threads, chunk) = k.ElementLaunch(groups);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<float>, ArrayView<float>, int, long, long> kernel = AbsmaxSumKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, absmax, sums, nestedBlockSize, groups, chunk);
+        if (threads > 0) k.Launch(AbsmaxSumKernel, threads, absmax, sums, nestedBlockSize, groups, chunk);
     }
 
     /// <summary>Double-quantizes absmax around offset into q (one byte each) and scale (one f32 per nested block).</summary>
@@ -322,18 +314,14 @@ public static class Nf4
     {
         long groups = BlockCount(absmax.Length, nestedBlockSize);
         var (threads, chunk) = k.ElementLaunch(groups);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, float, int, long, long> kernel = QuantizeAbsmaxKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, absmax, map, q, scale, offset, nestedBlockSize, groups, chunk);
+        if (threads > 0) k.Launch(QuantizeAbsmaxKernel, threads, absmax, map, q, scale, offset, nestedBlockSize, groups, chunk);
     }
 
     /// <summary>Restores the absmax vector (absmax.Length entries) from its double quantization.</summary>
     public static void DequantizeAbsmax(KernelSet k, ArrayView<byte> q, ArrayView<float> map, ArrayView<float> scale, float offset, ArrayView<float> absmax, int nestedBlockSize)
     {
         var (threads, chunk) = k.ElementLaunch(absmax.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<byte>, ArrayView<float>, ArrayView<float>, float, ArrayView<float>, int, long, long> kernel = DequantizeAbsmaxKernel;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, q, map, scale, offset, absmax, nestedBlockSize, absmax.Length, chunk);
+        if (threads > 0) k.Launch(DequantizeAbsmaxKernel, threads, q, map, scale, offset, absmax, nestedBlockSize, absmax.Length, chunk);
     }
 
     /// <summary>

@@ -240,8 +240,7 @@ public static class Nf4Matmul
         var (threads, chunk) = k.ElementLaunch(items);
         if (scratch.Length < (long)threads * depth * CpuColumns)
             throw new ArgumentException($"NF4 matmul scratch has {scratch.Length} floats, needs {(long)threads * depth * CpuColumns} (CpuScratchLength)");
-        Action<Index1D, ArrayView<T>, Nf4Weight, ArrayView<T>, ArrayView<float>, int, int, int, long, long, int, long, long> cpu = ColumnsKernel<T, S>;
-        k.Load(cpu, acc => acc.LoadAutoGroupedStreamKernel(cpu))(threads, a, w, c, scratch, rows, depth, cols, colStride, depthStride, accumulate ? 1 : 0, items, chunk);
+        k.Launch(ColumnsKernel<T, S>, threads, a, w, c, scratch, rows, depth, cols, colStride, depthStride, accumulate ? 1 : 0, items, chunk);
     }
 
     /// <summary>

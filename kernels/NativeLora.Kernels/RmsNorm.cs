@@ -89,8 +89,7 @@ public static class RmsNorm
         k.Load(kernel, a => a.LoadStreamKernel(kernel))(k.RowConfig(rows), x, w, dy, rstd, residualGrad, dx, dim);
         if (dw.Length > 0)
         {
-            Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int> wk = WeightGradKernel<T, S>;
-            k.Load(wk, a => a.LoadAutoGroupedStreamKernel(wk))(dim, x, dy, rstd, dw, rows, dim);
+            k.Launch(WeightGradKernel<T, S>, dim, x, dy, rstd, dw, rows, dim);
         }
     }
 

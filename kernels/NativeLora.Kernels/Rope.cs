@@ -1,5 +1,4 @@
 using ILGPU;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
@@ -118,9 +117,7 @@ public static class Rope
     {
         long n = (long)tokens * (headsA + headsB) * (headDim / 2);
         var (threads, chunk) = k.ElementLaunch(n);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int, int, float, long, long> kernel = RotateKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, xa, ya, xb, yb, positions, cos, sin, headsA, headsB, headDim, sign, n, chunk);
+        if (threads > 0) k.Launch(RotateKernel<T, S>, threads, xa, ya, xb, yb, positions, cos, sin, headsA, headsB, headDim, sign, n, chunk);
     }
 
     /// <summary>The CPU variant: tokens over cores, each head's two halves rotated with SIMD; sign −1 is the backward. y may alias x.</summary>

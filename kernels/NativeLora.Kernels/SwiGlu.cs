@@ -1,6 +1,5 @@
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Runtime;
 using System.Numerics.Tensors;
 
 namespace NativeLora.Kernels;
@@ -46,18 +45,14 @@ public static class SwiGlu
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(h.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = ForwardKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, gate, up, h, h.Length, chunk);
+        if (threads > 0) k.Launch(ForwardKernel<T, S>, threads, gate, up, h, h.Length, chunk);
     }
 
     public static void BackwardGpu<T, S>(KernelSet k, ArrayView<T> gate, ArrayView<T> up, ArrayView<T> dh, ArrayView<T> dgate, ArrayView<T> dup)
         where T : unmanaged where S : struct, IStorage<T>
     {
         var (threads, chunk) = k.ElementLaunch(dh.Length);
-        if (threads == 0) return;
-        Action<Index1D, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long, long> kernel = BackwardKernel<T, S>;
-        k.Load(kernel, a => a.LoadAutoGroupedStreamKernel(kernel))(threads, gate, up, dh, dgate, dup, dh.Length, chunk);
+        if (threads > 0) k.Launch(BackwardKernel<T, S>, threads, gate, up, dh, dgate, dup, dh.Length, chunk);
     }
 
     // ---- CPU: host SIMD kernels, blocks of elements over cores ----

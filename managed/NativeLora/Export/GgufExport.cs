@@ -103,8 +103,8 @@ public static class GgufExport
             w.AddTensor(ggufName, type, dims, () =>
             {
                 var data = files.ReadAsFloat32(hf);
-                if (arch == "llama" && hf.EndsWith("self_attn.q_proj.weight")) return GgufNames.PermuteQ<float>(data, shape[0], shape[1], c.NumHeads);
-                if (arch == "llama" && hf.EndsWith("self_attn.k_proj.weight")) return GgufNames.PermuteK<float>(data, shape[0], shape[1], c.NumHeads, c.NumKvHeads);
+                if (arch == "llama" && hf.EndsWith("self_attn.q_proj.weight")) return GgufNames.PermuteQk<float>(data, shape[0], shape[1], c.NumHeads);
+                if (arch == "llama" && hf.EndsWith("self_attn.k_proj.weight")) return GgufNames.PermuteQk<float>(data, shape[0], shape[1], c.NumKvHeads);
                 return data;
             });
         }
@@ -253,8 +253,8 @@ public static class GgufExport
             int r = config.R;
             var a = file.ReadA(target);
             var b = file.ReadB(target);
-            if (arch == "llama" && target.EndsWith("q_proj")) b = GgufNames.PermuteQ<float>(b, outF, r, c.NumHeads);
-            if (arch == "llama" && target.EndsWith("k_proj")) b = GgufNames.PermuteK<float>(b, outF, r, c.NumHeads, c.NumKvHeads);
+            if (arch == "llama" && target.EndsWith("q_proj")) b = GgufNames.PermuteQk<float>(b, outF, r, c.NumHeads);
+            if (arch == "llama" && target.EndsWith("k_proj")) b = GgufNames.PermuteQk<float>(b, outF, r, c.NumKvHeads);
             var aa = a; var bb = b;
             w.AddTensor(ggufName + ".lora_a", GgmlType.F32, new long[] { r, inF }, () => aa);
             w.AddTensor(ggufName + ".lora_b", GgmlType.F32, new long[] { outF, r }, () => bb);

@@ -1,7 +1,4 @@
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using NativeLora.Devices;
-using NativeLora.IO;
 using NativeLora.Kernels;
 using NativeLora.Lora;
 using NativeLora.Model;
@@ -67,13 +64,7 @@ public static class LoraMerge
                     () => ModelDirectory.Encode(Merged(device, k, baseFiles, adapters, name, target, shape), outDType));
             }
             writer.Write(outDir);
-            var json = config.ToJson();
-            json["torch_dtype"] = outDType switch { DType.BF16 => "bfloat16", DType.F16 => "float16", _ => "float32" };
-            AtomicFile.Write(Path.Combine(outDir, ModelDirectory.ConfigFileName), s =>
-            {
-                using var w = new Utf8JsonWriter(s, new JsonWriterOptions { Indented = true });
-                json.WriteTo(w);
-            });
+            ModelDirectory.WriteConfig(outDir, config, outDType);
             Text.HfTokenizer.CopyFiles(modelDir, outDir, "generation_config.json");
         }
         finally

@@ -93,19 +93,14 @@ public static class GgufNames
             hf.Slice(QkSourceRow(r, rows, heads) * cols, cols).CopyTo(gguf.Slice(r * cols, cols));
     }
 
-    /// <summary>q_proj: permuted with n_head.</summary>
-    public static T[] PermuteQ<T>(ReadOnlySpan<T> hf, int rows, int cols, int headCount)
+    /// <summary>
+    /// The permutation into a new array: q_proj's with heads = n_head, k_proj's with heads = n_head_kv
+    /// (convert_hf_to_gguf replaces n_head by n_head_kv when they differ).
+    /// </summary>
+    public static T[] PermuteQk<T>(ReadOnlySpan<T> hf, int rows, int cols, int heads)
     {
         var dst = new T[hf.Length];
-        PermuteQk(hf, dst, rows, cols, headCount);
-        return dst;
-    }
-
-    /// <summary>k_proj: permuted with n_head_kv (convert_hf_to_gguf replaces n_head by n_head_kv when they differ).</summary>
-    public static T[] PermuteK<T>(ReadOnlySpan<T> hf, int rows, int cols, int headCount, int kvHeadCount)
-    {
-        var dst = new T[hf.Length];
-        PermuteQk(hf, dst, rows, cols, kvHeadCount != headCount ? kvHeadCount : headCount);
+        PermuteQk(hf, dst, rows, cols, heads);
         return dst;
     }
 

@@ -103,14 +103,6 @@ public sealed class GgufValue
     public long[] AsInt64Array() => AsArray<long>(GgufValueType.Int64);
     public double[] AsFloat64Array() => AsArray<double>(GgufValueType.Float64);
 
-    /// <summary>Any unsigned or non-negative signed integer scalar as ulong: the spec lets writers pick u32 or u64 for counts.</summary>
-    public ulong AsUnsignedInteger() => _value switch
-    {
-        byte v => v, ushort v => v, uint v => v, ulong v => v,
-        sbyte v when v >= 0 => (ulong)v, short v when v >= 0 => (ulong)v, int v when v >= 0 => (ulong)v, long v when v >= 0 => (ulong)v,
-        _ => throw new InvalidCastException($"GGUF value is {Describe()}, not a non-negative integer"),
-    };
-
     /// <summary>The boxed scalar or typed array, for generic printing and comparison.</summary>
     public object RawValue => _value;
 

@@ -200,8 +200,15 @@ public static class ModelDirectory
             writer.Add(name, ToSafeTensorsDType(dtype), shape.Select(d => (long)d).ToArray(), Encode(data, dtype));
         }
         writer.Write(dir);
+        WriteConfig(dir, config, dtype);
+    }
+
+    /// <summary>config.json of a model written in dtype (its torch_dtype), with a GPTQ/AWQ checkpoint's quantization_config when given.</summary>
+    public static void WriteConfig(string dir, ModelConfig config, DType dtype, System.Text.Json.Nodes.JsonNode? quantizationConfig = null)
+    {
         var json = config.ToJson();
         json["torch_dtype"] = dtype switch { DType.BF16 => "bfloat16", DType.F16 => "float16", _ => "float32" };
+        if (quantizationConfig != null) json["quantization_config"] = quantizationConfig;
         AtomicFile.Write(Path.Combine(dir, ConfigFileName), s =>
         {
             using var w = new Utf8JsonWriter(s, new JsonWriterOptions { Indented = true });

@@ -80,11 +80,7 @@ public static class ElementwiseOp
 
     private readonly record struct AddCall(KernelSet K, Tensor A, Tensor B, Tensor Output) : IVariantOp
     {
-        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T>
-        {
-            if (ReferenceEquals(A, Output)) Elementwise.AddIntoGpu<T, S>(K, A.View<T>(), B.View<T>());
-            else Elementwise.AddGpu<T, S>(K, A.View<T>(), B.View<T>(), Output.View<T>());
-        }
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.AddGpu<T, S>(K, A.View<T>(), B.View<T>(), Output.View<T>());
         public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Elementwise.AddCpu<T, S>(A.Host<T>(), B.Host<T>(), Output.Host<T>());
     }
 

@@ -4,7 +4,7 @@ using static NativeLora.Ops.FloatDispatch;
 
 namespace NativeLora.Ops;
 
-/// <summary>Token embedding on tensors (kernels: Kernels/Embedding.cs).</summary>
+/// <summary>Token embedding on tensors (kernels: Kernels/Embedding.cs; the forward is RowScatter's gather in Kernels/Elementwise.cs).</summary>
 public static class EmbeddingOp
 {
     /// <summary>ids: I32 [tokens] with host copy hostIds for the range check; table [vocab, dim]; output [tokens, dim].</summary>
@@ -39,8 +39,9 @@ public static class EmbeddingOp
 
     private readonly record struct ForwardCall(KernelSet K, Tensor Ids, Tensor Table, Tensor Output, int Dim) : IVariantOp
     {
-        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Embedding.ForwardGpu(K, Ids.View<int>(), Table.View<T>(), Output.View<T>(), Dim);
-        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => Embedding.ForwardCpu(Ids.Host<int>(), Table.Host<T>(), Output.Host<T>(), Dim);
+        // the lookup is a row gather: row ids[t] of the table into row t of the output (ids checked above)
+        public void Gpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.GatherGpu(K, Table.View<T>(), Output.View<T>(), Ids.View<int>(), Dim);
+        public void Cpu<T, S>() where T : unmanaged where S : struct, IStorage<T> => RowScatter.GatherCpu(Table.Host<T>(), Output.Host<T>(), Ids.Host<int>(), Dim);
     }
 
     private readonly record struct BackwardCall(KernelSet K, Tensor Ids, Tensor DOutput, Tensor DTable, int Tokens, int Dim) : IVariantOp

@@ -12,15 +12,13 @@ public static class AwqFormat
 {
     public static readonly int[] Order = [0, 2, 4, 6, 1, 3, 5, 7];
 
-    public sealed record Packed(int[] QWeight, int[] QZeros, ushort[] Scales, int[] QWeightShape, int[] QZerosShape, int[] ScalesShape);
-
     public static void CheckShape(int outFeatures, int inFeatures, int groupSize, string name)
     {
         if (outFeatures % 8 != 0) throw new ArgumentException($"{name}: {outFeatures} output features do not fit AWQ's packing of 8 values per int32 word");
         if (inFeatures % groupSize != 0) throw new ArgumentException($"{name}: {inFeatures} input features are not a multiple of the group size {groupSize}");
     }
 
-    public static Packed Pack(QuantizedWeight q, string name = "weight")
+    public static PackedWeight Pack(QuantizedWeight q, string name = "weight")
     {
         if (q.Bits != 4) throw new ArgumentException($"{name}: the AWQ GEMM format is 4-bit, not {q.Bits}-bit");
         int outF = q.OutFeatures, inF = q.InFeatures, groups = q.Groups, w8 = outF / 8;
@@ -43,7 +41,7 @@ public static class AwqFormat
                 for (int j = 0; j < 8; j++) word |= (uint)(q.Zeros[(long)g * outF + 8 * c + Order[j]] & 15) << (4 * j);
                 qzeros[(long)g * w8 + c] = (int)word;
             }
-        return new Packed(qweight, qzeros, q.Scales.Select(FloatBits.FloatToHalf).ToArray(), [inF, w8], [groups, w8], [groups, outF]);
+        return new PackedWeight(qweight, qzeros, q.Scales.Select(FloatBits.FloatToHalf).ToArray(), null, [inF, w8], [groups, w8], [groups, outF]);
     }
 
     public static QuantizedWeight Unpack(int groupSize, int[] qweight, int[] qzeros, ushort[] scales, int outFeatures, int inFeatures, string name)

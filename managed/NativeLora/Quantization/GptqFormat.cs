@@ -11,8 +11,6 @@ namespace NativeLora.Quantization;
 /// </summary>
 public static class GptqFormat
 {
-    public sealed record Packed(int[] QWeight, int[] QZeros, ushort[] Scales, int[] GIdx, int[] QWeightShape, int[] QZerosShape, int[] ScalesShape);
-
     public static void CheckShape(int bits, int outFeatures, int inFeatures, string name)
     {
         int k = 32 / bits;
@@ -20,7 +18,7 @@ public static class GptqFormat
             throw new ArgumentException($"{name}: [{outFeatures}, {inFeatures}] does not fit the GPTQ packing of {k} {bits}-bit values per int32 word (both dimensions must be multiples of {k})");
     }
 
-    public static Packed Pack(QuantizedWeight q, string name = "weight")
+    public static PackedWeight Pack(QuantizedWeight q, string name = "weight")
     {
         int bits = q.Bits, k = 32 / bits, mask = (1 << bits) - 1, outF = q.OutFeatures, inF = q.InFeatures, groups = q.Groups;
         CheckShape(bits, outF, inF, name);
@@ -46,7 +44,7 @@ public static class GptqFormat
                 qzeros[(long)g * (outF / k) + c] = (int)word;
             }
         var scales = q.Scales.Select(FloatBits.FloatToHalf).ToArray();
-        return new Packed(qweight, qzeros, scales, (int[])q.GIdx.Clone(), [inF / k, outF], [groups, outF / k], [groups, outF]);
+        return new PackedWeight(qweight, qzeros, scales, (int[])q.GIdx.Clone(), [inF / k, outF], [groups, outF / k], [groups, outF]);
     }
 
     /// <summary>Reads the packed tensors back; groupSize is the config's (−1 = per-channel); g_idx may be null (then i / group).</summary>

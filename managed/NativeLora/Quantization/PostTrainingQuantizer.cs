@@ -1,8 +1,5 @@
 using System.Diagnostics;
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using NativeLora.Devices;
-using NativeLora.IO;
 using NativeLora.Kernels;
 using NativeLora.Model;
 using NativeLora.SafeTensors;
@@ -552,21 +549,11 @@ public static class PostTrainingQuantizer
     private static void Store(Dictionary<string, (SafeTensorsDType, long[], byte[])> outputs, string name, QuantizedWeight q, bool gptqFormat, Tensor? bias)
     {
         static long[] L(int[] s) => s.Select(d => (long)d).ToArray();
-        if (gptqFormat)
-        {
-            var p = GptqFormat.Pack(q, name);
-            outputs[name + ".qweight"] = (SafeTensorsDType.I32, L(p.QWeightShape), Bytes(p.QWeight));
-            outputs[name + ".qzeros"] = (SafeTensorsDType.I32, L(p.QZerosShape), Bytes(p.QZeros));
-            outputs[name + ".scales"] = (SafeTensorsDType.F16, L(p.ScalesShape), Bytes(p.Scales));
-            outputs[name + ".g_idx"] = (SafeTensorsDType.I32, [q.InFeatures], Bytes(p.GIdx));
-        }
-        else
-        {
-            var p = AwqFormat.Pack(q, name);
-            outputs[name + ".qweight"] = (SafeTensorsDType.I32, L(p.QWeightShape), Bytes(p.QWeight));
-            outputs[name + ".qzeros"] = (SafeTensorsDType.I32, L(p.QZerosShape), Bytes(p.QZeros));
-            outputs[name + ".scales"] = (SafeTensorsDType.F16, L(p.ScalesShape), Bytes(p.Scales));
-        }
+        var p = gptqFormat ? GptqFormat.Pack(q, name) : AwqFormat.Pack(q, name);
+        outputs[name + ".qweight"] = (SafeTensorsDType.I32, L(p.QWeightShape), Bytes(p.QWeight));
+        outputs[name + ".qzeros"] = (SafeTensorsDType.I32, L(p.QZerosShape), Bytes(p.QZeros));
+        outputs[name + ".scales"] = (SafeTensorsDType.F16, L(p.ScalesShape), Bytes(p.Scales));
+        if (p.GIdx != null) outputs[name + ".g_idx"] = (SafeTensorsDType.I32, [q.InFeatures], Bytes(p.GIdx));
         if (bias != null) outputs[name + ".bias"] = F16(bias);
     }
 
@@ -590,13 +577,6 @@ public static class PostTrainingQuantizer
             writer.Add(name, SafeTensorsDType.F16, shape.Select(d => (long)d).ToArray(), () => ModelDirectory.Encode(files.ReadAsFloat32(n), DType.F16));
         }
         writer.Write(outDir);
-        var json = c.ToJson();
-        json["torch_dtype"] = "float16";
-        json["quantization_config"] = QuantizedCheckpoint.ConfigJson(o);
-        AtomicFile.Write(Path.Combine(outDir, ModelDirectory.ConfigFileName), s =>
-        {
-            using var w = new Utf8JsonWriter(s, new JsonWriterOptions { Indented = true });
-            json.WriteTo(w);
-        });
+        ModelDirectory.WriteConfig(outDir, c, DType.F16, QuantizedCheckpoint.ConfigJson(o));
     }
 }

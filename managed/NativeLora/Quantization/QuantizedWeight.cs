@@ -50,3 +50,9 @@ public sealed class QuantizedWeight
         return w;
     }
 }
+
+/// <summary>
+/// A <see cref="QuantizedWeight"/> packed as a checkpoint stores it (by <see cref="GptqFormat"/> or <see cref="AwqFormat"/>):
+/// int32 <c>qweight</c> and <c>qzeros</c> words, f16 <c>scales</c> bits, their shapes, and <c>g_idx</c> (GPTQ only, null for AWQ).
+/// </summary>
+public sealed record PackedWeight(int[] QWeight, int[] QZeros, ushort[] Scales, int[]? GIdx, int[] QWeightShape, int[] QZerosShape, int[] ScalesShape);

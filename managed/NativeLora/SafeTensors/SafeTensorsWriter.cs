@@ -22,10 +22,16 @@ public sealed class SafeTensorsWriter
 
     public SafeTensorsWriter Add(string name, SafeTensorsDType dtype, long[] shape, ReadOnlyMemory<byte> data)
     {
-        long expected = ByteLength(name ?? throw new ArgumentNullException(nameof(name)), dtype, shape ?? throw new ArgumentNullException(nameof(shape)));
+        RequireLength(name ?? throw new ArgumentNullException(nameof(name)), dtype, shape ?? throw new ArgumentNullException(nameof(shape)), data);
+        return Add(name, dtype, shape, () => data);
+    }
+
+    /// <summary>Checks that data holds exactly the bytes of the shape (the writers' Add with bytes in hand).</summary>
+    internal static void RequireLength(string name, SafeTensorsDType dtype, long[] shape, ReadOnlyMemory<byte> data)
+    {
+        long expected = ByteLength(name, dtype, shape);
         if (expected != data.Length)
             throw new ArgumentException($"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype.ToHeaderString()} needs {expected} bytes, got {data.Length}", nameof(data));
-        return Add(name, dtype, shape, () => data);
     }
 
     /// <summary>Adds a tensor whose bytes are produced only when the file is written (called once).</summary>

@@ -213,16 +213,10 @@ public sealed class ShardedSafeTensorsWriter
     {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(shape);
-        if (!_names.Add(name)) throw new ArgumentException($"tensor '{name}' was already added", nameof(name));
+        if (_names.Contains(name)) throw new ArgumentException($"tensor '{name}' was already added", nameof(name));
         // Full validation happens again in SafeTensorsWriter.Add; doing it now reports errors at the caller's line.
-        long expected = SafeTensorsWriter.ByteLength(name, dtype, shape);
-        if (expected != data.Length)
-        {
-            _names.Remove(name);
-            throw new ArgumentException($"tensor '{name}': shape [{string.Join(", ", shape)}] of {dtype.ToHeaderString()} needs {expected} bytes, got {data.Length}", nameof(data));
-        }
-        _tensors.Add((name, dtype, (long[])shape.Clone(), expected, () => data));
-        return this;
+        SafeTensorsWriter.RequireLength(name, dtype, shape, data);
+        return Add(name, dtype, shape, () => data);
     }
 
     /// <summary>Adds a tensor produced only when its shard is written (peak memory: one tensor).</summary>

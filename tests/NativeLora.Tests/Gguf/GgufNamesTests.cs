@@ -58,7 +58,7 @@ public class GgufNamesTests
     public void QkPermutationMatchesTheIndexFormula(int rows, int cols, int heads)
     {
         var hf = Enumerable.Range(0, rows * cols).Select(v => (float)v).ToArray();
-        var gguf = GgufNames.PermuteQ<float>(hf, rows, cols, heads);
+        var gguf = GgufNames.PermuteQk<float>(hf, rows, cols, heads);
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++)
                 Assert.That(gguf[r * cols + c], Is.EqualTo(hf[HfRowOf(r, rows, heads) * cols + c]), $"row {r} col {c}");
@@ -69,27 +69,24 @@ public class GgufNamesTests
     public void QkPermutationSmallCaseSpelledOut()
     {
         // One head, 4 rows (pairs (r0, r2) and (r1, r3) in HF's half-split layout): GGUF interleaves them as r0, r2, r1, r3.
-        Assert.That(GgufNames.PermuteQ<int>([0, 1, 2, 3], 4, 1, 1), Is.EqualTo(new[] { 0, 2, 1, 3 }));
+        Assert.That(GgufNames.PermuteQk<int>([0, 1, 2, 3], 4, 1, 1), Is.EqualTo(new[] { 0, 2, 1, 3 }));
         // Two heads of 4: each head permuted on its own.
-        Assert.That(GgufNames.PermuteQ<int>([0, 1, 2, 3, 4, 5, 6, 7], 8, 1, 2), Is.EqualTo(new[] { 0, 2, 1, 3, 4, 6, 5, 7 }));
+        Assert.That(GgufNames.PermuteQk<int>([0, 1, 2, 3, 4, 5, 6, 7], 8, 1, 2), Is.EqualTo(new[] { 0, 2, 1, 3, 4, 6, 5, 7 }));
     }
 
     [Test]
-    public void KUsesTheKvHeadCount()
+    public void KPermutationDependsOnTheKvHeadCount()
     {
-        // Llama 3 shapes scaled down: 8 query heads, 2 kv heads, head_dim 4 → k_proj has 8 rows.
+        // Llama 3 shapes scaled down: 8 query heads, 2 kv heads, head_dim 4 → k_proj has 8 rows, permuted with n_head_kv = 2.
         var k = Enumerable.Range(0, 8 * 3).ToArray();
-        var permuted = GgufNames.PermuteK<int>(k, 8, 3, headCount: 8, kvHeadCount: 2);
-        Assert.That(permuted, Is.EqualTo(GgufNames.PermuteQ<int>(k, 8, 3, 2)));
-        Assert.That(permuted, Is.Not.EqualTo(GgufNames.PermuteQ<int>(k, 8, 3, 4)));
-        Assert.That(GgufNames.PermuteK<int>(k, 8, 3, 2, 2), Is.EqualTo(permuted), "no GQA: n_head");
+        Assert.That(GgufNames.PermuteQk<int>(k, 8, 3, 2), Is.Not.EqualTo(GgufNames.PermuteQk<int>(k, 8, 3, 4)));
     }
 
     [Test]
     public void PermutationRejectsBadShapes()
     {
-        Assert.Throws<ArgumentException>(() => GgufNames.PermuteQ<float>(new float[6], 6, 1, 4), "6 rows are not 4 heads of pairs");
-        Assert.Throws<ArgumentException>(() => GgufNames.PermuteQ<float>(new float[8], 4, 1, 1), "length mismatch");
+        Assert.Throws<ArgumentException>(() => GgufNames.PermuteQk<float>(new float[6], 6, 1, 4), "6 rows are not 4 heads of pairs");
+        Assert.Throws<ArgumentException>(() => GgufNames.PermuteQk<float>(new float[8], 4, 1, 1), "length mismatch");
         Assert.Throws<ArgumentOutOfRangeException>(() => GgufNames.QkSourceRow(8, 8, 2));
     }
 }

@@ -129,8 +129,8 @@ public class PeftAdapterFileTests : TempDirTests
             foreach (var (name, expected) in reference)
             {
                 var shape = CausalLm.ExpectedParameters(c).Single(p => p.Name == name).Shape;
-                var want = name.EndsWith("q_proj.weight") ? GgufNames.PermuteQ<double>(expected, shape[0], shape[1], c.NumHeads)
-                    : name.EndsWith("k_proj.weight") ? GgufNames.PermuteK<double>(expected, shape[0], shape[1], c.NumHeads, c.NumKvHeads) : expected;
+                var want = name.EndsWith("q_proj.weight") ? GgufNames.PermuteQk<double>(expected, shape[0], shape[1], c.NumHeads)
+                    : name.EndsWith("k_proj.weight") ? GgufNames.PermuteQk<double>(expected, shape[0], shape[1], c.NumKvHeads) : expected;
                 Check.Close(g.ReadAsFloat32(GgufNames.FromHf(name)), want, 1e-6, $"GGUF {name} ({spelling}, {dtype}, {variant})", seed);
             }
 
@@ -150,8 +150,8 @@ public class PeftAdapterFileTests : TempDirTests
         {
             string target = name[..^".weight".Length];
             var b = raw2.ReadAsFloat32(Spell($"base_model.model.{target}.lora_B.weight", spelling));
-            if (name.EndsWith("q_proj.weight")) b = GgufNames.PermuteQ<float>(b, shape[0], cfg.R, c.NumHeads);
-            if (name.EndsWith("k_proj.weight")) b = GgufNames.PermuteK<float>(b, shape[0], cfg.R, c.NumHeads, c.NumKvHeads);
+            if (name.EndsWith("q_proj.weight")) b = GgufNames.PermuteQk<float>(b, shape[0], cfg.R, c.NumHeads);
+            if (name.EndsWith("k_proj.weight")) b = GgufNames.PermuteQk<float>(b, shape[0], cfg.R, c.NumKvHeads);
             Assert.That(lg.ReadAsFloat32(GgufNames.FromHf(name) + ".lora_a"), Is.EqualTo(raw2.ReadAsFloat32(Spell($"base_model.model.{target}.lora_A.weight", spelling))), name);
             Assert.That(lg.ReadAsFloat32(GgufNames.FromHf(name) + ".lora_b"), Is.EqualTo(b), name);
             adapted++;
