@@ -30,8 +30,7 @@ public sealed class ServerWorld : IDisposable
         Root = Directory.CreateTempSubdirectory("nl-serve-").FullName;
         ModelDir = Path.Combine(Root, "tiny");
         AdapterRoot = Path.Combine(Root, "adapters");
-        var tokDir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "mistral");
-        Assert.That(File.Exists(Path.Combine(tokDir, "tokenizer.json")), Is.True, $"{tokDir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
+        var tokDir = Tests.Text.TokenizerReference.Dir("mistral");
         var config = new ModelConfig // vocabulary, bos and eos come from the tokenizer
         {
             ModelType = "llama", HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
