@@ -20,7 +20,7 @@ public class DemoMemoryTests : TempDirTests
             "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model, "--seed", "0");
         Assert.That(code, Is.EqualTo(0), err);
         var run = Path.Combine(Dir, "run");
-        (code, _, err) = CliTests.Run("train", "--config", Path.Combine(Root, "data", "demo", "train.json"), "--model", model, "--output-Dir", run, "--max-steps", "25");
+        (code, _, err) = CliTests.Run("train", "--config", Path.Combine(Root, "data", "demo", "train.json"), "--model", model, "--output-dir", run, "--max-steps", "25");
         Assert.That(code, Is.EqualTo(0), err);
         var steps = File.ReadAllLines(Path.Combine(run, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).ToList();
         Assert.That(steps.Select(s => (int)s["step"]!), Is.EqualTo(Enumerable.Range(1, 25)));

@@ -7,6 +7,7 @@ using NativeLora.Server;
 using NativeLora.Serving;
 using NativeLora.Tests.Kernels;
 using NativeLora.Tests.Support;
+using NativeLora.Tests.Text;
 using NativeLora.Text;
 
 namespace NativeLora.Tests.Server;
@@ -30,7 +31,7 @@ public sealed class ServerWorld : IDisposable
         Root = Directory.CreateTempSubdirectory("nl-serve-").FullName;
         ModelDir = Path.Combine(Root, "tiny");
         AdapterRoot = Path.Combine(Root, "adapters");
-        var tokDir = Tests.Text.TokenizerReference.Dir("mistral");
+        var tokDir = TokenizerReference.Dir("mistral");
         var config = new ModelConfig // vocabulary, bos and eos come from the tokenizer
         {
             ModelType = "llama", HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
