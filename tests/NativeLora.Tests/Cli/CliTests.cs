@@ -25,9 +25,10 @@ public class CliTests : TempDirTests
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
-    private string TinyConfig(string type, int layers = 1)
+    /// <summary>A tiny model config.json of <paramref name="type"/> written into <paramref name="dir"/>, for `init-model`.</summary>
+    internal static string TinyConfig(string dir, string type, int layers = 1)
     {
-        var path = Path.Combine(Dir, $"{type}.json");
+        var path = Path.Combine(dir, $"{type}.json");
         File.WriteAllText(path, $$"""
             {"model_type": "{{type}}", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": {{layers}},
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": {{(type == "qwen2" ? "true" : "false")}}}
@@ -41,7 +42,7 @@ public class CliTests : TempDirTests
     public void InitModelThenGenerateTextAndIds(string type, string tokenizer)
     {
         var model = Path.Combine(Dir, "m");
-        var (code, stdout, stderr) = Run("init-model", "--config", TinyConfig(type), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", tokenizer), "--out", model);
+        var (code, stdout, stderr) = Run("init-model", "--config", TinyConfig(Dir, type), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", tokenizer), "--out", model);
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain($"wrote {model}: {type}"));
         var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(model, "config.json")))!;
@@ -65,7 +66,7 @@ public class CliTests : TempDirTests
     public async Task ServeAnswersOverHttpUntilStopped()
     {
         var model = Path.Combine(Dir, "m");
-        var (code, _, stderr) = Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model);
+        var (code, _, stderr) = Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model);
         Assert.That(code, Is.EqualTo(0), stderr);
         // bad options fail before anything binds, with the reason
         (code, _, stderr) = RunWithEnv(new Dictionary<string, string> { ["NL_TEST_UNSET_KEY"] = "" }, "serve", "--model", model, "--api-key-env", "NL_TEST_UNSET_KEY");
@@ -129,7 +130,7 @@ public class CliTests : TempDirTests
     public void ExportGgufAndInspectBothFormats()
     {
         var model = Path.Combine(Dir, "m");
-        Assert.That(Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
+        Assert.That(Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
         var gguf = Path.Combine(Dir, "m.gguf");
         var (code, stdout, stderr) = Run("export-gguf", "--model", model, "--out", gguf, "--type", "q8_0");
         Assert.That(code, Is.EqualTo(0), stderr);
@@ -160,7 +161,7 @@ public class CliTests : TempDirTests
     public void TrainDryRunPrintsTheTrainableRatioAndTheResolvedConfig()
     {
         var model = Path.Combine(Dir, "m");
-        Assert.That(Run("init-model", "--config", TinyConfig("llama", 2), "--out", model).Code, Is.EqualTo(0));
+        Assert.That(Run("init-model", "--config", TinyConfig(Dir, "llama", 2), "--out", model).Code, Is.EqualTo(0));
         var config = Path.Combine(Dir, "run.json");
         File.WriteAllText(config, $$"""{ "model": "{{model}}", "lora_r": 8, "target_modules": ["q_proj", "v_proj"] }""");
         var (code, stdout, stderr) = Run("train", "--config", config, "--learning-rate", "0.001", "--dry-run");
@@ -175,7 +176,7 @@ public class CliTests : TempDirTests
     public void TrainRunsEndToEndAndLeavesAdapterMetricsAndPlot()
     {
         var model = Path.Combine(Dir, "m");
-        Assert.That(Run("init-model", "--config", TinyConfig("llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
+        Assert.That(Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
         var data = Path.Combine(Dir, "d.jsonl");
         File.WriteAllLines(data, Enumerable.Range(0, 12).Select(i => $$"""{"instruction": "Say {{i}}.", "output": "{{i}}"}""").Append("{broken"));
         var outDir = Path.Combine(Dir, "run");

@@ -2,12 +2,13 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using NativeLora.Cli;
+using NativeLora.Tests.Support;
 using NativeLora.Training;
 
 namespace NativeLora.Tests.Cli;
 
 /// <summary>`train`'s config-key flags (ConfigFlags): one per TrainingConfig key, read as CommandLineParser reads options.</summary>
-public class TrainOptionsTests
+public class TrainOptionsTests : TempDirTests
 {
     // the keys a config file can set, found here from the record's properties rather than from ConfigFlags' own list
     private static readonly System.Reflection.PropertyInfo[] Keys = typeof(TrainingConfig).GetProperties().Where(p => p.CanWrite).ToArray();
@@ -65,17 +66,13 @@ public class TrainOptionsTests
         var taken = ConfigFlags.Take(["train", "--config", "run.json", "--learning-rate", "0.5", "--dry-run", "--target-modules", "q_proj", "--resume"]);
         Assert.That(taken.Rest, Is.EqualTo(new[] { "train", "--config", "run.json", "--dry-run", "--resume" }));
         var o = new TrainOptions { ConfigKeys = taken.ConfigKeys };
-        var file = Path.GetTempFileName();
-        try
-        {
-            File.WriteAllText(file, """{ "model": "m", "learning_rate": 0.1, "lora_r": 4, "modules_to_save": ["lm_head"] }""");
-            var c = TrainingConfig.Load(file, o.Overrides());
-            Assert.That(c.LearningRate, Is.EqualTo(0.5), "a flag overrides the file");
-            Assert.That(c.LoraR, Is.EqualTo(4), "the file's key stays where no flag is given");
-            Assert.That(c.TargetModules, Is.EqualTo(new[] { "q_proj" }));
-            Assert.That(c.ModulesToSave, Is.EqualTo(new[] { "lm_head" }));
-        }
-        finally { File.Delete(file); }
+        var file = Path.Combine(Dir, "run.json");
+        File.WriteAllText(file, """{ "model": "m", "learning_rate": 0.1, "lora_r": 4, "modules_to_save": ["lm_head"] }""");
+        var c = TrainingConfig.Load(file, o.Overrides());
+        Assert.That(c.LearningRate, Is.EqualTo(0.5), "a flag overrides the file");
+        Assert.That(c.LoraR, Is.EqualTo(4), "the file's key stays where no flag is given");
+        Assert.That(c.TargetModules, Is.EqualTo(new[] { "q_proj" }));
+        Assert.That(c.ModulesToSave, Is.EqualTo(new[] { "lm_head" }));
         Assert.That(ConfigFlags.Take(["generate", "--lora-r", "8"]).Rest, Is.EqualTo(new[] { "generate", "--lora-r", "8" }), "only train has config-key flags");
     }
 

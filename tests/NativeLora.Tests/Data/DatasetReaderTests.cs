@@ -1,22 +1,16 @@
 using NativeLora.Data;
 using NativeLora.Text;
 using NativeLora.Tests.Support;
+using NativeLora.Tests.Text;
 
 namespace NativeLora.Tests.Data;
 
 public class DatasetReaderTests : TempDirTests
 {
-    private static string TokenizerDir(string name)
-    {
-        var dir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", name);
-        Assert.That(File.Exists(Path.Combine(dir, "tokenizer.json")), Is.True, $"{dir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
-        return dir;
-    }
-
     [Test]
     public void ResponseMaskCoversExactlyTheAssistantTurnsInTheLlama3Template()
     {
-        using var tok = HfTokenizer.Load(TokenizerDir("llama3"));
+        using var tok = HfTokenizer.Load(TokenizerReference.Dir("llama3"));
         var f = new ExampleFormatter(tok, trainOnPrompt: false);
         Assert.That(tok.ChatTemplate, Is.Not.Null);
         var e = f.FromMessages(new[]
@@ -40,7 +34,7 @@ public class DatasetReaderTests : TempDirTests
     [Test]
     public void AllShapesMalformedRowsAndCleaningAreReported()
     {
-        using var tok = HfTokenizer.Load(TokenizerDir("llama3"));
+        using var tok = HfTokenizer.Load(TokenizerReference.Dir("llama3"));
         var f = new ExampleFormatter(tok, false);
         var path = Path.Combine(Dir, "d.jsonl");
         File.WriteAllLines(path, new[]
@@ -79,7 +73,7 @@ public class DatasetReaderTests : TempDirTests
     [Test]
     public void AlpacaJsonArrayWithoutChatTemplateUsesTheAlpacaPrompt()
     {
-        using var tok = HfTokenizer.Load(TokenizerDir("mistral"));
+        using var tok = HfTokenizer.Load(TokenizerReference.Dir("mistral"));
         var f = new ExampleFormatter(tok, false);
         Assert.That(tok.ChatTemplate, Is.Null, "the @lenml Mistral files carry no chat template");
         var path = Path.Combine(Dir, "a.json");

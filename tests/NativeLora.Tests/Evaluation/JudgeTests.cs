@@ -4,11 +4,12 @@ using System.Net.Sockets;
 using System.Text;
 using System.Text.Json.Nodes;
 using NativeLora.Evaluation;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Evaluation;
 
 /// <summary>LlmJudge against a stub OpenAI-compatible server on 127.0.0.1 (HttpListener, started and stopped per test).</summary>
-public class JudgeTests
+public class JudgeTests : TempDirTests
 {
     private const string Key = "sk-test-SECRET-1234567890";
 
@@ -93,17 +94,13 @@ public class JudgeTests
 
     private static readonly (string, string, string)[] One = { ("Name a primary colour.", "Red.", "Blue is one.") };
 
-    private string _cache = null!;
     private readonly List<TimeSpan> _delays = new();
 
     [SetUp]
-    public void MakeDir() { _cache = Directory.CreateTempSubdirectory("nl-judge-").FullName; lock (_delays) _delays.Clear(); }
-
-    [TearDown]
-    public void RemoveDir() => Directory.Delete(_cache, true);
+    public void ClearDelays() { lock (_delays) _delays.Clear(); }
 
     private LlmJudge Judge(Uri baseUrl, string? key = Key, int maxConcurrency = 4, int maxRetries = 4) =>
-        new(baseUrl, "judge-model", key, _cache, maxConcurrency, maxRetries)
+        new(baseUrl, "judge-model", key, Dir, maxConcurrency, maxRetries)
         {
             Delay = (d, _) => { lock (_delays) _delays.Add(d); return Task.CompletedTask; },
             RequestTimeout = TimeSpan.FromSeconds(20),
@@ -213,7 +210,7 @@ public class JudgeTests
         Assert.That(ex.ToString(), Does.Not.Contain(Key));
         Assert.That(_delays, Does.Contain(TimeSpan.FromSeconds(0.2)).And.Contain(TimeSpan.FromSeconds(0.4)));
         Assert.That(_delays, Has.All.EqualTo(TimeSpan.FromSeconds(0.2)).Or.EqualTo(TimeSpan.FromSeconds(0.4)));
-        Assert.That(Directory.GetFiles(_cache), Is.Empty);
+        Assert.That(Directory.GetFiles(Dir), Is.Empty);
     }
 
     [Test]
@@ -269,7 +266,7 @@ public class JudgeTests
         using (var first = Judge(stub.BaseUrl))
             Assert.That((await first.ScoreAsync(items, CancellationToken.None)).All(s => !s.FromCache), Is.True);
         Assert.That(stub.Requests, Has.Count.EqualTo(2));
-        var files = Directory.GetFiles(_cache);
+        var files = Directory.GetFiles(Dir);
         Assert.That(files, Has.Length.EqualTo(2));
         Assert.That(files.Select(File.ReadAllText), Has.All.Not.Contain(Key));
 

@@ -23,11 +23,7 @@ public class CliTrainingTests
     public void MakeModel()
     {
         _dir = Directory.CreateTempSubdirectory("nl-hostile-cli-").FullName;
-        var config = Path.Combine(_dir, "tiny.json");
-        File.WriteAllText(config, """
-            {"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": false}
-            """);
+        var config = CliTests.TinyConfig(_dir, "llama");
         _model = Path.Combine(_dir, "m");
         var (code, _, err) = CliTests.Run("init-model", "--config", config, "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", _model);
         Assert.That(code, Is.EqualTo(0), err);

@@ -1,4 +1,5 @@
 using NativeLora.Tests.Cli;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Hostile;
 
@@ -7,7 +8,7 @@ namespace NativeLora.Tests.Hostile;
 /// so in one line with the first bytes, whatever the extension (the readers' own hostile-file tests are in
 /// Gguf/GgufHostileTests and SafeTensors/SafeTensorsHostileTests).
 /// </summary>
-public class FileTests : SafeTensors.TempDirectoryTest
+public class FileTests : TempDirTests
 {
     [Test]
     public void InspectOfAFileThatIsNeitherFormatSaysSoWithItsFirstBytes()

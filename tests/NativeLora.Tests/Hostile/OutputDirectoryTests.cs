@@ -1,5 +1,6 @@
 using NativeLora.Lora;
 using NativeLora.Tests.Model;
+using NativeLora.Tests.Support;
 using NativeLora.Tests.Training;
 using NativeLora.Training;
 
@@ -10,7 +11,7 @@ namespace NativeLora.Tests.Hostile;
 /// --overwrite-output-dir leaves no old checkpoint behind, every checkpoint carries its run's id, and
 /// --resume / --resume-if-exists say what they found (RunDirectory).
 /// </summary>
-public class OutputDirectoryTests : SafeTensors.TempDirectoryTest
+public class OutputDirectoryTests : TempDirTests
 {
 
 

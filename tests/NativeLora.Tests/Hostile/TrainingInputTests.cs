@@ -1,5 +1,7 @@
 using System.Text;
 using NativeLora.Data;
+using NativeLora.Tests.Support;
+using NativeLora.Tests.Text;
 using NativeLora.Text;
 
 namespace NativeLora.Tests.Hostile;
@@ -9,16 +11,14 @@ namespace NativeLora.Tests.Hostile;
 /// what can reach the first max_seq_len tokens), a row over the byte cap is one `file:line:` line, and
 /// truncating a cut row gives exactly the tokens of truncating the whole row.
 /// </summary>
-public class TrainingInputTests : SafeTensors.TempDirectoryTest
+public class TrainingInputTests : TempDirTests
 {
     private static HfTokenizer _tok = null!;
 
     [OneTimeSetUp]
     public void LoadTokenizer()
     {
-        var dir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "llama3");
-        Assert.That(File.Exists(Path.Combine(dir, "tokenizer.json")), Is.True, $"{dir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
-        _tok = HfTokenizer.Load(dir);
+        _tok = HfTokenizer.Load(TokenizerReference.Dir("llama3"));
     }
 
     [OneTimeTearDown]

@@ -1,14 +1,14 @@
 using System.Text;
 using NativeLora.Hub;
 using NativeLora.Model;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Hub;
 
 /// <summary>Hub ids resolved through the shared Hugging Face cache, and downloads from a loopback server that answers like the Hub.</summary>
-public class HubTests
+public class HubTests : TempDirTests
 {
     private const string C1 = "1111111111111111111111111111111111111111", C0 = "0000000000000000000000000000000000000abc";
-    private string _dir = null!;
     private string _cache = null!;
     private FakeHub _hub = null!;
     private Dictionary<string, byte[]> _files = null!;
@@ -16,9 +16,8 @@ public class HubTests
     [SetUp]
     public void SetUp()
     {
-        _dir = Directory.CreateTempSubdirectory("nl-hub-").FullName;
-        _cache = Path.Combine(_dir, "hub-cache");
-        var model = Path.Combine(_dir, "source");
+        _cache = Path.Combine(Dir, "hub-cache");
+        var model = Path.Combine(Dir, "source");
         RandomInit.SaveModelDirectory(model, new ModelConfig
         {
             ModelType = "llama", VocabSize = 64, HiddenSize = 32, IntermediateSize = 48, NumLayers = 1, NumHeads = 4, NumKvHeads = 2,
@@ -34,11 +33,7 @@ public class HubTests
     }
 
     [TearDown]
-    public void TearDown()
-    {
-        _hub.Dispose();
-        Directory.Delete(_dir, true);
-    }
+    public void StopHub() => _hub.Dispose();
 
     private HubSettings Settings(string? token = FakeHub.Token, bool offline = false, string? endpoint = null) =>
         new(_cache, new Uri(endpoint ?? _hub.Url), token, offline);
@@ -99,7 +94,7 @@ public class HubTests
         Assert.That(File.Exists(Path.Combine(Repo, "blobs", sha + ".incomplete")), Is.False);
         Assert.That(File.Exists(Path.Combine(Repo, "snapshots", C1, "model.safetensors")), Is.False);
         // a regular file is checked against its git blob SHA-1
-        var config = Path.Combine(_dir, "config.json");
+        var config = Path.Combine(Dir, "config.json");
         File.WriteAllBytes(config, _files["config.json"]);
         Assert.That(HubClient.Verify(config, FakeHub.GitSha1(_files["config.json"])), Is.Null);
         File.AppendAllText(config, " ");
@@ -172,8 +167,8 @@ public class HubTests
         var cwd = Environment.CurrentDirectory;
         try
         {
-            Environment.CurrentDirectory = _dir;
-            Directory.CreateDirectory(Path.Combine(_dir, "acme", "tiny"));
+            Environment.CurrentDirectory = Dir;
+            Directory.CreateDirectory(Path.Combine(Dir, "acme", "tiny"));
             Assert.That(ModelSource.Resolve("acme/tiny", Settings()), Is.EqualTo("acme/tiny"));
             Assert.That(_hub.Log, Is.Empty);
         }
@@ -187,7 +182,7 @@ public class HubTests
     [Test]
     public void SettingsAreReadFromTheEnvironmentAsHuggingFaceHubReadsThem()
     {
-        var home = Path.Combine(_dir, "hf-home");
+        var home = Path.Combine(Dir, "hf-home");
         Directory.CreateDirectory(home);
         File.WriteAllText(Path.Combine(home, "token"), "hf_from_file\n");
         HubSettings With(params (string, string)[] vars) { var d = vars.ToDictionary(v => v.Item1, v => v.Item2); return HubSettings.From(k => d.GetValueOrDefault(k)); }
@@ -218,7 +213,7 @@ public class HubTests
         var plain = stdout;
 
         // an adapter that names its base by Hub id: generate without --model loads that base (offline, from the cache)
-        var adapterDir = Path.Combine(_dir, "lora");
+        var adapterDir = Path.Combine(Dir, "lora");
         using (var model = ModelDirectory.Load(Support.TestDevice.Shared, Path.Combine(Repo, "snapshots", C1), global::NativeLora.Tensors.DType.F32))
             Kernels.MultiLoraTests.SaveRandomAdapter(model, adapterDir, new global::NativeLora.Lora.LoraConfig { R = 4, Alpha = 8, BaseModelNameOrPath = "acme/tiny" }, 7);
         var withBase = Cli.CliTests.RunWithEnv(env, "generate", "--adapter", adapterDir, "--prompt-ids", "1,2,3", "--print-ids", "--max-new-tokens", "2");

@@ -10,7 +10,7 @@ namespace NativeLora.Tests.Model;
 /// file itself and rotates interleaved pairs on unpermuted weights: agreement proves the Q/K
 /// permutation, the tied classifier and the GQA mapping.
 /// </summary>
-public class Llama2cImportTests
+public class Llama2cImportTests : TempDirTests
 {
     /// <summary>../shared/data/stories260K.bin beside the checkout (or beside a folder of worktrees above it).</summary>
     internal static string Stories260K
@@ -118,61 +118,46 @@ public class Llama2cImportTests
     public void ImportedModelMatchesRunCAndContinuesGreedilyTheSame()
     {
         Assert.That(File.Exists(Stories260K), Is.True, $"shared data {Stories260K} is missing (it lies beside the checkout in ../shared/data)");
-        var dir = Path.Combine(Path.GetTempPath(), "nl-import-" + Guid.NewGuid().ToString("N"));
-        try
-        {
-            var (config, weights) = Llama2cImporter.Read(Stories260K);
-            Assert.That((config.HiddenSize, config.NumLayers, config.NumHeads, config.NumKvHeads, config.VocabSize, config.TieWordEmbeddings),
-                Is.EqualTo((64, 5, 8, 4, 512, true)));
-            ModelDirectory.Save(dir, config, weights, DType.F32);
-            using var model = ModelDirectory.Load(TestDevice.Shared, dir, DType.F32);
-            var reference = new RunC(Stories260K);
+        var (config, weights) = Llama2cImporter.Read(Stories260K);
+        Assert.That((config.HiddenSize, config.NumLayers, config.NumHeads, config.NumKvHeads, config.VocabSize, config.TieWordEmbeddings),
+            Is.EqualTo((64, 5, 8, 4, 512, true)));
+        ModelDirectory.Save(Dir, config, weights, DType.F32);
+        using var model = ModelDirectory.Load(TestDevice.Shared, Dir, DType.F32);
+        var reference = new RunC(Stories260K);
 
-            // greedy continuation of a fixed prompt, 24 new tokens, by full forwards
-            var tokens = new List<int> { 1, 403, 407, 261, 378 };
-            var refTokens = new List<int>(tokens);
-            for (int step = 0; step < 24; step++)
-            {
-                var logits = model.Logits(TokenBatch.FromSequences(new[] { tokens.ToArray() }));
-                tokens.Add(ArgMax(logits.AsSpan((tokens.Count - 1) * config.VocabSize, config.VocabSize)));
-                var refLogits = reference.Forward(refTokens.ToArray())[^1];
-                refTokens.Add(Array.IndexOf(refLogits, refLogits.Max()));
-            }
-            Assert.That(tokens, Is.EqualTo(refTokens), "greedy continuation differs from run.c's");
-            // and the KV-cached generator continues the same way
-            var generated = new Generator(model).Generate(new[] { 1, 403, 407, 261, 378 }, 24, new Sampler(new SamplingOptions()), new HashSet<int>());
-            Assert.That(generated, Is.EqualTo(refTokens.Skip(5).ToList()), "KV-cached greedy generation differs");
-            var all = model.Logits(TokenBatch.FromSequences(new[] { tokens.ToArray() }));
-            var expected = reference.Forward(tokens.ToArray()).SelectMany(r => r).ToArray();
-            Check.Close(all, expected, 1e-4, "stories260K logits vs float64 run.c", 0);
-        }
-        finally
+        // greedy continuation of a fixed prompt, 24 new tokens, by full forwards
+        var tokens = new List<int> { 1, 403, 407, 261, 378 };
+        var refTokens = new List<int>(tokens);
+        for (int step = 0; step < 24; step++)
         {
-            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+            var logits = model.Logits(TokenBatch.FromSequences(new[] { tokens.ToArray() }));
+            tokens.Add(ArgMax(logits.AsSpan((tokens.Count - 1) * config.VocabSize, config.VocabSize)));
+            var refLogits = reference.Forward(refTokens.ToArray())[^1];
+            refTokens.Add(Array.IndexOf(refLogits, refLogits.Max()));
         }
+        Assert.That(tokens, Is.EqualTo(refTokens), "greedy continuation differs from run.c's");
+        // and the KV-cached generator continues the same way
+        var generated = new Generator(model).Generate(new[] { 1, 403, 407, 261, 378 }, 24, new Sampler(new SamplingOptions()), new HashSet<int>());
+        Assert.That(generated, Is.EqualTo(refTokens.Skip(5).ToList()), "KV-cached greedy generation differs");
+        var all = model.Logits(TokenBatch.FromSequences(new[] { tokens.ToArray() }));
+        var expected = reference.Forward(tokens.ToArray()).SelectMany(r => r).ToArray();
+        Check.Close(all, expected, 1e-4, "stories260K logits vs float64 run.c", 0);
     }
 
     [Test]
     public void TruncatedOrHostileCheckpointsAreRejected()
     {
-        var path = Path.Combine(Path.GetTempPath(), "nl-bad-" + Guid.NewGuid().ToString("N") + ".bin");
-        try
-        {
-            File.WriteAllBytes(path, new byte[10]);
-            Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("too short"));
-            var header = new[] { 64, 172, 5, 8, 4, 512, 512 };
-            File.WriteAllBytes(path, header.SelectMany(BitConverter.GetBytes).Concat(new byte[4000]).ToArray());
-            Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("truncated"));
-            header = new[] { 64, 172, 5, 7, 4, 512, 512 }; // 7 heads do not divide 64
-            File.WriteAllBytes(path, header.SelectMany(BitConverter.GetBytes).ToArray());
-            Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("n_heads must divide dim"));
-            header = new[] { int.MaxValue, 172, 5, 8, 4, 512, 512 };
-            File.WriteAllBytes(path, header.SelectMany(BitConverter.GetBytes).ToArray());
-            Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("dim out of range"));
-        }
-        finally
-        {
-            File.Delete(path);
-        }
+        var path = Path.Combine(Dir, "bad.bin");
+        File.WriteAllBytes(path, new byte[10]);
+        Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("too short"));
+        var header = new[] { 64, 172, 5, 8, 4, 512, 512 };
+        File.WriteAllBytes(path, header.SelectMany(BitConverter.GetBytes).Concat(new byte[4000]).ToArray());
+        Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("truncated"));
+        header = new[] { 64, 172, 5, 7, 4, 512, 512 }; // 7 heads do not divide 64
+        File.WriteAllBytes(path, header.SelectMany(BitConverter.GetBytes).ToArray());
+        Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("n_heads must divide dim"));
+        header = new[] { int.MaxValue, 172, 5, 8, 4, 512, 512 };
+        File.WriteAllBytes(path, header.SelectMany(BitConverter.GetBytes).ToArray());
+        Assert.That(Assert.Throws<InvalidDataException>(() => Llama2cImporter.Read(path))!.Message, Does.Contain("dim out of range"));
     }
 }

@@ -27,22 +27,15 @@ public class NativeCoreTests
         Assert.That(e!.Message, Does.Contain("nl_managed_alloc").And.Contain("bytes must be > 0"));
     }
 
-    [Test]
-    public void ResultDTypeMustBeTheOperandsOrF32()
+    /// <summary>An m×k by k×m GEMM of f32 operands whose leading dimensions are all m (too short for A when k &gt; m), its result of type <paramref name="result"/>.</summary>
+    [TestCase(NlDType.BF16, 1, 1, "result dtype", TestName = "ResultDTypeMustBeTheOperandsOrF32")]
+    [TestCase(NlDType.F32, 4, 8, "lda=4 < 8", TestName = "BadLeadingDimensionIsRejected")]
+    public void BadGemmArgumentsAreRejected(NlDType result, int m, int k, string reason)
     {
         _ = Support.TestDevice.Shared;
         var e = Assert.Throws<NativeCoreException>(() =>
-            NativeCore.Gemm(NlDType.F32, NlDType.BF16, false, false, 1, 1, 1, 1f, 16, 1, 16, 1, 0f, 16, 1));
-        Assert.That(e!.Message, Does.Contain("result dtype"));
-    }
-
-    [Test]
-    public void BadLeadingDimensionIsRejected()
-    {
-        _ = Support.TestDevice.Shared;
-        var e = Assert.Throws<NativeCoreException>(() =>
-            NativeCore.Gemm(NlDType.F32, NlDType.F32, false, false, 4, 4, 8, 1f, 16, 4, 16, 4, 0f, 16, 4));
-        Assert.That(e!.Message, Does.Contain("lda=4 < 8"));
+            NativeCore.Gemm(NlDType.F32, result, false, false, m, m, k, 1f, 16, m, 16, m, 0f, 16, m));
+        Assert.That(e!.Message, Does.Contain(reason));
     }
 
     [Test]

@@ -7,6 +7,7 @@ using NativeLora.Server;
 using NativeLora.Serving;
 using NativeLora.Tests.Kernels;
 using NativeLora.Tests.Support;
+using NativeLora.Tests.Text;
 using NativeLora.Text;
 
 namespace NativeLora.Tests.Server;
@@ -30,8 +31,7 @@ public sealed class ServerWorld : IDisposable
         Root = Directory.CreateTempSubdirectory("nl-serve-").FullName;
         ModelDir = Path.Combine(Root, "tiny");
         AdapterRoot = Path.Combine(Root, "adapters");
-        var tokDir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "mistral");
-        Assert.That(File.Exists(Path.Combine(tokDir, "tokenizer.json")), Is.True, $"{tokDir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
+        var tokDir = TokenizerReference.Dir("mistral");
         var config = new ModelConfig // vocabulary, bos and eos come from the tokenizer
         {
             ModelType = "llama", HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,

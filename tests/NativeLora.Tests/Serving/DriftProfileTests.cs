@@ -8,7 +8,7 @@ namespace NativeLora.Tests.Serving;
 /// covariance C = AAᵀ + σ²I, exactly the low-rank + isotropic form the profile fits, so its distance must approach the
 /// Mahalanobis distance under the true C (float64 reference: a Cholesky solve of C, independent of the fit).
 /// </summary>
-public class DriftProfileTests
+public class DriftProfileTests : TempDirTests
 {
     private sealed record Source(double[] Mu, double[,] A, double Sigma)
     {
@@ -111,27 +111,19 @@ public class DriftProfileTests
         var rng = new Random(Check.FreshSeed());
         var src = MakeSource(rng, d: 8, k: 2);
         var profile = DriftProfile.Fit(Enumerable.Range(0, 500).Select(_ => src.Draw(rng)).ToList(), rank: 2);
-        var dir = Directory.CreateTempSubdirectory("nl-drift-").FullName;
-        try
-        {
-            var path = Path.Combine(dir, "profile.safetensors");
-            profile.Save(path, "tiny");
-            var back = DriftProfile.Load(path);
-            var x = src.Draw(rng, shift: 1);
-            Assert.That(back.Distance(x), Is.EqualTo(profile.Distance(x)));
-            Assert.That(back.Threshold, Is.EqualTo(profile.Threshold));
-            Assert.That(back.Rows, Is.EqualTo(500));
-            var e = Assert.Throws<ArgumentException>(() => back.Distance(new float[9]));
-            Assert.That(e!.Message, Does.Contain("width 9").And.Contain("width 8"));
+        var path = Path.Combine(Dir, "profile.safetensors");
+        profile.Save(path, "tiny");
+        var back = DriftProfile.Load(path);
+        var x = src.Draw(rng, shift: 1);
+        Assert.That(back.Distance(x), Is.EqualTo(profile.Distance(x)));
+        Assert.That(back.Threshold, Is.EqualTo(profile.Threshold));
+        Assert.That(back.Rows, Is.EqualTo(500));
+        var e = Assert.Throws<ArgumentException>(() => back.Distance(new float[9]));
+        Assert.That(e!.Message, Does.Contain("width 9").And.Contain("width 8"));
 
-            var other = Path.Combine(dir, "other.safetensors");
-            new global::NativeLora.SafeTensors.SafeTensorsWriter().Add("x", global::NativeLora.SafeTensors.SafeTensorsDType.F32, new long[] { 1 }, new byte[4]).Write(other);
-            var bad = Assert.Throws<InvalidDataException>(() => DriftProfile.Load(other));
-            Assert.That(bad!.Message, Does.Contain(other).And.Contain("not a drift profile"));
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        var other = Path.Combine(Dir, "other.safetensors");
+        new global::NativeLora.SafeTensors.SafeTensorsWriter().Add("x", global::NativeLora.SafeTensors.SafeTensorsDType.F32, new long[] { 1 }, new byte[4]).Write(other);
+        var bad = Assert.Throws<InvalidDataException>(() => DriftProfile.Load(other));
+        Assert.That(bad!.Message, Does.Contain(other).And.Contain("not a drift profile"));
     }
 }

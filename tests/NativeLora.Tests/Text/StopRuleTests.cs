@@ -13,13 +13,6 @@ namespace NativeLora.Tests.Text;
 /// <summary>The one stop rule (tokenizer EOS ∪ config.json ∪ generation_config.json ∪ the template's end of turn) and its users.</summary>
 public class StopRuleTests : TempDirTests
 {
-    private static string TokenizerDir(string name)
-    {
-        var dir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", name);
-        Assert.That(File.Exists(Path.Combine(dir, "tokenizer.json")), Is.True, $"{dir}/tokenizer.json is missing: run scripts/fetch-tokenizers.sh");
-        return dir;
-    }
-
     private static ModelConfig SmallConfig(int vocab) => new()
     {
         ModelType = "llama", VocabSize = vocab, HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
@@ -34,7 +27,7 @@ public class StopRuleTests : TempDirTests
     [TestCase("mistral", "</s>", null)]
     public void IdsAreTheUnionOfTokenizerEosBothConfigListsAndTheEndOfTurn(string name, string eos, string? endOfTurn)
     {
-        HfTokenizer.CopyFiles(TokenizerDir(name), Dir);
+        HfTokenizer.CopyFiles(TokenizerReference.Dir(name), Dir);
         using var tok = HfTokenizer.Load(Dir);
         var config = SmallConfig(tok.VocabSize).ToJson();
         config["eos_token_id"] = new JsonArray(100, 101);
@@ -88,7 +81,7 @@ public class StopRuleTests : TempDirTests
     private (string Dir, int Hello, int Eot, int Eos) RiggedLlama3()
     {
         var dir = Path.Combine(Dir, "rigged");
-        HfTokenizer.CopyFiles(TokenizerDir("llama3"), dir);
+        HfTokenizer.CopyFiles(TokenizerReference.Dir("llama3"), dir);
         using var tok = HfTokenizer.Load(dir);
         var hello = tok.Encode("Hello", addSpecialTokens: false).Single();
         int eot = tok.TokenToId("<|eot_id|>")!.Value, eos = tok.EosId!.Value;

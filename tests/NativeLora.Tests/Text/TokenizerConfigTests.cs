@@ -1,24 +1,13 @@
 using System.Text.Json.Nodes;
+using NativeLora.Tests.Support;
 using NativeLora.Text;
 using static NativeLora.Tests.Text.TokenizerReference;
 
 namespace NativeLora.Tests.Text;
 
 /// <summary>tokenizer_config.json / special_tokens_map.json / chat_template.jinja handling, and load errors that name their file.</summary>
-public class TokenizerConfigTests
+public class TokenizerConfigTests : TempDirTests
 {
-    string _dir = "";
-
-    [SetUp]
-    public void CreateDir()
-    {
-        _dir = Path.Combine(Path.GetTempPath(), $"nativelora-tokenizer-test-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(_dir);
-    }
-
-    [TearDown]
-    public void DeleteDir() => Directory.Delete(_dir, recursive: true);
-
     /// <summary>A word-level tokenizer.json small enough to write by hand: "a b" → [3, 4].</summary>
     const string TinyTokenizerJson = """
         {
@@ -38,7 +27,7 @@ public class TokenizerConfigTests
 
     string Write(string file, string text)
     {
-        string path = Path.Combine(_dir, file);
+        string path = Path.Combine(Dir, file);
         File.WriteAllText(path, text);
         return path;
     }
@@ -46,7 +35,7 @@ public class TokenizerConfigTests
     void CopyMistral(Action<JsonObject>? editConfig = null)
     {
         string src = Dir("mistral");
-        File.Copy(Path.Combine(src, "tokenizer.json"), Path.Combine(_dir, "tokenizer.json"));
+        File.Copy(Path.Combine(src, "tokenizer.json"), Path.Combine(Dir, "tokenizer.json"));
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(src, "tokenizer_config.json")))!.AsObject();
         editConfig?.Invoke(config);
         Write("tokenizer_config.json", config.ToJsonString());
@@ -56,7 +45,7 @@ public class TokenizerConfigTests
     public void TokenizerJsonAloneIsEnough()
     {
         Write("tokenizer.json", TinyTokenizerJson);
-        using var tok = HfTokenizer.Load(_dir);
+        using var tok = HfTokenizer.Load(Dir);
         Assert.That(tok.Encode("a b a", false), Is.EqualTo(new[] { 3, 4, 3 }));
         Assert.That(tok.Encode("a b a", true), Is.EqualTo(new[] { 3, 4, 3 }), "no post-processor: nothing added");
         Assert.That(tok.Decode([1, 3, 4, 2], true), Is.EqualTo("a b"), "WordLevel without decoder joins with spaces");
@@ -73,7 +62,7 @@ public class TokenizerConfigTests
             {"bos_token": {"__type": "AddedToken", "content": "<s>", "lstrip": false}, "eos_token": "</s>",
              "pad_token": null, "unk_token": {"content": "<unk>"}, "chat_template": "{{ messages }}"}
             """);
-        using var tok = HfTokenizer.Load(_dir);
+        using var tok = HfTokenizer.Load(Dir);
         Assert.That((tok.BosToken, tok.BosId, tok.EosToken, tok.EosId), Is.EqualTo(("<s>", (int?)1, "</s>", (int?)2)));
         Assert.That((tok.PadToken, tok.PadId, tok.UnkId), Is.EqualTo(((string?)null, (int?)null, (int?)0)));
         Assert.That(tok.ChatTemplate, Is.EqualTo("{{ messages }}"));
@@ -86,14 +75,14 @@ public class TokenizerConfigTests
         Write("tokenizer_config.json", """
             {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}
             """);
-        using (var tok = HfTokenizer.Load(_dir))
+        using (var tok = HfTokenizer.Load(Dir))
         {
             Assert.That(tok.ChatTemplate, Is.EqualTo("D"));
             Assert.That(tok.ChatTemplates["tool_use"], Is.EqualTo("T"));
         }
         // chat_template.jinja (newer transformers saves) wins over the config's.
         Write("chat_template.jinja", "J {{ bos_token }}");
-        using (var tok = HfTokenizer.Load(_dir))
+        using (var tok = HfTokenizer.Load(Dir))
             Assert.That(tok.ChatTemplate, Is.EqualTo("J {{ bos_token }}"));
     }
 
@@ -104,11 +93,11 @@ public class TokenizerConfigTests
         Write("tokenizer.json", TinyTokenizerJson);
         Write("tokenizer_config.json", """{"bos_token": "<s>", "eos_token": "</s>"}""");
         Write("special_tokens_map.json", """{"eos_token": {"content": "<unk>", "single_word": false}, "pad_token": "</s>"}""");
-        using (var tok = HfTokenizer.Load(_dir))
+        using (var tok = HfTokenizer.Load(Dir))
             Assert.That((tok.BosId, tok.EosId, tok.PadId), Is.EqualTo(((int?)1, (int?)0, (int?)2)));
 
         Write("tokenizer_config.json", """{"bos_token": "<s>", "eos_token": "</s>", "added_tokens_decoder": {}}""");
-        using (var tok = HfTokenizer.Load(_dir))
+        using (var tok = HfTokenizer.Load(Dir))
             Assert.That((tok.BosId, tok.EosId, tok.PadId), Is.EqualTo(((int?)1, (int?)2, (int?)null)));
     }
 
@@ -117,7 +106,7 @@ public class TokenizerConfigTests
     public void LlamaTokenizerFlagsDecideWhatIsAdded()
     {
         CopyMistral(c => { c["add_bos_token"] = false; c["add_eos_token"] = true; });
-        using var tok = HfTokenizer.Load(_dir);
+        using var tok = HfTokenizer.Load(Dir);
         int[] plain = Ints(Case("mistral", "english")["ids"]);
         string text = (string)Case("mistral", "english")["text"]!;
         Assert.That(tok.Encode(text, true), Is.EqualTo(plain.Append(2)));
@@ -128,7 +117,7 @@ public class TokenizerConfigTests
     public void OtherClassesIgnoreTheFlags()
     {
         CopyMistral(c => { c["tokenizer_class"] = "PreTrainedTokenizerFast"; c["add_bos_token"] = false; c["add_eos_token"] = true; });
-        using var tok = HfTokenizer.Load(_dir);
+        using var tok = HfTokenizer.Load(Dir);
         var c = Case("mistral", "english");
         Assert.That(tok.Encode((string)c["text"]!, true), Is.EqualTo(Ints(c["ids_with_special"])), "tokenizer.json's TemplateProcessing");
     }
@@ -138,7 +127,7 @@ public class TokenizerConfigTests
     [Test]
     public void MissingDirectory()
     {
-        string missing = Path.Combine(_dir, "nope");
+        string missing = Path.Combine(Dir, "nope");
         Assert.That(() => HfTokenizer.Load(missing), Throws.TypeOf<DirectoryNotFoundException>().With.Message.Contains(missing));
     }
 
@@ -146,8 +135,8 @@ public class TokenizerConfigTests
     public void MissingTokenizerJson()
     {
         Write("tokenizer_config.json", "{}");
-        Assert.That(() => HfTokenizer.Load(_dir), Throws.TypeOf<FileNotFoundException>()
-            .With.Message.Contains(Path.Combine(_dir, "tokenizer.json")).And.Message.Contains("not found"));
+        Assert.That(() => HfTokenizer.Load(Dir), Throws.TypeOf<FileNotFoundException>()
+            .With.Message.Contains(Path.Combine(Dir, "tokenizer.json")).And.Message.Contains("not found"));
     }
 
     [TestCase("{\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0}", "malformed JSON")]          // truncated
@@ -158,7 +147,7 @@ public class TokenizerConfigTests
     public void MalformedTokenizerJson(string json, string detail)
     {
         string path = Write("tokenizer.json", json);
-        Assert.That(() => HfTokenizer.Load(_dir), Throws.TypeOf<InvalidDataException>()
+        Assert.That(() => HfTokenizer.Load(Dir), Throws.TypeOf<InvalidDataException>()
             .With.Message.StartsWith(path + ": ").And.Message.Contains(detail));
     }
 
@@ -175,7 +164,7 @@ public class TokenizerConfigTests
     {
         Write("tokenizer.json", TinyTokenizerJson);
         string path = Write("tokenizer_config.json", json);
-        Assert.That(() => HfTokenizer.Load(_dir), Throws.TypeOf<InvalidDataException>()
+        Assert.That(() => HfTokenizer.Load(Dir), Throws.TypeOf<InvalidDataException>()
             .With.Message.StartsWith(path + ": ").And.Message.Contains(detail));
     }
 
@@ -184,14 +173,14 @@ public class TokenizerConfigTests
     {
         Write("tokenizer.json", TinyTokenizerJson);
         string path = Write("special_tokens_map.json", "{\"eos_token\": ");
-        Assert.That(() => HfTokenizer.Load(_dir), Throws.TypeOf<InvalidDataException>().With.Message.StartsWith(path + ": "));
+        Assert.That(() => HfTokenizer.Load(Dir), Throws.TypeOf<InvalidDataException>().With.Message.StartsWith(path + ": "));
     }
 
     [Test]
     public void DisposedTokenizerThrows()
     {
         Write("tokenizer.json", TinyTokenizerJson);
-        var tok = HfTokenizer.Load(_dir);
+        var tok = HfTokenizer.Load(Dir);
         tok.Dispose();
         tok.Dispose();
         Assert.That(() => tok.Encode("a", false), Throws.TypeOf<ObjectDisposedException>());

@@ -8,7 +8,7 @@ using NativeLora.Training;
 
 namespace NativeLora.Tests.Training;
 
-public class EightBitOptimizerTests
+public class EightBitOptimizerTests : TempDirTests
 {
     [Test]
     public void UnsignedMapFollowsBitsandbytesFormula()
@@ -95,7 +95,7 @@ public class EightBitOptimizerTests
         var all = new[] { 0, 1, 2 };
         using var shared = Arena(all);
         var where = all.Select(i => (shared, i, i)).ToArray();
-        var path = Path.Combine(Directory.CreateTempSubdirectory("nl-arena-").FullName, "optimizer.safetensors");
+        var path = Path.Combine(Dir, "optimizer.safetensors");
         using (var opt = Optimizer(new[] { shared }))
         {
             for (int step = 0; step < 2; step++) Step(opt, where, step);
@@ -129,21 +129,13 @@ public class EightBitOptimizerTests
     {
         (List<double> Losses, double Val) Run(string optim)
         {
-            var dir = Directory.CreateTempSubdirectory("nl-8bit-").FullName;
-            try
-            {
-                var (train, val, _) = LearningTests.SyntheticTask(71);
-                using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
-                var cfg = LearningTests.FastConfig(dir) with { Epochs = 4, Optim = optim };
-                using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
-                var t = new Trainer(cfg, model, adapter, train, val) { MinEightBitElements = 0 }; // every tensor 8-bit, not only ≥ 4096
-                t.Run(resume: false);
-                return (t.History.Select(h => h.Loss).ToList(), t.ValidationLoss());
-            }
-            finally
-            {
-                Directory.Delete(dir, true);
-            }
+            var (train, val, _) = LearningTests.SyntheticTask(71);
+            using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+            var cfg = LearningTests.FastConfig(Path.Combine(Dir, optim)) with { Epochs = 4, Optim = optim };
+            using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+            var t = new Trainer(cfg, model, adapter, train, val) { MinEightBitElements = 0 }; // every tensor 8-bit, not only ≥ 4096
+            t.Run(resume: false);
+            return (t.History.Select(h => h.Loss).ToList(), t.ValidationLoss());
         }
         var full = Run("adamw");
         var eight = Run("adamw_8bit");

@@ -12,7 +12,7 @@ namespace NativeLora.Tests.Training;
 /// behind noise tokens; after training on responses only, validation loss (new noise) falls by a
 /// large margin and greedy generation answers the mapping.
 /// </summary>
-public class LearningTests
+public class LearningTests : TempDirTests
 {
     internal const int Bos = 1, Sep = 2, Eos = 3;
 
@@ -42,60 +42,44 @@ public class LearningTests
     [Test]
     public void LoraLearnsAMappingTheBaseCannotKnow([Values("lora", "rslora", "dora")] string variant)
     {
-        var dir = Directory.CreateTempSubdirectory("nl-learn-").FullName;
-        try
-        {
-            var (train, val, map) = SyntheticTask(11);
-            using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
-            var cfg = FastConfig(dir, dora: variant == "dora", rslora: variant == "rslora");
-            using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
-            var trainer = new Trainer(cfg, model, adapter, train, val);
-            double before = trainer.ValidationLoss();
-            trainer.Run(resume: false);
-            double after = trainer.ValidationLoss();
-            TestContext.Progress.WriteLine($"{variant}: validation loss {before:F3} -> {after:F3} in {trainer.History.Count} steps");
-            Assert.That(after, Is.LessThan(before * 0.25), $"{variant}: validation loss {before:F3} -> {after:F3}");
+        var (train, val, map) = SyntheticTask(11);
+        using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+        var cfg = FastConfig(Dir, dora: variant == "dora", rslora: variant == "rslora");
+        using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+        var trainer = new Trainer(cfg, model, adapter, train, val);
+        double before = trainer.ValidationLoss();
+        trainer.Run(resume: false);
+        double after = trainer.ValidationLoss();
+        TestContext.Progress.WriteLine($"{variant}: validation loss {before:F3} -> {after:F3} in {trainer.History.Count} steps");
+        Assert.That(after, Is.LessThan(before * 0.25), $"{variant}: validation loss {before:F3} -> {after:F3}");
 
-            var decoder = new Generator(model);
-            int correct = 0;
-            foreach (var (a, fa) in map)
-            {
-                using var cache = new KvCache(model, 1, 16);
-                var logits = decoder.Prefill(cache, new KvSequence(), new[] { Bos, 75, a, Sep });
-                if (Sampler.ArgMax(logits) == fa) correct++;
-            }
-            Assert.That(correct, Is.GreaterThanOrEqualTo(map.Count - 1), $"{variant}: {correct}/{map.Count} answers right after training");
-        }
-        finally
+        var decoder = new Generator(model);
+        int correct = 0;
+        foreach (var (a, fa) in map)
         {
-            Directory.Delete(dir, true);
+            using var cache = new KvCache(model, 1, 16);
+            var logits = decoder.Prefill(cache, new KvSequence(), new[] { Bos, 75, a, Sep });
+            if (Sampler.ArgMax(logits) == fa) correct++;
         }
+        Assert.That(correct, Is.GreaterThanOrEqualTo(map.Count - 1), $"{variant}: {correct}/{map.Count} answers right after training");
     }
 
     /// <summary>The GPU path's mixed precision (bf16 activations and frozen weights, f32 adapter masters and optimizer), run with the GPU kernel variants on the CPU.</summary>
     [Test]
     public void Bf16MixedPrecisionLearnsToo()
     {
-        var dir = Directory.CreateTempSubdirectory("nl-bf16-").FullName;
-        try
-        {
-            var (train, val, _) = SyntheticTask(13);
-            using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3, NativeLora.Tensors.DType.BF16);
-            model.Kernels = TestDevice.Variant(gpu: true);
-            var cfg = FastConfig(dir) with { Epochs = 4 };
-            using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
-            Assert.That(adapter.Modules[0].ACompute.DType, Is.EqualTo(NativeLora.Tensors.DType.BF16));
-            Assert.That(adapter.Modules[0].A.DType, Is.EqualTo(NativeLora.Tensors.DType.F32));
-            var trainer = new Trainer(cfg, model, adapter, train, val);
-            double before = trainer.ValidationLoss();
-            trainer.Run(resume: false);
-            double after = trainer.ValidationLoss();
-            TestContext.Progress.WriteLine($"bf16: validation loss {before:F3} -> {after:F3}");
-            Assert.That(after, Is.LessThan(before * 0.5));
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        var (train, val, _) = SyntheticTask(13);
+        using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3, NativeLora.Tensors.DType.BF16);
+        model.Kernels = TestDevice.Variant(gpu: true);
+        var cfg = FastConfig(Dir) with { Epochs = 4 };
+        using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+        Assert.That(adapter.Modules[0].ACompute.DType, Is.EqualTo(NativeLora.Tensors.DType.BF16));
+        Assert.That(adapter.Modules[0].A.DType, Is.EqualTo(NativeLora.Tensors.DType.F32));
+        var trainer = new Trainer(cfg, model, adapter, train, val);
+        double before = trainer.ValidationLoss();
+        trainer.Run(resume: false);
+        double after = trainer.ValidationLoss();
+        TestContext.Progress.WriteLine($"bf16: validation loss {before:F3} -> {after:F3}");
+        Assert.That(after, Is.LessThan(before * 0.5));
     }
 }

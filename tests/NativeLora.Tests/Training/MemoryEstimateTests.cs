@@ -8,7 +8,7 @@ using NativeLora.Training;
 namespace NativeLora.Tests.Training;
 
 /// <summary>The planner's prediction against the allocator's measured peak of live tensor memory on real training steps (not the process RSS, which holds the .NET runtime).</summary>
-public class MemoryEstimateTests
+public class MemoryEstimateTests : TempDirTests
 {
     [TestCase(2, 64, true)]
     [TestCase(2, 64, false)]
@@ -22,17 +22,9 @@ public class MemoryEstimateTests
         long baseline = dev.MemoryStats.Allocated;
         dev.ResetPeak();
         var lora = new LoraConfig { R = 8, Dropout = 0.05 };
-        var dir = Directory.CreateTempSubdirectory("nl-mem-").FullName;
-        try
-        {
-            RunAndCompare();
-            Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
-            dev.ValidateAllocator();
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        RunAndCompare();
+        Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
+        dev.ValidateAllocator();
 
         void RunAndCompare()
         {
@@ -42,7 +34,7 @@ public class MemoryEstimateTests
             var rng = new Random(1);
             var ex = Enumerable.Range(0, microBatch).Select(_ => new NativeLora.Data.TrainingExample(
                 Enumerable.Range(0, seqLen).Select(_ => rng.Next(c.VocabSize)).ToArray(), Enumerable.Repeat(true, seqLen).ToArray())).ToList();
-            var cfg = new TrainingConfig { Model = "m", OutputDir = dir, MicroBatchSize = microBatch, GradientAccumulation = 1, MaxSeqLen = seqLen, MaxSteps = 2,
+            var cfg = new TrainingConfig { Model = "m", OutputDir = Dir, MicroBatchSize = microBatch, GradientAccumulation = 1, MaxSeqLen = seqLen, MaxSteps = 2,
                 GradientCheckpointing = checkpointing, EvalSteps = 100, SaveSteps = 100, LoraR = 8, ValSplit = 0 };
             new Trainer(cfg, model, adapter, ex, Array.Empty<NativeLora.Data.TrainingExample>()).Run(resume: false);
             long measured = dev.PeakLiveBytes - baseline;
@@ -67,35 +59,27 @@ public class MemoryEstimateTests
         dev.EmptyCache();
         long baseline = dev.MemoryStats.Allocated, hostBaseline = dev.HostTensorBytes;
         var lora = new LoraConfig { R = 8, Dropout = 0.05 };
-        var dir = Directory.CreateTempSubdirectory("nl-mem-").FullName;
-        try
+        using (var model = GenerationTests.TinyModel(c, 1))
         {
-            using (var model = GenerationTests.TinyModel(c, 1))
-            {
-                dev.ResetPeak();
-                model.QuantizeLinears();
-                model.PlaceEmbeddingOnHost();
-                dev.ResetPeak(); // loading and quantizing are not training
-                using var adapter = LoraAdapter.Attach(model, lora, 1);
-                var rng = new Random(1);
-                var ex = Enumerable.Range(0, microBatch).Select(_ => new NativeLora.Data.TrainingExample(
-                    Enumerable.Range(0, seqLen).Select(_ => rng.Next(c.VocabSize)).ToArray(), Enumerable.Repeat(true, seqLen).ToArray())).ToList();
-                var cfg = new TrainingConfig { Model = "m", Method = "qlora", OutputDir = dir, MicroBatchSize = microBatch, GradientAccumulation = 1, MaxSeqLen = seqLen, MaxSteps = 2,
-                    GradientCheckpointing = checkpointing, EvalSteps = 100, SaveSteps = 100, LoraR = 8, ValSplit = 0 };
-                Assert.That(cfg.EmbeddingOnHostFor(c), Is.True);
-                new Trainer(cfg, model, adapter, ex, Array.Empty<NativeLora.Data.TrainingExample>()).Run(resume: false);
-                long measured = dev.PeakLiveBytes - baseline;
-                var predicted = MemoryEstimate.For(c, lora, DType.F32, microBatch, seqLen, checkpointing, method: "qlora", embeddingOnHost: true);
-                TestContext.Progress.WriteLine($"qlora mb {microBatch} × {seqLen}, checkpointing {checkpointing}: predicted {predicted.Total:N0}, measured {measured:N0} bytes, ratio {(double)predicted.Total / measured:F3}\n" + string.Join("\n", predicted.Lines()));
-                Assert.That(predicted.HostWeights, Is.EqualTo(dev.HostTensorBytes - hostBaseline), "the host table is what the planner moved");
-                Assert.That((double)predicted.Total / measured, Is.InRange(0.90, 1.10));
-            }
-            Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
-            Assert.That(dev.HostTensorBytes, Is.EqualTo(hostBaseline));
+            dev.ResetPeak();
+            model.QuantizeLinears();
+            model.PlaceEmbeddingOnHost();
+            dev.ResetPeak(); // loading and quantizing are not training
+            using var adapter = LoraAdapter.Attach(model, lora, 1);
+            var rng = new Random(1);
+            var ex = Enumerable.Range(0, microBatch).Select(_ => new NativeLora.Data.TrainingExample(
+                Enumerable.Range(0, seqLen).Select(_ => rng.Next(c.VocabSize)).ToArray(), Enumerable.Repeat(true, seqLen).ToArray())).ToList();
+            var cfg = new TrainingConfig { Model = "m", Method = "qlora", OutputDir = Dir, MicroBatchSize = microBatch, GradientAccumulation = 1, MaxSeqLen = seqLen, MaxSteps = 2,
+                GradientCheckpointing = checkpointing, EvalSteps = 100, SaveSteps = 100, LoraR = 8, ValSplit = 0 };
+            Assert.That(cfg.EmbeddingOnHostFor(c), Is.True);
+            new Trainer(cfg, model, adapter, ex, Array.Empty<NativeLora.Data.TrainingExample>()).Run(resume: false);
+            long measured = dev.PeakLiveBytes - baseline;
+            var predicted = MemoryEstimate.For(c, lora, DType.F32, microBatch, seqLen, checkpointing, method: "qlora", embeddingOnHost: true);
+            TestContext.Progress.WriteLine($"qlora mb {microBatch} × {seqLen}, checkpointing {checkpointing}: predicted {predicted.Total:N0}, measured {measured:N0} bytes, ratio {(double)predicted.Total / measured:F3}\n" + string.Join("\n", predicted.Lines()));
+            Assert.That(predicted.HostWeights, Is.EqualTo(dev.HostTensorBytes - hostBaseline), "the host table is what the planner moved");
+            Assert.That((double)predicted.Total / measured, Is.InRange(0.90, 1.10));
         }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "every tensor of the run was given back to the allocator");
+        Assert.That(dev.HostTensorBytes, Is.EqualTo(hostBaseline));
     }
 }

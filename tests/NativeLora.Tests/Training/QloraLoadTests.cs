@@ -109,12 +109,6 @@ public class QloraLoadTests : TempDirTests
         Assert.That(dev.MemoryStats.Allocated, Is.EqualTo(baseline), "the model gave everything back");
     }
 
-    private sealed class Recorder : IProgress<TrainingProgress>
-    {
-        public readonly List<TrainingProgress> Reports = new();
-        public void Report(TrainingProgress value) => Reports.Add(value);
-    }
-
     /// <summary>The one-call run of method qlora loads through the quantizing load and reports the NF4 storage.</summary>
     [Test]
     public void AQloraRunLoadsQuantizedAndTrains()
@@ -133,7 +127,7 @@ public class QloraLoadTests : TempDirTests
             Model = modelDir, Data = data, OutputDir = Path.Combine(Dir, "run"), Method = "qlora", MaxSteps = 2, MicroBatchSize = 2, GradientAccumulation = 1,
             MaxSeqLen = 48, EvalSteps = 100, SaveSteps = 100, LearningRate = 1e-3, ValSplit = 0.25, LoraR = 4, Dtype = "f32",
         };
-        var progress = new Recorder();
+        var progress = new TrainerRunTests.Recorder();
         var result = Trainer.Run(config, TestDevice.Shared, progress);
         var qlora = progress.Reports.Select(r => r.Message).Where(m => m.StartsWith("QLoRA: decoder projections in NF4")).ToList();
         Assert.That(qlora, Has.Count.EqualTo(1));

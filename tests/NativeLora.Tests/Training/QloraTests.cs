@@ -9,7 +9,7 @@ using NativeLora.Training;
 namespace NativeLora.Tests.Training;
 
 /// <summary>QLoRA (NF4 base, dequantized per GEMM) against f32 LoRA on the same data, seed and steps.</summary>
-public class QloraTests
+public class QloraTests : TempDirTests
 {
     private static CausalLm Stories()
     {
@@ -29,28 +29,21 @@ public class QloraTests
         var (train, val, _) = LearningTests.SyntheticTask(51);
         double Train(bool qlora, out double before, out double? bits)
         {
-            var dir = Directory.CreateTempSubdirectory("nl-qlora-").FullName;
-            try
+            using var model = source == "tiny" ? GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3) : Stories();
+            bits = null;
+            if (qlora)
             {
-                using var model = source == "tiny" ? GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3) : Stories();
-                bits = null;
-                if (qlora)
-                {
-                    model.QuantizeLinears();
-                    bits = model.QuantizedBitsPerParameter;
-                    Assert.That(model.Layers.SelectMany(l => l.Linears).All(l => l.Quantized != null), Is.True);
-                }
-                var cfg = LearningTests.FastConfig(dir) with { Method = qlora ? "qlora" : "lora" };
-                using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
-                var trainer = new Trainer(cfg, model, adapter, train, val);
-                before = trainer.ValidationLoss();
-                trainer.Run(resume: false);
-                return trainer.ValidationLoss();
+                model.QuantizeLinears();
+                bits = model.QuantizedBitsPerParameter;
+                Assert.That(model.Layers.SelectMany(l => l.Linears).All(l => l.Quantized != null), Is.True);
             }
-            finally
-            {
-                Directory.Delete(dir, true);
-            }
+            var method = qlora ? "qlora" : "lora";
+            var cfg = LearningTests.FastConfig(Path.Combine(Dir, method)) with { Method = method };
+            using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+            var trainer = new Trainer(cfg, model, adapter, train, val);
+            before = trainer.ValidationLoss();
+            trainer.Run(resume: false);
+            return trainer.ValidationLoss();
         }
         double lora = Train(false, out var loraBefore, out _);
         double qlora = Train(true, out var qloraBefore, out var bits);
@@ -70,10 +63,9 @@ public class QloraTests
         var (train, val, _) = LearningTests.SyntheticTask(51);
         List<double> Losses(string mode)
         {
-            var dir = Directory.CreateTempSubdirectory("nl-qlora-").FullName;
             try
             {
-                var cfg = LearningTests.FastConfig(dir) with { Method = "qlora", QloraMatmul = mode, Epochs = 1 };
+                var cfg = LearningTests.FastConfig(Path.Combine(Dir, mode)) with { Method = "qlora", QloraMatmul = mode, Epochs = 1 };
                 cfg.Validate();
                 using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
                 model.QuantizeLinears(QloraMatmulChoice.Parse(cfg.QloraMatmul));
@@ -92,7 +84,6 @@ public class QloraTests
             {
                 NativeLora.Diagnostics.OpProfiler.Enabled = Environment.GetEnvironmentVariable("NATIVELORA_PROFILE") == "1";
                 NativeLora.Diagnostics.OpProfiler.Reset();
-                Directory.Delete(dir, true);
             }
         }
         var fused = Losses("fused");

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using NativeLora.Lora;
 using NativeLora.Tests.Model;
+using NativeLora.Tests.Support;
 using NativeLora.Training;
 
 namespace NativeLora.Tests.Training;
@@ -10,7 +11,7 @@ namespace NativeLora.Tests.Training;
 /// `logging: tensorboard` writes event files that an independent reader (tests/fixtures/read_tfevents.py: Debian's
 /// python3-protobuf plus a CRC32C written from the format's description) reads back to the logged values.
 /// </summary>
-public class TensorBoardTests
+public class TensorBoardTests : TempDirTests
 {
     [Test]
     public void Crc32CIsCastagnoliAsTensorFlowComputesIt()
@@ -38,59 +39,51 @@ public class TensorBoardTests
     [Test]
     public void TrainingWritesEventFilesThatAnIndependentReaderReadsBack()
     {
-        var dir = Directory.CreateTempSubdirectory("nl-tb-").FullName;
-        try
+        var (train, val, _) = LearningTests.SyntheticTask(21);
+        var cfg = LearningTests.FastConfig(Dir) with { Epochs = 2, EvalSteps = 3, Logging = "tensorboard" };
+        using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
+        using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
+        var trainer = new Trainer(cfg, model, adapter, train, val);
+        trainer.Run(resume: false);
+
+        var file = Directory.GetFiles(Dir, "events.out.tfevents.*").Single();
+        Assert.That(Path.GetFileName(file), Does.Match(@"^events\.out\.tfevents\.\d{10}\..+$"));
+        Assert.That(File.Exists(Path.Combine(Dir, "metrics.jsonl")), Is.True, "metrics.jsonl is still written");
+        var records = ReadBack(file);
+        Assert.That((string?)records[0]["file_version"], Is.EqualTo("brain.Event:2"));
+        var scalars = records.Skip(1).ToList();
+        Assert.That(scalars.All(r => r["tag"] != null), Is.True);
+
+        float At(int step, string tag) => (float)(double)scalars.Single(r => (long)r["step"]! == step && (string)r["tag"]! == tag)["value"]!;
+        Assert.That(trainer.History, Has.Count.GreaterThan(3));
+        foreach (var h in trainer.History)
         {
-            var (train, val, _) = LearningTests.SyntheticTask(21);
-            var cfg = LearningTests.FastConfig(dir) with { Epochs = 2, EvalSteps = 3, Logging = "tensorboard" };
-            using var model = GenerationTests.TinyModel(GenerationTests.TinyConfig("llama"), 3);
-            using var adapter = LoraAdapter.Attach(model, cfg.ToLoraConfig(), cfg.Seed);
-            var trainer = new Trainer(cfg, model, adapter, train, val);
-            trainer.Run(resume: false);
-
-            var file = Directory.GetFiles(dir, "events.out.tfevents.*").Single();
-            Assert.That(Path.GetFileName(file), Does.Match(@"^events\.out\.tfevents\.\d{10}\..+$"));
-            Assert.That(File.Exists(Path.Combine(dir, "metrics.jsonl")), Is.True, "metrics.jsonl is still written");
-            var records = ReadBack(file);
-            Assert.That((string?)records[0]["file_version"], Is.EqualTo("brain.Event:2"));
-            var scalars = records.Skip(1).ToList();
-            Assert.That(scalars.All(r => r["tag"] != null), Is.True);
-
-            float At(int step, string tag) => (float)(double)scalars.Single(r => (long)r["step"]! == step && (string)r["tag"]! == tag)["value"]!;
-            Assert.That(trainer.History, Has.Count.GreaterThan(3));
-            foreach (var h in trainer.History)
-            {
-                Assert.That(At(h.Step, "train/loss"), Is.EqualTo((float)h.Loss), $"step {h.Step}");
-                Assert.That(At(h.Step, "train/learning_rate"), Is.EqualTo((float)h.Lr));
-                Assert.That(At(h.Step, "train/grad_norm"), Is.EqualTo((float)h.GradNorm));
-                Assert.That(At(h.Step, "train/tokens_per_second"), Is.EqualTo((float)h.TokensPerSecond));
-                Assert.That(At(h.Step, "train/memory_bytes"), Is.EqualTo((float)h.MemoryBytes));
-                if (h.ValLoss is double v) Assert.That(At(h.Step, "eval/loss"), Is.EqualTo((float)v));
-            }
-            var evals = scalars.Where(r => (string)r["tag"]! == "eval/loss").Select(r => (long)r["step"]!).ToList();
-            Assert.That(evals, Is.EqualTo(trainer.History.Where(h => h.ValLoss != null).Select(h => (long)h.Step)));
-            Assert.That(evals, Is.Not.Empty);
-            double now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
-            Assert.That(scalars.All(r => (double)r["wall_time"]! is var t && t > now - 3600 && t <= now + 1), Is.True, "wall_time is Unix seconds");
-
-            // a damaged byte is caught by the reader's own CRC check
-            var bytes = File.ReadAllBytes(file);
-            bytes[^6] ^= 0x40;
-            var damaged = Path.Combine(dir, "damaged.tfevents");
-            File.WriteAllBytes(damaged, bytes);
-            var psi = new ProcessStartInfo("/usr/bin/python3", new[] { Path.Combine(Native.BindingCoverageTests.RepoRoot(), "tests", "fixtures", "read_tfevents.py"), damaged })
-                { RedirectStandardError = true, RedirectStandardOutput = true };
-            using var p = Process.Start(psi)!;
-            p.StandardOutput.ReadToEnd();
-            var err = p.StandardError.ReadToEnd();
-            p.WaitForExit();
-            Assert.That(p.ExitCode, Is.Not.EqualTo(0));
-            Assert.That(err, Does.Contain("CRC mismatch"));
+            Assert.That(At(h.Step, "train/loss"), Is.EqualTo((float)h.Loss), $"step {h.Step}");
+            Assert.That(At(h.Step, "train/learning_rate"), Is.EqualTo((float)h.Lr));
+            Assert.That(At(h.Step, "train/grad_norm"), Is.EqualTo((float)h.GradNorm));
+            Assert.That(At(h.Step, "train/tokens_per_second"), Is.EqualTo((float)h.TokensPerSecond));
+            Assert.That(At(h.Step, "train/memory_bytes"), Is.EqualTo((float)h.MemoryBytes));
+            if (h.ValLoss is double v) Assert.That(At(h.Step, "eval/loss"), Is.EqualTo((float)v));
         }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        var evals = scalars.Where(r => (string)r["tag"]! == "eval/loss").Select(r => (long)r["step"]!).ToList();
+        Assert.That(evals, Is.EqualTo(trainer.History.Where(h => h.ValLoss != null).Select(h => (long)h.Step)));
+        Assert.That(evals, Is.Not.Empty);
+        double now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
+        Assert.That(scalars.All(r => (double)r["wall_time"]! is var t && t > now - 3600 && t <= now + 1), Is.True, "wall_time is Unix seconds");
+
+        // a damaged byte is caught by the reader's own CRC check
+        var bytes = File.ReadAllBytes(file);
+        bytes[^6] ^= 0x40;
+        var damaged = Path.Combine(Dir, "damaged.tfevents");
+        File.WriteAllBytes(damaged, bytes);
+        var psi = new ProcessStartInfo("/usr/bin/python3", new[] { Path.Combine(Native.BindingCoverageTests.RepoRoot(), "tests", "fixtures", "read_tfevents.py"), damaged })
+            { RedirectStandardError = true, RedirectStandardOutput = true };
+        using var p = Process.Start(psi)!;
+        p.StandardOutput.ReadToEnd();
+        var err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.That(p.ExitCode, Is.Not.EqualTo(0));
+        Assert.That(err, Does.Contain("CRC mismatch"));
     }
 
     [Test]
