@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using NativeLora.Gguf;
 using NativeLora.Tests.SafeTensors;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Gguf;
 
@@ -10,7 +11,7 @@ namespace NativeLora.Tests.Gguf;
 /// The seed comes from the clock unless NATIVELORA_FUZZ_SEED is set, and is printed. Bounded to a
 /// fixed number of files.
 /// </summary>
-public class GgufFuzzTests : TempDirectoryTest
+public class GgufFuzzTests : TempDirTests
 {
     const int Iterations = 600; // a fixed count, not a time budget: the same seed checks the same files on any machine
 

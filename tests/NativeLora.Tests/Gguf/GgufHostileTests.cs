@@ -1,12 +1,13 @@
 using NativeLora.Gguf;
 using NativeLora.Tests.SafeTensors;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Gguf;
 
 /// <summary>One test per way a GGUF file can be malformed: each must raise GgufFormatException whose
 /// message starts with the path (and names the key or tensor), without allocating anything the size
 /// of a claimed count, and must release the file.</summary>
-public class GgufHostileTests : TempDirectoryTest
+public class GgufHostileTests : TempDirTests
 {
     GgufFormatException Rejects(byte[] bytes, string fragment, string? item = null)
     {

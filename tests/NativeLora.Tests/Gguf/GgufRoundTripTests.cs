@@ -1,10 +1,11 @@
 using System.Buffers.Binary;
 using NativeLora.Gguf;
 using NativeLora.Tests.SafeTensors;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.Gguf;
 
-public class GgufRoundTripTests : TempDirectoryTest
+public class GgufRoundTripTests : TempDirTests
 {
     /// <summary>
     /// A file written by ggml's own gguf_write_to_file (libggml-base from the npm package

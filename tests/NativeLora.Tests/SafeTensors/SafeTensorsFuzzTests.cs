@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using NativeLora.SafeTensors;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.SafeTensors;
 
@@ -9,7 +10,7 @@ namespace NativeLora.Tests.SafeTensors;
 /// readable inside the file, or throw SafeTensorsFormatException; anything else is a bug.
 /// The seed comes from the clock unless NATIVELORA_FUZZ_SEED is set, and is printed.
 /// </summary>
-public class SafeTensorsFuzzTests : TempDirectoryTest
+public class SafeTensorsFuzzTests : TempDirTests
 {
     const int Iterations = 2000;
 

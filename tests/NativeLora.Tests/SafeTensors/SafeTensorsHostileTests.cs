@@ -1,12 +1,13 @@
 using System.Text;
 using NativeLora.SafeTensors;
 using static NativeLora.Tests.SafeTensors.SafeTensorsTestFiles;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.SafeTensors;
 
 /// <summary>One test per way a file can be malformed: each must raise SafeTensorsFormatException
 /// whose message starts with the path (and names the tensor), and must release the file.</summary>
-public class SafeTensorsHostileTests : TempDirectoryTest
+public class SafeTensorsHostileTests : TempDirTests
 {
     const string U8One = "{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}";
 

@@ -1,10 +1,11 @@
 using System.Text;
 using NativeLora.SafeTensors;
 using static NativeLora.Tests.SafeTensors.SafeTensorsTestFiles;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.SafeTensors;
 
-public class SafeTensorsRoundTripTests : TempDirectoryTest
+public class SafeTensorsRoundTripTests : TempDirTests
 {
     static readonly SafeTensorsDType[] AllDTypes = Enum.GetValues<SafeTensorsDType>();
 

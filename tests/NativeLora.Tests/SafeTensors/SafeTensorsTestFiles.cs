@@ -45,29 +45,3 @@ internal static class SafeTensorsTestFiles
         return b;
     }
 }
-
-/// <summary>Per-test temp directory, removed afterwards.</summary>
-public abstract class TempDirectoryTest
-{
-    protected string Dir { get; private set; } = "";
-
-    [SetUp]
-    public void CreateTempDirectory()
-    {
-        Dir = Path.Combine(Path.GetTempPath(), "nativelora-tests-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(Dir);
-    }
-
-    [TearDown]
-    public void DeleteTempDirectory()
-    {
-        if (Directory.Exists(Dir)) Directory.Delete(Dir, recursive: true);
-    }
-
-    protected string WriteFile(string name, byte[] bytes)
-    {
-        string path = Path.Combine(Dir, name);
-        File.WriteAllBytes(path, bytes);
-        return path;
-    }
-}

@@ -1,10 +1,11 @@
 using System.Text.Json;
 using NativeLora.IO;
 using NativeLora.SafeTensors;
+using NativeLora.Tests.Support;
 
 namespace NativeLora.Tests.SafeTensors;
 
-public class ShardedSafeTensorsTests : TempDirectoryTest
+public class ShardedSafeTensorsTests : TempDirTests
 {
     static byte[] Bytes(int n, int seed)
     {
@@ -219,7 +220,7 @@ public class ShardedSafeTensorsTests : TempDirectoryTest
     }
 }
 
-public class AtomicFileTests : TempDirectoryTest
+public class AtomicFileTests : TempDirTests
 {
     [Test]
     public void FailedWriteKeepsOldContentAndLeavesNoTempFile()

@@ -10,4 +10,12 @@ public abstract class TempDirTests
 
     [TearDown]
     public void RemoveDir() => Directory.Delete(Dir, true);
+
+    /// <summary>Writes bytes to a file of that name in <see cref="Dir"/>; returns its path.</summary>
+    protected string WriteFile(string name, byte[] bytes)
+    {
+        string path = Path.Combine(Dir, name);
+        File.WriteAllBytes(path, bytes);
+        return path;
+    }
 }
