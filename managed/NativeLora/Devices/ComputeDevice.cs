@@ -31,7 +31,6 @@ public sealed class ComputeDevice : IDisposable
     public Context Context { get; }
     public Accelerator Accelerator { get; }
     public DeviceKind Kind { get; }
-    public string NativeBackend { get; }
     public string Description { get; }
     public bool IsCuda => Kind == DeviceKind.Cuda;
 
@@ -49,12 +48,11 @@ public sealed class ComputeDevice : IDisposable
         Context = context;
         Accelerator = accelerator;
         Kind = kind;
-        NativeBackend = NativeCore.BackendName;
         Kernels = new KernelSet(accelerator, gpuVariants: kind == DeviceKind.Cuda);
         Allocator = new CachingAllocator(bytes => accelerator.Allocate1D<byte>(bytes));
         Description = kind == DeviceKind.Cuda
-            ? $"cuda: {accelerator.Name} ({accelerator.MemorySize / (1 << 20)} MiB), native core {NativeBackend}"
-            : $"cpu: ILGPU CPU accelerator ({Environment.ProcessorCount} threads), native core {NativeBackend}";
+            ? $"cuda: {accelerator.Name} ({accelerator.MemorySize / (1 << 20)} MiB), native core {NativeCore.BackendName}"
+            : $"cpu: ILGPU CPU accelerator ({Environment.ProcessorCount} threads), native core {NativeCore.BackendName}";
     }
 
     /// <summary>Parses a --device value: auto, cpu or cuda.</summary>

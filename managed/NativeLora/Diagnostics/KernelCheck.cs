@@ -150,6 +150,13 @@ public sealed class KernelCheck
         return x;
     }
 
+    /// <summary><see cref="Rand"/> values of the shape's size uploaded as a tensor: the device's input, and in data the reference's.</summary>
+    private Tensor RandomInput(DType t, int[] shape, out float[] data, double scale = 1)
+    {
+        data = Rand(t, Tensor.CountElements(shape), scale);
+        return Up(t, data, shape);
+    }
+
     private Tensor Ints(int[] data)
     {
         var x = _dev.Allocate(DType.I32, data.Length);
@@ -180,12 +187,10 @@ public sealed class KernelCheck
         int vocab = 37, tokens = 61, dim = 1000;
         var ids = Enumerable.Range(0, tokens).Select(_ => _rng.Next(vocab)).ToArray();
         ids[3] = ids[7] = ids[40] = 5; // repeated ids must accumulate in the backward
-        var table = Rand(t, vocab * dim);
-        var dOut = Rand(t, tokens * dim);
+        using var tTable = RandomInput(t, [vocab, dim], out var table);
+        using var tdOut = RandomInput(t, [tokens, dim], out var dOut);
         using var tIds = Ints(ids);
-        using var tTable = Up(t, table, vocab, dim);
         using var tOut = Poisoned(t, tokens, dim);
-        using var tdOut = Up(t, dOut, tokens, dim);
         using var tdTable = Zeros(vocab, dim);
         EmbeddingOp.Forward(_k, tIds, ids, tTable, tOut);
         EmbeddingOp.Backward(_k, tIds, tdOut, tdTable);
@@ -198,12 +203,9 @@ public sealed class KernelCheck
     {
         int rows = 33, dim = 1031;
         const float eps = 1e-5f;
-        var x = Rand(t, rows * dim, 2);
-        var w = Rand(t, dim);
-        var dy = Rand(t, rows * dim);
-        using var tx = Up(t, x, rows, dim);
-        using var tw = Up(t, w, dim);
-        using var tdy = Up(t, dy, rows, dim);
+        using var tx = RandomInput(t, [rows, dim], out var x, scale: 2);
+        using var tw = RandomInput(t, [dim], out var w);
+        using var tdy = RandomInput(t, [rows, dim], out var dy);
         using var ty = Poisoned(t, rows, dim);
         using var trstd = Poisoned(DType.F32, rows);
         using var tdx = Poisoned(t, rows, dim);
@@ -226,13 +228,11 @@ public sealed class KernelCheck
         int tokens = pos.Length;
         var scaling = new RopeScaling(RopeScalingType.Llama3, Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositions: 16);
         var (cos, sin) = Kernels.Rope.BuildTable(hd, maxPos, 500000, scaling);
-        var x = Rand(t, tokens * heads * hd);
-        var dy = Rand(t, tokens * heads * hd);
+        using var tx = RandomInput(t, [tokens, heads * hd], out var x);
+        using var tdy = RandomInput(t, [tokens, heads * hd], out var dy);
         using var tcos = Up(DType.F32, cos, maxPos, half);
         using var tsin = Up(DType.F32, sin, maxPos, half);
         using var tpos = Ints(pos);
-        using var tx = Up(t, x, tokens, heads * hd);
-        using var tdy = Up(t, dy, tokens, heads * hd);
         using var ty = Poisoned(t, tokens, heads * hd);
         using var tdx = Poisoned(t, tokens, heads * hd);
         RopeOp.Forward(_k, new(tx, ty, heads), null, tpos, tcos, tsin, hd);
@@ -250,14 +250,10 @@ public sealed class KernelCheck
         for (int b = 0; b < B; b++)
             for (int i = 0; i < T; i++)
                 seg[b * T + i] = B == 1 ? 0 : b == 0 ? (i < T / 3 ? 0 : i < T - 2 ? 1 : 2) : (i < T - 5 ? 0 : -1);
-        var q = Rand(t, (long)B * T * H * hd, 2);
-        var kk = Rand(t, (long)B * T * KV * hd, 2);
-        var v = Rand(t, (long)B * T * KV * hd);
-        var dO = Rand(t, (long)B * T * H * hd);
-        using var tq = Up(t, q, B * T, H * hd);
-        using var tk = Up(t, kk, B * T, KV * hd);
-        using var tv = Up(t, v, B * T, KV * hd);
-        using var tdO = Up(t, dO, B * T, H * hd);
+        using var tq = RandomInput(t, [B * T, H * hd], out var q, scale: 2);
+        using var tk = RandomInput(t, [B * T, KV * hd], out var kk, scale: 2);
+        using var tv = RandomInput(t, [B * T, KV * hd], out var v);
+        using var tdO = RandomInput(t, [B * T, H * hd], out var dO);
         using var tseg = Ints(seg);
         using var to = Poisoned(t, B * T, H * hd);
         using var tlse = Poisoned(DType.F32, B * H * T);
@@ -287,14 +283,13 @@ public sealed class KernelCheck
         var rows = Enumerable.Range(0, B).SelectMany(b => Enumerable.Range(0, lengths[b]).Select(i => Slot(b, i))).Reverse().ToArray();
         var kSrc = Rand(t, (long)rows.Length * width, 2);
         var vSrc = Rand(t, (long)rows.Length * width);
-        var q = Rand(t, B * H * hd, 2);
+        using var tq = RandomInput(t, [B, H * hd], out var q, scale: 2);
         // unwritten cache rows stay NaN: a kernel that reads past a sequence's length fails
         using var kCache = Poisoned(t, B * maxT, width);
         using var vCache = Poisoned(t, B * maxT, width);
         using var tRows = Ints(rows);
         using (var tk = Up(t, kSrc, rows.Length, width)) KvCacheOp.Write(_k, tk, kCache, tRows);
         using (var tv = Up(t, vSrc, rows.Length, width)) KvCacheOp.Write(_k, tv, vCache, tRows);
-        using var tq = Up(t, q, B, H * hd);
         using var tLen = Ints(lengths);
         using var tTableFlat = Ints(table);
         var tTable = tTableFlat.Reshape(B, maxPages);
@@ -326,12 +321,9 @@ public sealed class KernelCheck
     private void SwiGlu(DType t)
     {
         int n = 4099;
-        var g = Rand(t, n, 6);
-        var u = Rand(t, n, 2);
-        var dh = Rand(t, n);
-        using var tg = Up(t, g, n);
-        using var tu = Up(t, u, n);
-        using var tdh = Up(t, dh, n);
+        using var tg = RandomInput(t, [n], out var g, scale: 6);
+        using var tu = RandomInput(t, [n], out var u, scale: 2);
+        using var tdh = RandomInput(t, [n], out var dh);
         using var th = Poisoned(t, n);
         using var tdg = Poisoned(t, n);
         using var tdu = Poisoned(t, n);
@@ -347,10 +339,8 @@ public sealed class KernelCheck
     private void Elementwise(DType t)
     {
         int n = 5003, rows = 13, cols = 257;
-        var a = Rand(t, n);
-        var b = Rand(t, n);
-        using var ta = Up(t, a, n);
-        using var tb = Up(t, b, n);
+        using var ta = RandomInput(t, [n], out var a);
+        using var tb = RandomInput(t, [n], out var b);
         using var tc = Poisoned(t, n);
         ElementwiseOp.Add(_k, ta, tb, tc);
         var sum = a.Zip(b, (x, y) => (double)x + y).ToArray();
@@ -360,10 +350,8 @@ public sealed class KernelCheck
         ElementwiseOp.Fill(_k, tc, 0.375f);
         Compare($"fill {t.Name()}", tc, Enumerable.Repeat(0.375, n).ToArray(), 1e-7);
 
-        var y = Rand(t, rows * cols);
-        var bias = Rand(t, cols);
-        using var ty = Up(t, y, rows, cols);
-        using var tbias = Up(t, bias, cols);
+        using var ty = RandomInput(t, [rows, cols], out var y);
+        using var tbias = RandomInput(t, [cols], out var bias);
         using var tdb = Zeros(cols);
         ElementwiseOp.AddBias(_k, ty, tbias);
         var yOut = ty.ToFloatArray();
@@ -382,8 +370,7 @@ public sealed class KernelCheck
         foreach (var from in types)
             foreach (var to in types)
             {
-                var x = Rand(from, 1029, 100); // within f16's range
-                using var src = Up(from, x, x.Length);
+                using var src = RandomInput(from, [1029], out var x, scale: 100); // within f16's range
                 using var dst = Poisoned(to, x.Length);
                 ElementwiseOp.Cast(_k, src, dst);
                 Compare($"cast {from.Name()}->{to.Name()}", dst, x.Select(v => (double)to.Round(v)).ToArray(), 1e-7); // round to nearest even, exactly
@@ -393,11 +380,9 @@ public sealed class KernelCheck
     private void CrossEntropy(DType t)
     {
         int n = 67, d = 64, vocab = 1001, chunkRows = 32;
-        var h = Rand(t, n * d, 3);
-        var w = Rand(t, vocab * d);
+        using var th = RandomInput(t, [n, d], out var h, scale: 3);
+        using var tw = RandomInput(t, [vocab, d], out var w);
         var labels = Enumerable.Range(0, n).Select(i => i % 5 == 0 ? -100 : _rng.Next(vocab)).ToArray();
-        using var th = Up(t, h, n, d);
-        using var tw = Up(t, w, vocab, d);
         using var tdh = Poisoned(t, n, d);
         using var tdw = _dev.Allocate(t, vocab, d);
         ElementwiseOp.Zero(_k, tdw);
@@ -414,12 +399,12 @@ public sealed class KernelCheck
     {
         int n = 37, inF = 96, outF = 80, r = 8;
         var cfg = new LoraConfig { R = r, Alpha = 16, Dropout = dropout, UseRslora = rslora, UseDora = dora };
-        var x = Rand(t, n * inF);
-        var w0 = Rand(t, outF * inF, 0.3);
+        using var tx = RandomInput(t, [n, inF], out var x);
+        using var tw = RandomInput(t, [outF, inF], out var w0, scale: 0.3);
         var bias = withBias ? Rand(t, outF, 0.5) : null;
         var a = Rand(t, r * inF, 0.5);
         var bB = Rand(t, outF * r, 0.5); // non-zero B, so every path carries signal
-        var dy = Rand(t, n * outF);
+        using var tdy = RandomInput(t, [n, outF], out var dy);
         var mag = dora ? Rand(DType.F32, outF).Select(v => 1f + Math.Abs(v)).ToArray() : null;
 
         using var module = new LoraModule(_dev, "check", inF, outF, r, cfg.Scale, dropout, t, dora) { Training = true, DropoutSeed = (ulong)_rng.NextInt64() };
@@ -428,12 +413,9 @@ public sealed class KernelCheck
         if (mag != null) module.Magnitude!.CopyFrom<float>(mag);
         module.SyncCompute(_k);
         module.ZeroGradients(_k);
-        using var tw = Up(t, w0, outF, inF);
         using var tbias = bias != null ? Up(t, bias, outF) : null;
         var linear = new Linear("check", tw, tbias) { Lora = module };
-        using var tx = Up(t, x, n, inF);
         using var ty = Poisoned(t, n, outF);
-        using var tdy = Up(t, dy, n, outF);
         using var tdx = Poisoned(t, n, inF);
         using (var saved = linear.Forward(_k, tx, ty))
             linear.Backward(_k, tx, saved, tdy, tdx, accumulate: false);
@@ -461,7 +443,6 @@ public sealed class KernelCheck
         _results.Add(new KernelCheckResult(_family, $"{name} ({codes.Length - counted} ties skipped)", (double)wrong / Math.Max(1, counted), 1e-12, "mismatch"));
     }
 
-    // bitsandbytes' NF4: blocks of 64, absmax per block, nearest of the 16 codes; double quantization of the absmax vector.
     // Serving's batched adapters: each row adds its own slot's low-rank product (−1: none, left untouched).
     private void MultiLoraRows(DType t)
     {
@@ -469,8 +450,8 @@ public sealed class KernelCheck
         var slotOf = new[] { 0, -1, 2, 1, 2, -1, 0, 1, 2 };
         var scales = new[] { 2f, 0.5f, 0.25f };
         var ranks = new[] { r, 5, 2 }; // below the slot size: the (non-zero) padding must be ignored
-        var x = Rand(t, n * inF);
-        var y0 = Rand(t, n * outF);
+        using var tx = RandomInput(t, [n, inF], out var x);
+        using var ty = RandomInput(t, [n, outF], out var y0);
         var a = Rand(t, slots * r * inF);
         var b = Rand(t, slots * outF * r);
         using var bank = new LinearLoraSlots(_dev, t, slots, r, inF, outF);
@@ -479,8 +460,6 @@ public sealed class KernelCheck
         scales.CopyTo(bank.HostScales, 0);
         ranks.CopyTo(bank.HostRanks, 0);
         bank.Upload();
-        using var tx = Up(t, x, n, inF);
-        using var ty = Up(t, y0, n, outF);
         using var ts = Ints(slotOf);
         MultiLoraOp.Forward(_k, bank, tx, ty, ts);
         var y = Kernels.MultiLora.Reference.Forward(D(x), D(y0), D(a), D(b), slotOf, D(scales), ranks, inF, outF, r);
@@ -490,13 +469,10 @@ public sealed class KernelCheck
     // QLoRA's fused base product: y = x·dequant(W)ᵀ and dx = dy·dequant(W) straight from the 4-bit state.
     private void Nf4Matmul(DType t, int n, int inF, int outF)
     {
-        var w = Rand(t, (long)outF * inF, 0.05);
-        using var tw = Up(t, w, outF, inF);
+        using var tw = RandomInput(t, [outF, inF], out _, scale: 0.05);
         using var state = Nf4Tensor.Quantize(_k, tw, doubleQuant: true);
-        var x = Rand(t, (long)n * inF);
-        var dy = Rand(t, (long)n * outF);
-        using var tx = Up(t, x, n, inF);
-        using var tdy = Up(t, dy, n, outF);
+        using var tx = RandomInput(t, [n, inF], out var x);
+        using var tdy = RandomInput(t, [n, outF], out var dy);
         using var ty = Poisoned(t, n, outF);
         using var tdx = Poisoned(t, n, inF);
         Nf4MatmulOp.Forward(_k, state, tx, ty);
@@ -507,11 +483,11 @@ public sealed class KernelCheck
         Compare($"fused backward dx {t.Name()} {n}x{inF}->{outF}", tdx, dx, Tol(t, 1e-5));
     }
 
+    // bitsandbytes' NF4: blocks of 64, absmax per block, nearest of the 16 codes; double quantization of the absmax vector.
     private void Nf4(DType t)
     {
         int rows = 97, cols = 97, n = rows * cols;
-        var w = Rand(t, n, 0.05);
-        using var tw = Up(t, w, rows, cols);
+        using var tw = RandomInput(t, [rows, cols], out var w, scale: 0.05);
         var (absmax, codes) = Kernels.Nf4.Reference.Quantize(D(w), Nf4Tensor.DefaultBlockSize, tie: 1e-6);
         using (var plain = Nf4Tensor.Quantize(_k, tw, doubleQuant: false))
         {
@@ -547,11 +523,9 @@ public sealed class KernelCheck
     private void AdamW32()
     {
         int n = 5001;
-        var p0 = Rand(DType.F32, n, 0.1);
-        var g1 = Rand(DType.F32, n);
+        using var tp = RandomInput(DType.F32, [n], out var p0, scale: 0.1);
+        using var tg = RandomInput(DType.F32, [n], out var g1);
         var g2 = Rand(DType.F32, n);
-        using var tp = Up(DType.F32, p0, n);
-        using var tg = Up(DType.F32, g1, n);
         using var tm = Zeros(n);
         using var tv = Zeros(n);
         using var partial = Poisoned(DType.F32, 4096);
@@ -576,13 +550,11 @@ public sealed class KernelCheck
     private void AdamW8()
     {
         int n = 1000, bs = AdamW8bit.BlockSize, blocks = (n + bs - 1) / bs;
-        var p0 = Rand(DType.F32, n, 0.1);
-        var g1 = Rand(DType.F32, n);
+        using var tp = RandomInput(DType.F32, [n], out var p0, scale: 0.1);
+        using var tg = RandomInput(DType.F32, [n], out var g1);
         var g2 = Rand(DType.F32, n);
         var ms = Kernels.Nf4.SignedDynamicMap();
         var us = Kernels.Nf4.UnsignedDynamicMap();
-        using var tp = Up(DType.F32, p0, n);
-        using var tg = Up(DType.F32, g1, n);
         using var qm = _dev.Allocate(DType.U8, n);
         using var qv = _dev.Allocate(DType.U8, n);
         qm.FillBytes(0);

@@ -43,7 +43,8 @@ public static class EvalRunner
                 {
                     var (examples, summary) = DatasetReader.Read(task.Path, formatter, int.MaxValue, dedup: false, truncateOverlong: false, maxBadFraction: 1);
                     foreach (var bad in summary.Malformed) report?.Invoke($"skipped {bad}");
-                    var r = PerplexityEvaluator.Evaluate(model, examples, Math.Min(maxSeqLen, model.Config.MaxPositionEmbeddings), Math.Max(1, Math.Min(maxSeqLen, model.Config.MaxPositionEmbeddings) / 2));
+                    int window = Math.Min(maxSeqLen, model.Config.MaxPositionEmbeddings);
+                    var r = PerplexityEvaluator.Evaluate(model, examples, window, Math.Max(1, window / 2));
                     m["ppl"] = r.Perplexity;
                     m["ppl.nll"] = r.MeanNll;
                     m["ppl.tokens"] = r.Tokens;

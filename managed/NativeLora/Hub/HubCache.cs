@@ -48,7 +48,6 @@ public sealed class HubCache(string root)
         if (File.Exists(pointer) || new FileInfo(pointer).LinkTarget != null) File.Delete(pointer);
         var target = Path.GetRelativePath(Path.GetDirectoryName(pointer)!, Blob(id, etag));
         try { File.CreateSymbolicLink(pointer, target); }
-        catch (IOException) { File.Copy(Blob(id, etag), pointer); }
-        catch (UnauthorizedAccessException) { File.Copy(Blob(id, etag), pointer); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { File.Copy(Blob(id, etag), pointer); }
     }
 }

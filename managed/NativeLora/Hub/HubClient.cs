@@ -140,24 +140,16 @@ public sealed class HubClient : IDisposable
     /// <summary>null when the file hashes to its ETag: sha256 (64 hex digits, LFS files) or git's blob SHA-1 (40, regular files); other ETags are not content hashes.</summary>
     internal static string? Verify(string path, string etag)
     {
-        if (etag.Length == 64 && etag.All(Uri.IsHexDigit))
-        {
-            using var f = File.OpenRead(path);
-            var sha = Convert.ToHexStringLower(SHA256.HashData(f));
-            return sha == etag.ToLowerInvariant() ? null : $"sha256 {sha}, expected {etag}";
-        }
-        if (etag.Length == 40 && etag.All(Uri.IsHexDigit))
-        {
-            using var f = File.OpenRead(path);
-            using var sha1 = IncrementalHash.CreateHash(HashAlgorithmName.SHA1);
-            sha1.AppendData(Encoding.ASCII.GetBytes($"blob {f.Length}\0"));
-            var buffer = new byte[1 << 20];
-            int n;
-            while ((n = f.Read(buffer)) > 0) sha1.AppendData(buffer, 0, n);
-            var got = Convert.ToHexStringLower(sha1.GetHashAndReset());
-            return got == etag.ToLowerInvariant() ? null : $"git SHA-1 {got}, expected {etag}";
-        }
-        return null;
+        if (etag.Length is not (64 or 40) || !etag.All(Uri.IsHexDigit)) return null;
+        bool lfs = etag.Length == 64;
+        using var f = File.OpenRead(path);
+        using var hash = IncrementalHash.CreateHash(lfs ? HashAlgorithmName.SHA256 : HashAlgorithmName.SHA1);
+        if (!lfs) hash.AppendData(Encoding.ASCII.GetBytes($"blob {f.Length}\0")); // git hashes a header, then the content
+        var buffer = new byte[1 << 20];
+        int n;
+        while ((n = f.Read(buffer)) > 0) hash.AppendData(buffer, 0, n);
+        var got = Convert.ToHexStringLower(hash.GetHashAndReset());
+        return got == etag.ToLowerInvariant() ? null : $"{(lfs ? "sha256" : "git SHA-1")} {got}, expected {etag}";
     }
 
     // Sends with the token to the Hub's own host, following redirects: relative or same-host ones with the

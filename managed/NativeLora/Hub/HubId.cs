@@ -30,7 +30,7 @@ public sealed partial record HubId(string Repo, string Revision)
     /// <summary>The cache folder huggingface_hub uses: models--org--name.</summary>
     public string CacheFolder => "models--" + Repo.Replace("/", "--");
 
-    public bool RevisionIsCommit => CommitPattern().IsMatch(Revision);
+    public bool RevisionIsCommit => IsCommit(Revision);
 
     public static bool IsCommit(string s) => CommitPattern().IsMatch(s);
 

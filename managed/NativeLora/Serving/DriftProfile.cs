@@ -277,26 +277,15 @@ public sealed class DriftProfile
                     double theta = (a[r, r] - a[p, p]) / (2 * a[p, r]);
                     double t = Math.Sign(theta == 0 ? 1 : theta) / (Math.Abs(theta) + Math.Sqrt(theta * theta + 1));
                     double c = 1 / Math.Sqrt(t * t + 1), s = t * c;
-                    for (int m = 0; m < k; m++)
-                    {
-                        double amp = a[m, p], amr = a[m, r];
-                        a[m, p] = c * amp - s * amr;
-                        a[m, r] = s * amp + c * amr;
-                    }
-                    for (int m = 0; m < k; m++)
-                    {
-                        double apm = a[p, m], arm = a[r, m];
-                        a[p, m] = c * apm - s * arm;
-                        a[r, m] = s * apm + c * arm;
-                    }
-                    for (int m = 0; m < k; m++)
-                    {
-                        double vmp = v[m, p], vmr = v[m, r];
-                        v[m, p] = c * vmp - s * vmr;
-                        v[m, r] = s * vmp + c * vmr;
-                    }
+                    // A ← JᵀAJ (columns p and r, then rows p and r), V ← VJ
+                    for (int m = 0; m < k; m++) Rotate(ref a[m, p], ref a[m, r], c, s);
+                    for (int m = 0; m < k; m++) Rotate(ref a[p, m], ref a[r, m], c, s);
+                    for (int m = 0; m < k; m++) Rotate(ref v[m, p], ref v[m, r], c, s);
                 }
         }
         return (Enumerable.Range(0, k).Select(i => a[i, i]).ToArray(), v);
     }
+
+    // one Jacobi (Givens) rotation of the pair (x, y) by the angle whose cosine and sine are c and s
+    private static void Rotate(ref double x, ref double y, double c, double s) => (x, y) = (c * x - s * y, s * x + c * y);
 }

@@ -87,7 +87,7 @@ public sealed record MemoryEstimate(long Weights, long Adapter, long Activations
         long rows = Math.Min(ceChunkRows, n);
         long lossPhase = 2 * n * c.HiddenSize * e + n * 4 + n * 4 + rows * c.VocabSize * 4 + (e == 4 ? 0 : rows * c.VocabSize * e) + rows * 4;
 
-        long attentionScratch = Ops.AttentionOp.ScratchBytes(new Ops.AttentionShape(microBatch, seqLen, c.NumHeads, c.NumKvHeads, c.HeadDim), dtype, backward: true);
+        long attentionScratch = Ops.AttentionOp.ScratchBytes(shape, dtype, backward: true);
         int widest = Math.Max(c.HiddenSize, Math.Max(c.QDim, c.IntermediateSize));
         long loraBackward = lora.Dropout > 0 ? n * e * (2L * widest + lora.R) : n * e * lora.R;
         long layerBackward = n * e * (3L * c.IntermediateSize + 2L * c.HiddenSize + 2L * c.QDim + 2L * c.KvDim)

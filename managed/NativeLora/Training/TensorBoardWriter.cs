@@ -34,7 +34,6 @@ public sealed class TensorBoardWriter : IDisposable
             }
         }
         WriteRecord(Event(WallTime(), step: null, w => w.WriteString("brain.Event:2"), fileVersionField: true));
-        _file.Flush();
     }
 
     /// <summary>The scalars of one step, under the tags HF's Trainer uses (train/loss, train/learning_rate, …, eval/loss).</summary>
@@ -67,7 +66,6 @@ public sealed class TensorBoardWriter : IDisposable
         }
         s.Flush();
         WriteRecord(Event(WallTime(), step, w => w.WriteBytes(ByteString.CopyFrom(summary.ToArray())), fileVersionField: false));
-        _file.Flush();
     }
 
     private static double WallTime() => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
@@ -90,6 +88,7 @@ public sealed class TensorBoardWriter : IDisposable
         return buffer.ToArray();
     }
 
+    // one record, flushed: TensorBoard reads the file while the run writes it
     private void WriteRecord(byte[] data)
     {
         Span<byte> header = stackalloc byte[12];
@@ -101,6 +100,7 @@ public sealed class TensorBoardWriter : IDisposable
         Span<byte> footer = stackalloc byte[4];
         WriteUInt32(footer, MaskedCrc32C(data));
         _file.Write(footer);
+        _file.Flush();
     }
 
     private static void WriteUInt32(Span<byte> dst, uint v) => System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(dst, v);

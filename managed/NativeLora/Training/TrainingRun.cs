@@ -1,4 +1,3 @@
-using System.Text.Json;
 using NativeLora.Data;
 using NativeLora.Devices;
 using NativeLora.Lora;
@@ -65,16 +64,16 @@ public sealed partial class Trainer
         var c = config;
         if (string.IsNullOrWhiteSpace(c.Data)) throw new ArgumentException("data is required (a JSON or JSONL dataset)");
         // the output directory's policy first: a run that would be refused costs no data reading or weight loading
-        var runStart = RunDirectory.Prepare(c.OutputDir, start, m => progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, m)));
+        var runStart = RunDirectory.Prepare(c.OutputDir, start, m => Warn(progress, m));
 
         using var tok = HfTokenizer.Load(c.Model);
         var formatter = new ExampleFormatter(tok, c.TrainOnPrompt);
-        var (all, summary) = Read(c.Data, "data", formatter, c, progress);
+        var all = Read(c.Data, "data", formatter, c, progress);
         List<TrainingExample> train, val;
         if (c.EvalData != null)
         {
             train = all;
-            val = Read(c.EvalData, "eval data", formatter, c, progress).Examples;
+            val = Read(c.EvalData, "eval data", formatter, c, progress);
         }
         else (train, val) = DatasetReader.Split(all, c.ValSplit, c.Seed);
         Info(progress, $"{train.Count} training and {val.Count} validation examples, {train.Sum(e => e.Length):N0} training tokens");
@@ -96,14 +95,13 @@ public sealed partial class Trainer
         using var adapter = LoraAdapter.Attach(model, c.ToLoraConfig(), c.Seed);
         var trainer = new Trainer(c, model, adapter, train, val)
         {
-            OnMessage = m => progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, m)),
+            OnMessage = m => Warn(progress, m),
             OnStep = m => progress?.Report(new TrainingProgress(TrainingProgressKind.Step, $"step {m.Step}/{m.TotalSteps}", m)),
         };
         Directory.CreateDirectory(c.OutputDir);
         File.WriteAllText(Path.Combine(c.OutputDir, "train_config.json"), c.ToJson());
         if (!trainer.HasValidationTargets)
-            progress?.Report(new TrainingProgress(TrainingProgressKind.Warning,
-                $"no validation loss: the validation set {(val.Count == 0 ? "is empty" : "has no target token")} ({(c.EvalData != null ? $"eval_data {c.EvalData}" : $"val_split {c.ValSplit} of {all.Count} examples")}); no best adapter is kept"));
+            Warn(progress, $"no validation loss: the validation set {(val.Count == 0 ? "is empty" : "has no target token")} ({(c.EvalData != null ? $"eval_data {c.EvalData}" : $"val_split {c.ValSplit} of {all.Count} examples")}); no best adapter is kept");
         double before = trainer.ValidationLoss();
         if (runStart.Checkpoint == null && trainer.HasValidationTargets) Info(progress, $"validation loss before training: {before:F4}");
 
@@ -131,15 +129,18 @@ public sealed partial class Trainer
         return new TrainingPlan(config, device.Description, dtype, trainable, total, estimate);
     }
 
-    private static (List<TrainingExample> Examples, DatasetSummary Summary) Read(string path, string what, ExampleFormatter formatter, TrainingConfig c, IProgress<TrainingProgress>? progress)
+    private static List<TrainingExample> Read(string path, string what, ExampleFormatter formatter, TrainingConfig c, IProgress<TrainingProgress>? progress)
     {
         var (examples, summary) = DatasetReader.Read(path, formatter, c.MaxSeqLen, c.Dedup, c.Overlong == "truncate", c.MaxBadRowFraction, c.MaxRowBytes);
         Info(progress, $"{what} {path}: {summary}");
-        foreach (var bad in summary.Malformed.Take(10)) progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, $"  skipped {bad}"));
-        if (summary.Malformed.Count > 10) progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, $"  ... and {summary.Malformed.Count - 10} more malformed rows"));
-        return (examples, summary);
+        foreach (var bad in summary.Malformed.Take(10)) Warn(progress, $"  skipped {bad}");
+        if (summary.Malformed.Count > 10) Warn(progress, $"  ... and {summary.Malformed.Count - 10} more malformed rows");
+        return examples;
     }
 
     private static void Info(IProgress<TrainingProgress>? progress, string message) =>
         progress?.Report(new TrainingProgress(TrainingProgressKind.Info, message));
+
+    private static void Warn(IProgress<TrainingProgress>? progress, string message) =>
+        progress?.Report(new TrainingProgress(TrainingProgressKind.Warning, message));
 }
