@@ -24,6 +24,9 @@ public sealed record TrainerState
 /// Checkpoints: checkpoint-N/ holds the PEFT adapter, optimizer.safetensors and trainer_state.json.
 /// Written into checkpoint-N.tmp/ (each file fsynced), then renamed: a run killed mid-write leaves
 /// only a .tmp folder, which resume ignores and deletes, so the last complete checkpoint is intact.
+/// Saving a step that already has a checkpoint (early stopping right after a save) moves the old one
+/// aside to checkpoint-N.old/ first and deletes it last: a kill between the two renames leaves the old
+/// one there, and resume puts it back.
 /// </summary>
 public static class Checkpoint
 {
@@ -36,8 +39,8 @@ public static class Checkpoint
     /// <summary>
     /// Fault injection for crash-consistency tests: NATIVELORA_CRASH_AT=STEP:POINT kills the process (SIGKILL,
     /// as kill -9: nothing is flushed) at that point of optimizer step STEP. Points: the checkpoint's files
-    /// as each is written (adapter_model.safetensors, optimizer.safetensors, trainer_state.json), `renamed`
-    /// (the checkpoint complete) and `metrics` (the step's metrics line written, no checkpoint involved).
+    /// as each is written (adapter_model.safetensors, optimizer.safetensors, trainer_state.json), `moved-aside`
+    /// (a re-save of the step: its old copy moved to .old), `renamed` (the checkpoint complete) and `metrics` (the step's metrics line written, no checkpoint involved).
     /// </summary>
     public const string CrashAtVariable = "NATIVELORA_CRASH_AT";
     private static readonly string? CrashAt = Environment.GetEnvironmentVariable(CrashAtVariable);
@@ -69,17 +72,30 @@ public static class Checkpoint
         Written(state.GlobalStep, Path.Combine(tmp, OptimizerFile));
         AtomicFile.Write(Path.Combine(tmp, StateFile), s => JsonSerializer.Serialize(s, state, Json));
         Written(state.GlobalStep, Path.Combine(tmp, StateFile));
-        if (Directory.Exists(final)) Directory.Delete(final, true);
+        var old = final + ".old";
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+        if (Directory.Exists(final)) Directory.Move(final, old);
+        FaultPoint(state.GlobalStep, "moved-aside");
         Directory.Move(tmp, final);
         FaultPoint(state.GlobalStep, "renamed");
+        if (Directory.Exists(old)) Directory.Delete(old, true);
         return final;
     }
 
-    /// <summary>The newest complete checkpoint in outputDir (stale .tmp folders are removed), or null.</summary>
+    /// <summary>
+    /// The newest complete checkpoint in outputDir, or null. Stale .tmp folders are removed; a .old folder (a re-save
+    /// killed between its renames) goes back where it was, or is removed when its replacement is complete.
+    /// </summary>
     public static string? Latest(string outputDir)
     {
         if (!Directory.Exists(outputDir)) return null;
         foreach (var stale in Directory.GetDirectories(outputDir, "checkpoint-*.tmp")) Directory.Delete(stale, true);
+        foreach (var old in Directory.GetDirectories(outputDir, "checkpoint-*.old"))
+        {
+            var final = old[..^".old".Length];
+            if (Directory.Exists(final)) Directory.Delete(old, true);
+            else Directory.Move(old, final);
+        }
         return Directory.GetDirectories(outputDir, "checkpoint-*")
             .Select(d => (Dir: d, Ok: int.TryParse(Path.GetFileName(d)["checkpoint-".Length..], out var n), Step: n))
             .Where(x => x.Ok && File.Exists(Path.Combine(x.Dir, StateFile)))

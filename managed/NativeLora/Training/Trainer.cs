@@ -201,13 +201,13 @@ public sealed partial class Trainer
                 Checkpoint.FaultPoint(state.GlobalStep, "metrics");
 
                 // no checkpoint during a non-finite streak: the last one written stays the last good one
-                if ((state.GlobalStep % _c.SaveSteps == 0 || state.GlobalStep == total) && state.ConsecutiveNonFinite == 0)
-                    Checkpoint.Save(_c.OutputDir, state, _adapter, optimizer, _c.Model);
+                bool saved = (state.GlobalStep % _c.SaveSteps == 0 || state.GlobalStep == total) && state.ConsecutiveNonFinite == 0;
+                if (saved) Checkpoint.Save(_c.OutputDir, state, _adapter, optimizer, _c.Model);
                 OnStep?.Invoke(sm);
                 if (_c.EarlyStoppingPatience > 0 && state.EvalsWithoutImprovement >= _c.EarlyStoppingPatience)
                 {
                     OnMessage?.Invoke($"early stopping at step {state.GlobalStep}: validation loss has not improved for {state.EvalsWithoutImprovement} evaluations (best {state.BestValLoss:F4} at step {state.BestStep})");
-                    Checkpoint.Save(_c.OutputDir, state, _adapter, optimizer, _c.Model);
+                    if (!saved) Checkpoint.Save(_c.OutputDir, state, _adapter, optimizer, _c.Model); // the step's own save, unless it just had one
                     return state;
                 }
             }

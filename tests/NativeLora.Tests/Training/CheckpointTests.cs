@@ -92,6 +92,45 @@ public class CheckpointTests : TempDirTests
             Assert.That(a2.Modules.SelectMany(x => x.A.ToArray<float>()), Is.All.Not.NaN);
         }
     }
+
+    /// <summary>
+    /// Saving a step that already has a checkpoint replaces it without a moment when neither copy exists: the old one is
+    /// moved aside (.old) and deleted last. Resume repairs what a kill between the renames leaves: the old copy goes back
+    /// when the new one never arrived, and is removed when it did.
+    /// </summary>
+    [Test]
+    public void ReSavingAStepNeverLeavesItWithoutACompleteCheckpoint()
+    {
+        var cfg = Config(Dir);
+        var (model, adapter, _) = Setup(cfg);
+        using (model) using (adapter)
+        using (var optimizer = new AdamWOptimizer(model.Device, adapter.Arenas))
+        {
+            var state = new TrainerState { GlobalStep = 8, Seed = cfg.Seed, RunId = "r" };
+            var final = Checkpoint.Save(Dir, state, adapter, optimizer, "m");
+            Assert.That(Checkpoint.Save(Dir, state with { BestStep = 8 }, adapter, optimizer, "m"), Is.EqualTo(final));
+            Assert.That(Checkpoint.ReadState(final).BestStep, Is.EqualTo(8), "the second save replaced the first");
+            Assert.That(Directory.Exists(final + ".old"), Is.False, "the old copy is gone once the new one is in place");
+
+            // killed after the old copy moved aside, before the new one was renamed: the old one comes back
+            Directory.Move(final, final + ".old");
+            Directory.CreateDirectory(final + ".tmp");
+            Assert.That(Checkpoint.Latest(Dir), Is.EqualTo(final));
+            Assert.That(Checkpoint.ReadState(final).GlobalStep, Is.EqualTo(8));
+            Assert.That(Directory.Exists(final + ".old") || Directory.Exists(final + ".tmp"), Is.False);
+
+            // killed after the new one was renamed, before the old copy was deleted: the old copy goes
+            CopyDirectory(final, final + ".old");
+            Assert.That(Checkpoint.Latest(Dir), Is.EqualTo(final));
+            Assert.That(Directory.Exists(final + ".old"), Is.False);
+        }
+    }
+
+    private static void CopyDirectory(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from)) File.Copy(f, Path.Combine(to, Path.GetFileName(f)));
+    }
 }
 
 public class EarlyStoppingTests : TempDirTests
