@@ -36,14 +36,14 @@ public static class GgufExport
     {
         if (adapterDir == null)
         {
-            Write(modelDir, outPath, fileType);
+            Write(device, modelDir, outPath, fileType);
             return;
         }
         var merged = Path.Combine(Path.GetTempPath(), $"nativelora-merge-{Guid.NewGuid():N}");
         try
         {
             LoraMerge.Run(device, modelDir, new[] { adapterDir }, null, merged, DType.F32);
-            Write(merged, outPath, fileType);
+            Write(device, merged, outPath, fileType);
         }
         finally
         {
@@ -51,7 +51,9 @@ public static class GgufExport
         }
     }
 
-    private static void Write(string modelDir, string outPath, GgufFileType fileType)
+    // each tensor as the model loader reads it (ModelDirectory.ReadAsFloat32): dense, or a bitsandbytes NF4, GPTQ or AWQ
+    // projection dequantized, so a quantized checkpoint exports as the dense model it loads as
+    private static void Write(ComputeDevice device, string modelDir, string outPath, GgufFileType fileType)
     {
         var c = ModelDirectory.ReadConfig(modelDir);
         string arch = c.ModelType == "qwen2" ? "qwen2" : "llama";
@@ -59,8 +61,6 @@ public static class GgufExport
             throw new NotSupportedException($"{modelDir}: llama3 rope_scaling on a {c.ModelType} model has no GGUF form (llama.cpp reads rope_freqs for llama only)");
         using var files = ShardedSafeTensors.Open(modelDir);
         ModelDirectory.CheckCheckpoint(files, c, modelDir);
-        if (ModelDirectory.HasBnb4BitWeights(files, c))
-            throw new NotSupportedException($"{modelDir}: the weights are bitsandbytes 4-bit; export it with an adapter (merged first into dense weights), or export a model `nativelora merge` wrote");
         var w = new GgufWriter();
         w.Set("general.architecture", arch);
         w.Set("general.name", Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd('/')));
@@ -102,7 +102,7 @@ public static class GgufExport
             string hf = name;
             w.AddTensor(ggufName, type, dims, () =>
             {
-                var data = files.ReadAsFloat32(hf);
+                var data = ModelDirectory.ReadAsFloat32(device, files, hf, shape);
                 if (arch == "llama" && hf.EndsWith("self_attn.q_proj.weight")) return GgufNames.PermuteQk<float>(data, shape[0], shape[1], c.NumHeads);
                 if (arch == "llama" && hf.EndsWith("self_attn.k_proj.weight")) return GgufNames.PermuteQk<float>(data, shape[0], shape[1], c.NumKvHeads);
                 return data;

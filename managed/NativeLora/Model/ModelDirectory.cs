@@ -145,8 +145,9 @@ public static class ModelDirectory
     }
 
     /// <summary>
-    /// A checkpoint tensor as f32 on the host: converted from its float dtype, or, for a bitsandbytes NF4
-    /// weight, dequantized on device (the merge reads a QLoRA base this way).
+    /// A checkpoint tensor as f32 on the host, as the loader sees it: converted from its float dtype, a GPTQ/AWQ
+    /// projection dequantized, or a bitsandbytes NF4 weight dequantized on the device (the merge and the GGUF export
+    /// read a quantized base this way).
     /// </summary>
     public static float[] ReadAsFloat32(ComputeDevice device, ShardedSafeTensors files, string name, int[] shape)
     {
@@ -156,10 +157,6 @@ public static class ModelDirectory
         UploadBnb4Bit(files, name, t);
         return t.ToArray<float>();
     }
-
-    /// <summary>True when any tensor of the checkpoint is a bitsandbytes NF4 weight.</summary>
-    public static bool HasBnb4BitWeights(ShardedSafeTensors files, ModelConfig config) =>
-        CausalLm.ExpectedParameters(config).Any(p => IsBnb4Bit(files, p.Name));
 
     private static void UploadBnb4Bit(ShardedSafeTensors files, string name, Tensor t)
     {

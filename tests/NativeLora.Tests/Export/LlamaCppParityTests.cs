@@ -93,6 +93,44 @@ public class LlamaCppParityTests : TempDirTests
         Assert.That(rel, Is.LessThan(tolerance));
     }
 
+    /// <summary>
+    /// A quantized checkpoint (bitsandbytes NF4 as transformers saves a QLoRA base, GPTQ or AWQ as `quantize` writes them)
+    /// exports as the dense model it loads as: each tensor is read through the loader's one reader, so llama.cpp's logits
+    /// of the F32 GGUF match our forward of the quantized directory as tightly as for a dense one, and differ from the
+    /// unquantized model's (the export holds the quantized weights, not the originals).
+    /// </summary>
+    [TestCase("bnb-nf4")]
+    [TestCase("gptq")]
+    [TestCase("awq")]
+    public void QuantizedCheckpointsExportAsTheDenseModelTheyLoadAs(string format)
+    {
+        var dense = TinyModel("llama");
+        var c = ModelDirectory.ReadConfig(dense);
+        var dir = Path.Combine(Dir, format);
+        if (format == "bnb-nf4")
+        {
+            ModelDirectory.Save(dir, c, RandomInit.Create(c, 5, 0.05), DType.F32);
+            ModelDirectoryTests.WriteBnb4BitCheckpoint(dir, c, RandomInit.Create(c, 5, 0.05));
+        }
+        else
+        {
+            var calibration = NativeLora.Tests.Quantization.GptqAwqTests.RandomSequences(new Random(3), 4, 32, c.VocabSize);
+            var method = format == "gptq" ? NativeLora.Quantization.PtqMethod.Gptq : NativeLora.Quantization.PtqMethod.Awq;
+            NativeLora.Quantization.PostTrainingQuantizer.Run(TestDevice.Shared, dense, calibration, dir,
+                new NativeLora.Quantization.PtqOptions(method, new NativeLora.Quantization.GptqOptions(4, 64), AwqGroupSize: 64));
+        }
+        var tokens = new[] { 1, 17, 200, 45, 3, 99, 250, 7, 8, 150 };
+        var (ours, theirs) = Run(dir, "f32", tokens);
+        var (rel, kl, top1) = Compare(ours, theirs);
+        float[][] unquantized;
+        using (var model = ModelDirectory.Load(TestDevice.Shared, dense, DType.F32))
+            unquantized = Rows(model.Logits(TokenBatch.FromSequences(new[] { tokens })), c.VocabSize);
+        var (drift, _, _) = Compare(unquantized, theirs);
+        TestContext.Progress.WriteLine($"{format}: relative error {rel:E2} against our forward of the quantized directory, {drift:E2} against the unquantized model's; max KL {kl:E2}, top-1 agreement {top1:P0}");
+        Assert.That(rel, Is.LessThan(1e-4));
+        Assert.That(drift, Is.GreaterThan(100 * rel), "the export holds the quantized weights");
+    }
+
     // A SentencePiece-style vocabulary (Mistral's tokenizer.json: BPE with byte fallback, "▁" for spaces)
     // exported as tokenizer.ggml.model "llama": llama.cpp must cut text into the ids HF's tokenizer gives.
     [Test]
