@@ -22,8 +22,11 @@ public enum TrainingProgressKind
 /// <summary>One report of a running <see cref="Trainer.Run(TrainingConfig, IProgress{TrainingProgress}?, RunStartMode)"/>: a line of text, or a step's metrics.</summary>
 public sealed record TrainingProgress(TrainingProgressKind Kind, string Message, StepMetrics? Step = null);
 
-/// <summary>What a run will train and how much memory it is predicted to take (what `train --dry-run` prints).</summary>
-public sealed record TrainingPlan(TrainingConfig Config, string DeviceDescription, DType Dtype, long TrainableParameters, long TotalParameters, MemoryEstimate Memory)
+/// <summary>
+/// What a run will train and how much memory it is predicted to take (what `train --dry-run` prints); EmbeddingOnHost is
+/// where the run loads embed_tokens (TrainingConfig.EmbeddingOnHostFor the model), as the estimate assumes.
+/// </summary>
+public sealed record TrainingPlan(TrainingConfig Config, string DeviceDescription, DType Dtype, long TrainableParameters, long TotalParameters, MemoryEstimate Memory, bool EmbeddingOnHost)
 {
     public override string ToString() =>
         $"device: {DeviceDescription}, compute dtype {Dtype.Name()}\n" +
@@ -80,15 +83,14 @@ public sealed partial class Trainer
 
         // qlora: each decoder projection is quantized as it is loaded, and embed_tokens (by default) read straight into
         // host memory, so the load peaks at the 4-bit model's device memory, as planned
-        bool embeddingOnHost = c.EmbeddingOnHostFor(ModelDirectory.ReadConfig(c.Model));
-        using var model = ModelDirectory.Load(device, c.Model, plan.Dtype, quantizeProjections: c.Method == "qlora", embeddingOnHost: embeddingOnHost);
+        using var model = ModelDirectory.Load(device, c.Model, plan.Dtype, quantizeProjections: c.Method == "qlora", embeddingOnHost: plan.EmbeddingOnHost);
         model.CrossEntropyChunkRows = 1024;
         if (c.Method == "qlora")
         {
             model.QuantizeLinears(QloraMatmulChoice.Parse(c.QloraMatmul)); // the projections are NF4 already: sets the base product
             Info(progress, $"QLoRA: decoder projections in NF4 with double quantization, {model.QuantizedBitsPerParameter:F3} bits/parameter, base product {c.QloraMatmul}");
         }
-        if (embeddingOnHost)
+        if (plan.EmbeddingOnHost)
         {
             Info(progress, $"embed_tokens in host memory ({MemoryEstimate.Gb(model.Embedding.ByteLength)}): each step's rows are read across the bus (embed_tokens_on_host)");
         }
@@ -125,8 +127,9 @@ public sealed partial class Trainer
         long total = CausalLm.ExpectedParameters(modelConfig).Sum(p => p.Shape.Aggregate(1L, (a, b) => a * b));
         long trainable = LoraAdapter.CountTrainable(modelConfig, lora);
         var dtype = device.ResolveDType(config.Dtype);
-        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, config.MicroBatchSize, config.MaxSeqLen, config.GradientCheckpointing, method: config.Method, embeddingOnHost: config.EmbeddingOnHostFor(modelConfig));
-        return new TrainingPlan(config, device.Description, dtype, trainable, total, estimate);
+        bool embeddingOnHost = config.EmbeddingOnHostFor(modelConfig);
+        var estimate = MemoryEstimate.For(modelConfig, lora, dtype, config.MicroBatchSize, config.MaxSeqLen, config.GradientCheckpointing, method: config.Method, embeddingOnHost: embeddingOnHost);
+        return new TrainingPlan(config, device.Description, dtype, trainable, total, estimate, embeddingOnHost);
     }
 
     private static List<TrainingExample> Read(string path, string what, ExampleFormatter formatter, TrainingConfig c, IProgress<TrainingProgress>? progress)
