@@ -42,7 +42,7 @@ public class CliTests : TempDirTests
     public void InitModelThenGenerateTextAndIds(string type, string tokenizer)
     {
         var model = Path.Combine(Dir, "m");
-        var (code, stdout, stderr) = Run("init-model", "--config", TinyConfig(Dir, type), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", tokenizer), "--out", model);
+        var (code, stdout, stderr) = Run("init-model", "--config", TinyConfig(Dir, type), "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir(tokenizer), "--out", model);
         Assert.That(code, Is.EqualTo(0), stderr);
         Assert.That(stdout, Does.Contain($"wrote {model}: {type}"));
         var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(model, "config.json")))!;
@@ -66,7 +66,7 @@ public class CliTests : TempDirTests
     public async Task ServeAnswersOverHttpUntilStopped()
     {
         var model = Path.Combine(Dir, "m");
-        var (code, _, stderr) = Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model);
+        var (code, _, stderr) = Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir("mistral"), "--out", model);
         Assert.That(code, Is.EqualTo(0), stderr);
         // bad options fail before anything binds, with the reason
         (code, _, stderr) = RunWithEnv(new Dictionary<string, string> { ["NL_TEST_UNSET_KEY"] = "" }, "serve", "--model", model, "--api-key-env", "NL_TEST_UNSET_KEY");
@@ -130,7 +130,7 @@ public class CliTests : TempDirTests
     public void ExportGgufAndInspectBothFormats()
     {
         var model = Path.Combine(Dir, "m");
-        Assert.That(Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
+        Assert.That(Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir("llama3"), "--out", model).Code, Is.EqualTo(0));
         var gguf = Path.Combine(Dir, "m.gguf");
         var (code, stdout, stderr) = Run("export-gguf", "--model", model, "--out", gguf, "--type", "q8_0");
         Assert.That(code, Is.EqualTo(0), stderr);
@@ -176,7 +176,7 @@ public class CliTests : TempDirTests
     public void TrainRunsEndToEndAndLeavesAdapterMetricsAndPlot()
     {
         var model = Path.Combine(Dir, "m");
-        Assert.That(Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", model).Code, Is.EqualTo(0));
+        Assert.That(Run("init-model", "--config", TinyConfig(Dir, "llama"), "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir("llama3"), "--out", model).Code, Is.EqualTo(0));
         var data = Path.Combine(Dir, "d.jsonl");
         File.WriteAllLines(data, Enumerable.Range(0, 12).Select(i => $$"""{"instruction": "Say {{i}}.", "output": "{{i}}"}""").Append("{broken"));
         var outDir = Path.Combine(Dir, "run");

@@ -17,7 +17,7 @@ public class DemoMemoryTests : TempDirTests
     {
         var model = Path.Combine(Dir, "model");
         var (code, _, err) = CliTests.Run("init-model", "--config", Path.Combine(Root, "data", "demo", "tiny-llama.json"),
-            "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model, "--seed", "0");
+            "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir("mistral"), "--out", model, "--seed", "0");
         Assert.That(code, Is.EqualTo(0), err);
         var run = Path.Combine(Dir, "run");
         (code, _, err) = CliTests.Run("train", "--config", Path.Combine(Root, "data", "demo", "train.json"), "--model", model, "--output-dir", run, "--max-steps", "25");

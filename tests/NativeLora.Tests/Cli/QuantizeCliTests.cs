@@ -15,7 +15,7 @@ public class QuantizeCliTests : TempDirTests
              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256}
             """);
         var model = Path.Combine(Dir, $"m{ffn}");
-        var (code, _, err) = CliTests.Run("init-model", "--config", config, "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model);
+        var (code, _, err) = CliTests.Run("init-model", "--config", config, "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir("mistral"), "--out", model);
         Assert.That(code, Is.EqualTo(0), err);
         return model;
     }

@@ -25,7 +25,7 @@ public class CliTrainingTests
         _dir = Directory.CreateTempSubdirectory("nl-hostile-cli-").FullName;
         var config = CliTests.TinyConfig(_dir, "llama");
         _model = Path.Combine(_dir, "m");
-        var (code, _, err) = CliTests.Run("init-model", "--config", config, "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "llama3"), "--out", _model);
+        var (code, _, err) = CliTests.Run("init-model", "--config", config, "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir("llama3"), "--out", _model);
         Assert.That(code, Is.EqualTo(0), err);
         _data = Path.Combine(_dir, "d.jsonl");
         File.WriteAllLines(_data, Enumerable.Range(0, 16).Select(i => $$"""{"instruction": "Say {{i}} twice.", "output": "{{i}} {{i}}"}"""));

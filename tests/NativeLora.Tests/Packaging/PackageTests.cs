@@ -92,7 +92,7 @@ public class PackageTests : TempDirTests
         foreach (var f in new[] { "FineTune.csproj", "Program.cs" }) File.Copy(Path.Combine(Root, "samples", "FineTune", f), Path.Combine(sample, f));
         File.Copy(config, Path.Combine(sample, "nuget.config"));
         var model = Path.Combine(Dir, "demo-model");
-        var (c1, o1, e1) = Cli.CliTests.Run("init-model", "--config", Path.Combine(Root, "data", "demo", "tiny-llama.json"), "--tokenizer", Path.Combine(Root, "artifacts", "tokenizers", "mistral"), "--out", model, "--seed", "0");
+        var (c1, o1, e1) = Cli.CliTests.Run("init-model", "--config", Path.Combine(Root, "data", "demo", "tiny-llama.json"), "--tokenizer", NativeLora.Tests.Text.TokenizerReference.Dir("mistral"), "--out", model, "--seed", "0");
         Assert.That(c1, Is.EqualTo(0), e1);
         var run = Path.Combine(Dir, "run");
         var (c2, o2, e2) = Exec("dotnet", sample, env, "run", "-c", "Release", "--", model, Path.Combine(Root, "data", "demo", "instructions.jsonl"), run, "3");

@@ -113,7 +113,7 @@ public class QloraLoadTests : TempDirTests
     [Test]
     public void AQloraRunLoadsQuantizedAndTrains()
     {
-        var tokDir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "llama3");
+        var tokDir = NativeLora.Tests.Text.TokenizerReference.Dir("llama3");
         var modelDir = Path.Combine(Dir, "model");
         RandomInit.SaveModelDirectory(modelDir, new ModelConfig
         {

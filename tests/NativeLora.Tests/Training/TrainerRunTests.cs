@@ -18,7 +18,7 @@ public class TrainerRunTests : TempDirTests
     [Test]
     public void OneCallTrainsFromFilesReportsInOrderAndLeavesTheRun()
     {
-        var tokDir = Path.Combine(Native.BindingCoverageTests.RepoRoot(), "artifacts", "tokenizers", "llama3");
+        var tokDir = NativeLora.Tests.Text.TokenizerReference.Dir("llama3");
         var modelDir = Path.Combine(Dir, "model");
         RandomInit.SaveModelDirectory(modelDir, new ModelConfig
         {
